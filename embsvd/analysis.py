@@ -1,0 +1,235 @@
+"""The analysis of ../shared/method.md on plain arrays: no Hydra, no MLflow.
+
+All arithmetic is float64. Shapes use TransformerLens names: ``d_vocab`` rows of
+``W_E``, ``d_model`` columns; ``n`` is the number of tokens in a group.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from embsvd.groups import TokenGroup
+
+
+@dataclass(frozen=True)
+class GroupSVD:
+    """SVD of one group's submatrix, ``M - mean = U diag(S) Vt`` (``mean = 0`` when raw).
+
+    Attributes:
+        mean: The group's mean vector, shape ``(d_model,)``, whether or not it was subtracted.
+        center: Whether ``mean`` was subtracted before the SVD.
+        U: Left singular vectors, shape ``(n, k)`` with ``k = min(n, d_model)``.
+        singular_values: Shape ``(k,)``, descending.
+        Vt: Right singular vectors as rows, shape ``(k, d_model)``.
+    """
+
+    mean: np.ndarray
+    center: bool
+    U: np.ndarray
+    singular_values: np.ndarray
+    Vt: np.ndarray
+
+    @property
+    def explained_variance_ratio(self) -> np.ndarray:
+        """Each component's share of ``sum(S**2)``: of the variance when centered (equal to
+        scikit-learn's ``PCA.explained_variance_ratio_``), of the squared Frobenius norm
+        when raw."""
+        power = self.singular_values**2
+        return power / power.sum()
+
+    @property
+    def offset(self) -> np.ndarray:
+        """What is subtracted from every row before projecting: the mean, or zero."""
+        return self.mean if self.center else np.zeros_like(self.mean)
+
+
+@dataclass(frozen=True)
+class ProjectedToken:
+    """A token at one end of a component's projection of the vocabulary."""
+
+    component: int
+    side: str  # "top" (largest projections) or "bottom" (smallest)
+    rank: int  # from 1, counted from that end
+    token_id: int
+    token: str
+    projection: float
+    in_group: bool
+
+
+@dataclass(frozen=True)
+class PairwiseStat:
+    """A symmetric statistic between groups, as a square matrix over sorted group names."""
+
+    names: tuple[str, ...]
+    values: np.ndarray  # (len(names), len(names))
+
+    def pairs(self) -> list[tuple[str, str, float]]:
+        """Every unordered pair once, names in sorted order: ``(a, b, value)`` with a < b."""
+        return [
+            (a, b, float(self.values[i, j]))
+            for (i, a), (j, b) in itertools.combinations(enumerate(self.names), 2)
+        ]
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """Everything one run computes for its target group."""
+
+    target: str
+    center: bool
+    target_words: tuple[str, ...]
+    target_ids: tuple[int, ...]
+    svd: GroupSVD
+    group_mean_corr: PairwiseStat
+    group_mean_cos: PairwiseStat
+    axis_corr: PairwiseStat
+    projections: np.ndarray  # (d_vocab, n_components)
+    top_tokens: tuple[ProjectedToken, ...]
+    row_cosine: np.ndarray  # (n, n)
+
+
+def group_means(W_E: np.ndarray, groups: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+    """Mean embedding of each group: ``{name: (d_model,)}``."""
+    return {name: W_E[list(ids)].astype(np.float64).mean(axis=0) for name, ids in groups.items()}
+
+
+def pairwise(vectors: Mapping[str, np.ndarray], statistic: str) -> PairwiseStat:
+    """``pearson`` correlation or ``cosine`` similarity between every pair of vectors."""
+    names = tuple(sorted(vectors))
+    stacked = np.stack([np.asarray(vectors[name], dtype=np.float64) for name in names])
+    if statistic == "pearson":
+        stacked = stacked - stacked.mean(axis=1, keepdims=True)
+    elif statistic != "cosine":
+        raise ValueError(f"statistic: expected 'pearson' or 'cosine', got {statistic!r}")
+    unit = stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
+    return PairwiseStat(names, np.clip(unit @ unit.T, -1.0, 1.0))
+
+
+def decompose(M: np.ndarray, center: bool) -> GroupSVD:
+    """SVD of a group's submatrix ``M`` (``(n, d_model)``), mean-centered or raw.
+
+    Signs follow scikit-learn's ``svd_flip``: the largest-magnitude entry of each left
+    singular vector is positive, so that reruns and other BLAS builds give the same axes.
+    """
+    M = np.asarray(M, dtype=np.float64)
+    mean = M.mean(axis=0)
+    U, S, Vt = np.linalg.svd(M - mean if center else M, full_matrices=False)
+    U, Vt = svd_flip(U, Vt)
+    return GroupSVD(mean=mean, center=center, U=U, singular_values=S, Vt=Vt)
+
+
+def svd_flip(U: np.ndarray, Vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make the largest-|.| entry of each column of ``U`` positive, flipping ``Vt`` to match."""
+    biggest = np.argmax(np.abs(U), axis=0)
+    signs = np.sign(U[biggest, np.arange(U.shape[1])])
+    signs[signs == 0] = 1.0
+    return U * signs, Vt * signs[:, None]
+
+
+def project(W_E: np.ndarray, svd: GroupSVD, n_components: int) -> np.ndarray:
+    """The whole vocabulary on the first ``n_components`` right singular vectors.
+
+    ``(W_E - mean) @ v`` when the SVD was centered, ``W_E @ v`` when raw.
+    Returns shape ``(d_vocab, n_components)``.
+    """
+    return (np.asarray(W_E, dtype=np.float64) - svd.offset) @ svd.Vt[:n_components].T
+
+
+def extreme_tokens(
+    projections: np.ndarray,
+    token_strings: Sequence[str | None],
+    group_ids: Collection[int],
+    excluded_ids: Collection[int],
+    top_k: int,
+) -> tuple[ProjectedToken, ...]:
+    """The ``top_k`` largest and smallest projections of every component.
+
+    Tokens in ``excluded_ids`` (special tokens) and rows without a token string are
+    skipped; ``in_group`` marks members of the group whose axes these are.
+    """
+    eligible = np.array([s is not None for s in token_strings])
+    eligible[list(excluded_ids)] = False
+    candidates = np.flatnonzero(eligible)
+    members = set(group_ids)
+    found = []
+    for component in range(projections.shape[1]):
+        values = projections[candidates, component]
+        order = candidates[np.argsort(values, kind="stable")]
+        ends = {"top": order[::-1][:top_k], "bottom": order[:top_k]}
+        for side, ids in ends.items():
+            found += [
+                ProjectedToken(
+                    component=component,
+                    side=side,
+                    rank=rank,
+                    token_id=int(i),
+                    token=token_strings[i],
+                    projection=float(projections[i, component]),
+                    in_group=int(i) in members,
+                )
+                for rank, i in enumerate(ids, start=1)
+            ]
+    return tuple(found)
+
+
+def row_cosine(M: np.ndarray, center: bool) -> np.ndarray:
+    """Cosine similarity between the rows of a group's submatrix, centered or raw: ``(n, n)``."""
+    M = np.asarray(M, dtype=np.float64)
+    if center:
+        M = M - M.mean(axis=0)
+    norms = np.linalg.norm(M, axis=1, keepdims=True)
+    unit = M / np.where(norms == 0, 1.0, norms)
+    return unit @ unit.T
+
+
+def analyze(
+    W_E: np.ndarray,
+    groups: Mapping[str, TokenGroup],
+    target: str,
+    *,
+    center: bool,
+    n_components: int,
+    top_k: int,
+    token_strings: Sequence[str | None],
+    excluded_ids: Collection[int] = (),
+) -> AnalysisResult:
+    """Run the method on ``target``, with every group entering the pairwise statistics.
+
+    Args:
+        W_E: Input embeddings, ``(d_vocab, d_model)``.
+        groups: Every group of the run, after the single-token rule.
+        target: The group whose submatrix is decomposed and projected on.
+        center: Subtract each group's mean before its SVD (and before projecting).
+        n_components: How many axes to project the vocabulary on (at most the group's size).
+        top_k: Tokens to report at each end of each axis.
+        token_strings: Token string of each row of ``W_E`` (``None`` for unnamed rows).
+        excluded_ids: Token ids never reported as top tokens (special tokens).
+    """
+    if target not in groups:
+        raise ValueError(f"target: {target!r} is not one of the groups {sorted(groups)}")
+    if len(token_strings) != W_E.shape[0]:
+        raise ValueError(
+            f"token_strings: {len(token_strings)} strings for {W_E.shape[0]} rows of W_E"
+        )
+    ids = {name: group.token_ids for name, group in groups.items()}
+    svds = {name: decompose(W_E[group_ids], center) for name, group_ids in ids.items()}
+    target_svd = svds[target]
+    projections = project(W_E, target_svd, min(n_components, len(target_svd.singular_values)))
+    means = {name: svd.mean for name, svd in svds.items()}
+    return AnalysisResult(
+        target=target,
+        center=center,
+        target_words=tuple(groups[target].kept_words),
+        target_ids=tuple(ids[target]),
+        svd=target_svd,
+        group_mean_corr=pairwise(means, "pearson"),
+        group_mean_cos=pairwise(means, "cosine"),
+        axis_corr=pairwise({name: svd.Vt[0] for name, svd in svds.items()}, "pearson"),
+        projections=projections,
+        top_tokens=extreme_tokens(projections, token_strings, ids[target], excluded_ids, top_k),
+        row_cosine=row_cosine(W_E[ids[target]], center),
+    )

@@ -1,0 +1,147 @@
+"""Per-run figures (seaborn), drawn from an ``AnalysisResult``.
+
+matplotlib and seaborn are imported here only, when a figure is drawn: they cost seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from embsvd.analysis import AnalysisResult, PairwiseStat
+
+N_EXTREMES_LABELLED = 5  # tokens named at each end of the projection figure
+
+
+def draw_run_figures(result: AnalysisResult, model_name: str, folder: Path) -> list[Path]:
+    """Write the run's four figures as PNG into ``folder`` and return their paths:
+    scree plot, group-mean correlation heatmap, the target's row cosine heatmap and the
+    distribution of the vocabulary's projections on component 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
+    title = f"{model_name} · {result.target} · {'centered' if result.center else 'raw'}"
+    drawers = {
+        "scree.png": _scree,
+        "group_mean_corr.png": _group_mean_corr,
+        "row_cosine.png": _row_cosine,
+        "projection_component0.png": _projection,
+    }
+    paths = []
+    for file_name, draw in drawers.items():
+        fig = draw(result, plt, sns)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(folder / file_name, dpi=150)
+        plt.close(fig)
+        paths.append(folder / file_name)
+    return paths
+
+
+def _scree(result: AnalysisResult, plt, sns):
+    S = result.svd.singular_values
+    fig, (linear, log) = plt.subplots(1, 2, figsize=(6.5, 2.6))
+    for ax, scale in ((linear, "linear"), (log, "log")):
+        sns.lineplot(x=np.arange(len(S)), y=S, marker="o", ax=ax)
+        ax.set_yscale(scale)
+        ax.set_xlabel("component")
+        ax.set_ylabel(f"singular value ({scale})")
+        ax.set_xticks(np.arange(len(S)))
+    log.set_ylim(bottom=max(S.min(), S.max() * 1e-12))  # a centered spectrum ends in ~0
+    return fig
+
+
+def _heatmap(values: np.ndarray, labels: list[str], cbar_label: str, plt, sns, size: float):
+    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    sns.heatmap(
+        values,
+        xticklabels=labels,
+        yticklabels=labels,
+        vmin=-1,
+        vmax=1,
+        center=0,
+        cmap="vlag",
+        annot=len(labels) <= 12,
+        fmt=".2f",
+        annot_kws={"fontsize": 6},
+        square=True,
+        cbar_kws={"label": cbar_label},
+        ax=ax,
+    )
+    ax.tick_params(axis="y", labelrotation=0)
+    return fig
+
+
+def _group_mean_corr(result: AnalysisResult, plt, sns):
+    stat: PairwiseStat = result.group_mean_corr
+    return _heatmap(stat.values, list(stat.names), "Pearson r of group means", plt, sns, 4.0)
+
+
+def _row_cosine(result: AnalysisResult, plt, sns):
+    label = f"cosine ({'centered' if result.center else 'raw'} rows)"
+    return _heatmap(result.row_cosine, list(result.target_words), label, plt, sns, 5.0)
+
+
+def _projection(result: AnalysisResult, plt, sns):
+    values = result.projections[:, 0]
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    sns.histplot(values, bins=200, element="step", fill=True, ax=ax, color="0.6")
+    ax.set_yscale("log")
+    ax.set_xlabel("projection on component 1")
+    ax.set_ylabel("tokens")
+    members = [
+        (word, values[i], "C1")
+        for word, i in zip(result.target_words, result.target_ids, strict=True)
+    ]
+    extremes = [
+        (t.token, t.projection, "C0")
+        for t in result.top_tokens
+        if t.component == 0 and not t.in_group and t.rank <= N_EXTREMES_LABELLED
+    ]
+    marks = sorted(members + extremes, key=lambda m: m[1])
+    low, high = ax.get_xlim()
+    # labels sit in a row above the plot, pushed apart so that none overlap, each joined
+    # to its token's position by a thin line
+    places = spread_apart([x for _, x, _ in marks], (high - low) / 60, low, high)
+    for (label, x, color), place in zip(marks, places, strict=True):
+        ax.axvline(x, color=color, lw=0.5, alpha=0.5)
+        ax.annotate(
+            label,
+            xy=(x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(place, 1.06),
+            textcoords=("data", "axes fraction"),
+            rotation=90,
+            ha="center",
+            va="bottom",
+            fontsize=6,
+            color=color,
+            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": color},
+        )
+    ax.text(
+        1.0,
+        -0.3,
+        "orange: group tokens; blue: extremes of the vocabulary",
+        transform=ax.transAxes,
+        ha="right",
+        fontsize=6,
+    )
+    return fig
+
+
+def spread_apart(xs: list[float], gap: float, low: float, high: float) -> list[float]:
+    """Positions for labels of the sorted points ``xs``: as close to them as possible, at
+    least ``gap`` apart and inside ``[low, high]`` (when they fit)."""
+    places = list(xs)
+    for i in range(1, len(places)):
+        places[i] = max(places[i], places[i - 1] + gap)
+    if places and places[-1] > high:
+        places[-1] = high
+        for i in range(len(places) - 2, -1, -1):
+            places[i] = min(places[i], places[i + 1] - gap)
+    return [max(p, low) for p in places] if len(places) * gap <= high - low else places

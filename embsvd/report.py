@@ -1,0 +1,58 @@
+"""Plain-text summaries of runs read back from the tracking store."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from embsvd.tracking import RunRecord
+
+
+def format_sweep_table(runs: list[RunRecord]) -> str:
+    """One line per run: status, group-mean r of the target with each other group,
+    last/first singular value, and the first axis' top 5 tokens at each end."""
+    header = ["run", "status", "group-mean r", "s_last/s_first", "axis 0 top", "axis 0 bottom"]
+    rows = [header] + [_row(run) for run in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) if runs else "(no runs)"
+
+
+def _row(run: RunRecord) -> list[str]:
+    target = run.tags.get("embsvd.target_group", "?")
+    correlations = []
+    for key, value in sorted(run.metrics.items()):
+        if key.startswith("group_mean_corr/"):
+            a, b = key.removeprefix("group_mean_corr/").split("__")
+            if target in (a, b):
+                correlations.append(f"{b if a == target else a}={value:+.3f}")
+    ratio = run.metrics.get("singular_value_last_over_first")
+    return [
+        run.name,
+        run.status,
+        " ".join(correlations) or "-",
+        f"{ratio:.2e}" if ratio is not None else "-",
+        run.tags.get("embsvd.axis0.top", "-"),
+        run.tags.get("embsvd.axis0.bottom", "-"),
+    ]
+
+
+def mlflow_ui_command(tracking_uri: str, port: int = 5000) -> str:
+    """The command that opens the MLflow UI on ``tracking_uri`` (this environment's mlflow)."""
+    mlflow = Path(sys.prefix) / "bin" / "mlflow"
+    return shlex.join(
+        [
+            str(mlflow),
+            "ui",
+            "--backend-store-uri",
+            tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+    )

@@ -1,0 +1,281 @@
+"""MLflow tracking: the only module that imports mlflow. It owns the run contract.
+
+The run contract (later tools read runs through it; extend it, don't break it):
+
+- experiment ``embsvd`` by default; run name ``<model>/<target group>/<centered|raw>``;
+- tags ``embsvd.model``, ``embsvd.target_group``, ``embsvd.center``, ``embsvd.source``,
+  ``embsvd.weights_sha256``, ``embsvd.version``, ``mlflow.source.git.commit``;
+- params: the resolved config, flattened with dotted keys;
+- metrics: ``singular_value`` and ``explained_variance_ratio`` as step series (step =
+  component), ``singular_value_last_over_first``, ``singular_value_first_over_second``,
+  ``group_mean_corr/<a>__<b>``, ``group_mean_cos/<a>__<b>``,
+  ``axis_corr/<a>__<b>`` (names sorted), ``n_tokens``;
+- artifacts: ``spectrum.csv``, ``group_mean_corr.csv``, ``top_tokens.csv``,
+  ``groups.json``, ``row_cosine.csv``, ``config.yaml``, ``figures/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+from embsvd.analysis import AnalysisResult, PairwiseStat
+from embsvd.groups import TokenGroup
+
+DEFAULT_EXPERIMENT = "embsvd"
+STORE_FOLDER = "mlruns"  # under the project root: mlflow.db and artifacts/
+TOP_TOKENS_IN_TAGS = 5  # the first axis' ends, shown as tags in the runs table
+
+
+def resolve_tracking_uri(configured: str | None, project_root: Path) -> str:
+    """The tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else the project's
+    sqlite store ``<project_root>/mlruns/mlflow.db`` (whatever the working directory)."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(project_root / STORE_FOLDER / 'mlflow.db').resolve()}"
+
+
+def default_artifact_root(tracking_uri: str) -> Path | None:
+    """``artifacts/`` beside a sqlite database; ``None`` (the server decides) otherwise."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+    return None
+
+
+class TrackingStore:
+    """An MLflow tracking store and one experiment in it."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        root = Path(artifact_root) if artifact_root else default_artifact_root(uri)
+        if uri.startswith("sqlite:///"):
+            # sqlite creates the database file, not its folder
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.experiment_id = self._experiment_id(experiment, root)
+
+    def _experiment_id(self, name: str, artifact_root: Path | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        # MLflow's default artifact location is relative to the working directory
+        location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def find_runs(self, filter_string: str = "") -> list[RunRecord]:
+        """Runs of the experiment that match an MLflow filter string, oldest first."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string, max_results=5000, order_by=["start_time ASC"]
+        )
+        return [
+            RunRecord(
+                run_id=r.info.run_id,
+                name=r.info.run_name,
+                status=r.info.status,
+                tags=dict(r.data.tags),
+                params=dict(r.data.params),
+                metrics=dict(r.data.metrics),
+            )
+            for r in runs
+        ]
+
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        """A step series, ordered by step."""
+        history = self.client.get_metric_history(run_id, key)
+        return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished or failed run as read back from the store (latest metric values)."""
+
+    run_id: str
+    name: str
+    status: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+class RunLogger:
+    """Writes one run, batching within MLflow's limits."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        items = [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def log_metrics(self, metrics: Sequence[tuple[str, float, int]]) -> None:
+        """``(key, value, step)`` triples, in as few requests as the limits allow."""
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step) for key, value, step in metrics]
+        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_folder(self, folder: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextmanager
+def tracked_run(
+    store: TrackingStore, run_name: str, tags: Mapping[str, Any]
+) -> Iterator[RunLogger]:
+    """Open a run and close it with the status it earned.
+
+    FINISHED when the block completes; FAILED on an exception, with the message in the
+    tag ``embsvd.error`` and the traceback as the artifact ``error.txt``; KILLED on
+    Ctrl-C (``KeyboardInterrupt``) or ``SystemExit``. The exception propagates.
+    """
+    run = store.client.create_run(store.experiment_id, run_name=run_name, tags=dict(tags))
+    logger = RunLogger(store.client, run.info.run_id)
+    try:
+        yield logger
+    except Exception as error:
+        logger.set_tags({"embsvd.error": f"{type(error).__name__}: {error}"})
+        logger.log_text(traceback.format_exc(), "error.txt")
+        store.client.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    except BaseException:
+        store.client.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    store.client.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) -> None:
+    """``groups.json`` and the ``n_tokens`` metric (size of the target group)."""
+    import json
+
+    payload = {name: group.to_dict() for name, group in groups.items()}
+    run.log_text(json.dumps(payload, indent=2, ensure_ascii=False), "groups.json")
+    run.log_metrics([("n_tokens", len(groups[target].kept), 0)])
+
+
+def log_result(run: RunLogger, result: AnalysisResult) -> None:
+    """The contract's metrics, CSV artifacts and first-axis tags for one analysis."""
+    run.log_metrics(result_metrics(result))
+    first_axis = [t for t in result.top_tokens if t.component == 0]
+    run.set_tags(
+        {
+            f"embsvd.axis0.{side}": " ".join(
+                t.token for t in first_axis if t.side == side and t.rank <= TOP_TOKENS_IN_TAGS
+            )
+            for side in ("top", "bottom")
+        }
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        write_result_csvs(result, folder)
+        run.log_folder(folder)
+
+
+def result_metrics(result: AnalysisResult) -> list[tuple[str, float, int]]:
+    """``(key, value, step)`` for every metric of the contract except ``n_tokens``."""
+    svd = result.svd
+    metrics = [("singular_value", s, i) for i, s in enumerate(svd.singular_values)]
+    metrics += [
+        ("explained_variance_ratio", r, i) for i, r in enumerate(svd.explained_variance_ratio)
+    ]
+    S = svd.singular_values
+    # the spectrum's shape in two numbers: ~0 last value when centered, a towering first when raw
+    metrics += [("singular_value_last_over_first", S[-1] / S[0], 0)]
+    metrics += [("singular_value_first_over_second", S[0] / S[1], 0)]
+    for prefix, stat in (
+        ("group_mean_corr", result.group_mean_corr),
+        ("group_mean_cos", result.group_mean_cos),
+        ("axis_corr", result.axis_corr),
+    ):
+        metrics += [(f"{prefix}/{a}__{b}", value, 0) for a, b, value in stat.pairs()]
+    return metrics
+
+
+def write_result_csvs(result: AnalysisResult, folder: Path) -> None:
+    """``spectrum.csv``, ``group_mean_corr.csv``, ``top_tokens.csv``, ``row_cosine.csv``."""
+    svd = result.svd
+    _write_csv(
+        folder / "spectrum.csv",
+        ["component", "singular_value", "explained_variance_ratio"],
+        [
+            [i, repr(float(s)), repr(float(r))]
+            for i, (s, r) in enumerate(
+                zip(svd.singular_values, svd.explained_variance_ratio, strict=True)
+            )
+        ],
+    )
+    _write_square(folder / "group_mean_corr.csv", result.group_mean_corr)
+    _write_csv(
+        folder / "top_tokens.csv",
+        ["component", "side", "rank", "token_id", "token", "projection", "in_group"],
+        [
+            [
+                t.component,
+                t.side,
+                t.rank,
+                t.token_id,
+                t.token,
+                repr(t.projection),
+                str(t.in_group).lower(),
+            ]
+            for t in result.top_tokens
+        ],
+    )
+    words = list(result.target_words)
+    _write_csv(
+        folder / "row_cosine.csv",
+        ["word", *words],
+        [
+            [w, *(repr(float(v)) for v in row)]
+            for w, row in zip(words, result.row_cosine, strict=True)
+        ],
+    )
+
+
+def _write_square(file: Path, stat: PairwiseStat) -> None:
+    names = list(stat.names)
+    _write_csv(
+        file,
+        ["group", *names],
+        [[n, *(repr(float(v)) for v in row)] for n, row in zip(names, stat.values, strict=True)],
+    )
+
+
+def _write_csv(file: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with open(file, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)

@@ -1,0 +1,105 @@
+"""Tiny checkpoints written into tmp_path, and a throw-away tracking store.
+
+Unit tests never download: a "tiny BERT" here is a real Hugging Face folder (vocab.txt,
+config.json, tokenizer_config.json, model.safetensors) with a few dozen tokens and
+``D_MODEL`` dimensions, read by the same code as the bundled checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+D_MODEL = 8
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+DIGITS = [str(d) for d in range(10)]
+WORDS = [
+    *["zero", "one", "two", "three", "eight", "nine"],
+    *["france", "germany", "italy", "spain", "portugal", "greece", "sweden", "austria"],
+    *["czech", "##ia", "the", "of", "and", "paris", "rome", "athens", "cat", "dog", "red"],
+]
+VOCAB = SPECIAL + DIGITS + WORDS
+BERT_KEY = "bert.embeddings.word_embeddings.weight"
+
+
+def tiny_embeddings(seed: int = 0, d_vocab: int = len(VOCAB)) -> np.ndarray:
+    """A reproducible (d_vocab, D_MODEL) float32 matrix, offset from the origin like real
+    embedding clouds so that raw and centered SVDs differ."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(d_vocab, D_MODEL)) + 0.5).astype(np.float32)
+
+
+def write_tokenizer(folder: Path, vocab: list[str] = VOCAB) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "bert", "vocab_size": len(vocab), "hidden_size": D_MODEL})
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
+    )
+
+
+def write_tiny_bert(
+    folder: Path,
+    W_E: np.ndarray | None = None,
+    key: str = BERT_KEY,
+    layout: str = "single",
+) -> np.ndarray:
+    """Write a tiny BERT-style checkpoint; return its W_E.
+
+    layout: ``single`` (model.safetensors), ``sharded`` (two shards + index json, the
+    embedding in the second), ``pickle`` (pytorch_model.bin only) or ``bf16`` (the
+    embedding stored as bfloat16).
+    """
+    write_tokenizer(folder)
+    W_E = tiny_embeddings() if W_E is None else W_E
+    others = {
+        "bert.embeddings.position_embeddings.weight": np.ones((4, D_MODEL), np.float32),
+        "bert.pooler.dense.weight": np.eye(D_MODEL, dtype=np.float32),
+    }
+    if layout == "single":
+        save_file({key: W_E, **others}, folder / "model.safetensors")
+    elif layout == "sharded":
+        save_file(others, folder / "model-00001-of-00002.safetensors")
+        save_file({key: W_E}, folder / "model-00002-of-00002.safetensors")
+        weight_map = dict.fromkeys(others, "model-00001-of-00002.safetensors")
+        weight_map[key] = "model-00002-of-00002.safetensors"
+        (folder / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map})
+        )
+    elif layout == "pickle":
+        import torch
+
+        state = {k: torch.from_numpy(v) for k, v in {key: W_E, **others}.items()}
+        torch.save(state, folder / "pytorch_model.bin")
+    elif layout == "bf16":
+        import torch
+        from safetensors.torch import save_file as save_torch
+
+        as_bf16 = torch.from_numpy(W_E).to(torch.bfloat16)
+        save_torch({key: as_bf16}, folder / "model.safetensors")
+        return as_bf16.float().numpy()
+    else:
+        raise ValueError(layout)
+    return W_E
+
+
+@pytest.fixture
+def tiny_bert(tmp_path: Path) -> Path:
+    """A tiny BERT folder with a single model.safetensors."""
+    write_tiny_bert(tmp_path / "tiny-bert")
+    return tmp_path / "tiny-bert"
+
+
+@pytest.fixture(scope="session")
+def session_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One sqlite tracking store for the session (creating one runs migrations: seconds).
+    Tests that share it use their own experiment names."""
+    folder = tmp_path_factory.mktemp("mlruns")
+    return f"sqlite:///{folder / 'mlflow.db'}"

@@ -1,0 +1,186 @@
+"""The analysis against independent computations (numpy, scikit-learn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.decomposition import PCA, TruncatedSVD
+
+from embsvd.analysis import (
+    analyze,
+    decompose,
+    extreme_tokens,
+    pairwise,
+    project,
+    row_cosine,
+    svd_flip,
+)
+from embsvd.groups import KeptToken, TokenGroup
+
+RTOL = 1e-10
+
+
+@pytest.fixture
+def cloud() -> np.ndarray:
+    """A (10, 6) submatrix offset from the origin, like a group of embeddings."""
+    rng = np.random.default_rng(1)
+    return rng.normal(size=(10, 6)) * np.array([3, 2, 1.5, 1, 0.5, 0.2]) + 4.0
+
+
+def group(name: str, ids: list[int]) -> TokenGroup:
+    kept = tuple(KeptToken(f"w{i}", f"t{i}", i) for i in ids)
+    return TokenGroup(name, tuple(k.word for k in kept), kept, ())
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_svd_reconstructs_the_submatrix(cloud, center):
+    svd = decompose(cloud, center)
+    rebuilt = svd.U @ np.diag(svd.singular_values) @ svd.Vt + (svd.mean if center else 0)
+    np.testing.assert_allclose(rebuilt, cloud, rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(svd.Vt @ svd.Vt.T, np.eye(6), atol=1e-12)
+    np.testing.assert_allclose(svd.U.T @ svd.U, np.eye(6), atol=1e-12)
+    assert np.all(np.diff(svd.singular_values) <= 0)
+
+
+def test_centered_spectrum_matches_pca_and_ends_near_zero_when_rank_deficient(cloud):
+    pca = PCA().fit(cloud)
+    svd = decompose(cloud, center=True)
+    np.testing.assert_allclose(svd.singular_values, pca.singular_values_, rtol=1e-9)
+    np.testing.assert_allclose(
+        svd.explained_variance_ratio, pca.explained_variance_ratio_, rtol=1e-9
+    )
+    # a centered n x d submatrix with n <= d has rank n - 1: its last singular value is ~0
+    wide = np.random.default_rng(2).normal(size=(5, 20)) + 3
+    S = decompose(wide, center=True).singular_values
+    assert S[-1] / S[0] < 1e-12
+    assert decompose(wide, center=False).singular_values[-1] / S[0] > 1e-3
+
+
+def test_raw_singular_values_match_numpy_and_truncated_svd(cloud):
+    svd = decompose(cloud, center=False)
+    np.testing.assert_allclose(
+        svd.singular_values, np.linalg.svd(cloud, compute_uv=False), rtol=RTOL
+    )
+    truncated = TruncatedSVD(n_components=3, algorithm="arpack").fit(cloud)
+    np.testing.assert_allclose(svd.singular_values[:3], truncated.singular_values_, rtol=1e-8)
+    # the raw first component absorbs the cloud's offset: its axis points along the mean
+    cos = abs(svd.Vt[0] @ svd.mean) / np.linalg.norm(svd.mean)
+    assert cos > 0.9
+    power = svd.singular_values**2
+    np.testing.assert_allclose(svd.explained_variance_ratio, power / np.sum(cloud**2), rtol=RTOL)
+
+
+def test_signs_follow_svd_flip_and_do_not_depend_on_input_signs(cloud):
+    svd = decompose(cloud, center=True)
+    biggest = np.abs(svd.U).argmax(axis=0)
+    assert np.all(svd.U[biggest, np.arange(svd.U.shape[1])] > 0)
+    # the same subspace found with opposite signs is flipped back to the same vectors
+    U, S, Vt = np.linalg.svd(cloud - cloud.mean(axis=0), full_matrices=False)
+    U2, Vt2 = svd_flip(-U, -Vt)
+    np.testing.assert_allclose(Vt2, svd.Vt, atol=1e-12)
+    np.testing.assert_allclose(U2, svd.U, atol=1e-12)
+    np.testing.assert_array_equal(decompose(cloud, True).Vt, decompose(cloud.copy(), True).Vt)
+
+
+def test_sign_convention_matches_scikit_learn():
+    from sklearn.utils.extmath import svd_flip as sk_svd_flip
+
+    rng = np.random.default_rng(3)
+    U, _, Vt = np.linalg.svd(rng.normal(size=(7, 5)), full_matrices=False)
+    ours = svd_flip(U, Vt)
+    theirs = sk_svd_flip(U.copy(), Vt.copy(), u_based_decision=True)
+    np.testing.assert_allclose(ours[0], theirs[0])
+    np.testing.assert_allclose(ours[1], theirs[1])
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_projection_is_the_direct_computation(cloud, center):
+    W_E = np.random.default_rng(4).normal(size=(50, 6))
+    svd = decompose(cloud, center)
+    got = project(W_E, svd, n_components=2)
+    offset = cloud.mean(axis=0) if center else 0.0
+    expected = np.stack([(W_E[i] - offset) @ svd.Vt[:2].T for i in range(50)])
+    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-12)
+    assert got.shape == (50, 2)
+
+
+def test_pairwise_statistics_match_numpy():
+    rng = np.random.default_rng(5)
+    vectors = {"b": rng.normal(size=9), "a": rng.normal(size=9) + 1, "c": rng.normal(size=9)}
+    corr = pairwise(vectors, "pearson")
+    assert corr.names == ("a", "b", "c")
+    expected = np.corrcoef([vectors["a"], vectors["b"], vectors["c"]])
+    np.testing.assert_allclose(corr.values, expected, rtol=1e-12)
+    cos = pairwise(vectors, "cosine")
+    a, b = vectors["a"], vectors["b"]
+    assert cos.pairs()[0] == (
+        "a",
+        "b",
+        pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b)),
+    )
+    assert [p[:2] for p in cos.pairs()] == [("a", "b"), ("a", "c"), ("b", "c")]
+    with pytest.raises(
+        ValueError, match="statistic: expected 'pearson' or 'cosine', got 'spearman'"
+    ):
+        pairwise(vectors, "spearman")
+
+
+def test_extreme_tokens_skip_special_and_unnamed_rows_and_mark_the_group():
+    projections = np.array([[9.0], [5.0], [4.0], [-1.0], [-7.0], [8.0], [0.0]])
+    tokens = ["[CLS]", "five", "four", "minus", "low", None, "zero"]
+    found = extreme_tokens(projections, tokens, group_ids=[1, 4], excluded_ids=[0], top_k=2)
+    top = [(t.rank, t.token, t.in_group) for t in found if t.side == "top"]
+    bottom = [(t.rank, t.token, t.in_group) for t in found if t.side == "bottom"]
+    assert top == [(1, "five", True), (2, "four", False)]  # [CLS] and the unnamed row skipped
+    assert bottom == [(1, "low", True), (2, "minus", False)]
+    assert {t.projection for t in found} == {5.0, 4.0, -7.0, -1.0}
+
+
+def test_row_cosine_against_direct_computation(cloud):
+    for center in (True, False):
+        rows = cloud - cloud.mean(axis=0) if center else cloud
+        unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        np.testing.assert_allclose(row_cosine(cloud, center), unit @ unit.T, rtol=1e-12)
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_analyze_puts_the_pieces_together(center):
+    rng = np.random.default_rng(6)
+    W_E = rng.normal(size=(40, 6)) + 1.0
+    groups = {"low": group("low", [2, 3, 4, 5]), "high": group("high", [20, 21, 22, 23, 24])}
+    tokens = [f"tok{i}" for i in range(40)]
+    result = analyze(
+        W_E,
+        groups,
+        "low",
+        center=center,
+        n_components=2,
+        top_k=3,
+        token_strings=tokens,
+        excluded_ids=[0],
+    )
+    svd = decompose(W_E[[2, 3, 4, 5]], center)
+    np.testing.assert_allclose(result.svd.singular_values, svd.singular_values)
+    np.testing.assert_allclose(result.projections, project(W_E, svd, 2))
+    corr = np.corrcoef(W_E[[20, 21, 22, 23, 24]].mean(0), W_E[[2, 3, 4, 5]].mean(0))[0, 1]
+    assert result.group_mean_corr.pairs() == [("high", "low", pytest.approx(corr))]
+    high_axis = decompose(W_E[[20, 21, 22, 23, 24]], center).Vt[0]
+    axis = np.corrcoef(high_axis, svd.Vt[0])[0, 1]
+    assert result.axis_corr.pairs() == [("high", "low", pytest.approx(axis))]
+    assert len(result.top_tokens) == 2 * 2 * 3
+    best = int(np.argmax(np.delete(result.projections[:, 0], 0))) + 1  # id 0 is excluded
+    assert result.top_tokens[0].token_id == best
+    assert result.target_words == ("w2", "w3", "w4", "w5")
+    assert result.row_cosine.shape == (4, 4)
+
+
+def test_analyze_clamps_components_to_the_group_size_and_checks_inputs():
+    W_E = np.random.default_rng(7).normal(size=(12, 5))
+    groups = {"g": group("g", [1, 2, 3])}
+    tokens = [str(i) for i in range(12)]
+    result = analyze(W_E, groups, "g", center=True, n_components=10, top_k=2, token_strings=tokens)
+    assert result.projections.shape == (12, 3)
+    with pytest.raises(ValueError, match=r"target: 'h' is not one of the groups \['g'\]"):
+        analyze(W_E, groups, "h", center=True, n_components=1, top_k=1, token_strings=tokens)
+    with pytest.raises(ValueError, match="token_strings: 3 strings for 12 rows of W_E"):
+        analyze(W_E, groups, "g", center=True, n_components=1, top_k=1, token_strings=tokens[:3])

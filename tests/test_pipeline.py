@@ -1,0 +1,203 @@
+"""Whole jobs: composed configs, a tiny checkpoint on disk, a real sqlite store, and a real
+``experiments/run.py -m`` sweep in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from embsvd import tracking
+from embsvd.config import CONFIG_DIR, PROJECT_ROOT
+from embsvd.pipeline import flatten, run_job
+
+CONTRACT_ARTIFACTS = {
+    "config.yaml",
+    "groups.json",
+    "group_mean_corr.csv",
+    "row_cosine.csv",
+    "spectrum.csv",
+    "top_tokens.csv",
+}
+FIGURES = {"scree.png", "group_mean_corr.png", "row_cosine.png", "projection_component0.png"}
+
+
+def job_config(tiny_bert: Path, uri: str, experiment: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[
+                "model=local",
+                f"model.path={tiny_bert}",
+                "model.name=tiny_bert",
+                f"tracking.uri={uri}",
+                f"tracking.experiment={experiment}",
+                *overrides,
+            ],
+        )
+
+
+def runs_of(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([found.experiment_id], order_by=["start_time ASC"])
+
+
+def artifact_names(client: MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    return {Path(a.path).name for a in client.list_artifacts(run_id, path)}
+
+
+def test_job_logs_the_run_contract(tiny_bert, session_store):
+    cfg = job_config(tiny_bert, session_store, "contract-job", "target=eu_countries")
+    result = run_job(cfg)
+    client, [run] = runs_of(session_store, "contract-job")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny_bert/eu_countries/centered"
+    tags = run.data.tags
+    assert tags["embsvd.model"] == "tiny_bert"
+    assert tags["embsvd.target_group"] == "eu_countries"
+    assert tags["embsvd.center"] == "true"
+    assert tags["embsvd.source"] == str(tiny_bert.resolve())
+    assert len(tags["embsvd.weights_sha256"]) == 64
+    assert tags["embsvd.version"]
+    assert len(tags.get("mlflow.source.git.commit", "x" * 40)) == 40  # absent outside git
+    assert tags["embsvd.embedding_key"] == "bert.embeddings.word_embeddings.weight"
+    # params: the resolved config with dotted keys
+    assert run.data.params["analysis.center"] == "True"
+    assert run.data.params["model.path"] == str(tiny_bert)
+    assert run.data.params["groups.digits.size"] == "10"
+    # the tiny vocabulary has 8 of the 27 EU countries as single tokens
+    assert run.data.metrics["n_tokens"] == 8
+    assert run.data.metrics["group_mean_corr/digits__eu_countries"] == pytest.approx(
+        result.group_mean_corr.values[0, 1]
+    )
+    assert "axis_corr/digits__eu_countries" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "singular_value")
+    assert sorted(m.step for m in history) == list(range(8))
+    assert artifact_names(client, run.info.run_id) == CONTRACT_ARTIFACTS | {"figures"}
+    assert artifact_names(client, run.info.run_id, "figures") == FIGURES
+
+
+def test_bad_group_fails_the_run_with_the_reason_and_keeps_the_params(tiny_bert, session_store):
+    cfg = job_config(
+        tiny_bert,
+        session_store,
+        "bad-group",
+        "groups.digits.words=[Mercury,Venus,Mars]",
+    )
+    with pytest.raises(ValueError, match="groups.digits: only 0 of 3 words are single tokens"):
+        run_job(cfg)
+    client, [run] = runs_of(session_store, "bad-group")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["embsvd.error"].startswith("ValueError: groups.digits: only 0 of 3")
+    assert "'Mercury' ('[UNK]'): unknown token" in run.data.tags["embsvd.error"]
+    assert run.data.params["groups.digits.words"] == "['Mercury', 'Venus', 'Mars']"
+    assert "error.txt" in artifact_names(client, run.info.run_id)
+
+
+def test_unreadable_checkpoint_and_unknown_target_fail_their_runs(tmp_path, session_store):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="model: no weights in"):
+        run_job(job_config(empty, session_store, "bad-ckpt"))
+    with pytest.raises(ValueError, match=r"target: 'planets' is not one of the configured groups"):
+        run_job(job_config(empty, session_store, "bad-ckpt", "target=planets"))
+    _, runs = runs_of(session_store, "bad-ckpt")
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+
+
+def test_raw_run_and_analysis_settings_reach_the_analysis(tiny_bert, session_store):
+    cfg = job_config(
+        tiny_bert,
+        session_store,
+        "raw-job",
+        "analysis.center=false",
+        "analysis.n_components=2",
+        "analysis.top_k=4",
+        "analysis.figures=false",
+    )
+    result = run_job(cfg)
+    assert result.center is False and result.projections.shape[1] == 2
+    client, [run] = runs_of(session_store, "raw-job")
+    assert run.info.run_name == "tiny_bert/digits/raw"
+    assert run.data.tags["embsvd.center"] == "false"
+    assert "figures" not in artifact_names(client, run.info.run_id)
+    # raw: the spectrum of the uncentered submatrix, no ~0 last value
+    assert run.data.metrics["singular_value_last_over_first"] > 1e-3
+    top = client.download_artifacts(run.info.run_id, "top_tokens.csv")
+    assert len(Path(top).read_text().splitlines()) == 1 + 2 * 2 * 4
+
+
+def test_flatten_uses_dotted_keys_and_keeps_lists():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": None,
+    }
+
+
+@pytest.mark.slow
+def test_multirun_sweep_logs_one_run_per_job(tiny_bert, tmp_path):
+    """`experiments/run.py -m` as a user types it, into a fresh store, from another cwd."""
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "experiments" / "run.py"),
+        "-m",
+        "model=local",
+        f"model.path={tiny_bert}",
+        "model.name=tiny_bert",
+        f"tracking.uri={uri}",
+        "analysis.figures=false",
+        "target=digits,eu_countries",
+        "analysis.center=true,false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, runs = runs_of(uri, "embsvd")
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(
+        f"tiny_bert/{g}/{c}" for g in ("digits", "eu_countries") for c in ("centered", "raw")
+    )
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["embsvd.sweep_dir"] for r in runs} == {str(tmp_path / "sweep")}
+    assert sorted(r.data.tags["embsvd.job_num"] for r in runs) == ["0", "1", "2", "3"]
+    for run in runs:
+        assert artifact_names(client, run.info.run_id) == CONTRACT_ARTIFACTS
+        assert run.data.tags["embsvd.overrides"].startswith("model=local")
+    # artifacts live beside the store, not under the working directory
+    assert (tmp_path / "store" / "artifacts" / "embsvd").is_dir()
+    assert not (tmp_path / "mlruns").exists()
+    # the summary table and the UI command
+    assert "tiny_bert/eu_countries/raw" in done.stdout
+    assert f"--backend-store-uri {uri}" in done.stdout
+    centered = [r for r in runs if r.info.run_name == "tiny_bert/digits/centered"][0]
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("tiny_bert/digits/centered")][0]
+    assert centered.data.tags["embsvd.axis0.top"] in line
+    ratio = centered.data.metrics["singular_value_last_over_first"]
+    assert f"{ratio:.2e}" in line
+
+
+def test_summary_table_reads_runs_back(tiny_bert, session_store):
+    run_job(job_config(tiny_bert, session_store, "table", "analysis.figures=false"))
+    store = tracking.TrackingStore(session_store, "table")
+    from embsvd.report import format_sweep_table
+
+    table = format_sweep_table(store.find_runs()).splitlines()
+    assert table[0].split()[:2] == ["run", "status"]
+    assert table[2].startswith("tiny_bert/digits/centered  FINISHED  eu_countries=")
+    assert np.isfinite(float(table[2].split("eu_countries=")[1].split()[0]))

@@ -1,0 +1,218 @@
+"""The tracking module against a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from embsvd import tracking
+from embsvd.analysis import analyze
+from embsvd.groups import KeptToken, TokenGroup
+
+
+def make_store(uri: str, name: str, artifact_root: Path | None = None) -> tracking.TrackingStore:
+    return tracking.TrackingStore(uri, name, artifact_root)
+
+
+def read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
+    local = client.download_artifacts(run_id, path)
+    return Path(local).read_text(encoding="utf-8")
+
+
+def test_tracking_uri_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # the default store does not depend on the working directory
+    root = Path("/some/project")
+    assert tracking.resolve_tracking_uri(None, root) == "sqlite:////some/project/mlruns/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
+    assert tracking.resolve_tracking_uri(None, root) == "http://127.0.0.1:5001"
+    assert tracking.resolve_tracking_uri("sqlite:////x/y.db", root) == "sqlite:////x/y.db"
+
+
+def test_artifacts_go_beside_a_sqlite_store_and_to_the_server_otherwise():
+    assert tracking.default_artifact_root("sqlite:////a/b/mlflow.db") == Path("/a/b/artifacts")
+    assert tracking.default_artifact_root("http://127.0.0.1:5000") is None
+
+
+def test_store_creates_the_experiment_once_with_an_absolute_artifact_location(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'nested' / 'mlflow.db'}"  # the folder does not exist yet
+    store = make_store(uri, "exp-a")
+    again = make_store(uri, "exp-a")
+    assert store.experiment_id == again.experiment_id
+    location = store.client.get_experiment(store.experiment_id).artifact_location
+    assert location == (tmp_path / "nested" / "artifacts" / "exp-a").as_uri()
+
+
+def test_finished_run_with_batched_metrics(session_store, monkeypatch):
+    store = make_store(session_store, "finished")
+    requests = []
+    real_log_batch = store.client.log_batch
+
+    def counting_log_batch(run_id, **kwargs):  # counts requests, then logs for real
+        requests.append({k: len(v) for k, v in kwargs.items()})
+        return real_log_batch(run_id, **kwargs)
+
+    monkeypatch.setattr(store.client, "log_batch", counting_log_batch)
+    with tracking.tracked_run(store, "m/g/centered", {"embsvd.model": "m"}) as run:
+        run.log_metrics([("series", float(i), i) for i in range(2500)])
+        run.log_params({f"p{i}": i for i in range(150)})
+    assert [r["metrics"] for r in requests if "metrics" in r] == [1000, 1000, 500]
+    assert [r["params"] for r in requests if "params" in r] == [100, 50]
+    finished = store.client.get_run(run.run_id)
+    assert finished.info.status == "FINISHED"
+    assert finished.info.run_name == "m/g/centered"
+    assert finished.data.tags["embsvd.model"] == "m"
+    history = store.client.get_metric_history(run.run_id, "series")
+    assert sorted(m.step for m in history) == list(range(2500))
+    assert finished.data.params["p149"] == "149"
+
+
+def test_failed_run_keeps_what_was_logged_and_records_the_error(session_store):
+    store = make_store(session_store, "failed")
+    with (
+        pytest.raises(RuntimeError, match="checkpoint exploded"),
+        tracking.tracked_run(store, "m/g/raw", {}) as run,
+    ):
+        run.log_params({"analysis.center": False})
+        raise RuntimeError("checkpoint exploded")
+    failed = store.client.get_run(run.run_id)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["embsvd.error"] == "RuntimeError: checkpoint exploded"
+    assert failed.data.params["analysis.center"] == "False"
+    traceback_text = read_artifact(store.client, run.run_id, "error.txt")
+    assert "Traceback" in traceback_text and "checkpoint exploded" in traceback_text
+
+
+def test_ctrl_c_ends_the_run_killed(session_store):
+    store = make_store(session_store, "killed")
+    with pytest.raises(KeyboardInterrupt), tracking.tracked_run(store, "m/g/raw", {}) as run:
+        raise KeyboardInterrupt
+    assert store.client.get_run(run.run_id).info.status == "KILLED"
+
+
+def test_sigint_to_a_real_process_ends_its_run_killed(tmp_path):
+    """Ctrl-C as a user sends it: SIGINT to a process blocked inside a run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = f"""
+import os, signal, time
+from embsvd import tracking
+store = tracking.TrackingStore({uri!r}, "sigint")
+with tracking.tracked_run(store, "m/g/raw", {{}}) as run:
+    print(run.run_id, flush=True)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert done.returncode != 0
+    assert "KeyboardInterrupt" in done.stderr
+    run_id = done.stdout.split()[0]
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+
+def small_result():
+    rng = np.random.default_rng(0)
+    W_E = rng.normal(size=(30, 5)) + 0.3
+    groups = {
+        name: TokenGroup(
+            name,
+            tuple(f"{name}{i}" for i in ids),
+            tuple(KeptToken(f"{name}{i}", f"tok{i}", i) for i in ids),
+            (),
+        )
+        for name, ids in {"b_group": [1, 2, 3, 4], "a_group": [10, 11, 12]}.items()
+    }
+    tokens = [f"tok{i}" for i in range(30)]
+    result = analyze(
+        W_E,
+        groups,
+        "b_group",
+        center=True,
+        n_components=2,
+        top_k=3,
+        token_strings=tokens,
+        excluded_ids=[0],
+    )
+    return result, groups
+
+
+def test_log_result_writes_the_contract(session_store):
+    store = make_store(session_store, "contract")
+    result, groups = small_result()
+    with tracking.tracked_run(store, "m/b_group/centered", {}) as run:
+        tracking.log_groups(run, groups, "b_group")
+        tracking.log_result(run, result)
+    client = store.client
+    data = client.get_run(run.run_id).data
+    assert data.metrics["n_tokens"] == 4
+    pair = "a_group__b_group"  # names in sorted order
+    assert data.metrics[f"group_mean_corr/{pair}"] == pytest.approx(
+        result.group_mean_corr.values[0, 1]
+    )
+    assert data.metrics[f"group_mean_cos/{pair}"] == pytest.approx(
+        result.group_mean_cos.values[0, 1]
+    )
+    assert data.metrics[f"axis_corr/{pair}"] == pytest.approx(result.axis_corr.values[0, 1])
+    S = result.svd.singular_values
+    assert data.metrics["singular_value_last_over_first"] == pytest.approx(S[-1] / S[0])
+    history = sorted(client.get_metric_history(run.run_id, "singular_value"), key=lambda m: m.step)
+    assert [m.step for m in history] == [0, 1, 2, 3]
+    np.testing.assert_allclose([m.value for m in history], S)
+    ratios = [
+        m.value
+        for m in sorted(
+            client.get_metric_history(run.run_id, "explained_variance_ratio"), key=lambda m: m.step
+        )
+    ]
+    np.testing.assert_allclose(ratios, result.svd.explained_variance_ratio)
+
+    spectrum = list(csv.DictReader(io.StringIO(read_artifact(client, run.run_id, "spectrum.csv"))))
+    assert [int(r["component"]) for r in spectrum] == [0, 1, 2, 3]
+    np.testing.assert_array_equal([float(r["singular_value"]) for r in spectrum], S)  # repr: exact
+
+    square = list(csv.reader(io.StringIO(read_artifact(client, run.run_id, "group_mean_corr.csv"))))
+    assert square[0] == ["group", "a_group", "b_group"]
+    assert [row[0] for row in square[1:]] == ["a_group", "b_group"]
+    assert float(square[1][1]) == pytest.approx(1.0)
+
+    top = list(csv.DictReader(io.StringIO(read_artifact(client, run.run_id, "top_tokens.csv"))))
+    assert list(top[0]) == [
+        "component",
+        "side",
+        "rank",
+        "token_id",
+        "token",
+        "projection",
+        "in_group",
+    ]
+    assert len(top) == 2 * 2 * 3
+    first = [r for r in top if r["component"] == "0" and r["side"] == "top"]
+    assert [r["rank"] for r in first] == ["1", "2", "3"]
+    projections = [float(r["projection"]) for r in first]
+    assert projections == sorted(projections, reverse=True)
+    assert projections[0] == result.projections[:, 0][1:].max()
+    assert {r["in_group"] for r in top} <= {"true", "false"}
+    assert data.tags["embsvd.axis0.top"] == " ".join(r["token"] for r in first)
+
+    cosine = list(csv.reader(io.StringIO(read_artifact(client, run.run_id, "row_cosine.csv"))))
+    assert cosine[0] == ["word", "b_group1", "b_group2", "b_group3", "b_group4"]
+    assert float(cosine[1][1]) == pytest.approx(1.0)
+
+    payload = json.loads(read_artifact(client, run.run_id, "groups.json"))
+    assert set(payload) == {"a_group", "b_group"}
+    assert payload["b_group"]["kept"][0] == {"word": "b_group1", "token": "tok1", "token_id": 1}
+    assert set(payload["b_group"]) == {"words", "kept", "dropped", "held_out"}
