@@ -1,5 +1,5 @@
 # The README's commands. Each target sets up the project-local virtual environment first.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip

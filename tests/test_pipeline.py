@@ -112,6 +112,15 @@ def test_unreadable_checkpoint_and_unknown_target_fail_their_runs(tmp_path, sess
     assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
 
 
+@pytest.mark.parametrize("key", ["n_components", "top_k"])
+def test_analysis_settings_below_one_fail_the_run(tiny_bert, session_store, key):
+    cfg = job_config(tiny_bert, session_store, f"bad-{key}", f"analysis.{key}=0")
+    with pytest.raises(ValueError, match=f"analysis.{key}: must be at least 1, got 0"):
+        run_job(cfg)
+    _, [run] = runs_of(session_store, f"bad-{key}")
+    assert run.info.status == "FAILED"
+
+
 def test_raw_run_and_analysis_settings_reach_the_analysis(tiny_bert, session_store):
     cfg = job_config(
         tiny_bert,
@@ -179,6 +188,9 @@ def test_multirun_sweep_logs_one_run_per_job(tiny_bert, tmp_path):
     for run in runs:
         assert artifact_names(client, run.info.run_id) == CONTRACT_ARTIFACTS
         assert run.data.tags["embsvd.overrides"].startswith("model=local")
+        assert run.data.params["model.path"] == str(tiny_bert)
+        assert run.data.params["analysis.center"] == run.data.tags["embsvd.center"].title()
+        assert run.data.metrics["n_tokens"] == (10 if "digits" in run.info.run_name else 8)
     # artifacts live beside the store, not under the working directory
     assert (tmp_path / "store" / "artifacts" / "embsvd").is_dir()
     assert not (tmp_path / "mlruns").exists()
