@@ -52,8 +52,9 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
-# What a Hub download needs: configs, tokenizer files and the weights.
-HUB_PATTERNS = ["*.json", "*.safetensors", "vocab.txt", "merges.txt", "*.model", "*.tiktoken"]
+# What a Hub download needs: configs and tokenizer files, then the weights.
+HUB_METADATA = ["*.json", "vocab.txt", "merges.txt", "*.model", "*.tiktoken"]
+HUB_WEIGHTS = ["*.safetensors"]
 
 
 @dataclass
@@ -171,7 +172,7 @@ def resolve_folder(spec: CheckpointSpec) -> Path:
         return folder
     if spec.package:
         return _package_folder(spec.package, spec.package_subdir)
-    return _hub_folder(spec.hub_id, spec.revision, spec.allow_pickle)
+    return _hub_folder(spec)
 
 
 def _package_folder(package: str, subdir: str) -> Path:
@@ -194,20 +195,47 @@ def _package_folder(package: str, subdir: str) -> Path:
     return folder
 
 
-def _hub_folder(hub_id: str, revision: str | None, allow_pickle: bool) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+def _hub_folder(spec: CheckpointSpec) -> Path:
+    """The Hub snapshot folder, with the configs, the tokenizer and only the weights file
+    that holds the embedding (one shard of a sharded checkpoint, not all of them)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
-    patterns = HUB_PATTERNS + (["*.bin"] if allow_pickle else [])
+    hub_id, revision = spec.hub_id, spec.revision
+    where = f"{hub_id!r} (revision {revision or 'main'})"
     try:
-        folder = snapshot_download(hub_id, revision=revision, allow_patterns=patterns)
+        folder = Path(snapshot_download(hub_id, revision=revision, allow_patterns=HUB_METADATA))
+        if (folder / SAFETENSORS_INDEX).is_file():
+            index = _read_index(folder / SAFETENSORS_INDEX)
+            key = spec.embedding_key or _guess_embedding_key(list(index), folder)
+            if key in index:  # otherwise find_embedding names the tensors that exist
+                shard = index[key].relative_to(folder).as_posix()
+                hf_hub_download(hub_id, shard, revision=revision)
+        else:
+            weights = HUB_WEIGHTS + (["*.bin"] if spec.allow_pickle else [])
+            snapshot_download(hub_id, revision=revision, allow_patterns=weights)
+    except HFValidationError as error:
+        raise ValueError(
+            f"model.hub_id: {hub_id!r} is not a valid Hugging Face Hub repository id "
+            f"({error}); use 'name' or 'organization/name'"
+        ) from error
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise FileNotFoundError(
+            f"model.hub_id: {where} does not exist on the Hub or is private "
+            f"({type(error).__name__}); check the id and model.revision"
+        ) from error
     except LocalEntryNotFoundError as error:
         raise FileNotFoundError(
-            f"model.hub_id: {hub_id!r} (revision {revision or 'main'}) is not in the local "
-            "Hugging Face cache and the Hub cannot be reached (or HF_HUB_OFFLINE=1); "
-            "download it once while online, or set model.path to a local folder"
+            f"model.hub_id: {where} is not in the local Hugging Face cache and the Hub "
+            "cannot be reached (or HF_HUB_OFFLINE=1); download it once while online, or set "
+            "model.path to a local folder"
         ) from error
-    return Path(folder)
+    return folder
 
 
 def find_embedding(folder: Path, key: str | None, allow_pickle: bool) -> tuple[Path, str]:

@@ -17,6 +17,7 @@ The run contract (later tools read runs through it; extend it, don't break it):
 from __future__ import annotations
 
 import csv
+import json
 import os
 import tempfile
 import time
@@ -179,8 +180,6 @@ def tracked_run(
 
 def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) -> None:
     """``groups.json`` and the ``n_tokens`` metric (size of the target group)."""
-    import json
-
     payload = {name: group.to_dict() for name, group in groups.items()}
     run.log_text(json.dumps(payload, indent=2, ensure_ascii=False), "groups.json")
     run.log_metrics([("n_tokens", len(groups[target].kept), 0)])

@@ -449,6 +449,12 @@ for label, revision in [("main", None), ("commit", sys.argv[1])]:
         "sha256": checkpoint.weights_sha256,
         "tokens": checkpoint.token_strings(),
     }
+sharded = load_checkpoint(CheckpointSpec(name="s", hub_id="testorg/tiny-sharded"))
+out["sharded"] = {"W_E": sharded.W_E.tolist(), "file": str(sharded.weights_file)}
+try:
+    load_checkpoint(CheckpointSpec(name="t", hub_id="not/a/valid/id"))
+except ValueError as error:
+    out["invalid_id"] = str(error)
 for label, hub_id, revision in [("missing_repo", "testorg/not-cached", None),
                                 ("missing_revision", "testorg/tiny-bert", "v9")]:
     try:
@@ -460,14 +466,17 @@ print(json.dumps(out))
 """
 
 
-def write_hub_cache(cache: Path, repo_id: str, commit: str, source: Path) -> Path:
+def write_hub_cache(
+    cache: Path, repo_id: str, commit: str, source: Path, skip: tuple[str, ...] = ()
+) -> Path:
     """Lay out ``source``'s files as huggingface_hub caches a download: content-addressed
-    blobs, a snapshot folder of symlinks to them, and ``refs/main`` naming the commit."""
+    blobs, a snapshot folder of symlinks to them, and ``refs/main`` naming the commit.
+    Files named in ``skip`` are left out, as if never downloaded."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
     (repo / "blobs").mkdir(parents=True)
     snapshot.mkdir(parents=True)
-    for file in sorted(source.iterdir()):
+    for file in sorted(f for f in source.iterdir() if f.name not in skip):
         blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
         shutil.copyfile(file, blob)
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
@@ -481,6 +490,15 @@ def test_hub_id_is_read_from_the_offline_cache(tmp_path: Path) -> None:
     commit = hashlib.sha1(b"tiny-bert").hexdigest()
     cache = tmp_path / "hf" / "hub"
     snapshot = write_hub_cache(cache, "testorg/tiny-bert", commit, tmp_path / "upload")
+    # a sharded repo of which only the embedding's shard was ever downloaded
+    W_E_sharded = write_tiny_bert(tmp_path / "sharded", tiny_embeddings(seed=5), layout="sharded")
+    sharded_snapshot = write_hub_cache(
+        cache,
+        "testorg/tiny-sharded",
+        hashlib.sha1(b"sharded").hexdigest(),
+        tmp_path / "sharded",
+        skip=("model-00001-of-00002.safetensors",),
+    )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))},
         "HF_HUB_OFFLINE": "1",
@@ -508,6 +526,11 @@ def test_hub_id_is_read_from_the_offline_cache(tmp_path: Path) -> None:
         assert Path(loaded["source"]) == snapshot
         assert loaded["sha256"] == expected_sha.hexdigest()
         assert loaded["tokens"] == VOCAB
+    np.testing.assert_array_equal(np.array(out["sharded"]["W_E"], np.float32), W_E_sharded)
+    assert out["sharded"]["file"] == str(sharded_snapshot / "model-00002-of-00002.safetensors")
+    assert out["invalid_id"].startswith(
+        "model.hub_id: 'not/a/valid/id' is not a valid Hugging Face Hub repository id"
+    )
     for label, hub_id, revision in [
         ("missing_repo", "testorg/not-cached", "main"),
         ("missing_revision", "testorg/tiny-bert", "v9"),
