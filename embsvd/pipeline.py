@@ -6,7 +6,6 @@ The only module that reads a ``DictConfig``; everything it calls takes typed arg
 from __future__ import annotations
 
 import logging
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from embsvd.analysis import AnalysisResult, analyze
 from embsvd.checkpoint import load_checkpoint
 from embsvd.config import PROJECT_ROOT, EmbsvdConfig
 from embsvd.groups import describe_dropped, select_single_tokens
+from embsvd.provenance import GitState, git_state, library_versions
 from embsvd.report import format_sweep_table, mlflow_ui_command
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,13 @@ def run_job(cfg: DictConfig) -> AnalysisResult:
         settings.tracking.experiment,
         settings.tracking.artifact_root,
     )
+    git = git_state(PROJECT_ROOT)
     try:
-        with tracking.tracked_run(store, run_name(settings), run_tags(settings)) as run:
+        with tracking.tracked_run(store, run_name(settings), run_tags(settings, git)) as run:
             run.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
             run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+            if git is not None and git.dirty:  # the commit alone would not reproduce the run
+                run.log_text(git.diff, "git_diff.patch")
             return _analyse_and_log(settings, run)
     except Exception:
         log.exception("job %s failed", run_name(settings))
@@ -116,15 +119,18 @@ def run_name(settings: EmbsvdConfig) -> str:
     return f"{settings.model.name}/{settings.target}/{centering}"
 
 
-def run_tags(settings: EmbsvdConfig) -> dict[str, Any]:
-    """Tags known before anything is loaded: what the run is, where it came from."""
+def run_tags(settings: EmbsvdConfig, git: GitState | None) -> dict[str, Any]:
+    """Tags known before anything is loaded: what the run is and where its code came from."""
     tags = {
         "embsvd.model": settings.model.name,
         "embsvd.target_group": settings.target,
         "embsvd.center": str(settings.analysis.center).lower(),
         "embsvd.version": embsvd.__version__,
-        **_git_tags(),
+        **{f"embsvd.env.{name}": v for name, v in library_versions().items()},
     }
+    if git is not None:
+        tags["mlflow.source.git.commit"] = git.commit
+        tags["embsvd.git_dirty"] = str(git.dirty).lower()
     if HydraConfig.initialized():
         hydra = HydraConfig.get()
         tags["embsvd.overrides"] = " ".join(hydra.overrides.task)
@@ -132,20 +138,6 @@ def run_tags(settings: EmbsvdConfig) -> dict[str, Any]:
             tags["embsvd.sweep_dir"] = str(Path(hydra.sweep.dir).resolve())
             tags["embsvd.job_num"] = hydra.job.num
     return tags
-
-
-def _git_tags() -> dict[str, str]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.CalledProcessError):
-        return {}  # not a git checkout (an installed copy): no commit to record
-    return {"mlflow.source.git.commit": commit, "embsvd.git_dirty": str(dirty).lower()}
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

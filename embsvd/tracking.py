@@ -4,14 +4,16 @@ The run contract (later tools read runs through it; extend it, don't break it):
 
 - experiment ``embsvd`` by default; run name ``<model>/<target group>/<centered|raw>``;
 - tags ``embsvd.model``, ``embsvd.target_group``, ``embsvd.center``, ``embsvd.source``,
-  ``embsvd.weights_sha256``, ``embsvd.version``, ``mlflow.source.git.commit``;
+  ``embsvd.weights_sha256``, ``embsvd.version``, ``mlflow.source.git.commit`` (the full
+  list is in README.md);
 - params: the resolved config, flattened with dotted keys;
 - metrics: ``singular_value`` and ``explained_variance_ratio`` as step series (step =
   component), ``singular_value_last_over_first``, ``singular_value_first_over_second``,
   ``group_mean_corr/<a>__<b>``, ``group_mean_cos/<a>__<b>``,
   ``axis_corr/<a>__<b>`` (names sorted), ``n_tokens``;
 - artifacts: ``spectrum.csv``, ``group_mean_corr.csv``, ``top_tokens.csv``,
-  ``groups.json``, ``row_cosine.csv``, ``config.yaml``, ``figures/``.
+  ``groups.json``, ``row_cosine.csv``, ``config.yaml``, ``figures/``; ``git_diff.patch``
+  from a checkout with uncommitted changes, ``error.txt`` on failure.
 """
 
 from __future__ import annotations

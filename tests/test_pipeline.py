@@ -67,6 +67,7 @@ def test_job_logs_the_run_contract(tiny_bert, session_store):
     assert len(tags["embsvd.weights_sha256"]) == 64
     assert tags["embsvd.version"]
     assert len(tags.get("mlflow.source.git.commit", "x" * 40)) == 40  # absent outside git
+    assert tags["embsvd.env.numpy"] == np.__version__
     assert tags["embsvd.embedding_key"] == "bert.embeddings.word_embeddings.weight"
     # params: the resolved config with dotted keys
     assert run.data.params["analysis.center"] == "True"
@@ -80,7 +81,10 @@ def test_job_logs_the_run_contract(tiny_bert, session_store):
     assert "axis_corr/digits__eu_countries" in run.data.metrics
     history = client.get_metric_history(run.info.run_id, "singular_value")
     assert sorted(m.step for m in history) == list(range(8))
-    assert artifact_names(client, run.info.run_id) == CONTRACT_ARTIFACTS | {"figures"}
+    artifacts = artifact_names(client, run.info.run_id)
+    # a run from a checkout with uncommitted changes carries the diff
+    assert ("git_diff.patch" in artifacts) == (tags.get("embsvd.git_dirty") == "true")
+    assert artifacts - {"git_diff.patch"} == CONTRACT_ARTIFACTS | {"figures"}
     assert artifact_names(client, run.info.run_id, "figures") == FIGURES
 
 
@@ -186,7 +190,7 @@ def test_multirun_sweep_logs_one_run_per_job(tiny_bert, tmp_path):
     assert {r.data.tags["embsvd.sweep_dir"] for r in runs} == {str(tmp_path / "sweep")}
     assert sorted(r.data.tags["embsvd.job_num"] for r in runs) == ["0", "1", "2", "3"]
     for run in runs:
-        assert artifact_names(client, run.info.run_id) == CONTRACT_ARTIFACTS
+        assert artifact_names(client, run.info.run_id) - {"git_diff.patch"} == CONTRACT_ARTIFACTS
         assert run.data.tags["embsvd.overrides"].startswith("model=local")
         assert run.data.params["model.path"] == str(tiny_bert)
         assert run.data.params["analysis.center"] == run.data.tags["embsvd.center"].title()
