@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from embsvd.groups import KeptToken, TokenGroup
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 D_MODEL = 8
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -32,6 +34,12 @@ def tiny_embeddings(seed: int = 0, d_vocab: int = len(VOCAB)) -> np.ndarray:
     embedding clouds so that raw and centered SVDs differ."""
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(d_vocab, D_MODEL)) + 0.5).astype(np.float32)
+
+
+def token_group(name: str, ids: list[int]) -> TokenGroup:
+    """A group that kept the tokens ``ids``, named ``tok<id>``, from the words ``<name><id>``."""
+    kept = tuple(KeptToken(f"{name}{i}", f"tok{i}", i) for i in ids)
+    return TokenGroup(name, tuple(k.word for k in kept), kept, ())
 
 
 def write_tokenizer(folder: Path, vocab: list[str] = VOCAB) -> None:

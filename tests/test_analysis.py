@@ -15,7 +15,7 @@ from embsvd.analysis import (
     row_cosine,
     svd_flip,
 )
-from embsvd.groups import KeptToken, TokenGroup
+from tests.conftest import token_group
 
 RTOL = 1e-10
 
@@ -25,11 +25,6 @@ def cloud() -> np.ndarray:
     """A (10, 6) submatrix offset from the origin, like a group of embeddings."""
     rng = np.random.default_rng(1)
     return rng.normal(size=(10, 6)) * np.array([3, 2, 1.5, 1, 0.5, 0.2]) + 4.0
-
-
-def group(name: str, ids: list[int]) -> TokenGroup:
-    kept = tuple(KeptToken(f"w{i}", f"t{i}", i) for i in ids)
-    return TokenGroup(name, tuple(k.word for k in kept), kept, ())
 
 
 @pytest.mark.parametrize("center", [True, False])
@@ -147,7 +142,10 @@ def test_row_cosine_against_direct_computation(cloud):
 def test_analyze_puts_the_pieces_together(center):
     rng = np.random.default_rng(6)
     W_E = rng.normal(size=(40, 6)) + 1.0
-    groups = {"low": group("low", [2, 3, 4, 5]), "high": group("high", [20, 21, 22, 23, 24])}
+    groups = {
+        "low": token_group("low", [2, 3, 4, 5]),
+        "high": token_group("high", [20, 21, 22, 23, 24]),
+    }
     tokens = [f"tok{i}" for i in range(40)]
     result = analyze(
         W_E,
@@ -170,13 +168,13 @@ def test_analyze_puts_the_pieces_together(center):
     assert len(result.top_tokens) == 2 * 2 * 3
     best = int(np.argmax(np.delete(result.projections[:, 0], 0))) + 1  # id 0 is excluded
     assert result.top_tokens[0].token_id == best
-    assert result.target_words == ("w2", "w3", "w4", "w5")
+    assert result.target_words == ("low2", "low3", "low4", "low5")
     assert result.row_cosine.shape == (4, 4)
 
 
 def test_analyze_clamps_components_to_the_group_size_and_checks_inputs():
     W_E = np.random.default_rng(7).normal(size=(12, 5))
-    groups = {"g": group("g", [1, 2, 3])}
+    groups = {"g": token_group("g", [1, 2, 3])}
     tokens = [str(i) for i in range(12)]
     result = analyze(W_E, groups, "g", center=True, n_components=10, top_k=2, token_strings=tokens)
     assert result.projections.shape == (12, 3)

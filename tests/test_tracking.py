@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.analysis import analyze
-from embsvd.groups import KeptToken, TokenGroup
+from tests.conftest import token_group
 
 
 def make_store(uri: str, name: str, artifact_root: Path | None = None) -> tracking.TrackingStore:
@@ -128,13 +128,8 @@ def small_result():
     rng = np.random.default_rng(0)
     W_E = rng.normal(size=(30, 5)) + 0.3
     groups = {
-        name: TokenGroup(
-            name,
-            tuple(f"{name}{i}" for i in ids),
-            tuple(KeptToken(f"{name}{i}", f"tok{i}", i) for i in ids),
-            (),
-        )
-        for name, ids in {"b_group": [1, 2, 3, 4], "a_group": [10, 11, 12]}.items()
+        "b_group": token_group("b_group", [1, 2, 3, 4]),
+        "a_group": token_group("a_group", [10, 11, 12]),
     }
     tokens = [f"tok{i}" for i in range(30)]
     result = analyze(
