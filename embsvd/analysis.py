@@ -7,12 +7,15 @@ All arithmetic is float64. Shapes use TransformerLens names: ``d_vocab`` rows of
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from embsvd.groups import TokenGroup
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -218,7 +221,16 @@ def analyze(
     ids = {name: group.token_ids for name, group in groups.items()}
     svds = {name: decompose(W_E[group_ids], center) for name, group_ids in ids.items()}
     target_svd = svds[target]
-    projections = project(W_E, target_svd, min(n_components, len(target_svd.singular_values)))
+    n_axes = len(target_svd.singular_values)
+    if n_components > n_axes:
+        log.warning(
+            "analysis.n_components=%d exceeds the %d axes of %s; projecting on %d",
+            n_components,
+            n_axes,
+            target,
+            n_axes,
+        )
+    projections = project(W_E, target_svd, min(n_components, n_axes))
     means = {name: svd.mean for name, svd in svds.items()}
     return AnalysisResult(
         target=target,

@@ -73,12 +73,6 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
         if group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
     analysis = settings.analysis
-    n_tokens = len(groups[settings.target].kept)
-    if analysis.n_components > n_tokens:
-        log.warning(
-            "analysis.n_components=%d exceeds the %d tokens of %s; projecting on %d axes",
-            *(analysis.n_components, n_tokens, settings.target, n_tokens),
-        )
     result = analyze(
         checkpoint.W_E,
         groups,

@@ -182,3 +182,19 @@ def test_analyze_clamps_components_to_the_group_size_and_checks_inputs():
         analyze(W_E, groups, "h", center=True, n_components=1, top_k=1, token_strings=tokens)
     with pytest.raises(ValueError, match="token_strings: 3 strings for 12 rows of W_E"):
         analyze(W_E, groups, "g", center=True, n_components=1, top_k=1, token_strings=tokens[:3])
+
+
+def test_clamping_components_is_logged(caplog):
+    W_E = np.random.default_rng(8).normal(size=(12, 5))
+    tokens = [str(i) for i in range(12)]
+    with caplog.at_level("WARNING", logger="embsvd.analysis"):
+        analyze(
+            W_E,
+            {"g": token_group("g", [1, 2, 3])},
+            "g",
+            center=True,
+            n_components=4,
+            top_k=1,
+            token_strings=tokens,
+        )
+    assert "analysis.n_components=4 exceeds the 3 axes of g; projecting on 3" in caplog.text
