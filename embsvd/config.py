@@ -9,7 +9,9 @@ argument names they feed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
@@ -39,6 +41,8 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
     artifact_root: str | None = None  # None: mlruns/artifacts beside a sqlite store
     experiment: str = "embsvd"
+    # skip a job when a FINISHED run of the experiment has its config hash (resume a sweep)
+    skip_existing: bool = False
 
 
 @dataclass
@@ -50,6 +54,28 @@ class EmbsvdConfig:
     target: str = MISSING  # the group whose submatrix is decomposed
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # YAML files of more groups, in the format of conf/groups/*.yaml ({name: {words: ...}})
+    group_files: list[str] = field(default_factory=list)
+    # converted checkpoint data (GGUF); None: $EMBSVD_CACHE_DIR or ~/.cache/embsvd
+    cache_dir: str | None = None
+
+
+def config_hash(settings: EmbsvdConfig) -> str:
+    """SHA-256 of what decides a run's numbers: the checkpoint spec, every group's words,
+    size and form (group files included), the target and the analysis settings; not
+    where it is logged or cached, nor whether figures are drawn. Jobs with equal hashes
+    compute the same analysis (of the same weights when ``model.revision`` pins a commit)."""
+    decisive = {
+        "model": asdict(settings.model),
+        "groups": {name: asdict(spec) for name, spec in sorted(settings.groups.items())},
+        "target": settings.target,
+        "analysis": asdict(settings.analysis),
+    }
+    decisive["analysis"].pop("figures")  # drawing figures changes no number
+    for spec in decisive["groups"].values():
+        spec.pop("description")
+    encoded = json.dumps(decisive, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def register_configs() -> None:

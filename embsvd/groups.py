@@ -1,14 +1,31 @@
 """Token groups: words that share a property, each kept only if it is one token.
 
-The single-token rule ("1 word = 1 token"): a word is kept when the tokenizer encodes it,
-without special tokens, to exactly one id that is not the unknown token, and that id is not
-already in the group. A group keeps the first ``size`` such words in its configured order;
-words that fail the rule are dropped, with the reason, and single-token words beyond
-``size`` are held out (later analyses can validate the group's axes on them).
+The single-token rule ("1 word = 1 token"): a word is kept when one of its token forms is
+exactly one id that is not the unknown token and not already in the group. A group keeps
+the first ``size`` such words in its configured order; words that fail the rule are
+dropped, with the reason, and single-token words beyond ``size`` are held out (later
+analyses can validate the group's axes on them).
+
+Token forms. Byte-level BPE (GPT-2, Llama 3, SmolLM) and SentencePiece vocabularies keep
+a word-initial form, the token a word gets in running text after a space (``ĠFrance``,
+``▁France``), beside the bare string (``France``, as at the start of a text or inside a
+word); the two are different rows of the embedding matrix, and a word may exist in only
+one form (SmolLM2 has ``ĠNetherlands`` but splits ``Netherlands``). WordPiece (BERT)
+marks continuations (``##ia``) instead, so its word-initial form is the bare one. A
+group's ``form`` chooses:
+
+- ``bare``: the bare string;
+- ``initial``: the word-initial form (the bare one where the tokenizer has no marker);
+- ``auto`` (default): the word-initial form where it is a single token, else the bare
+  one; what a word in running text uses, and digits, which BPE vocabularies split off
+  from the space, still count.
+
+Each kept token records the form it was found in.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +33,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 MIN_GROUP_SIZE = 2  # an SVD of fewer rows has nothing to compare
+FORMS = ("auto", "initial", "bare")
+# Prefixes that mark a word-initial token: byte-level BPE's space, SentencePiece's.
+WORD_START_MARKERS = ("Ġ", "▁")
+MARKER_MIN_SHARE = 0.05  # of the vocabulary, for the marker to count as the tokenizer's
 
 
 @dataclass
@@ -26,11 +47,13 @@ class GroupSpec:
         words: Candidate words, in the order they are tried.
         size: How many single-token words the group keeps (the first that pass).
         description: What the words have in common (documentation only).
+        form: Which token a word maps to: ``auto``, ``initial`` or ``bare`` (see above).
     """
 
     words: list[str] = field(default_factory=list)
     size: int = 10
     description: str = ""
+    form: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -38,6 +61,7 @@ class KeptToken:
     word: str
     token: str
     token_id: int
+    form: str = "bare"  # "bare" or "initial": the form the token was found in
 
 
 @dataclass(frozen=True)
@@ -78,17 +102,22 @@ class TokenGroup:
 
 
 def _token_dict(token: KeptToken) -> dict[str, Any]:
-    return {"word": token.word, "token": token.token, "token_id": token.token_id}
+    return {
+        "word": token.word,
+        "token": token.token,
+        "token_id": token.token_id,
+        "form": token.form,
+    }
 
 
 def select_single_tokens(
     name: str, spec: GroupSpec, tokenizer: PreTrainedTokenizerBase, model_name: str
 ) -> TokenGroup:
-    """Apply the single-token rule to a group's words.
+    """Apply the single-token rule to a group's words, in the group's token form.
 
     Args:
         name: The group's name (used in messages).
-        spec: Its candidate words and size.
+        spec: Its candidate words, size and form.
         tokenizer: The checkpoint's tokenizer.
         model_name: The checkpoint's name (used in messages).
 
@@ -96,43 +125,96 @@ def select_single_tokens(
         ValueError: the spec is malformed, or fewer than 2 words survive.
     """
     _check_spec(name, spec)
+    forms = TokenForms(tokenizer)
     single: list[KeptToken] = []
     dropped: list[DroppedWord] = []
     owner: dict[int, str] = {}
     for word in spec.words:
-        ids = tokenizer.encode(word, add_special_tokens=False)
-        tokens = tuple(tokenizer.convert_ids_to_tokens(ids))
-        reason = _rejection(ids, tokens, tokenizer.unk_token_id, owner)
-        if reason:
-            dropped.append(DroppedWord(word, tokens, reason))
-            continue
-        owner[ids[0]] = word
-        single.append(KeptToken(word, tokens[0], ids[0]))
+        found = forms.find(word, spec.form)
+        if isinstance(found, DroppedWord):
+            dropped.append(found)
+        elif found.token_id in owner:
+            reason = f"same token id {found.token_id} as {owner[found.token_id]!r}"
+            dropped.append(DroppedWord(word, (found.token,), reason))
+        else:
+            owner[found.token_id] = word
+            single.append(found)
     kept, held_out = single[: spec.size], single[spec.size :]
     group = TokenGroup(name, tuple(spec.words), tuple(kept), tuple(dropped), tuple(held_out))
     if len(kept) < MIN_GROUP_SIZE:
+        # the form matters only where the vocabulary has word-initial tokens
+        form = f" in form {spec.form}" if forms.marker else ""
+        other_form = f", or another groups.{name}.form ({', '.join(FORMS)})" if form else ""
         raise ValueError(
-            f"groups.{name}: only {len(kept)} of {len(spec.words)} words are single tokens "
-            f"for model {model_name} (at least {MIN_GROUP_SIZE} are needed); dropped: "
-            f"{describe_dropped(group)}; add words that the tokenizer keeps whole"
+            f"groups.{name}: only {len(kept)} of {len(spec.words)} words are single tokens"
+            f"{form} for model {model_name} (at least {MIN_GROUP_SIZE} are needed); dropped: "
+            f"{describe_dropped(group)}; add words that the tokenizer keeps whole{other_form}"
         )
     return group
 
 
-def _rejection(
-    ids: list[int],
-    tokens: tuple[str, ...],
-    unk_id: int | None,
-    owner: dict[int, str],
-) -> str:
-    """Why a word is dropped, or '' when it is kept."""
-    if len(ids) != 1:
-        return f"{len(ids)} tokens"
-    if unk_id is not None and ids[0] == unk_id:
-        return f"unknown token {tokens[0]}"
-    if ids[0] in owner:
-        return f"same token id {ids[0]} as {owner[ids[0]]!r}"
-    return ""
+class TokenForms:
+    """A tokenizer's bare and word-initial single tokens of words."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.vocab = tokenizer.get_vocab()
+        self.marker = word_start_marker(self.vocab)
+
+    def find(self, word: str, form: str) -> KeptToken | DroppedWord:
+        """The word's token in ``form``, or why it has none."""
+        if self.marker is None or form == "bare":
+            return self._bare(word)
+        initial = self._initial(word)
+        if form == "initial" or isinstance(initial, KeptToken):
+            return initial
+        bare = self._bare(word)
+        if isinstance(bare, KeptToken):
+            return bare
+        return DroppedWord(
+            word, initial.tokens, f"initial form {initial.reason}, bare form {bare.reason}"
+        )
+
+    def _bare(self, word: str) -> KeptToken | DroppedWord:
+        ids = self.tokenizer.encode(word, add_special_tokens=False)
+        tokens = tuple(self.tokenizer.convert_ids_to_tokens(ids))
+        if len(ids) == 1 and self._is_marked(tokens[0]):
+            # SentencePiece prepends its marker to a text's first word: look the string up
+            token_id = self.vocab.get(word)
+            if token_id is None:
+                return DroppedWord(word, tokens, f"no bare token {word!r}, only {tokens[0]!r}")
+            return KeptToken(word, word, token_id, "bare")
+        return self._single(word, ids, tokens, "bare")
+
+    def _initial(self, word: str) -> KeptToken | DroppedWord:
+        ids = self.tokenizer.encode(" " + word, add_special_tokens=False)
+        tokens = tuple(self.tokenizer.convert_ids_to_tokens(ids))
+        if len(ids) == 2 and tokens[0] == self.marker and self._is_marked(tokens[1]):
+            ids, tokens = ids[1:], tokens[1:]  # SentencePiece: the space became its own ▁
+        found = self._single(word, ids, tokens, "initial")
+        if isinstance(found, KeptToken) and not self._is_marked(found.token):
+            return DroppedWord(word, tokens, f"no word-initial token, only {found.token!r}")
+        return found
+
+    def _single(
+        self, word: str, ids: list[int], tokens: tuple[str, ...], form: str
+    ) -> KeptToken | DroppedWord:
+        if len(ids) != 1:
+            return DroppedWord(word, tokens, f"{len(ids)} tokens")
+        if ids[0] == self.tokenizer.unk_token_id:
+            return DroppedWord(word, tokens, f"unknown token {tokens[0]}")
+        return KeptToken(word, tokens[0], ids[0], form)
+
+    def _is_marked(self, token: str) -> bool:
+        return self.marker is not None and token.startswith(self.marker) and token != self.marker
+
+
+def word_start_marker(vocab: Collection[str]) -> str | None:
+    """``Ġ`` (byte-level BPE) or ``▁`` (SentencePiece) when at least 5% of the vocabulary
+    starts with it; ``None`` for vocabularies without word-initial forms (WordPiece)."""
+    counts = {m: sum(token.startswith(m) for token in vocab) for m in WORD_START_MARKERS}
+    marker = max(counts, key=counts.__getitem__)
+    return marker if counts[marker] >= MARKER_MIN_SHARE * len(vocab) else None
 
 
 def describe_dropped(group: TokenGroup) -> str:
@@ -149,3 +231,8 @@ def _check_spec(name: str, spec: GroupSpec) -> None:
         raise ValueError(f"groups.{name}.words: the group has no words; list at least 2")
     if spec.size < MIN_GROUP_SIZE:
         raise ValueError(f"groups.{name}.size: must be at least {MIN_GROUP_SIZE}, got {spec.size}")
+    if spec.form not in FORMS:
+        raise ValueError(
+            f"groups.{name}.form: {spec.form!r} is not one of {', '.join(FORMS)} (auto: the "
+            "word-initial token where there is one, else the bare string)"
+        )

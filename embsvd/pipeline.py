@@ -5,33 +5,42 @@ The only module that reads a ``DictConfig``; everything it calls takes typed arg
 
 from __future__ import annotations
 
+import atexit
+import dataclasses
 import logging
+import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import embsvd
 from embsvd import tracking
 from embsvd.analysis import AnalysisResult, analyze
-from embsvd.checkpoint import load_checkpoint
-from embsvd.config import PROJECT_ROOT, EmbsvdConfig
-from embsvd.groups import describe_dropped, select_single_tokens
+from embsvd.checkpoint import CheckpointSpec, load_checkpoint
+from embsvd.config import PROJECT_ROOT, EmbsvdConfig, config_hash
+from embsvd.groups import GroupSpec, describe_dropped, select_single_tokens
 from embsvd.provenance import GitState, git_state, library_versions
 from embsvd.report import format_sweep_table, mlflow_ui_command
 
 log = logging.getLogger(__name__)
+EXTRA_GROUP = "extra"  # conf/config.yaml's slot for a group given on the command line
 
 
-def run_job(cfg: DictConfig) -> AnalysisResult:
+def run_job(cfg: DictConfig) -> AnalysisResult | None:
     """Analyse ``cfg.target`` on ``cfg.model`` and log it as one MLflow run.
 
     The run is opened before anything is loaded, so a bad checkpoint or group is
     recorded as a FAILED run with its error; the exception is logged here (Hydra keeps
     only the first failure of a sweep, and not in the job's log file) and re-raised.
+    Inside a multirun the run is a child of the sweep's parent run. With
+    ``tracking.skip_existing`` a job whose config hash already has a FINISHED run is
+    skipped (returns ``None``).
     """
     settings: EmbsvdConfig = OmegaConf.to_object(cfg)
     store = tracking.TrackingStore(
@@ -39,29 +48,113 @@ def run_job(cfg: DictConfig) -> AnalysisResult:
         settings.tracking.experiment,
         settings.tracking.artifact_root,
     )
+    parent_run_id = sweep_parent_run_id()
+    try:  # a bad group file fails the run below, once it is open
+        settings, setup_error = with_group_files(settings), None
+    except (OSError, ValueError) as error:
+        setup_error = error
+    digest = config_hash(settings)
+    if settings.tracking.skip_existing and setup_error is None:
+        done = store.find_runs(
+            f"tags.`embsvd.config_hash` = '{digest}' and attributes.status = 'FINISHED'"
+        )
+        if done:
+            log.info("skipping %s: run %s has the same config", run_name(settings), done[0].run_id)
+            if parent_run_id is not None:
+                tracking.RunLogger(store.client, parent_run_id).set_tags(
+                    {f"{tracking.SKIPPED_TAG_PREFIX}{HydraConfig.get().job.num}": done[0].run_id}
+                )
+            return None
     git = git_state(PROJECT_ROOT)
+    tags = {**run_tags(settings, git), "embsvd.config_hash": digest}
+    if parent_run_id is not None:
+        tags["mlflow.parentRunId"] = parent_run_id
     try:
-        with tracking.tracked_run(store, run_name(settings), run_tags(settings, git)) as run:
+        with tracking.tracked_run(store, run_name(settings), tags) as run:
             run.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
             run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
             if git is not None and git.dirty:  # the commit alone would not reproduce the run
                 run.log_text(git.diff, "git_diff.patch")
+            if setup_error is not None:
+                raise setup_error
             return _analyse_and_log(settings, run)
     except Exception:
         log.exception("job %s failed", run_name(settings))
         raise
 
 
+def with_group_files(settings: EmbsvdConfig) -> EmbsvdConfig:
+    """The settings with the groups of ``group_files`` added and an unused ``extra``
+    slot (no words) removed.
+
+    Raises:
+        FileNotFoundError: a group file does not exist.
+        ValueError: a group file is not a mapping of group specs, or names a group that
+            is already configured.
+    """
+    groups = {
+        name: spec
+        for name, spec in settings.groups.items()
+        if not (name == EXTRA_GROUP and not spec.words)
+    }
+    for file in settings.group_files:
+        for name, spec in read_group_file(Path(file)).items():
+            if name in groups:
+                raise ValueError(
+                    f"group_files: {file} defines group {name!r}, which is already configured; "
+                    "rename it in the file"
+                )
+            groups[name] = spec
+    return dataclasses.replace(settings, groups=groups)
+
+
+def read_group_file(file: Path) -> dict[str, GroupSpec]:
+    """``{name: GroupSpec}`` from a YAML file in the format of ``conf/groups/*.yaml``."""
+    path = file.expanduser()
+    if not path.is_absolute():  # relative to where the command started, not a job folder
+        path = Path.cwd() / path
+    if not path.is_file():
+        raise FileNotFoundError(f"group_files: {file} is not a file (resolved to {path})")
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig) or not node:
+        raise ValueError(
+            f"group_files: {file} must map group names to specs, e.g. "
+            "'animals: {words: [dog, cat, horse], size: 10}'"
+        )
+    groups = {}
+    for name, spec in node.items():
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(GroupSpec), spec)
+        except Exception as error:  # omegaconf's errors name the key and the bad value
+            raise ValueError(f"group_files: group {name!r} in {file}: {error}") from error
+        groups[str(name)] = OmegaConf.to_object(typed)
+    return groups
+
+
 def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> AnalysisResult:
     _check_settings(settings)
-    checkpoint = load_checkpoint(settings.model)
+    cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
+    checkpoint = load_checkpoint(settings.model, cache_dir)
+    tied = {True: "true", False: "false", None: "unknown"}[checkpoint.tied]
     run.set_tags(
         {
             "embsvd.source": checkpoint.source,
             "embsvd.weights_sha256": checkpoint.weights_sha256,
-            "embsvd.embedding_key": checkpoint.embedding_key,
+            "embsvd.tensor_key": checkpoint.tensor_key,
+            "embsvd.tied_embeddings": tied,
+            "embsvd.quantization": checkpoint.quantization,
             "embsvd.d_vocab": checkpoint.d_vocab,
             "embsvd.d_model": checkpoint.d_model,
+            **(
+                {"embsvd.embedding_key": checkpoint.tensor_key}
+                if checkpoint.matrix == "input"
+                else {}
+            ),
+            **(
+                {"embsvd.revision_commit": checkpoint.revision_commit}
+                if checkpoint.revision_commit
+                else {}
+            ),
         }
     )
     groups = {
@@ -69,12 +162,14 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
         for name, spec in settings.groups.items()
     }
     tracking.log_groups(run, groups, settings.target)
+    forms = sorted({k.form for k in groups[settings.target].kept})  # mixed forms: a confound
+    run.set_tags({"embsvd.target_forms": "+".join(forms)})
     for group in groups.values():
         if group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
     analysis = settings.analysis
     result = analyze(
-        checkpoint.W_E,
+        checkpoint.W,
         groups,
         settings.target,
         center=analysis.center,
@@ -108,27 +203,40 @@ def _check_settings(settings: EmbsvdConfig) -> None:
 
 
 def run_name(settings: EmbsvdConfig) -> str:
-    """``<model>/<target group>/<centered|raw>``."""
+    """``<model>/<target group>/<centered|raw>``; the model part carries ``@<revision>`` for
+    a Hub revision and ``:output`` for the unembedding matrix."""
     centering = "centered" if settings.analysis.center else "raw"
-    return f"{settings.model.name}/{settings.target}/{centering}"
+    return f"{model_label(settings.model)}/{settings.target}/{centering}"
+
+
+def model_label(model: CheckpointSpec) -> str:
+    label = model.name
+    if model.hub_id and model.revision:
+        label += f"@{model.revision}"
+    if model.matrix != "input":
+        label += f":{model.matrix}"
+    return label
 
 
 def run_tags(settings: EmbsvdConfig, git: GitState | None) -> dict[str, Any]:
     """Tags known before anything is loaded: what the run is and where its code came from."""
     tags = {
         "embsvd.model": settings.model.name,
+        "embsvd.matrix": settings.model.matrix,
         "embsvd.target_group": settings.target,
         "embsvd.center": str(settings.analysis.center).lower(),
         "embsvd.version": embsvd.__version__,
         **{f"embsvd.env.{name}": v for name, v in library_versions().items()},
     }
+    if settings.model.hub_id:
+        tags["embsvd.revision"] = settings.model.revision or "main"
     if git is not None:
         tags["mlflow.source.git.commit"] = git.commit
         tags["embsvd.git_dirty"] = str(git.dirty).lower()
     if HydraConfig.initialized():
         hydra = HydraConfig.get()
         tags["embsvd.overrides"] = " ".join(hydra.overrides.task)
-        if hydra.mode.name == "MULTIRUN":
+        if hydra.mode == RunMode.MULTIRUN:
             tags["embsvd.sweep_dir"] = str(Path(hydra.sweep.dir).resolve())
             tags["embsvd.job_num"] = hydra.job.num
     return tags
@@ -144,15 +252,111 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class SweepSummary(Callback):
-    """Prints a table of a finished sweep's runs and the command that opens the MLflow UI."""
+# --- sweeps: the parent run, opened and closed in the launching process -------------------
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+PARENT_RUN_FILE = "mlflow_parent_run_id"  # in the sweep folder, read by every job
+
+
+def sweep_parent_run_id() -> str | None:
+    """The parent run of the multirun this job belongs to (``None`` outside a multirun)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    file = Path(HydraConfig.get().sweep.dir) / PARENT_RUN_FILE
+    return file.read_text().strip() if file.is_file() else None
+
+
+class SweepTracking(Callback):
+    """One parent MLflow run per multirun, closed with the status its children earned.
+
+    Hydra calls ``on_multirun_end`` only when every job succeeded: a failed job makes
+    the sweeper raise, and Ctrl-C aborts the sweep. So the parent is also closed at
+    interpreter exit (``atexit``), after a job failure or an interrupt; ``sys.excepthook``
+    notes an interrupt, and SIGTERM is turned into one. Closing prints the children's
+    table, names the failed jobs and makes the command exit non-zero when any failed.
+    """
+
+    def __init__(self) -> None:
+        self._store: tracking.TrackingStore | None = None
+        self._parent_run_id: str | None = None
+        self._interrupted = False
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         uri = tracking.resolve_tracking_uri(config.tracking.uri, PROJECT_ROOT)
-        store = tracking.TrackingStore(
+        # creating the store here runs its migrations once, before parallel workers start
+        self._store = tracking.TrackingStore(
             uri, config.tracking.experiment, config.tracking.artifact_root
         )
-        sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
-        runs = store.find_runs(f"tags.`embsvd.sweep_dir` = '{sweep_dir}'")
-        print(format_sweep_table(runs), flush=True)
-        print(f"\nOpen the MLflow UI on this store:\n  {mlflow_ui_command(uri)}", flush=True)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        overrides = list(config.hydra.overrides.task)
+        git = git_state(PROJECT_ROOT)
+        tags = {
+            "embsvd.role": "sweep",
+            "embsvd.sweep_dir": str(sweep_dir),
+            "embsvd.overrides": " ".join(overrides),
+            "embsvd.launcher": config.hydra.launcher.get("_target_", ""),
+            "embsvd.version": embsvd.__version__,
+            **({"mlflow.source.git.commit": git.commit} if git else {}),
+        }
+        parent = tracking.start_run(self._store, sweep_run_name(overrides, sweep_dir), tags)
+        self._parent_run_id = parent.run_id
+        (sweep_dir / PARENT_RUN_FILE).write_text(parent.run_id)
+        print(f"Sweep parent run {parent.run_id} in {uri}", flush=True)
+        atexit.register(self._close_at_exit)
+        previous_hook = sys.excepthook
+
+        def note_interrupt(kind, value, traceback):  # noqa: ANN001 (sys.excepthook's)
+            self._interrupted = self._interrupted or issubclass(kind, KeyboardInterrupt)
+            previous_hook(kind, value, traceback)
+
+        sys.excepthook = note_interrupt
+        signal.signal(signal.SIGTERM, _interrupt)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        outcome = self._close()
+        if outcome is not None and outcome.status != "FINISHED":
+            raise SystemExit(1)
+
+    def _close_at_exit(self) -> None:
+        # the sweep raised (a job failed: Hydra exits 1) or was interrupted: the exit
+        # status is already non-zero
+        self._close()
+
+    def _close(self) -> tracking.SweepOutcome | None:
+        if self._store is None or self._parent_run_id is None:
+            return None
+        store, parent_run_id = self._store, self._parent_run_id
+        self._parent_run_id = None
+        atexit.unregister(self._close_at_exit)
+        outcome = tracking.finish_sweep(store, parent_run_id, self._interrupted)
+        print(f"\n{format_sweep_table(outcome.children)}", flush=True)
+        for job_num, run_id in sorted(outcome.skipped.items(), key=lambda kv: int(kv[0])):
+            print(f"job #{job_num}: skipped, run {run_id} has its config", flush=True)
+        failed = outcome.with_status("FAILED") + outcome.with_status("KILLED")
+        for child in failed:
+            print(
+                f"job #{child.tags.get('embsvd.job_num', '?')} {child.status}: {child.name} "
+                f"({child.tags.get('embsvd.overrides', '')}): {child.tags.get('embsvd.error', '')}",
+                file=sys.stderr,
+                flush=True,
+            )
+        print(
+            f"\nSweep {outcome.status}: {len(outcome.children)} runs under parent run "
+            f"{parent_run_id}, {len(failed)} failed or killed, {len(outcome.skipped)} skipped."
+            f"\nOpen the MLflow UI on this store:\n  {mlflow_ui_command(store.uri)}",
+            flush=True,
+        )
+        return outcome
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def sweep_run_name(overrides: list[str], sweep_dir: Path) -> str:
+    """``sweep/<experiment or 'multirun'>/<sweep folder's date and time>``."""
+    experiment = next(
+        (o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")),
+        "multirun",
+    )
+    return f"sweep/{experiment}/{sweep_dir.parent.name} {sweep_dir.name}"

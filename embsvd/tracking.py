@@ -14,11 +14,17 @@ The run contract (later tools read runs through it; extend it, don't break it):
 - artifacts: ``spectrum.csv``, ``group_mean_corr.csv``, ``top_tokens.csv``,
   ``groups.json``, ``row_cosine.csv``, ``config.yaml``, ``figures/``; ``git_diff.patch``
   from a checkout with uncommitted changes, ``error.txt`` on failure.
+
+A multirun adds a parent run (tag ``embsvd.role=sweep``) whose children carry
+``mlflow.parentRunId``; when the sweep ends the parent gets ``children.csv`` and
+``sweep_summary.txt``, the metrics ``n_children``, ``n_finished``, ``n_failed``,
+``n_killed``, ``n_skipped``, and the status its children earned.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -41,6 +47,7 @@ from mlflow.utils.validation import (
 
 from embsvd.analysis import AnalysisResult, PairwiseStat
 from embsvd.groups import TokenGroup
+from embsvd.report import format_sweep_table
 
 DEFAULT_EXPERIMENT = "embsvd"
 STORE_FOLDER = "mlruns"  # under the project root: mlflow.db and artifacts/
@@ -101,6 +108,10 @@ class TrackingStore:
             for r in runs
         ]
 
+    def children(self, parent_run_id: str) -> list[RunRecord]:
+        """The runs whose ``mlflow.parentRunId`` is ``parent_run_id``, oldest first."""
+        return self.find_runs(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
     def metric_history(self, run_id: str, key: str) -> list[float]:
         """A step series, ordered by step."""
         history = self.client.get_metric_history(run_id, key)
@@ -155,6 +166,14 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def start_run(store: TrackingStore, run_name: str, tags: Mapping[str, Any]) -> RunLogger:
+    """Create a RUNNING run (a child when ``tags`` has ``mlflow.parentRunId``)."""
+    run = store.client.create_run(
+        store.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+    )
+    return RunLogger(store.client, run.info.run_id)
+
+
 @contextmanager
 def tracked_run(
     store: TrackingStore, run_name: str, tags: Mapping[str, Any]
@@ -165,8 +184,7 @@ def tracked_run(
     tag ``embsvd.error`` and the traceback as the artifact ``error.txt``; KILLED on
     Ctrl-C (``KeyboardInterrupt``) or ``SystemExit``. The exception propagates.
     """
-    run = store.client.create_run(store.experiment_id, run_name=run_name, tags=dict(tags))
-    logger = RunLogger(store.client, run.info.run_id)
+    logger = start_run(store, run_name, tags)
     try:
         yield logger
     except Exception as error:
@@ -280,3 +298,81 @@ def _write_csv(file: Path, header: list[str], rows: list[list[Any]]) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+# --- sweeps: a parent run and its children ------------------------------------------------
+
+SKIPPED_TAG_PREFIX = "embsvd.skipped."  # + job number, on the parent: the run it reuses
+CHILD_COLUMNS = ["job_num", "run_id", "name", "status", "overrides", "error"]
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """How a sweep ended, as its parent run records it."""
+
+    status: str
+    children: list[RunRecord]
+    skipped: dict[str, str]  # job number -> the FINISHED run with the same config
+
+    def with_status(self, status: str) -> list[RunRecord]:
+        return [c for c in self.children if c.status == status]
+
+
+def finish_sweep(store: TrackingStore, parent_run_id: str, interrupted: bool) -> SweepOutcome:
+    """Close a sweep's parent run with the status its children earned.
+
+    Children still RUNNING (a worker that died, a job cut off by Ctrl-C) are closed as
+    KILLED first, so no run is left RUNNING. The parent is KILLED when the sweep was
+    interrupted or any child was killed, FAILED when any child failed, else FINISHED.
+    It logs ``children.csv``, the children's table as ``sweep_summary.txt`` and counts.
+    """
+    for child in store.children(parent_run_id):
+        if child.status == "RUNNING":
+            logger = RunLogger(store.client, child.run_id)
+            logger.set_tags({"embsvd.error": "still RUNNING when its sweep ended"})
+            store.client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.KILLED))
+    children = store.children(parent_run_id)
+    parent = store.client.get_run(parent_run_id)
+    skipped = {
+        key.removeprefix(SKIPPED_TAG_PREFIX): value
+        for key, value in parent.data.tags.items()
+        if key.startswith(SKIPPED_TAG_PREFIX)
+    }
+    statuses = [c.status for c in children]
+    if interrupted or "KILLED" in statuses:
+        status = "KILLED"
+    elif "FAILED" in statuses:
+        status = "FAILED"
+    else:
+        status = "FINISHED"
+    outcome = SweepOutcome(status, children, skipped)
+    logger = RunLogger(store.client, parent_run_id)
+    logger.log_metrics(
+        [
+            ("n_children", len(children), 0),
+            *((f"n_{s.lower()}", statuses.count(s), 0) for s in ("FINISHED", "FAILED", "KILLED")),
+            ("n_skipped", len(skipped), 0),
+        ]
+    )
+    logger.log_text(_children_csv(children), "children.csv")
+    logger.log_text(format_sweep_table(children) + "\n", "sweep_summary.txt")
+    store.client.set_terminated(parent_run_id, status)
+    return outcome
+
+
+def _children_csv(children: list[RunRecord]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CHILD_COLUMNS)
+    for child in children:
+        writer.writerow(
+            [
+                child.tags.get("embsvd.job_num", ""),
+                child.run_id,
+                child.name,
+                child.status,
+                child.tags.get("embsvd.overrides", ""),
+                child.tags.get("embsvd.error", ""),
+            ]
+        )
+    return buffer.getvalue()

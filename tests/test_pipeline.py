@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
-from embsvd.config import CONFIG_DIR, PROJECT_ROOT
+from embsvd.config import CONFIG_DIR
 from embsvd.pipeline import flatten, run_job
 
 CONTRACT_ARTIFACTS = {
@@ -153,59 +150,6 @@ def test_flatten_uses_dotted_keys_and_keeps_lists():
         "a.c.d": [1, 2],
         "e": None,
     }
-
-
-@pytest.mark.slow
-def test_multirun_sweep_logs_one_run_per_job(tiny_bert, tmp_path):
-    """`experiments/run.py -m` as a user types it, into a fresh store, from another cwd."""
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "experiments" / "run.py"),
-        "-m",
-        "model=local",
-        f"model.path={tiny_bert}",
-        "model.name=tiny_bert",
-        f"tracking.uri={uri}",
-        "analysis.figures=false",
-        "target=digits,eu_countries",
-        "analysis.center=true,false",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}",
-    ]
-    done = subprocess.run(
-        command,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    client, runs = runs_of(uri, "embsvd")
-    names = sorted(r.info.run_name for r in runs)
-    assert names == sorted(
-        f"tiny_bert/{g}/{c}" for g in ("digits", "eu_countries") for c in ("centered", "raw")
-    )
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    assert {r.data.tags["embsvd.sweep_dir"] for r in runs} == {str(tmp_path / "sweep")}
-    assert sorted(r.data.tags["embsvd.job_num"] for r in runs) == ["0", "1", "2", "3"]
-    for run in runs:
-        assert artifact_names(client, run.info.run_id) - {"git_diff.patch"} == CONTRACT_ARTIFACTS
-        assert run.data.tags["embsvd.overrides"].startswith("model=local")
-        assert run.data.params["model.path"] == str(tiny_bert)
-        assert run.data.params["analysis.center"] == run.data.tags["embsvd.center"].title()
-        assert run.data.metrics["n_tokens"] == (10 if "digits" in run.info.run_name else 8)
-    # artifacts live beside the store, not under the working directory
-    assert (tmp_path / "store" / "artifacts" / "embsvd").is_dir()
-    assert not (tmp_path / "mlruns").exists()
-    # the summary table and the UI command
-    assert "tiny_bert/eu_countries/raw" in done.stdout
-    assert f"--backend-store-uri {uri}" in done.stdout
-    centered = [r for r in runs if r.info.run_name == "tiny_bert/digits/centered"][0]
-    line = [ln for ln in done.stdout.splitlines() if ln.startswith("tiny_bert/digits/centered")][0]
-    assert centered.data.tags["embsvd.axis0.top"] in line
-    ratio = centered.data.metrics["singular_value_last_over_first"]
-    assert f"{ratio:.2e}" in line
 
 
 def test_summary_table_reads_runs_back(tiny_bert, session_store):

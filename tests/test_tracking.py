@@ -209,5 +209,10 @@ def test_log_result_writes_the_contract(session_store):
 
     payload = json.loads(read_artifact(client, run.run_id, "groups.json"))
     assert set(payload) == {"a_group", "b_group"}
-    assert payload["b_group"]["kept"][0] == {"word": "b_group1", "token": "tok1", "token_id": 1}
+    assert payload["b_group"]["kept"][0] == {
+        "word": "b_group1",
+        "token": "tok1",
+        "token_id": 1,
+        "form": "bare",
+    }
     assert set(payload["b_group"]) == {"words", "kept", "dropped", "held_out"}

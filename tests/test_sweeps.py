@@ -1,0 +1,294 @@
+"""Real multiruns: ``experiments/run.py -m`` in a subprocess, as a user types it, into a
+fresh sqlite store; the parent run, failures, resume, interrupts and the launchers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from embsvd import tracking
+from embsvd.config import PROJECT_ROOT
+from embsvd.pipeline import PARENT_RUN_FILE
+from tests.test_pipeline import CONTRACT_ARTIFACTS, FIGURES, artifact_names
+
+pytestmark = pytest.mark.slow
+
+CONTRACT_METRICS = {
+    "singular_value",
+    "explained_variance_ratio",
+    "singular_value_last_over_first",
+    "singular_value_first_over_second",
+    "group_mean_corr/digits__eu_countries",
+    "group_mean_cos/digits__eu_countries",
+    "axis_corr/digits__eu_countries",
+    "n_tokens",
+}
+
+
+def sweep_command(tmp_path: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        str(PROJECT_ROOT / "experiments" / "run.py"),
+        "-m",
+        f"tracking.uri={store_uri(tmp_path)}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *overrides,
+    ]
+
+
+def store_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def run_sweep(tmp_path: Path, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        sweep_command(tmp_path, *overrides),
+        cwd=tmp_path,  # not the project: paths must not depend on the working directory
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
+
+
+def tiny_model(tiny_bert: Path) -> list[str]:
+    return ["model=local", f"model.path={tiny_bert}", "model.name=tiny_bert"]
+
+
+def parents_and_children(tmp_path: Path):
+    store = tracking.TrackingStore(store_uri(tmp_path), "embsvd")
+    runs = store.find_runs()
+    parents = [r for r in runs if r.tags.get("embsvd.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.tags]
+    return store, parents, children
+
+
+def read_csv_artifact(client: MlflowClient, run_id: str, path: str) -> list[dict]:
+    text = Path(client.download_artifacts(run_id, path)).read_text()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_sweep_jobs_are_children_of_one_parent_run(tiny_bert, tmp_path):
+    done = run_sweep(
+        tmp_path,
+        *tiny_model(tiny_bert),
+        "analysis.figures=false",
+        "target=digits,eu_countries",
+        "analysis.center=true,false",
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    store, [parent], children = parents_and_children(tmp_path)
+    assert parent.status == "FINISHED"
+    assert parent.name == f"sweep/multirun/{tmp_path.name} sweep"
+    assert parent.tags["embsvd.sweep_dir"] == str(tmp_path / "sweep")
+    assert "target=digits,eu_countries" in parent.tags["embsvd.overrides"]
+    assert parent.tags["embsvd.launcher"].endswith("BasicLauncher")
+    assert (tmp_path / "sweep" / PARENT_RUN_FILE).read_text() == parent.run_id
+    assert sorted(c.name for c in children) == sorted(
+        f"tiny_bert/{g}/{c}" for g in ("digits", "eu_countries") for c in ("centered", "raw")
+    )
+    for child in children:
+        assert child.status == "FINISHED"
+        assert child.tags["mlflow.parentRunId"] == parent.run_id
+        assert child.tags["embsvd.sweep_dir"] == str(tmp_path / "sweep")
+        assert "model=local" in child.tags["embsvd.overrides"]
+        assert f"target={child.tags['embsvd.target_group']}" in child.tags["embsvd.overrides"]
+        assert len(child.tags["embsvd.config_hash"]) == 64
+        assert child.metrics["n_tokens"] == (10 if "digits" in child.name else 8)
+        assert artifact_names(store.client, child.run_id) - {"git_diff.patch"} == (
+            CONTRACT_ARTIFACTS
+        )
+    assert sorted(c.tags["embsvd.job_num"] for c in children) == ["0", "1", "2", "3"]
+    assert len({c.tags["embsvd.config_hash"] for c in children}) == 4
+    # the parent's summary of its children
+    assert parent.metrics["n_children"] == 4 and parent.metrics["n_finished"] == 4
+    assert parent.metrics["n_failed"] == 0 and parent.metrics["n_skipped"] == 0
+    rows = read_csv_artifact(store.client, parent.run_id, "children.csv")
+    assert sorted(r["run_id"] for r in rows) == sorted(c.run_id for c in children)
+    assert {r["status"] for r in rows} == {"FINISHED"}
+    summary = Path(store.client.download_artifacts(parent.run_id, "sweep_summary.txt"))
+    assert "tiny_bert/eu_countries/raw" in summary.read_text()
+    # printed at the end: the table, the outcome and the UI command
+    assert "tiny_bert/eu_countries/raw" in done.stdout
+    assert f"Sweep FINISHED: 4 runs under parent run {parent.run_id}" in done.stdout
+    assert f"--backend-store-uri {store_uri(tmp_path)}" in done.stdout
+    # artifacts live beside the store, not under the working directory
+    assert (tmp_path / "store" / "artifacts" / "embsvd").is_dir()
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_failing_jobs_are_isolated_and_named(tiny_bert, tmp_path):
+    # job 1 and 3 target a group that is not configured; 0 and 2 are fine
+    done = run_sweep(
+        tmp_path,
+        *tiny_model(tiny_bert),
+        "analysis.figures=false",
+        "analysis.center=true,false",
+        "target=digits,nope",
+    )
+
+    assert done.returncode != 0
+    store, [parent], children = parents_and_children(tmp_path)
+    by_status = {
+        s: sorted(c.name for c in children if c.status == s) for s in ("FINISHED", "FAILED")
+    }
+    assert by_status == {
+        "FINISHED": ["tiny_bert/digits/centered", "tiny_bert/digits/raw"],
+        "FAILED": ["tiny_bert/nope/centered", "tiny_bert/nope/raw"],
+    }
+    assert parent.status == "FAILED"
+    assert parent.metrics["n_failed"] == 2 and parent.metrics["n_finished"] == 2
+    assert not [r for r in store.find_runs() if r.status == "RUNNING"]
+    for child in children:
+        if child.status == "FAILED":
+            assert child.tags["embsvd.error"].startswith(
+                "ValueError: target: 'nope' is not one of the configured groups"
+            )
+            assert "error.txt" in artifact_names(store.client, child.run_id)
+            # the command names each failed job with its overrides and error
+            job = child.tags["embsvd.job_num"]
+            assert f"job #{job} FAILED: {child.name} (" in done.stderr
+    rows = read_csv_artifact(store.client, parent.run_id, "children.csv")
+    failed_rows = [r for r in rows if r["status"] == "FAILED"]
+    assert len(failed_rows) == 2 and all(
+        "not one of the configured" in r["error"] for r in failed_rows
+    )
+    assert "Sweep FAILED: 4 runs" in done.stdout
+
+
+def test_resume_runs_only_what_is_missing(tiny_bert, tmp_path):
+    common = [*tiny_model(tiny_bert), "analysis.figures=false", "target=digits,eu_countries"]
+    first = run_sweep(tmp_path, *common, "analysis.center=true")
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    second = run_sweep(
+        tmp_path, *common, "analysis.center=true,false", "tracking.skip_existing=true"
+    )
+
+    assert second.returncode == 0, second.stderr[-3000:]
+    store, parents, children = parents_and_children(tmp_path)
+    assert [p.status for p in parents] == ["FINISHED", "FINISHED"]
+    old, new = parents
+    old_children = [c for c in children if c.tags["mlflow.parentRunId"] == old.run_id]
+    new_children = [c for c in children if c.tags["mlflow.parentRunId"] == new.run_id]
+    assert sorted(c.name for c in new_children) == [
+        "tiny_bert/digits/raw",
+        "tiny_bert/eu_countries/raw",
+    ]
+    assert new.metrics["n_skipped"] == 2 and new.metrics["n_children"] == 2
+    # each skipped job names the FINISHED run that has its config
+    skipped = {k: v for k, v in new.tags.items() if k.startswith(tracking.SKIPPED_TAG_PREFIX)}
+    assert sorted(skipped.values()) == sorted(c.run_id for c in old_children)
+    assert "skipped, run" in second.stdout
+    # exactly one FINISHED run per configuration
+    hashes = [c.tags["embsvd.config_hash"] for c in children]
+    assert len(hashes) == len(set(hashes)) == 4
+
+
+def test_interrupted_sweep_closes_every_run(tiny_bert, tmp_path):
+    process = subprocess.Popen(
+        sweep_command(
+            tmp_path, *tiny_model(tiny_bert), "target=digits,eu_countries", "analysis.top_k=1,2,3,4"
+        ),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
+    uri = store_uri(tmp_path)
+    deadline = time.monotonic() + 120
+    finished = []
+    while not finished and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        if Path(uri.removeprefix("sqlite:///")).exists():
+            try:
+                finished = tracking.TrackingStore(uri, "embsvd").find_runs(
+                    "attributes.status = 'FINISHED'"
+                )
+            except Exception:  # the store is still being created
+                finished = []
+    assert finished, "no job finished within 120 s"
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+
+    assert process.returncode != 0
+    store, [parent], children = parents_and_children(tmp_path)
+    assert parent.status == "KILLED"
+    assert 1 <= len(children) < 8
+    assert not [r for r in store.find_runs() if r.status == "RUNNING"]
+
+
+def test_joblib_sweep_over_both_bundled_checkpoints(tmp_path, smollm2):
+    """The issue's sweep: 2 checkpoints x 2 groups x centering, 2 parallel workers."""
+    done = run_sweep(
+        tmp_path,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=all_minilm_l6_v2,smollm2_135m",
+        "target=digits,eu_countries",
+        "analysis.center=true,false",
+        timeout=600,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    store, [parent], children = parents_and_children(tmp_path)
+    assert parent.status == "FINISHED"
+    assert parent.tags["embsvd.launcher"].endswith("JoblibLauncher")
+    assert len(children) == 8
+    assert {c.status for c in children} == {"FINISHED"}
+    assert {c.tags["mlflow.parentRunId"] for c in children} == {parent.run_id}
+    assert (
+        len(
+            {
+                (c.tags["embsvd.model"], c.tags["embsvd.target_group"], c.tags["embsvd.center"])
+                for c in children
+            }
+        )
+        == 8
+    )
+    for child in children:
+        assert set(child.metrics) >= CONTRACT_METRICS
+        assert child.metrics["n_tokens"] == 10
+        history = store.metric_history(child.run_id, "singular_value")
+        assert len(history) == 10
+        assert artifact_names(store.client, child.run_id) - {"git_diff.patch"} == (
+            CONTRACT_ARTIFACTS | {"figures"}
+        )
+        assert artifact_names(store.client, child.run_id, "figures") == FIGURES
+    smol = [c for c in children if c.tags["embsvd.model"] == "smollm2_135m"]
+    assert {c.tags["embsvd.quantization"] for c in smol} == {"Q8_0"}
+    assert {c.tags["embsvd.tied_embeddings"] for c in smol} == {"true"}
+    forms = {c.tags["embsvd.target_group"]: c.tags["embsvd.target_forms"] for c in smol}
+    assert forms == {"digits": "bare", "eu_countries": "initial"}
+
+
+def test_submitit_local_runs_a_sweep(tiny_bert, tmp_path):
+    done = run_sweep(
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        *tiny_model(tiny_bert),
+        "analysis.figures=false",
+        "analysis.center=true,false",
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    store, [parent], children = parents_and_children(tmp_path)
+    assert parent.status == "FINISHED"
+    assert parent.tags["embsvd.launcher"].endswith("LocalLauncher")
+    assert sorted(c.name for c in children) == ["tiny_bert/digits/centered", "tiny_bert/digits/raw"]
+    assert {c.status for c in children} == {"FINISHED"}
+    assert {c.tags["mlflow.parentRunId"] for c in children} == {parent.run_id}
+    # submitit ran each job in its own process, with its logs in the sweep folder
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
