@@ -103,6 +103,38 @@ def write_tiny_bert(
     return W_E
 
 
+# A tiny byte-level BPE (GPT-2 / Llama 3 style): single bytes, plus these tokens built by
+# merges. `Netherlands` exists only in its word-initial form; digits only bare.
+BPE_TOKENS = ["ĠFrance", "France", "ĠGermany", "Germany", "ĠItaly", "ĠNetherlands", "Ġthe"]
+BPE_EOS = "<|endoftext|>"
+
+
+def write_tiny_bpe(folder: Path, seed: int = 0) -> np.ndarray:
+    """A tiny Llama-style folder: tokenizer.json (byte-level BPE) and model.safetensors."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {BPE_EOS: 0}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    merges = []
+    for token in BPE_TOKENS:
+        for end in range(2, len(token) + 1):
+            if token[:end] not in vocab:
+                vocab[token[:end]] = len(vocab)
+                merges.append((token[: end - 1], token[end - 1]))
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=BPE_EOS).save_pretrained(folder)
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
+    W_E = tiny_embeddings(seed, d_vocab=len(vocab))
+    save_file({"model.embed_tokens.weight": W_E}, folder / "model.safetensors")
+    return W_E
+
+
 @pytest.fixture
 def tiny_bert(tmp_path: Path) -> Path:
     """A tiny BERT folder with a single model.safetensors."""

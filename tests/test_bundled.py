@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from embsvd.analysis import AnalysisResult, analyze
 from embsvd.checkpoint import Checkpoint, load_checkpoint
+from embsvd.config import CONFIG_DIR
 from embsvd.groups import select_single_tokens
 from embsvd.pipeline import with_group_files
 from tests.test_config import compose_config
@@ -86,3 +87,36 @@ def test_the_eu_axis_separates_countries_and_their_related_words(bundled):
     assert greek <= one_end or greek <= other_end
     opposite = other_end if greek <= one_end else one_end
     assert {"netherlands", "dutch", "belgium"} <= opposite
+
+
+GROUP_LIBRARY = sorted(p.stem for p in (CONFIG_DIR / "groups").glob("*.yaml"))
+
+
+def test_the_group_library_has_the_probes_researchers_use():
+    assert len(GROUP_LIBRARY) >= 12
+    assert {
+        "digits",
+        "number_words",
+        "months",
+        "weekdays",
+        "colors",
+        "planets",
+        "chemical_elements",
+        "eu_countries",
+        "countries",
+        "capitals",
+        "first_names",
+        "family_relations",
+    } <= set(GROUP_LIBRARY)
+
+
+def test_every_library_group_keeps_its_size_on_both_bundled_checkpoints(smollm2):
+    settings = with_group_files(
+        OmegaConf.to_object(compose_config(f"groups=[{','.join(GROUP_LIBRARY)}]"))
+    )
+    minilm = load_checkpoint(settings.model)
+    for checkpoint in (minilm, smollm2):
+        for name, spec in settings.groups.items():
+            group = select_single_tokens(name, spec, checkpoint.tokenizer, checkpoint.name)
+            assert spec.size == 10 and len(group.kept) == 10, (checkpoint.name, name)
+            assert group.held_out or name == "digits", (checkpoint.name, name)

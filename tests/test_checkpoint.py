@@ -29,7 +29,15 @@ from embsvd.checkpoint import (
     resolve_folder,
     sha256_file,
 )
-from tests.conftest import BERT_KEY, D_MODEL, SPECIAL, VOCAB, tiny_embeddings, write_tiny_bert
+from tests.conftest import (
+    BERT_KEY,
+    D_MODEL,
+    SPECIAL,
+    VOCAB,
+    tiny_embeddings,
+    write_tiny_bert,
+    write_tokenizer,
+)
 
 
 def load(folder: Path, **spec) -> Checkpoint:
@@ -432,6 +440,81 @@ def test_config_without_vocabulary_is_not_an_empty_tokenizer(tmp_path: Path) -> 
         load(folder)
 
 
+# --- the output matrix and tied embeddings --------------------------------------------
+
+
+def write_tiny_lm(folder: Path, W_U: np.ndarray | None, architecture: str = "LlamaForCausalLM"):
+    """A tiny causal LM folder: BERT vocabulary, Llama tensor names, an optional lm_head."""
+    write_tokenizer(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": [architecture]}))
+    W_E = tiny_embeddings(seed=1)
+    tensors = {"model.embed_tokens.weight": W_E}
+    if W_U is not None:
+        tensors["lm_head.weight"] = W_U
+    save_file(tensors, folder / "model.safetensors")
+    return W_E
+
+
+def test_separate_output_matrix_is_read_and_untied(tmp_path: Path) -> None:
+    W_U = tiny_embeddings(seed=2)
+    W_E = write_tiny_lm(tmp_path, W_U)
+
+    output = load(tmp_path, matrix="output")
+    embedding = load(tmp_path)
+
+    np.testing.assert_array_equal(output.W, W_U)
+    assert (output.tensor_key, output.matrix, output.tied) == ("lm_head.weight", "output", False)
+    np.testing.assert_array_equal(embedding.W, W_E)
+    assert (embedding.tensor_key, embedding.tied) == ("model.embed_tokens.weight", False)
+    assert embedding.quantization == "F32"
+
+
+def test_output_matrix_saved_with_the_same_values_is_tied(tmp_path: Path) -> None:
+    W_E = tiny_embeddings(seed=1)
+    write_tiny_lm(tmp_path, W_E.copy())
+    output = load(tmp_path, matrix="output")
+    assert output.tied is True and output.tensor_key == "model.embed_tokens.weight"
+
+
+def test_language_model_without_an_output_tensor_ties_it_to_the_embedding(tmp_path: Path) -> None:
+    W_E = write_tiny_lm(tmp_path, None)
+    output = load(tmp_path, matrix="output")
+    np.testing.assert_array_equal(output.W, W_E)
+    assert output.tied is True
+
+
+def test_encoder_without_a_head_has_no_output_matrix(tmp_path: Path) -> None:
+    write_tiny_lm(tmp_path, None, architecture="BertModel")
+    assert load(tmp_path).tied is None
+    with pytest.raises(
+        ValueError,
+        match=r"model.matrix: the checkpoint in .* has no output matrix: no tensor named "
+        r"lm_head\.weight, embed_out\.weight, cls\.predictions\.decoder\.weight, and "
+        r"config\.json names no language-model architecture that would reuse W_E; set "
+        r"model\.output_key, or analyse model\.matrix=input",
+    ):
+        load(tmp_path, matrix="output")
+
+
+def test_output_key_names_the_unembedding_and_must_exist(tmp_path: Path) -> None:
+    write_tokenizer(tmp_path)
+    W_U = tiny_embeddings(seed=3)
+    save_file(
+        {"model.embed_tokens.weight": tiny_embeddings(seed=1), "decoder.proj.weight": W_U},
+        tmp_path / "model.safetensors",
+    )
+    output = load(tmp_path, matrix="output", output_key="decoder.proj.weight")
+    np.testing.assert_array_equal(output.W, W_U)
+    with pytest.raises(ValueError, match=r"model.output_key: 'nope' is not a tensor"):
+        load(tmp_path, matrix="output", output_key="nope")
+
+
+def test_unknown_matrix_is_refused(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match=r"model.matrix: 'hidden' is not one of input, output"):
+        load(tiny_bert, matrix="hidden")
+
+
 # --- the Hugging Face Hub cache, offline -----------------------------------------------
 
 HUB_SCRIPT = """
@@ -467,21 +550,27 @@ print(json.dumps(out))
 
 
 def write_hub_cache(
-    cache: Path, repo_id: str, commit: str, source: Path, skip: tuple[str, ...] = ()
+    cache: Path,
+    repo_id: str,
+    commit: str,
+    source: Path,
+    skip: tuple[str, ...] = (),
+    ref: str = "main",
 ) -> Path:
     """Lay out ``source``'s files as huggingface_hub caches a download: content-addressed
-    blobs, a snapshot folder of symlinks to them, and ``refs/main`` naming the commit.
-    Files named in ``skip`` are left out, as if never downloaded."""
+    blobs, a snapshot folder of symlinks to them, and ``refs/<ref>`` naming the commit.
+    Files named in ``skip`` are left out, as if never downloaded. Called again with
+    another commit and ref, it adds a revision to the same repository."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
     snapshot.mkdir(parents=True)
     for file in sorted(f for f in source.iterdir() if f.name not in skip):
         blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
         shutil.copyfile(file, blob)
         (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
     return snapshot
 
 

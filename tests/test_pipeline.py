@@ -161,3 +161,88 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
     assert table[0].split()[:2] == ["run", "status"]
     assert table[2].startswith("tiny_bert/digits/centered  FINISHED  eu_countries=")
     assert np.isfinite(float(table[2].split("eu_countries=")[1].split()[0]))
+
+
+# --- custom groups: the `extra` slot and group files -------------------------------------
+
+
+def test_extra_group_from_the_command_line_is_analysed(tiny_bert, session_store):
+    cfg = job_config(
+        tiny_bert,
+        session_store,
+        "extra-group",
+        "groups.extra.words=[cat,dog,red,paris]",
+        "target=extra",
+        "analysis.figures=false",
+    )
+    run_job(cfg)
+    client, [run] = runs_of(session_store, "extra-group")
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny_bert/extra/centered"
+    assert run.data.metrics["n_tokens"] == 4
+    assert "group_mean_corr/digits__extra" in run.data.metrics
+
+
+def test_empty_extra_slot_is_not_a_group(tiny_bert, session_store):
+    run_job(job_config(tiny_bert, session_store, "no-extra", "analysis.figures=false"))
+    _, [run] = runs_of(session_store, "no-extra")
+    assert not [k for k in run.data.metrics if "extra" in k]
+
+
+def test_group_file_adds_its_groups(tiny_bert, session_store, tmp_path):
+    groups = tmp_path / "my_groups.yaml"
+    groups.write_text(
+        "capitals:\n  words: [Paris, Rome, Athens]\n  size: 3\n"
+        "pets:\n  words: [cat, dog]\n  description: two animals\n"
+    )
+    cfg = job_config(
+        tiny_bert,
+        session_store,
+        "group-file",
+        f"group_files=[{groups}]",
+        "target=capitals",
+        "analysis.figures=false",
+    )
+    run_job(cfg)
+    client, [run] = runs_of(session_store, "group-file")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["n_tokens"] == 3
+    assert {"group_mean_corr/capitals__pets", "group_mean_corr/capitals__digits"} <= set(
+        run.data.metrics
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"group_files: .*missing\.yaml is not a file"),
+        ("- just\n- a list\n", r"group_files: .*bad\.yaml must map group names to specs"),
+        ("digits:\n  words: [a, b]\n", r"defines group 'digits', which is already configured"),
+        ("g:\n  wrods: [a, b]\n", r"group_files: group 'g' in .*bad\.yaml: Key 'wrods' not in"),
+    ],
+)
+def test_bad_group_file_fails_the_run_with_a_clear_error(
+    tiny_bert, session_store, tmp_path, content, message
+):
+    name = "missing.yaml" if content is None else "bad.yaml"
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    experiment = f"bad-group-file-{abs(hash(message)) % 10**6}"
+    cfg = job_config(tiny_bert, session_store, experiment, f"group_files=[{tmp_path / name}]")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        run_job(cfg)
+    _, [run] = runs_of(session_store, experiment)
+    assert run.info.status == "FAILED"
+    assert run.data.params["group_files"] == f"['{tmp_path / name}']"
+
+
+def test_run_tags_name_matrix_form_and_config_hash(tiny_bert, session_store):
+    run_job(job_config(tiny_bert, session_store, "tags", "analysis.figures=false"))
+    _, [run] = runs_of(session_store, "tags")
+    tags = run.data.tags
+    assert tags["embsvd.matrix"] == "input"
+    assert tags["embsvd.target_forms"] == "bare"
+    assert tags["embsvd.quantization"] == "F32"
+    assert tags["embsvd.tied_embeddings"] == "unknown"  # a BERT encoder without a head
+    assert tags["embsvd.tensor_key"] == tags["embsvd.embedding_key"]
+    assert len(tags["embsvd.config_hash"]) == 64
+    assert "embsvd.revision" not in tags  # not a Hub checkpoint

@@ -4,6 +4,7 @@ fresh sqlite store; the parent run, failures, resume, interrupts and the launche
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import signal
@@ -18,6 +19,8 @@ from mlflow.tracking import MlflowClient
 from embsvd import tracking
 from embsvd.config import PROJECT_ROOT
 from embsvd.pipeline import PARENT_RUN_FILE
+from tests.conftest import tiny_embeddings, write_tiny_bert
+from tests.test_checkpoint import write_hub_cache
 from tests.test_pipeline import CONTRACT_ARTIFACTS, FIGURES, artifact_names
 
 pytestmark = pytest.mark.slow
@@ -292,3 +295,56 @@ def test_submitit_local_runs_a_sweep(tiny_bert, tmp_path):
     assert {c.tags["mlflow.parentRunId"] for c in children} == {parent.run_id}
     # submitit ran each job in its own process, with its logs in the sweep folder
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
+
+
+def test_hub_revisions_sweep_offline_from_the_cache(tmp_path):
+    """A training-checkpoint suite: one Hub repo, a revision per step, swept offline."""
+    cache = tmp_path / "hf" / "hub"
+    commits = {}
+    for step, seed in (("step1", 11), ("step2", 12)):
+        upload = tmp_path / f"upload-{step}"
+        write_tiny_bert(upload, tiny_embeddings(seed=seed))
+        commits[step] = hashlib.sha1(step.encode()).hexdigest()
+        write_hub_cache(cache, "testorg/tiny-suite", commits[step], upload, ref=step)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))},
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_CACHE": str(cache),
+        "MLFLOW_TRACKING_URI": "",
+    }
+
+    done = subprocess.run(
+        sweep_command(
+            tmp_path,
+            "model=bert_base_uncased",
+            "model.hub_id=testorg/tiny-suite",
+            "model.name=tiny_suite",
+            f"model.revision=step1,step2,{commits['step1']}",
+            "analysis.figures=false",
+        ),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, [parent], children = parents_and_children(tmp_path)
+    assert parent.status == "FINISHED"
+    by_revision = {c.tags["embsvd.revision"]: c for c in children}
+    assert sorted(c.name for c in children) == sorted(
+        f"tiny_suite@{r}/digits/centered" for r in ("step1", "step2", commits["step1"])
+    )
+    for revision, child in by_revision.items():
+        step = "step1" if revision == commits["step1"] else revision
+        assert child.tags["embsvd.revision_commit"] == commits[step]
+        assert child.tags["embsvd.source"].endswith(f"snapshots/{commits[step]}")
+    # different steps, different weights; a branch and its commit, the same weights
+    shas = {r: c.tags["embsvd.weights_sha256"] for r, c in by_revision.items()}
+    assert shas["step1"] != shas["step2"] and shas["step1"] == shas[commits["step1"]]
+    assert (
+        by_revision["step1"].metrics["singular_value_last_over_first"]
+        != (by_revision["step2"].metrics["singular_value_last_over_first"])
+    )

