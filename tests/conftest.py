@@ -143,6 +143,17 @@ def tiny_bert(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def migrated_store_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty sqlite store with MLflow's migrations applied (they take seconds): tests
+    that need a fresh store of their own copy this file."""
+    from mlflow.tracking import MlflowClient
+
+    file = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{file}").search_experiments()
+    return file
+
+
+@pytest.fixture(scope="session")
 def session_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One sqlite tracking store for the session (creating one runs migrations: seconds).
     Tests that share it use their own experiment names."""

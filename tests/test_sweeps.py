@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,13 @@ CONTRACT_METRICS = {
     "axis_corr/digits__eu_countries",
     "n_tokens",
 }
+
+
+@pytest.fixture(autouse=True)
+def fresh_store(tmp_path: Path, migrated_store_file: Path) -> None:
+    """Each sweep writes to a store of its own, created without the migrations' wait."""
+    (tmp_path / "store").mkdir()
+    shutil.copyfile(migrated_store_file, tmp_path / "store" / "mlflow.db")
 
 
 def sweep_command(tmp_path: Path, *overrides: str) -> list[str]:
