@@ -11,7 +11,7 @@ that one code path reads them:
 
 Two weight formats: Hugging Face folders (safetensors, single file or sharded; pickle
 only when ``allow_pickle`` is set, and then with ``torch.load(weights_only=True)``) and
-GGUF files (``embsvd.gguf``: dequantized once and cached, with the tokenizer converted
+GGUF files (``embsvd.gguf_checkpoint``: dequantized once and cached, with the tokenizer converted
 from the file's metadata). Only the requested matrix is read; the model is never built
 and remote code is never enabled.
 """
