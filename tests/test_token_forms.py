@@ -26,6 +26,29 @@ def wordpiece(tmp_path_factory: pytest.TempPathFactory):
     return load_tokenizer(folder)
 
 
+@pytest.fixture(scope="module")
+def sentencepiece():
+    """A tiny Llama-2-style tokenizer: Metaspace (▁) pre-tokenizer, BPE merges, <unk>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
+    for char in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
+        vocab[char] = len(vocab)
+    merges = []
+    for token in ["▁France", "France", "▁Germany", "▁Netherlands", "▁7"]:
+        for end in range(2, len(token) + 1):
+            if token[:end] not in vocab:
+                vocab[token[:end]] = len(vocab)
+                merges.append((token[: end - 1], token[end - 1]))
+    spm = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    spm.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    spm.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=spm, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+
+
 def kept(tokenizer, words: list[str], form: str) -> list[tuple[str, str, str]]:
     group = select_single_tokens("g", GroupSpec(words=words, form=form), tokenizer, "m")
     return [(k.word, k.token, k.form) for k in group.kept]
@@ -75,6 +98,22 @@ def test_auto_names_both_forms_when_neither_is_one_token(bpe):
     found = TokenForms(bpe).find("Spain", "auto")
     assert found.reason == "initial form 6 tokens, bare form 5 tokens"
     assert found.tokens == ("Ġ", "S", "p", "a", "i", "n")
+
+
+def test_sentencepiece_word_initial_and_bare_tokens(sentencepiece):
+    # SentencePiece prepends ▁ to a text's first word, so a bare token is looked up
+    assert word_start_marker(sentencepiece.get_vocab()) == "▁"
+    assert kept(sentencepiece, ["France", "Netherlands", "7"], "auto") == [
+        ("France", "▁France", "initial"),
+        ("Netherlands", "▁Netherlands", "initial"),
+        ("7", "▁7", "initial"),
+    ]
+    group = select_single_tokens(
+        "g", GroupSpec(words=["France", "Germany", "7"], form="bare"), sentencepiece, "m"
+    )
+    assert [(k.token, k.form) for k in group.kept] == [("France", "bare"), ("7", "bare")]
+    [dropped] = group.dropped
+    assert dropped.reason == "no bare token 'Germany', only '▁Germany'"
 
 
 def test_every_form_is_the_bare_token_on_wordpiece(wordpiece):
