@@ -313,22 +313,24 @@ class SweepTracking(Callback):
         signal.signal(signal.SIGTERM, _interrupt)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        outcome = self._close()
+        outcome = self._close(completed=True)
         if outcome is not None and outcome.status != "FINISHED":
             raise SystemExit(1)
 
     def _close_at_exit(self) -> None:
         # the sweep raised (a job failed: Hydra exits 1) or was interrupted: the exit
         # status is already non-zero
-        self._close()
+        self._close(completed=False)
 
-    def _close(self) -> tracking.SweepOutcome | None:
+    def _close(self, completed: bool) -> tracking.SweepOutcome | None:
         if self._store is None or self._parent_run_id is None:
             return None
         store, parent_run_id = self._store, self._parent_run_id
         self._parent_run_id = None
         atexit.unregister(self._close_at_exit)
-        outcome = tracking.finish_sweep(store, parent_run_id, self._interrupted)
+        outcome = tracking.finish_sweep(
+            store, parent_run_id, interrupted=self._interrupted, completed=completed
+        )
         print(f"\n{format_sweep_table(outcome.children)}", flush=True)
         for job_num, run_id in sorted(outcome.skipped.items(), key=lambda kv: int(kv[0])):
             print(f"job #{job_num}: skipped, run {run_id} has its config", flush=True)

@@ -318,12 +318,15 @@ class SweepOutcome:
         return [c for c in self.children if c.status == status]
 
 
-def finish_sweep(store: TrackingStore, parent_run_id: str, interrupted: bool) -> SweepOutcome:
+def finish_sweep(
+    store: TrackingStore, parent_run_id: str, *, interrupted: bool, completed: bool
+) -> SweepOutcome:
     """Close a sweep's parent run with the status its children earned.
 
     Children still RUNNING (a worker that died, a job cut off by Ctrl-C) are closed as
     KILLED first, so no run is left RUNNING. The parent is KILLED when the sweep was
-    interrupted or any child was killed, FAILED when any child failed, else FINISHED.
+    interrupted or any child was killed, FAILED when any child failed or the sweep did
+    not complete (it raised before every job reported), else FINISHED.
     It logs ``children.csv``, the children's table as ``sweep_summary.txt`` and counts.
     """
     for child in store.children(parent_run_id):
@@ -341,12 +344,14 @@ def finish_sweep(store: TrackingStore, parent_run_id: str, interrupted: bool) ->
     statuses = [c.status for c in children]
     if interrupted or "KILLED" in statuses:
         status = "KILLED"
-    elif "FAILED" in statuses:
+    elif "FAILED" in statuses or not completed:
         status = "FAILED"
     else:
         status = "FINISHED"
     outcome = SweepOutcome(status, children, skipped)
     logger = RunLogger(store.client, parent_run_id)
+    if status == "FAILED" and "FAILED" not in statuses:
+        logger.set_tags({"embsvd.error": "the sweep stopped before its jobs reported"})
     logger.log_metrics(
         [
             ("n_children", len(children), 0),

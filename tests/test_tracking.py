@@ -267,3 +267,41 @@ def test_concurrent_writers_to_one_sqlite_store_lose_and_duplicate_nothing(tmp_p
         history = store.metric_history(run.run_id, "singular_value")
         assert history == [float(j) for j in range(1200)]  # each step once, none lost
         assert read_artifact(store.client, run.run_id, "who.txt") == run.name
+
+
+def test_finish_sweep_closes_running_children_and_earns_the_parent_status(session_store):
+    store = make_store(session_store, "finish-sweep")
+    parent = tracking.start_run(store, "sweep/x", {"embsvd.role": "sweep"})
+    child = {"mlflow.parentRunId": parent.run_id, "embsvd.job_num": 0}
+    with tracking.tracked_run(store, "a", child):
+        pass
+    tracking.start_run(store, "b", {**child, "embsvd.job_num": 1})  # its worker died
+
+    outcome = tracking.finish_sweep(store, parent.run_id, interrupted=False, completed=True)
+
+    assert outcome.status == "KILLED"
+    assert sorted((c.name, c.status) for c in outcome.children) == [
+        ("a", "FINISHED"),
+        ("b", "KILLED"),
+    ]
+    [b] = store.find_runs("attributes.run_name = 'b'")
+    assert b.tags["embsvd.error"] == "still RUNNING when its sweep ended"
+    rows = list(
+        csv.DictReader(io.StringIO(read_artifact(store.client, parent.run_id, "children.csv")))
+    )
+    assert [(r["job_num"], r["name"], r["status"]) for r in rows] == [
+        ("0", "a", "FINISHED"),
+        ("1", "b", "KILLED"),
+    ]
+
+
+def test_sweep_that_stopped_before_its_jobs_reported_fails_its_parent(session_store):
+    store = make_store(session_store, "stopped-sweep")
+    parent = tracking.start_run(store, "sweep/y", {"embsvd.role": "sweep"})
+
+    outcome = tracking.finish_sweep(store, parent.run_id, interrupted=False, completed=False)
+
+    assert outcome.status == "FAILED" and outcome.children == []
+    [run] = store.find_runs("tags.`embsvd.role` = 'sweep'")
+    assert run.status == "FAILED" and run.metrics["n_children"] == 0
+    assert run.tags["embsvd.error"] == "the sweep stopped before its jobs reported"
