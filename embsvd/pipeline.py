@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 import embsvd
 from embsvd import tracking
 from embsvd.analysis import AnalysisResult, analyze
-from embsvd.checkpoint import CheckpointSpec, load_checkpoint
+from embsvd.checkpoint import Checkpoint, CheckpointSpec, load_checkpoint
 from embsvd.config import PROJECT_ROOT, EmbsvdConfig, config_hash
 from embsvd.groups import GroupSpec, describe_dropped, select_single_tokens
 from embsvd.provenance import GitState, git_state, library_versions
@@ -135,28 +135,7 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     _check_settings(settings)
     cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
     checkpoint = load_checkpoint(settings.model, cache_dir)
-    tied = {True: "true", False: "false", None: "unknown"}[checkpoint.tied]
-    run.set_tags(
-        {
-            "embsvd.source": checkpoint.source,
-            "embsvd.weights_sha256": checkpoint.weights_sha256,
-            "embsvd.tensor_key": checkpoint.tensor_key,
-            "embsvd.tied_embeddings": tied,
-            "embsvd.quantization": checkpoint.quantization,
-            "embsvd.d_vocab": checkpoint.d_vocab,
-            "embsvd.d_model": checkpoint.d_model,
-            **(
-                {"embsvd.embedding_key": checkpoint.tensor_key}
-                if checkpoint.matrix == "input"
-                else {}
-            ),
-            **(
-                {"embsvd.revision_commit": checkpoint.revision_commit}
-                if checkpoint.revision_commit
-                else {}
-            ),
-        }
-    )
+    run.set_tags(checkpoint_tags(checkpoint))
     groups = {
         name: select_single_tokens(name, spec, checkpoint.tokenizer, settings.model.name)
         for name, spec in settings.groups.items()
@@ -186,6 +165,24 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
             draw_run_figures(result, settings.model.name, Path(scratch))
             run.log_folder(Path(scratch), "figures")
     return result
+
+
+def checkpoint_tags(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Tags of what was read: the weights, the tensor and how it was stored."""
+    tags = {
+        "embsvd.source": checkpoint.source,
+        "embsvd.weights_sha256": checkpoint.weights_sha256,
+        "embsvd.tensor_key": checkpoint.tensor_key,
+        "embsvd.tied_embeddings": {True: "true", False: "false", None: "unknown"}[checkpoint.tied],
+        "embsvd.quantization": checkpoint.quantization,
+        "embsvd.d_vocab": checkpoint.d_vocab,
+        "embsvd.d_model": checkpoint.d_model,
+    }
+    if checkpoint.matrix == "input":
+        tags["embsvd.embedding_key"] = checkpoint.tensor_key
+    if checkpoint.revision_commit:
+        tags["embsvd.revision_commit"] = checkpoint.revision_commit
+    return tags
 
 
 def _check_settings(settings: EmbsvdConfig) -> None:
