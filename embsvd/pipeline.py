@@ -24,7 +24,7 @@ from embsvd import tracking
 from embsvd.analysis import AnalysisResult, analyze
 from embsvd.checkpoint import Checkpoint, CheckpointSpec, load_checkpoint
 from embsvd.config import PROJECT_ROOT, EmbsvdConfig, config_hash
-from embsvd.groups import GroupSpec, describe_dropped, select_single_tokens
+from embsvd.groups import GroupSpec, TokenForms, describe_dropped, select_single_tokens
 from embsvd.provenance import GitState, git_state, library_versions
 from embsvd.report import format_sweep_table, mlflow_ui_command
 
@@ -136,13 +136,16 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
     checkpoint = load_checkpoint(settings.model, cache_dir)
     run.set_tags(checkpoint_tags(checkpoint))
+    forms = TokenForms(checkpoint.tokenizer)
     groups = {
-        name: select_single_tokens(name, spec, checkpoint.tokenizer, settings.model.name)
+        name: select_single_tokens(
+            name, spec, checkpoint.tokenizer, settings.model.name, forms=forms
+        )
         for name, spec in settings.groups.items()
     }
     tracking.log_groups(run, groups, settings.target)
-    forms = sorted({k.form for k in groups[settings.target].kept})  # mixed forms: a confound
-    run.set_tags({"embsvd.target_forms": "+".join(forms)})
+    target_forms = sorted({k.form for k in groups[settings.target].kept})  # mixed: a confound
+    run.set_tags({"embsvd.target_forms": "+".join(target_forms)})
     for group in groups.values():
         if group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
