@@ -133,6 +133,17 @@ def svd_flip(U: np.ndarray, Vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return U * signs, Vt * signs[:, None]
 
 
+def effective_rank(singular_values: np.ndarray) -> np.ndarray | float:
+    """The spectrum's effective rank (Roy and Vetterli, 2007): ``exp`` of the entropy of
+    ``p = S / sum(S)``; from 1 (one axis) to ``len(S)`` (a flat spectrum), so a faster
+    decay gives a smaller value. Works along the last axis: ``(..., k) -> (...)``."""
+    S = np.asarray(singular_values, dtype=np.float64)
+    p = S / S.sum(axis=-1, keepdims=True)
+    entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+    value = np.exp(entropy)
+    return float(value) if value.ndim == 0 else value
+
+
 def project(W_E: np.ndarray, svd: GroupSVD, n_components: int) -> np.ndarray:
     """The whole vocabulary on the first ``n_components`` right singular vectors.
 

@@ -32,6 +32,19 @@ class AnalysisConfig:
     n_components: int = 3  # axes the vocabulary is projected on
     top_k: int = 20  # tokens reported at each end of each axis
     figures: bool = True  # draw the per-run figures
+    random_state: int = 0  # seeds every random draw of the checks below
+    # matched random-group null: random groups per statistic (0: off)
+    n_null: int = 1000
+    alpha: float = 0.05  # level at which Holm-corrected p-values count as significant
+    n_bootstrap: int = 200  # bootstrap resamples of the target's words (0: stability off)
+    heldout: bool = True  # leave-one-out and held-out-remainder ranks
+    precision_k: int = 10  # k of the held-out precision@k
+    confounds: bool = True  # Spearman of the axes with token norm, id and length
+    confound_threshold: float = 0.3  # |rho| at which an axis is flagged
+    geometry: str = "euclidean"  # or "whitened": (W - mean) Cov^-1/2, shrunk
+    whitening_shrinkage: float | None = None  # None: Ledoit-Wolf
+    normalize_rows: bool = False  # unit-norm embeddings before anything else
+    n_global: int = 50  # top components of the whole vocabulary to compare with (0: off)
 
 
 @dataclass
@@ -71,7 +84,8 @@ def config_hash(settings: EmbsvdConfig) -> str:
         "target": settings.target,
         "analysis": asdict(settings.analysis),
     }
-    decisive["analysis"].pop("figures")  # drawing figures changes no number
+    for key in ("figures", "alpha"):  # drawing figures, or the level, changes no number
+        decisive["analysis"].pop(key)
     for spec in decisive["groups"].values():
         spec.pop("description")
     encoded = json.dumps(decisive, sort_keys=True, ensure_ascii=False).encode()

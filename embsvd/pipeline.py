@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import hashlib
+import json
 import logging
 import signal
 import sys
@@ -14,21 +16,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import embsvd
-from embsvd import tracking
+from embsvd import geometry, tracking
 from embsvd.analysis import AnalysisResult, analyze
-from embsvd.checkpoint import Checkpoint, CheckpointSpec, load_checkpoint
-from embsvd.config import PROJECT_ROOT, EmbsvdConfig, config_hash
+from embsvd.checkpoint import Checkpoint, CheckpointSpec, default_cache_dir, load_checkpoint
+from embsvd.config import PROJECT_ROOT, AnalysisConfig, EmbsvdConfig, config_hash
 from embsvd.groups import GroupSpec, TokenForms, describe_dropped, select_single_tokens
 from embsvd.provenance import GitState, git_state, library_versions
 from embsvd.report import format_sweep_table, mlflow_ui_command
+from embsvd.rigor import assess
 
 log = logging.getLogger(__name__)
+GEOMETRIES = ("euclidean", "whitened")
 EXTRA_GROUP = "extra"  # conf/config.yaml's slot for a group given on the command line
 
 
@@ -150,17 +155,37 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
         if group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
     analysis = settings.analysis
+    W, geometry_metrics = analysis_matrix(checkpoint, analysis)
+    run.log_metrics(geometry_metrics)
+    token_strings = checkpoint.token_strings()
     result = analyze(
-        checkpoint.W,
+        W,
         groups,
         settings.target,
         center=analysis.center,
         n_components=analysis.n_components,
         top_k=analysis.top_k,
-        token_strings=checkpoint.token_strings(),
+        token_strings=token_strings,
         excluded_ids=checkpoint.special_ids(),
     )
-    tracking.log_result(run, result)
+    rigor = assess(
+        W,
+        groups,
+        result,
+        token_strings=token_strings,
+        excluded_ids=checkpoint.special_ids(),
+        marker=forms.marker,
+        token_norms=np.linalg.norm(checkpoint.W, axis=1),
+        random_state=analysis.random_state,
+        n_null=analysis.n_null,
+        n_bootstrap=analysis.n_bootstrap,
+        heldout=analysis.heldout,
+        precision_k=analysis.precision_k,
+        confounds=analysis.confounds,
+        confound_threshold=analysis.confound_threshold,
+        global_svd=_global_svd(W, checkpoint, analysis, cache_dir) if analysis.n_global else None,
+    )
+    tracking.log_result(run, result, rigor)
     if analysis.figures:
         from embsvd.plotting import draw_run_figures
 
@@ -168,6 +193,50 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
             draw_run_figures(result, settings.model.name, Path(scratch))
             run.log_folder(Path(scratch), "figures")
     return result
+
+
+def analysis_matrix(
+    checkpoint: Checkpoint, analysis: AnalysisConfig
+) -> tuple[np.ndarray, list[tuple[str, float, int]]]:
+    """The matrix the analysis runs on: the checkpoint's, unit rows with
+    ``normalize_rows``, then whitened with ``geometry=whitened`` (the covariance estimated
+    over every row but the special tokens); and the transform's metrics."""
+    W = checkpoint.W
+    if analysis.normalize_rows:
+        W = geometry.normalize_rows(W)
+    if analysis.geometry == "euclidean":
+        return W, []
+    rows = np.setdiff1d(np.arange(len(W)), sorted(checkpoint.special_ids()))
+    whitening = geometry.fit_whitening(W, rows=rows, shrinkage=analysis.whitening_shrinkage)
+    return whitening.apply(W), [("geometry/whitening_shrinkage", whitening.shrinkage, 0)]
+
+
+def _global_svd(
+    W: np.ndarray, checkpoint: Checkpoint, analysis: AnalysisConfig, cache_dir: Path | None
+) -> geometry.GlobalSVD:
+    """The whole vocabulary's top ``n_global`` components (at most ``d_model``), cached
+    per checkpoint matrix and geometry under ``<cache_dir>/global_svd/``."""
+    rows = np.setdiff1d(np.arange(len(W)), sorted(checkpoint.special_ids()))
+    n_global = min(analysis.n_global, W.shape[1], len(rows))
+    if n_global < analysis.n_global:
+        log.warning(
+            "analysis.n_global=%d exceeds the %d dimensions of %s; using %d",
+            analysis.n_global,
+            W.shape[1],
+            checkpoint.name,
+            n_global,
+        )
+    key = {
+        "weights_sha256": checkpoint.weights_sha256,
+        "tensor_key": checkpoint.tensor_key,
+        "geometry": analysis.geometry,
+        "whitening_shrinkage": analysis.whitening_shrinkage,
+        "normalize_rows": analysis.normalize_rows,
+        "n_global": n_global,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    cache_file = (cache_dir or default_cache_dir()) / "global_svd" / f"{digest}.npz"
+    return geometry.cached_global_svd(W, n_global, cache_file, rows=rows)
 
 
 def checkpoint_tags(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -195,11 +264,28 @@ def _check_settings(settings: EmbsvdConfig) -> None:
             f"({', '.join(sorted(settings.groups)) or 'none'}); pick one of them, or add it, "
             f"e.g. groups=[{','.join([*settings.groups, settings.target])}]"
         )
-    for key in ("n_components", "top_k"):
-        if getattr(settings.analysis, key) < 1:
+    analysis = settings.analysis
+    for key in ("n_components", "top_k", "precision_k"):
+        if getattr(analysis, key) < 1:
+            raise ValueError(f"analysis.{key}: must be at least 1, got {getattr(analysis, key)}")
+    for key in ("n_null", "n_bootstrap"):
+        if getattr(analysis, key) < 0 or getattr(analysis, key) == 1:
             raise ValueError(
-                f"analysis.{key}: must be at least 1, got {getattr(settings.analysis, key)}"
+                f"analysis.{key}: must be 0 (off) or at least 2, got {getattr(analysis, key)}"
             )
+    if analysis.n_global < 0:
+        raise ValueError(f"analysis.n_global: must be 0 (off) or more, got {analysis.n_global}")
+    if not 0 < analysis.alpha < 1:
+        raise ValueError(f"analysis.alpha: must be between 0 and 1, got {analysis.alpha}")
+    if not 0 <= analysis.confound_threshold <= 1:
+        raise ValueError(
+            f"analysis.confound_threshold: a |Spearman rho| between 0 and 1, "
+            f"got {analysis.confound_threshold}"
+        )
+    if analysis.geometry not in GEOMETRIES:
+        raise ValueError(
+            f"analysis.geometry: {analysis.geometry!r} is not one of {', '.join(GEOMETRIES)}"
+        )
 
 
 def run_name(settings: EmbsvdConfig) -> str:

@@ -12,9 +12,18 @@ if TYPE_CHECKING:
 
 
 def format_sweep_table(runs: list[RunRecord]) -> str:
-    """One line per run: status, group-mean r of the target with each other group,
-    last/first singular value, and the first axis' top 5 tokens at each end."""
-    header = ["run", "status", "group-mean r", "s_last/s_first", "axis 0 top", "axis 0 bottom"]
+    """One line per run: status, group-mean r of the target with each other group (with
+    its percentile in the matched null), last/first singular value, the bootstrap
+    stability of axis 0 (mean |cos|), and the first axis' top 5 tokens at each end."""
+    header = [
+        "run",
+        "status",
+        "group-mean r (null pct)",
+        "s_last/s_first",
+        "axis 0 stability",
+        "axis 0 top",
+        "axis 0 bottom",
+    ]
     rows = [header] + [_row(run) for run in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
@@ -29,13 +38,17 @@ def _row(run: RunRecord) -> list[str]:
         if key.startswith("group_mean_corr/"):
             a, b = key.removeprefix("group_mean_corr/").split("__")
             if target in (a, b):
-                correlations.append(f"{b if a == target else a}={value:+.3f}")
+                percentile = run.metrics.get(f"null/{key}/percentile")
+                null = f" ({percentile:.0f})" if percentile is not None else ""
+                correlations.append(f"{b if a == target else a}={value:+.3f}{null}")
     ratio = run.metrics.get("singular_value_last_over_first")
+    stability = run.metrics.get("stability/axis0_cos")
     return [
         run.name,
         run.status,
         " ".join(correlations) or "-",
         f"{ratio:.2e}" if ratio is not None else "-",
+        f"{stability:.2f}" if stability is not None else "-",
         run.tags.get("embsvd.axis0.top", "-"),
         run.tags.get("embsvd.axis0.bottom", "-"),
     ]

@@ -45,13 +45,14 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
-from embsvd.analysis import AnalysisResult, PairwiseStat
+from embsvd import contract
+from embsvd.analysis import AnalysisResult
 from embsvd.groups import TokenGroup
 from embsvd.report import format_sweep_table
+from embsvd.rigor import RigorResult
 
 DEFAULT_EXPERIMENT = "embsvd"
 STORE_FOLDER = "mlruns"  # under the project root: mlflow.db and artifacts/
-TOP_TOKENS_IN_TAGS = 5  # the first axis' ends, shown as tags in the runs table
 
 
 def resolve_tracking_uri(configured: str | None, project_root: Path) -> str:
@@ -205,99 +206,14 @@ def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) ->
     run.log_metrics([("n_tokens", len(groups[target].kept), 0)])
 
 
-def log_result(run: RunLogger, result: AnalysisResult) -> None:
-    """The contract's metrics, CSV artifacts and first-axis tags for one analysis."""
-    run.log_metrics(result_metrics(result))
-    first_axis = [t for t in result.top_tokens if t.component == 0]
-    run.set_tags(
-        {
-            f"embsvd.axis0.{side}": " ".join(
-                t.token for t in first_axis if t.side == side and t.rank <= TOP_TOKENS_IN_TAGS
-            )
-            for side in ("top", "bottom")
-        }
-    )
+def log_result(run: RunLogger, result: AnalysisResult, rigor: RigorResult) -> None:
+    """The contract's metrics, tags and CSV tables of one analysis and its checks."""
+    run.log_metrics(contract.result_metrics(result) + contract.rigor_metrics(rigor))
+    run.set_tags(contract.result_tags(result, rigor))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        write_result_csvs(result, folder)
+        contract.write_tables(result, rigor, folder)
         run.log_folder(folder)
-
-
-def result_metrics(result: AnalysisResult) -> list[tuple[str, float, int]]:
-    """``(key, value, step)`` for every metric of the contract except ``n_tokens``."""
-    svd = result.svd
-    metrics = [("singular_value", s, i) for i, s in enumerate(svd.singular_values)]
-    metrics += [
-        ("explained_variance_ratio", r, i) for i, r in enumerate(svd.explained_variance_ratio)
-    ]
-    S = svd.singular_values
-    # the spectrum's shape in two numbers: ~0 last value when centered, a towering first when raw
-    metrics += [("singular_value_last_over_first", S[-1] / S[0], 0)]
-    metrics += [("singular_value_first_over_second", S[0] / S[1], 0)]
-    for prefix, stat in (
-        ("group_mean_corr", result.group_mean_corr),
-        ("group_mean_cos", result.group_mean_cos),
-        ("axis_corr", result.axis_corr),
-    ):
-        metrics += [(f"{prefix}/{a}__{b}", value, 0) for a, b, value in stat.pairs()]
-    return metrics
-
-
-def write_result_csvs(result: AnalysisResult, folder: Path) -> None:
-    """``spectrum.csv``, ``group_mean_corr.csv``, ``top_tokens.csv``, ``row_cosine.csv``."""
-    svd = result.svd
-    _write_csv(
-        folder / "spectrum.csv",
-        ["component", "singular_value", "explained_variance_ratio"],
-        [
-            [i, repr(float(s)), repr(float(r))]
-            for i, (s, r) in enumerate(
-                zip(svd.singular_values, svd.explained_variance_ratio, strict=True)
-            )
-        ],
-    )
-    _write_square(folder / "group_mean_corr.csv", result.group_mean_corr)
-    _write_csv(
-        folder / "top_tokens.csv",
-        ["component", "side", "rank", "token_id", "token", "projection", "in_group"],
-        [
-            [
-                t.component,
-                t.side,
-                t.rank,
-                t.token_id,
-                t.token,
-                repr(t.projection),
-                str(t.in_group).lower(),
-            ]
-            for t in result.top_tokens
-        ],
-    )
-    words = list(result.target_words)
-    _write_csv(
-        folder / "row_cosine.csv",
-        ["word", *words],
-        [
-            [w, *(repr(float(v)) for v in row)]
-            for w, row in zip(words, result.row_cosine, strict=True)
-        ],
-    )
-
-
-def _write_square(file: Path, stat: PairwiseStat) -> None:
-    names = list(stat.names)
-    _write_csv(
-        file,
-        ["group", *names],
-        [[n, *(repr(float(v)) for v in row)] for n, row in zip(names, stat.values, strict=True)],
-    )
-
-
-def _write_csv(file: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with open(file, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 # --- sweeps: a parent run and its children ------------------------------------------------

@@ -1,0 +1,220 @@
+"""Whole-vocabulary geometry against independent computations (numpy, scikit-learn)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from sklearn.covariance import ledoit_wolf_shrinkage as sklearn_ledoit_wolf_shrinkage
+from sklearn.decomposition import PCA
+
+import embsvd.geometry
+from embsvd.geometry import (
+    cached_global_svd,
+    fit_whitening,
+    global_svd,
+    ledoit_wolf_shrinkage,
+    normalize_rows,
+)
+
+RTOL = 1e-10
+
+
+def with_covariance(covariance: np.ndarray, n: int, offset: float, seed: int = 0) -> np.ndarray:
+    """``(n, d)`` rows whose 1/n sample covariance is exactly ``covariance`` and mean ``offset``."""
+    rng = np.random.default_rng(seed)
+    Z = rng.normal(size=(n, len(covariance)))
+    # orthonormal columns in the span of centered columns: zero mean, Z^T Z / n = I
+    Z = np.linalg.qr(Z - Z.mean(axis=0))[0] * np.sqrt(n)
+    return Z @ np.linalg.cholesky(covariance).T + offset
+
+
+@pytest.fixture
+def covariance() -> np.ndarray:
+    A = np.random.default_rng(1).normal(size=(6, 6))
+    return A @ A.T + 0.5 * np.eye(6)
+
+
+@pytest.fixture
+def low_rank() -> np.ndarray:
+    """2000 x 60: rank 8 with distinct singular values, small noise, offset from 0."""
+    rng = np.random.default_rng(2)
+    scales = np.array([50, 40, 30, 25, 20, 15, 10, 8])
+    V = np.linalg.qr(rng.normal(size=(60, 8)))[0].T
+    noise = 0.01 * rng.normal(size=(2000, 60))
+    return (rng.normal(size=(2000, 8)) * scales) @ V + noise + 3.0
+
+
+def centered_svd(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _, S, Vt = np.linalg.svd(X - X.mean(axis=0), full_matrices=False)
+    return S, Vt
+
+
+def test_normalize_rows_gives_unit_rows_keeps_directions_and_zero_rows():
+    W = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32) * 7
+    W[2] = 0
+    unit = normalize_rows(W)
+    assert unit.dtype == np.float64
+    norms = np.linalg.norm(unit, axis=1)
+    np.testing.assert_allclose(norms[[0, 1, 3, 4]], 1.0, rtol=1e-12)
+    np.testing.assert_array_equal(unit[2], 0.0)
+    np.testing.assert_allclose(unit * np.linalg.norm(W, axis=1, keepdims=True), W, rtol=1e-6)
+
+
+@pytest.mark.parametrize("block_rows", [4096, 64, 7])
+def test_ledoit_wolf_shrinkage_matches_sklearn(block_rows):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 20)) @ rng.normal(size=(20, 20)) + 5.0
+    expected = sklearn_ledoit_wolf_shrinkage(X)
+    assert 0 < expected < 1
+    assert ledoit_wolf_shrinkage(X, block_rows=block_rows) == pytest.approx(expected, rel=RTOL)
+    wide = rng.normal(size=(15, 40))  # n < d: heavy shrinkage
+    assert ledoit_wolf_shrinkage(wide, block_rows=4) == pytest.approx(
+        sklearn_ledoit_wolf_shrinkage(wide), rel=RTOL
+    )
+    assert ledoit_wolf_shrinkage(X[:, :1]) == 0.0
+
+
+def test_whitening_inverts_a_known_covariance(covariance):
+    X = with_covariance(covariance, n=400, offset=2.5)
+    np.testing.assert_allclose(np.cov(X.T, bias=True), covariance, atol=1e-10)
+    whitening = fit_whitening(X, shrinkage=0.0, block_rows=64)
+    T = whitening.transform
+    # the unique symmetric positive definite T with T @ T = covariance^-1 is covariance^(-1/2)
+    np.testing.assert_array_equal(T, T.T)
+    assert np.linalg.eigvalsh(T).min() > 0
+    np.testing.assert_allclose(T @ T, np.linalg.inv(covariance), atol=1e-8)
+    np.testing.assert_allclose(T @ covariance @ T, np.eye(6), atol=1e-8)
+    assert whitening.shrinkage == 0.0 and whitening.n_rows == 400
+    whitened = whitening.apply(X, block_rows=64)
+    assert whitened.shape == X.shape and whitened.dtype == np.float64
+    np.testing.assert_allclose(whitened.mean(axis=0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(np.cov(whitened.T, bias=True), np.eye(6), atol=1e-8)
+
+
+def test_whitening_shrinks_towards_a_scaled_identity(covariance):
+    X = with_covariance(covariance, n=400, offset=-1.0)
+    a = 0.3
+    shrunk = (1 - a) * covariance + a * np.trace(covariance) / 6 * np.eye(6)
+    T = fit_whitening(X, shrinkage=a).transform
+    assert np.linalg.eigvalsh(T).min() > 0
+    np.testing.assert_allclose(T @ T, np.linalg.inv(shrunk), atol=1e-8)
+    default = fit_whitening(X)
+    assert default.shrinkage == pytest.approx(sklearn_ledoit_wolf_shrinkage(X), rel=RTOL)
+
+
+def test_whitening_rows_restrict_the_estimate(covariance):
+    X = with_covariance(covariance, n=400, offset=1.0)
+    rows = np.arange(0, 400, 3)
+    sub = fit_whitening(X, rows=rows, shrinkage=0.2)
+    alone = fit_whitening(X[rows], shrinkage=0.2)
+    assert sub.n_rows == len(rows)
+    np.testing.assert_allclose(sub.mean, X[rows].mean(axis=0), rtol=RTOL)
+    np.testing.assert_allclose(sub.transform, alone.transform, rtol=1e-9)
+    mask = np.zeros(400, dtype=bool)
+    mask[rows] = True
+    np.testing.assert_allclose(fit_whitening(X, rows=mask, shrinkage=0.2).transform, sub.transform)
+
+
+def test_whitening_rejects_a_singular_covariance_and_bad_shrinkage():
+    rng = np.random.default_rng(4)
+    rank_3 = rng.normal(size=(50, 3)) @ rng.normal(size=(3, 6))
+    with pytest.raises(ValueError, match=r"analysis\.whitening_shrinkage: .* singular .* > 0"):
+        fit_whitening(rank_3, shrinkage=0.0)
+    with pytest.raises(ValueError, match=r"analysis\.whitening_shrinkage: .* singular"):
+        fit_whitening(rng.normal(size=(4, 6)), shrinkage=0.0)  # fewer rows than d_model
+    assert np.isfinite(fit_whitening(rank_3, shrinkage=0.1).transform).all()
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match=r"analysis\.whitening_shrinkage: .*\[0, 1\].*got"):
+            fit_whitening(rank_3, shrinkage=bad)
+
+
+def test_global_svd_matches_the_full_svd_of_the_centered_matrix(low_rank):
+    svd = global_svd(low_rank, 5)
+    S, Vt = centered_svd(low_rank)
+    np.testing.assert_allclose(svd.singular_values, S[:5], rtol=1e-6)
+    cosines = np.abs(np.sum(svd.Vt * Vt[:5], axis=1))
+    assert cosines.min() > 0.9999
+    np.testing.assert_allclose(svd.Vt @ svd.Vt.T, np.eye(5), atol=1e-12)
+    np.testing.assert_allclose(svd.mean, low_rank.mean(axis=0), rtol=RTOL)
+    centered = low_rank - low_rank.mean(axis=0)
+    assert svd.total_variance == pytest.approx(np.sum(centered**2), rel=RTOL)
+    pca = PCA(n_components=5, svd_solver="full").fit(low_rank)
+    np.testing.assert_allclose(svd.explained_variance_ratio, pca.explained_variance_ratio_, 1e-6)
+    assert svd.n_rows == 2000
+    # svd_flip(u_based_decision=False): the largest-|.| entry of each row of Vt is positive
+    assert np.all(svd.Vt[np.arange(5), np.argmax(np.abs(svd.Vt), axis=1)] > 0)
+
+
+def test_global_svd_is_deterministic_and_exact_at_full_rank(low_rank):
+    first, second = global_svd(low_rank, 5), global_svd(low_rank, 5)
+    np.testing.assert_array_equal(first.singular_values, second.singular_values)
+    np.testing.assert_array_equal(first.Vt, second.Vt)
+    blocked = global_svd(low_rank, 5, block_rows=128)
+    np.testing.assert_allclose(blocked.Vt, first.Vt, atol=1e-9)
+    small = np.random.default_rng(5).normal(size=(30, 7))
+    S, Vt = centered_svd(small)
+    full = global_svd(small, 7, n_iter=0)
+    np.testing.assert_allclose(full.singular_values, S, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(full.Vt @ Vt.T), np.eye(7), atol=1e-8)
+
+
+def test_global_svd_rows_restrict_the_rows_used(low_rank):
+    rows = np.arange(0, 2000, 3)
+    svd = global_svd(low_rank, 4, rows=rows)
+    S, Vt = centered_svd(low_rank[rows])
+    assert svd.n_rows == len(rows)
+    np.testing.assert_allclose(svd.mean, low_rank[rows].mean(axis=0), rtol=RTOL)
+    np.testing.assert_allclose(svd.singular_values, S[:4], rtol=1e-6)
+    assert np.abs(np.sum(svd.Vt * Vt[:4], axis=1)).min() > 0.9999
+    centered = low_rank[rows] - low_rank[rows].mean(axis=0)
+    assert svd.total_variance == pytest.approx(np.sum(centered**2), rel=RTOL)
+
+
+@pytest.mark.parametrize(
+    ("n_components", "rows", "allowed"),
+    [(0, None, 60), (61, None, 60), (12, np.arange(10), 10)],
+)
+def test_global_svd_rejects_n_components_out_of_range(low_rank, n_components, rows, allowed):
+    message = rf"analysis\.n_global: .* = {allowed} .*got {n_components}"
+    with pytest.raises(ValueError, match=message):
+        global_svd(low_rank, n_components, rows=rows)
+
+
+def assert_same_svd(a, b):
+    for name in ("mean", "singular_values", "Vt"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert (a.total_variance, a.n_rows) == (b.total_variance, b.n_rows)
+
+
+def refuse_to_compute(*args, **kwargs):
+    raise AssertionError("global_svd was called although the cache should be used")
+
+
+def test_cached_global_svd_writes_then_reuses_the_file(low_rank, tmp_path, monkeypatch):
+    cache_file = tmp_path / "cache" / "global_svd.npz"
+    first = cached_global_svd(low_rank, 5, cache_file)
+    assert cache_file.is_file()
+    assert [path.name for path in cache_file.parent.iterdir()] == ["global_svd.npz"]
+    assert_same_svd(first, global_svd(low_rank, 5))
+    monkeypatch.setattr(embsvd.geometry, "global_svd", refuse_to_compute)
+    assert_same_svd(cached_global_svd(low_rank, 5, cache_file), first)
+
+
+def test_cached_global_svd_recomputes_a_stale_or_corrupt_file(
+    low_rank, tmp_path, monkeypatch, caplog
+):
+    cache_file = tmp_path / "global_svd.npz"
+    cached_global_svd(low_rank, 5, cache_file)
+    three = cached_global_svd(low_rank, 3, cache_file)
+    assert len(three.singular_values) == 3
+    rows = np.arange(100)
+    assert cached_global_svd(low_rank, 3, cache_file, rows=rows).n_rows == 100
+    cache_file.write_bytes(b"not an npz file")
+    with caplog.at_level(logging.WARNING, logger="embsvd.geometry"):
+        recomputed = cached_global_svd(low_rank, 3, cache_file)
+    assert "unreadable" in caplog.text
+    assert_same_svd(recomputed, three)
+    monkeypatch.setattr(embsvd.geometry, "global_svd", refuse_to_compute)
+    assert_same_svd(cached_global_svd(low_rank, 3, cache_file), three)

@@ -1,0 +1,270 @@
+"""The checks on synthetic embeddings with planted structure, against direct computations."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from embsvd.analysis import analyze, decompose
+from embsvd.confounds import rankdata, spearman, surface_length, token_confounds
+from embsvd.geometry import GlobalSVD, global_svd
+from embsvd.groups import KeptToken, TokenGroup
+from embsvd.heldout import validate_held_out
+from embsvd.rigor import assess, compare_with_global
+from embsvd.stability import eigengap_ratio, largest_principal_angle, resample_stability
+
+D_MODEL = 16
+D_VOCAB = 3000
+AXIS = np.eye(D_MODEL)[3]  # the planted axis of group "ordered"
+SHARED = np.eye(D_MODEL)[5]  # the planted direction both groups' means share
+
+
+def word(i: int) -> str:
+    """A distinct alphabetic token string per id (``aaa``, ``aab``, ...): pool material."""
+    return "".join(chr(97 + (i // 26**p) % 26) for p in (2, 1, 0))
+
+
+TOKENS = [word(i) for i in range(D_VOCAB)]
+
+
+def group(name: str, ids, held_out=()) -> TokenGroup:
+    kept = tuple(KeptToken(TOKENS[i], TOKENS[i], i) for i in ids)
+    rest = tuple(KeptToken(TOKENS[i], TOKENS[i], i) for i in held_out)
+    return TokenGroup(name, tuple(k.word for k in kept + rest), kept, (), rest)
+
+
+def world(planted: bool, seed: int = 0):
+    """Noise tokens; with ``planted``, tokens 0-15 ("ordered") lie along AXIS, ordered, and
+    both groups' means sit on SHARED, so their group-mean r is high."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(D_VOCAB, D_MODEL))
+    if planted:
+        W[:16] = 4.0 * np.linspace(-1, 1, 16)[:, None] * AXIS + 0.05 * W[:16]
+        W[:16] += 3.0 * SHARED
+        W[100:110] += 3.0 * SHARED
+    groups = {
+        "ordered": group("ordered", range(10), held_out=range(10, 16)),
+        "other": group("other", range(100, 110)),
+    }
+    return W, groups
+
+
+def run_checks(W, groups, *, random_state=0, n_bootstrap=200, center=True):
+    result = analyze(
+        W,
+        groups,
+        "ordered",
+        center=center,
+        n_components=3,
+        top_k=5,
+        token_strings=TOKENS,
+        excluded_ids=(),
+    )
+    rigor = assess(
+        W,
+        groups,
+        result,
+        token_strings=TOKENS,
+        excluded_ids=(),
+        marker=None,
+        token_norms=np.linalg.norm(W, axis=1),
+        random_state=random_state,
+        n_null=500,
+        n_bootstrap=n_bootstrap,
+        heldout=True,
+        precision_k=6,
+        confounds=True,
+        confound_threshold=0.3,
+        global_svd=global_svd(W, 8),
+    )
+    return result, rigor
+
+
+def test_planted_structure_is_extreme_in_the_null_recovered_and_stable():
+    W, groups = world(planted=True)
+    result, rigor = run_checks(W, groups)
+    assert abs(result.svd.Vt[0] @ AXIS) > 0.99
+    assert rigor.null.s1_share.percentile == 100.0 and rigor.null.s1_share.p_value < 0.01
+    pair = rigor.null.group_mean_corr["ordered", "other"]
+    assert pair.observed > 0.8 and pair.percentile == 100.0
+    assert rigor.null.p_holm["ordered", "other"] < 0.01
+    assert rigor.stability.axis_cos[0] > 0.99 and rigor.stability.loo_axis_cos_min[0] > 0.99
+    assert not rigor.stability.degenerate[0]  # one strong axis, the rest noise
+    assert rigor.heldout.subspace_rank_pct_median("leave_one_out") < 1.0
+    assert rigor.heldout.subspace_rank_pct_median("remainder") < 1.0
+    assert rigor.heldout.precision_at_k == 1.0  # the 6 closest tokens are the 6 held out
+    # the ends of the ordered axis are extreme on it, its middle is not
+    ranks = {w.word: w.axis_rank_pct[0] for w in rigor.heldout.of("leave_one_out")}
+    assert ranks[TOKENS[0]] < 1.0 and ranks[TOKENS[5]] > 10.0
+
+
+def test_without_the_plant_the_statistics_fall_inside_the_null():
+    W, groups = world(planted=False)
+    _, rigor = run_checks(W, groups)
+    assert 2.5 < rigor.null.s1_share.percentile < 97.5
+    assert 2.5 < rigor.null.effective_rank.percentile < 97.5
+    assert rigor.null.group_mean_corr["ordered", "other"].p_value > 0.05
+    assert rigor.stability.axis_cos[0] < 0.9  # noise has no stable axis
+    assert rigor.heldout.subspace_rank_pct_median("remainder") > 20.0
+
+
+def test_seeded_checks_repeat_and_another_seed_changes_only_the_draws():
+    W, groups = world(planted=True)
+    result, first = run_checks(W, groups, random_state=7)
+    _, again = run_checks(W, groups, random_state=7)
+    _, other = run_checks(W, groups, random_state=8)
+    np.testing.assert_array_equal(first.null.singular_values, again.null.singular_values)
+    np.testing.assert_array_equal(first.stability.axis_cos, again.stability.axis_cos)
+    assert first.null.s1_share == again.null.s1_share
+    # new draws: the null and the bootstrap move, the observed values do not
+    assert first.null.s1_share.mean != other.null.s1_share.mean
+    assert not np.array_equal(first.stability.singular_value_lo, other.stability.singular_value_lo)
+    assert first.null.s1_share.observed == other.null.s1_share.observed
+    pair = ("ordered", "other")
+    assert first.null.group_mean_corr[pair].observed == other.null.group_mean_corr[pair].observed
+    assert first.heldout == other.heldout  # no randomness in held-out ranks
+    np.testing.assert_array_equal(first.stability.loo_axis_cos, other.stability.loo_axis_cos)
+    for name in ("norm", "token_id", "length"):
+        np.testing.assert_array_equal(
+            first.confounds.spearman[name], other.confounds.spearman[name]
+        )
+    # independent streams: fewer bootstrap resamples leave the null's draws as they were
+    _, fewer = run_checks(W, groups, random_state=7, n_bootstrap=20)
+    np.testing.assert_array_equal(first.null.singular_values, fewer.null.singular_values)
+
+
+def test_held_out_ranks_and_precision_against_a_direct_computation():
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(200, 6))
+    W[:8] = W[:8] * 0.3 + 2.0  # a loose cluster
+    g = group("g", range(5), held_out=range(5, 8))
+    excluded = {199}
+    validation = validate_held_out(
+        W, g, center=True, n_components=2, excluded_ids=excluded, precision_k=5
+    )
+    for left_out in range(5):
+        training = [i for i in range(5) if i != left_out]
+        svd = decompose(W[training], center=True)
+        V = svd.Vt[:2]
+        deviations = W - svd.mean
+        distances = np.linalg.norm(deviations - deviations @ V.T @ V, axis=1)
+        ranked = [j for j in range(200) if j not in training and j not in excluded]
+        placed = validation.of("leave_one_out")[left_out]
+        expected = 100 * sum(distances[j] < distances[left_out] for j in ranked) / len(ranked)
+        assert placed.subspace_rank_pct == pytest.approx(expected)
+        assert placed.distance == pytest.approx(distances[left_out])
+        for k in range(2):
+            size = np.abs(deviations @ V[k])
+            ahead = sum(size[j] > size[left_out] for j in ranked)
+            assert placed.axis_rank_pct[k] == pytest.approx(100 * ahead / len(ranked))
+    svd = decompose(W[:5], center=True)
+    deviations = W - svd.mean
+    distances = np.linalg.norm(deviations - deviations @ svd.Vt[:2].T @ svd.Vt[:2], axis=1)
+    ranked = [j for j in range(5, 199)]
+    closest = sorted(ranked, key=lambda j: distances[j])[:3]  # k = 5 capped at 3 held out
+    assert validation.precision_k == 3
+    assert validation.precision_at_k == pytest.approx(sum(j in (5, 6, 7) for j in closest) / 3)
+    assert [w.word for w in validation.of("remainder")] == [TOKENS[i] for i in (5, 6, 7)]
+
+
+def test_eigengap_ratio_follows_norths_rule():
+    # lambda = 16, 9, 1: errors lambda * sqrt(2 / 8) = 8, 4.5, 0.5
+    ratio = eigengap_ratio(np.array([4.0, 3.0, 1.0]), n_samples=8)
+    np.testing.assert_allclose(ratio, [7 / 8, 7 / 8, 8 / 4.5])
+    assert list(ratio < 1) == [True, True, False]
+
+
+def test_largest_principal_angle_of_a_rotated_plane():
+    theta = np.radians(30)
+    A = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    B = np.array([[1.0, 0, 0], [0, np.cos(theta), np.sin(theta)]])
+    assert largest_principal_angle(A, B) == pytest.approx(30.0)
+    assert largest_principal_angle(B[[1, 0]], B) == pytest.approx(0.0, abs=1e-6)  # order-free
+
+
+def test_bootstrap_intervals_bracket_a_stable_spectrum():
+    W, groups = world(planted=True)
+    M = W[groups["ordered"].token_ids]
+    svd = decompose(M, center=False)
+    stability = resample_stability(M, svd, 3, 300, np.random.default_rng(0))
+    assert (
+        stability.singular_value_lo[0] <= svd.singular_values[0] <= stability.singular_value_hi[0]
+    )
+    assert stability.loo_axis_cos.shape == (10, 3)
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 5, size=300).astype(float)  # many ties, like token lengths
+    Y = np.column_stack([x + rng.normal(size=300), rng.normal(size=300)])
+    expected = [stats.spearmanr(x, Y[:, k]).statistic for k in range(2)]
+    np.testing.assert_allclose(spearman(x, Y), expected)
+    np.testing.assert_allclose(rankdata(x), stats.rankdata(x))
+    assert np.isnan(spearman(np.ones(10), Y[:10])).all()
+
+
+def test_an_axis_that_tracks_token_id_or_length_is_flagged():
+    ids = np.arange(400)
+    tokens = ["Ġ" + "a" * (1 + i % 7) for i in ids]
+    projections = np.column_stack([ids + np.random.default_rng(5).normal(size=400), ids % 7])
+    confounds = token_confounds(projections, np.ones(400) + ids % 3, tokens, ids, "Ġ", 0.3)
+    assert confounds.spearman["token_id"][0] > 0.99
+    assert confounds.spearman["length"][1] == pytest.approx(1.0)
+    flagged = {(k, name) for k, name, _ in confounds.flagged()}
+    assert (0, "token_id") in flagged and (1, "length") in flagged
+    assert surface_length("Ġthe", "Ġ") == surface_length("##the", None) == 3
+
+
+def test_global_view_against_a_known_global_basis():
+    rng = np.random.default_rng(6)
+    M = rng.normal(size=(10, 5))
+    svd = decompose(M, center=True)
+    basis = GlobalSVD(
+        mean=np.zeros(5),
+        singular_values=np.array([2.0, 1.0]),
+        Vt=np.eye(5)[:2],
+        total_variance=10.0,
+        n_rows=100,
+    )
+    view = compare_with_global(M, svd, basis, n_components=2)
+    deviations = M - M.mean(axis=0)
+    assert view.group_variance_share == pytest.approx(
+        (deviations[:, :2] ** 2).sum() / (deviations**2).sum()
+    )
+    assert view.chance_share == pytest.approx(2 / 5)
+    np.testing.assert_allclose(view.axis_max_cos, np.abs(svd.Vt[:2, :2]).max(axis=1))
+    np.testing.assert_allclose(view.axis_share, (svd.Vt[:2, :2] ** 2).sum(axis=1))
+
+
+def test_switched_off_checks_are_absent():
+    W, groups = world(planted=True)
+    result = analyze(
+        W,
+        groups,
+        "ordered",
+        center=True,
+        n_components=3,
+        top_k=5,
+        token_strings=TOKENS,
+        excluded_ids=(),
+    )
+    rigor = assess(
+        W,
+        groups,
+        result,
+        token_strings=TOKENS,
+        excluded_ids=(),
+        marker=None,
+        token_norms=np.ones(D_VOCAB),
+        random_state=0,
+        n_null=0,
+        n_bootstrap=0,
+        heldout=False,
+        precision_k=5,
+        confounds=False,
+        confound_threshold=0.3,
+    )
+    assert dataclasses.astuple(rigor) == (0, None, None, None, None, None)
