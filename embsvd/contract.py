@@ -90,7 +90,8 @@ def rigor_metrics(rigor: RigorResult) -> list[Metric]:
         metrics += [("global/chance_share", view.chance_share, 0)]
         metrics += _series("global/axis_max_cos", view.axis_max_cos)
         metrics += _series("global/axis_share", view.axis_share)
-    return [(key, float(value), step) for key, value, step in metrics if np.isfinite(value)]
+    # nan (a constant property, a zero spectrum) is logged as nan: the name is always there
+    return [(key, float(value), step) for key, value, step in metrics]
 
 
 def _series(key: str, values: Sequence[float]) -> list[Metric]:

@@ -290,8 +290,12 @@ def _check_settings(settings: EmbsvdConfig) -> None:
 
 def run_name(settings: EmbsvdConfig) -> str:
     """``<model>/<target group>/<centered|raw>``; the model part carries ``@<revision>`` for
-    a Hub revision and ``:output`` for the unembedding matrix."""
-    centering = "centered" if settings.analysis.center else "raw"
+    a Hub revision and ``:output`` for the unembedding matrix, the last part
+    ``+unit_rows`` and ``+whitened`` when the analysis ran in another geometry."""
+    analysis = settings.analysis
+    centering = "centered" if analysis.center else "raw"
+    centering += "+unit_rows" if analysis.normalize_rows else ""
+    centering += f"+{analysis.geometry}" if analysis.geometry != "euclidean" else ""
     return f"{model_label(settings.model)}/{settings.target}/{centering}"
 
 
@@ -311,6 +315,8 @@ def run_tags(settings: EmbsvdConfig, git: GitState | None) -> dict[str, Any]:
         "embsvd.matrix": settings.model.matrix,
         "embsvd.target_group": settings.target,
         "embsvd.center": str(settings.analysis.center).lower(),
+        "embsvd.geometry": settings.analysis.geometry,
+        "embsvd.normalize_rows": str(settings.analysis.normalize_rows).lower(),
         "embsvd.version": embsvd.__version__,
         **{f"embsvd.env.{name}": v for name, v in library_versions().items()},
     }

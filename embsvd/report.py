@@ -26,7 +26,10 @@ def format_sweep_table(runs: list[RunRecord]) -> str:
     ]
     rows = [header] + [_row(run) for run in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) if runs else "(no runs)"
 

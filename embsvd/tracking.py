@@ -1,19 +1,16 @@
-"""MLflow tracking: the only module that imports mlflow. It owns the run contract.
+"""MLflow tracking: the only module that imports mlflow. It writes the run contract.
 
-The run contract (later tools read runs through it; extend it, don't break it):
+The run contract (later tools read runs through it; extend it, don't break it; the full
+list is in README.md):
 
 - experiment ``embsvd`` by default; run name ``<model>/<target group>/<centered|raw>``;
 - tags ``embsvd.model``, ``embsvd.target_group``, ``embsvd.center``, ``embsvd.source``,
-  ``embsvd.weights_sha256``, ``embsvd.version``, ``mlflow.source.git.commit`` (the full
-  list is in README.md);
+  ``embsvd.weights_sha256``, ``embsvd.version``, ``mlflow.source.git.commit``, ...;
 - params: the resolved config, flattened with dotted keys;
-- metrics: ``singular_value`` and ``explained_variance_ratio`` as step series (step =
-  component), ``singular_value_last_over_first``, ``singular_value_first_over_second``,
-  ``group_mean_corr/<a>__<b>``, ``group_mean_cos/<a>__<b>``,
-  ``axis_corr/<a>__<b>`` (names sorted), ``n_tokens``;
-- artifacts: ``spectrum.csv``, ``group_mean_corr.csv``, ``top_tokens.csv``,
-  ``groups.json``, ``row_cosine.csv``, ``config.yaml``, ``figures/``; ``git_diff.patch``
-  from a checkout with uncommitted changes, ``error.txt`` on failure.
+- metrics, result tags and CSV tables: defined in ``embsvd.contract`` (the analysis'
+  and the checks'), plus ``n_tokens``;
+- artifacts besides the tables: ``groups.json``, ``config.yaml``, ``figures/``;
+  ``git_diff.patch`` from a checkout with uncommitted changes, ``error.txt`` on failure.
 
 A multirun adds a parent run (tag ``embsvd.role=sweep``) whose children carry
 ``mlflow.parentRunId``; when the sweep ends the parent gets ``children.csv`` and

@@ -139,6 +139,10 @@ def test_config_hash_covers_what_decides_the_numbers():
         "groups.digits.size=9",
         "groups.digits.form=bare",
         "groups.extra.words=[a,b]",
+        "analysis.random_state=1",
+        "analysis.n_null=10",
+        "analysis.geometry=whitened",
+        "analysis.normalize_rows=true",
     ):
         assert config_hash(settings_of(changed)) != base, changed
 
@@ -152,8 +156,26 @@ def test_config_hash_ignores_where_runs_go_and_figures():
         "analysis.figures=false",
         "cache_dir=/tmp/cache",
         "groups.digits.description=changed",
+        "analysis.alpha=0.01",  # the level marks p-values, it computes none
     ):
         assert config_hash(settings_of(same)) == base, same
+
+
+def test_fast_analysis_turns_every_check_off_and_keeps_the_method():
+    default, fast = settings_of().analysis, settings_of("analysis=fast").analysis
+    assert (fast.n_null, fast.n_bootstrap, fast.heldout, fast.confounds, fast.n_global) == (
+        0,
+        0,
+        False,
+        False,
+        0,
+    )
+    assert (fast.center, fast.n_components, fast.top_k) == (
+        default.center,
+        default.n_components,
+        default.top_k,
+    )
+    assert (default.n_null, default.n_bootstrap, default.n_global) == (1000, 200, 50)
 
 
 def test_slurm_preset_composes_onto_the_submitit_slurm_launcher():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,14 @@ CONTRACT_ARTIFACTS = {
     "row_cosine.csv",
     "spectrum.csv",
     "top_tokens.csv",
+    # the checks (issue 4)
+    "null_spectrum.csv",
+    "null_group_mean_corr.csv",
+    "stability.csv",
+    "stability_loo.csv",
+    "heldout.csv",
+    "confounds.csv",
+    "global_spectrum.csv",
 }
 FIGURES = {"scree.png", "group_mean_corr.png", "row_cosine.png", "projection_component0.png"}
 
@@ -157,10 +166,72 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
     store = tracking.TrackingStore(session_store, "table")
     from embsvd.report import format_sweep_table
 
-    table = format_sweep_table(store.find_runs()).splitlines()
+    [run] = store.find_runs()
+    table = format_sweep_table([run]).splitlines()
     assert table[0].split()[:2] == ["run", "status"]
+    assert "group-mean r (null pct)" in table[0] and "axis 0 stability" in table[0]
     assert table[2].startswith("tiny_bert/digits/centered  FINISHED  eu_countries=")
-    assert np.isfinite(float(table[2].split("eu_countries=")[1].split()[0]))
+    r, percentile = table[2].split("eu_countries=")[1].split()[:2]
+    assert float(r) == pytest.approx(run.metrics["group_mean_corr/digits__eu_countries"], abs=5e-4)
+    pct = run.metrics["null/group_mean_corr/digits__eu_countries/percentile"]
+    assert percentile == f"({pct:.0f})"
+    assert f"{run.metrics['stability/axis0_cos']:.2f}" in table[2].split(percentile)[1].split()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "analysis.geometry=spherical",
+            "analysis.geometry: 'spherical' is not one of euclidean, whitened",
+        ),
+        ("analysis.n_null=1", "analysis.n_null: must be 0 (off) or at least 2, got 1"),
+        ("analysis.n_bootstrap=-5", "analysis.n_bootstrap: must be 0 (off) or at least 2, got -5"),
+        ("analysis.alpha=1.5", "analysis.alpha: must be between 0 and 1, got 1.5"),
+        (
+            "analysis.confound_threshold=2",
+            "analysis.confound_threshold: a |Spearman rho| between 0 and 1",
+        ),
+        ("analysis.precision_k=0", "analysis.precision_k: must be at least 1, got 0"),
+        ("analysis.whitening_shrinkage=1.5", "analysis.whitening_shrinkage"),
+    ],
+)
+def test_bad_check_settings_fail_the_run_with_the_setting_named(
+    tiny_bert, session_store, override, message
+):
+    extra = ["analysis.geometry=whitened"] if "shrinkage" in override else []
+    cfg = job_config(
+        tiny_bert, session_store, "bad-checks", override, *extra, "analysis.figures=false"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        run_job(cfg)
+    _, runs = runs_of(session_store, "bad-checks")
+    assert runs[-1].info.status == "FAILED"
+
+
+def test_whitened_and_unit_row_geometry_change_the_numbers_not_the_contract(
+    tiny_bert, session_store
+):
+    plain = run_job(job_config(tiny_bert, session_store, "geometry", "analysis.figures=false"))
+    whitened = run_job(
+        job_config(
+            tiny_bert,
+            session_store,
+            "geometry",
+            "analysis.geometry=whitened",
+            "analysis.normalize_rows=true",
+            "analysis.figures=false",
+        )
+    )
+    client, [_, run] = runs_of(session_store, "geometry")
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "tiny_bert/digits/centered+unit_rows+whitened"
+    assert run.data.tags["embsvd.geometry"] == "whitened"
+    assert run.data.tags["embsvd.normalize_rows"] == "true"
+    assert run.data.params["analysis.geometry"] == "whitened"
+    assert 0 < run.data.metrics["geometry/whitening_shrinkage"] <= 1  # Ledoit-Wolf
+    assert not np.allclose(plain.svd.singular_values, whitened.svd.singular_values)
+    assert artifact_names(client, run.info.run_id) >= CONTRACT_ARTIFACTS - {"config.yaml"}
 
 
 # --- custom groups: the `extra` slot and group files -------------------------------------

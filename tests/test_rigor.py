@@ -42,7 +42,7 @@ def world(planted: bool, seed: int = 0):
     rng = np.random.default_rng(seed)
     W = rng.normal(size=(D_VOCAB, D_MODEL))
     if planted:
-        W[:16] = 4.0 * np.linspace(-1, 1, 16)[:, None] * AXIS + 0.05 * W[:16]
+        W[:16] = 8.0 * np.linspace(-1, 1, 16)[:, None] * AXIS + 0.05 * W[:16]
         W[:16] += 3.0 * SHARED
         W[100:110] += 3.0 * SHARED
     groups = {
@@ -89,7 +89,7 @@ def test_planted_structure_is_extreme_in_the_null_recovered_and_stable():
     assert abs(result.svd.Vt[0] @ AXIS) > 0.99
     assert rigor.null.s1_share.percentile == 100.0 and rigor.null.s1_share.p_value < 0.01
     pair = rigor.null.group_mean_corr["ordered", "other"]
-    assert pair.observed > 0.8 and pair.percentile == 100.0
+    assert pair.observed > 0.6 and pair.percentile == 100.0
     assert rigor.null.p_holm["ordered", "other"] < 0.01
     assert rigor.stability.axis_cos[0] > 0.99 and rigor.stability.loo_axis_cos_min[0] > 0.99
     assert not rigor.stability.degenerate[0]  # one strong axis, the rest noise

@@ -17,7 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.analysis import analyze
+from embsvd.rigor import RigorResult
 from tests.conftest import token_group
+from tests.test_rigor import run_checks, world
 
 
 def make_store(uri: str, name: str, artifact_root: Path | None = None) -> tracking.TrackingStore:
@@ -151,7 +153,7 @@ def test_log_result_writes_the_contract(session_store):
     result, groups = small_result()
     with tracking.tracked_run(store, "m/b_group/centered", {}) as run:
         tracking.log_groups(run, groups, "b_group")
-        tracking.log_result(run, result)
+        tracking.log_result(run, result, RigorResult(random_state=0))
     client = store.client
     data = client.get_run(run.run_id).data
     assert data.metrics["n_tokens"] == 4
@@ -217,6 +219,77 @@ def test_log_result_writes_the_contract(session_store):
         "form": "bare",
     }
     assert set(payload["b_group"]) == {"words", "kept", "dropped", "held_out"}
+
+
+# the names the rigor issue promises to tools that read runs
+CHECK_METRICS = [
+    "s1_share",
+    *(f"null/s1_share/{s}" for s in ("mean", "sd", "percentile", "p_value")),
+    *(
+        f"null/group_mean_corr/ordered__other/{s}"
+        for s in ("mean", "sd", "percentile", "p_value", "p_holm")
+    ),
+    "stability/axis_cos",
+    "bootstrap/singular_value_lo",
+    "bootstrap/singular_value_hi",
+    "heldout/subspace_rank_pct_median",
+    "heldout/axis_rank_pct_median",
+    "heldout/precision_at_k",
+    "confound/spearman_norm",
+    "confound/spearman_token_id",
+    "confound/spearman_length",
+    "global/group_variance_share",
+]
+
+
+def test_log_result_writes_the_checks_contract(session_store):
+    store = make_store(session_store, "checks-contract")
+    W, groups = world(planted=True)
+    result, rigor = run_checks(W, groups)
+    with tracking.tracked_run(store, "m/ordered/centered", {}) as run:
+        tracking.log_result(run, result, rigor)
+    client = store.client
+    data = client.get_run(run.run_id).data
+    assert set(CHECK_METRICS) <= set(data.metrics)
+    null = rigor.null
+    assert data.metrics["null/s1_share/percentile"] == null.s1_share.percentile == 100.0
+    p_holm = data.metrics["null/group_mean_corr/ordered__other/p_holm"]
+    assert p_holm == pytest.approx(null.p_holm["ordered", "other"])
+
+    def series(key):
+        history = sorted(client.get_metric_history(run.run_id, key), key=lambda m: m.step)
+        return [m.value for m in history]
+
+    np.testing.assert_allclose(series("stability/axis_cos"), rigor.stability.axis_cos)
+    np.testing.assert_allclose(
+        series("bootstrap/singular_value_lo"), rigor.stability.singular_value_lo
+    )
+    assert data.metrics["stability/axis0_cos"] == pytest.approx(rigor.stability.axis_cos[0])
+    assert data.metrics["confound/spearman_norm"] == pytest.approx(
+        rigor.confounds.spearman["norm"][0]
+    )
+    assert data.tags["embsvd.random_state"] == "0"
+    assert "whole words" in data.tags["embsvd.null_pool"]
+
+    def table(name):
+        return list(csv.DictReader(io.StringIO(read_artifact(client, run.run_id, name))))
+
+    band = [r for r in table("null_spectrum.csv") if r["statistic"] == "singular_value"]
+    np.testing.assert_array_equal(
+        [float(r["null_q2.5"]) for r in band], np.percentile(null.singular_values, 2.5, axis=0)
+    )
+    [pair] = table("null_group_mean_corr.csv")
+    assert float(pair["p_holm"]) == null.p_holm["ordered", "other"]
+    stability = table("stability.csv")
+    assert [float(r["axis_cos"]) for r in stability] == list(rigor.stability.axis_cos)
+    assert {r["degenerate"] for r in stability} <= {"true", "false"}
+    heldout = table("heldout.csv")
+    assert len(heldout) == len(rigor.heldout.words) == 16
+    assert float(heldout[0]["subspace_rank_pct"]) == rigor.heldout.words[0].subspace_rank_pct
+    confounds = table("confounds.csv")
+    assert len(confounds) == 3 * 3  # three properties, three components
+    assert len(table("stability_loo.csv")) == 10 * 3
+    assert len(table("global_spectrum.csv")) == 8
 
 
 WRITER_SCRIPT = """
