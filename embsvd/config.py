@@ -35,7 +35,6 @@ class AnalysisConfig:
     random_state: int = 0  # seeds every random draw of the checks below
     # matched random-group null: random groups per statistic (0: off)
     n_null: int = 1000
-    alpha: float = 0.05  # level at which Holm-corrected p-values count as significant
     n_bootstrap: int = 200  # bootstrap resamples of the target's words (0: stability off)
     heldout: bool = True  # leave-one-out and held-out-remainder ranks
     precision_k: int = 10  # k of the held-out precision@k
@@ -84,8 +83,7 @@ def config_hash(settings: EmbsvdConfig) -> str:
         "target": settings.target,
         "analysis": asdict(settings.analysis),
     }
-    for key in ("figures", "alpha"):  # drawing figures, or the level, changes no number
-        decisive["analysis"].pop(key)
+    decisive["analysis"].pop("figures")  # drawing figures changes no number
     for spec in decisive["groups"].values():
         spec.pop("description")
     encoded = json.dumps(decisive, sort_keys=True, ensure_ascii=False).encode()

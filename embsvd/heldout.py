@@ -92,7 +92,7 @@ class Subspace:
 
 def percent_ahead(scores: np.ndarray, ranked: np.ndarray, token_id: int) -> float:
     """Percent of the ``ranked`` ids whose score is strictly smaller than ``token_id``'s."""
-    return 100.0 * np.count_nonzero(scores[ranked] < scores[token_id]) / len(ranked)
+    return float(100.0 * np.count_nonzero(scores[ranked] < scores[token_id]) / len(ranked))
 
 
 def validate_held_out(

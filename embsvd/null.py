@@ -180,8 +180,8 @@ def compare(observed: float, null: np.ndarray) -> NullComparison:
         observed=float(observed),
         mean=float(null.mean()),
         sd=float(null.std(ddof=1)) if n > 1 else 0.0,
-        percentile=100.0 * np.count_nonzero(null < observed) / n,
-        p_value=min(1.0, 2 * min(p_low, p_high)),
+        percentile=float(100.0 * np.count_nonzero(null < observed) / n),
+        p_value=float(min(1.0, 2 * min(p_low, p_high))),
     )
 
 

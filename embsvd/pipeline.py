@@ -27,10 +27,16 @@ from embsvd import geometry, tracking
 from embsvd.analysis import AnalysisResult, analyze
 from embsvd.checkpoint import Checkpoint, CheckpointSpec, default_cache_dir, load_checkpoint
 from embsvd.config import PROJECT_ROOT, AnalysisConfig, EmbsvdConfig, config_hash
-from embsvd.groups import GroupSpec, TokenForms, describe_dropped, select_single_tokens
+from embsvd.groups import (
+    GroupSpec,
+    TokenForms,
+    TokenGroup,
+    describe_dropped,
+    select_single_tokens,
+)
 from embsvd.provenance import GitState, git_state, library_versions
 from embsvd.report import format_sweep_table, mlflow_ui_command
-from embsvd.rigor import assess
+from embsvd.rigor import RigorResult, assess
 
 log = logging.getLogger(__name__)
 GEOMETRIES = ("euclidean", "whitened")
@@ -142,6 +148,35 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     checkpoint = load_checkpoint(settings.model, cache_dir)
     run.set_tags(checkpoint_tags(checkpoint))
     forms = TokenForms(checkpoint.tokenizer)
+    groups = _token_groups(settings, checkpoint, forms, run)
+    analysis = settings.analysis
+    W, geometry_metrics = analysis_matrix(checkpoint, analysis)
+    run.log_metrics(geometry_metrics)
+    result = analyze(
+        W,
+        groups,
+        settings.target,
+        center=analysis.center,
+        n_components=analysis.n_components,
+        top_k=analysis.top_k,
+        token_strings=checkpoint.token_strings(),
+        excluded_ids=checkpoint.special_ids(),
+    )
+    rigor = _checks(W, groups, result, checkpoint, forms, analysis, cache_dir)
+    tracking.log_result(run, result, rigor)
+    if analysis.figures:
+        from embsvd.plotting import draw_run_figures
+
+        with tempfile.TemporaryDirectory() as scratch:
+            draw_run_figures(result, settings.model.name, Path(scratch))
+            run.log_folder(Path(scratch), "figures")
+    return result
+
+
+def _token_groups(
+    settings: EmbsvdConfig, checkpoint: Checkpoint, forms: TokenForms, run: tracking.RunLogger
+) -> dict[str, TokenGroup]:
+    """Every configured group after the single-token rule, logged with the run."""
     groups = {
         name: select_single_tokens(
             name, spec, checkpoint.tokenizer, settings.model.name, forms=forms
@@ -154,25 +189,24 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     for group in groups.values():
         if group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
-    analysis = settings.analysis
-    W, geometry_metrics = analysis_matrix(checkpoint, analysis)
-    run.log_metrics(geometry_metrics)
-    token_strings = checkpoint.token_strings()
-    result = analyze(
-        W,
-        groups,
-        settings.target,
-        center=analysis.center,
-        n_components=analysis.n_components,
-        top_k=analysis.top_k,
-        token_strings=token_strings,
-        excluded_ids=checkpoint.special_ids(),
-    )
-    rigor = assess(
+    return groups
+
+
+def _checks(
+    W: np.ndarray,
+    groups: dict[str, TokenGroup],
+    result: AnalysisResult,
+    checkpoint: Checkpoint,
+    forms: TokenForms,
+    analysis: AnalysisConfig,
+    cache_dir: Path | None,
+) -> RigorResult:
+    """The checks ``analysis`` switches on, for the analysis ``result`` of ``W``."""
+    return assess(
         W,
         groups,
         result,
-        token_strings=token_strings,
+        token_strings=checkpoint.token_strings(),
         excluded_ids=checkpoint.special_ids(),
         marker=forms.marker,
         token_norms=np.linalg.norm(checkpoint.W, axis=1),
@@ -185,14 +219,6 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
         confound_threshold=analysis.confound_threshold,
         global_svd=_global_svd(W, checkpoint, analysis, cache_dir) if analysis.n_global else None,
     )
-    tracking.log_result(run, result, rigor)
-    if analysis.figures:
-        from embsvd.plotting import draw_run_figures
-
-        with tempfile.TemporaryDirectory() as scratch:
-            draw_run_figures(result, settings.model.name, Path(scratch))
-            run.log_folder(Path(scratch), "figures")
-    return result
 
 
 def analysis_matrix(
@@ -275,8 +301,6 @@ def _check_settings(settings: EmbsvdConfig) -> None:
             )
     if analysis.n_global < 0:
         raise ValueError(f"analysis.n_global: must be 0 (off) or more, got {analysis.n_global}")
-    if not 0 < analysis.alpha < 1:
-        raise ValueError(f"analysis.alpha: must be between 0 and 1, got {analysis.alpha}")
     if not 0 <= analysis.confound_threshold <= 1:
         raise ValueError(
             f"analysis.confound_threshold: a |Spearman rho| between 0 and 1, "

@@ -90,13 +90,13 @@ def assess(
     excluded_ids: Collection[int],
     marker: str | None,
     token_norms: np.ndarray,
-    random_state: int,
-    n_null: int,
-    n_bootstrap: int,
-    heldout: bool,
-    precision_k: int,
-    confounds: bool,
-    confound_threshold: float,
+    random_state: int = 0,
+    n_null: int = 1000,
+    n_bootstrap: int = 200,
+    heldout: bool = True,
+    precision_k: int = 10,
+    confounds: bool = True,
+    confound_threshold: float = 0.3,
     global_svd: GlobalSVD | None = None,
 ) -> RigorResult:
     """Run the switched-on checks of ``result`` (the analysis of ``W``).
@@ -117,6 +117,8 @@ def assess(
         confounds: Correlate the axes with token norm, id and length.
         confound_threshold: ``|rho|`` at which an axis is flagged.
         global_svd: The whole vocabulary's top components; ``None`` skips the comparison.
+
+    The defaults are those of ``conf/analysis/default.yaml``.
     """
     null_rng, bootstrap_rng = (
         np.random.default_rng(seed) for seed in np.random.SeedSequence(random_state).spawn(2)
@@ -135,8 +137,11 @@ def assess(
         checks["stability"] = resample_stability(
             M, result.svd, n_components, n_bootstrap, bootstrap_rng
         )
-    elif n_bootstrap:
-        log.warning("stability: %s has too few tokens to resample; skipped", result.target)
+    if movable < 1 and (n_bootstrap or heldout):
+        log.warning(
+            "stability and held-out ranks: %s has too few tokens to leave one out; skipped",
+            result.target,
+        )
     if heldout and movable >= 1:
         forms = {k.form for k in target.kept}
         pool = np.unique(np.concatenate([pools.ids[form] for form in sorted(forms)]))

@@ -156,7 +156,6 @@ def test_config_hash_ignores_where_runs_go_and_figures():
         "analysis.figures=false",
         "cache_dir=/tmp/cache",
         "groups.digits.description=changed",
-        "analysis.alpha=0.01",  # the level marks p-values, it computes none
     ):
         assert config_hash(settings_of(same)) == base, same
 

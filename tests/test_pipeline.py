@@ -187,7 +187,6 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
         ),
         ("analysis.n_null=1", "analysis.n_null: must be 0 (off) or at least 2, got 1"),
         ("analysis.n_bootstrap=-5", "analysis.n_bootstrap: must be 0 (off) or at least 2, got -5"),
-        ("analysis.alpha=1.5", "analysis.alpha: must be between 0 and 1, got 1.5"),
         (
             "analysis.confound_threshold=2",
             "analysis.confound_threshold: a |Spearman rho| between 0 and 1",

@@ -35,6 +35,15 @@ CONTRACT_METRICS = {
     "group_mean_cos/digits__eu_countries",
     "axis_corr/digits__eu_countries",
     "n_tokens",
+    # the checks, on by default (issue 4)
+    "s1_share",
+    "null/s1_share/percentile",
+    "null/group_mean_corr/digits__eu_countries/p_holm",
+    "stability/axis_cos",
+    "bootstrap/singular_value_lo",
+    "heldout/subspace_rank_pct_median",
+    "confound/spearman_norm",
+    "global/group_variance_share",
 }
 
 
@@ -282,6 +291,9 @@ def test_joblib_sweep_over_both_bundled_checkpoints(tmp_path, smollm2):
     assert {c.tags["embsvd.tied_embeddings"] for c in smol} == {"true"}
     forms = {c.tags["embsvd.target_group"]: c.tags["embsvd.target_forms"] for c in smol}
     assert forms == {"digits": "bare", "eu_countries": "initial"}
+    # SmolLM2's Euclidean axes track token norm (measured |rho| 0.87-0.88 on axis 0)
+    centered = [c for c in smol if c.tags["embsvd.center"] == "true"]
+    assert all("norm=" in c.tags["embsvd.warning.confounds"] for c in centered)
 
 
 def test_submitit_local_runs_a_sweep(tiny_bert, tmp_path):
