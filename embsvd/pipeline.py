@@ -168,7 +168,7 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
         from embsvd.plotting import draw_run_figures
 
         with tempfile.TemporaryDirectory() as scratch:
-            draw_run_figures(result, settings.model.name, Path(scratch))
+            draw_run_figures(result, settings.model.name, Path(scratch), rigor)
             run.log_folder(Path(scratch), "figures")
     return result
 

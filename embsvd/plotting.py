@@ -5,19 +5,24 @@ matplotlib and seaborn are imported here only, when a figure is drawn: they cost
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 
 from embsvd.analysis import AnalysisResult, PairwiseStat
+from embsvd.rigor import RigorResult
 
 N_EXTREMES_LABELLED = 5  # tokens named at each end of the projection figure
 
 
-def draw_run_figures(result: AnalysisResult, model_name: str, folder: Path) -> list[Path]:
+def draw_run_figures(
+    result: AnalysisResult, model_name: str, folder: Path, rigor: RigorResult | None = None
+) -> list[Path]:
     """Write the run's four figures as PNG into ``folder`` and return their paths:
-    scree plot, group-mean correlation heatmap, the target's row cosine heatmap and the
-    distribution of the vocabulary's projections on component 1."""
+    scree plot (with the matched null's 95% band and the bootstrap intervals when
+    ``rigor`` has them), group-mean correlation heatmap, the target's row cosine heatmap
+    and the distribution of the vocabulary's projections on component 1."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,7 +32,7 @@ def draw_run_figures(result: AnalysisResult, model_name: str, folder: Path) -> l
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind")
     title = f"{model_name} · {result.target} · {'centered' if result.center else 'raw'}"
     drawers = {
-        "scree.png": _scree,
+        "scree.png": functools.partial(_scree, rigor=rigor),
         "group_mean_corr.png": _group_mean_corr,
         "row_cosine.png": _row_cosine,
         "projection_component0.png": _projection,
@@ -43,16 +48,39 @@ def draw_run_figures(result: AnalysisResult, model_name: str, folder: Path) -> l
     return paths
 
 
-def _scree(result: AnalysisResult, plt, sns):
+def _scree(result: AnalysisResult, plt, sns, rigor: RigorResult | None = None):
     S = result.svd.singular_values
+    components = np.arange(len(S))
     fig, (linear, log) = plt.subplots(1, 2, figsize=(6.5, 2.6))
     for ax, scale in ((linear, "linear"), (log, "log")):
-        sns.lineplot(x=np.arange(len(S)), y=S, marker="o", ax=ax)
+        if rigor is not None and rigor.null is not None:
+            low, high = np.percentile(rigor.null.singular_values, [2.5, 97.5], axis=0)
+            ax.fill_between(
+                components, low, high, color="0.8", label=f"{rigor.null.n_null} random groups, 95%"
+            )
+        if rigor is not None and rigor.stability is not None and scale == "linear":
+            stability = rigor.stability
+            ax.errorbar(
+                components,
+                S,
+                yerr=[
+                    S - np.minimum(S, stability.singular_value_lo),
+                    np.maximum(S, stability.singular_value_hi) - S,
+                ],
+                fmt="none",
+                ecolor="0.3",
+                elinewidth=0.8,
+                capsize=2,
+                label="bootstrap 95%",
+            )
+        sns.lineplot(x=components, y=S, marker="o", ax=ax, label=result.target)
         ax.set_yscale(scale)
         ax.set_xlabel("component")
         ax.set_ylabel(f"singular value ({scale})")
         ax.set_xticks(np.arange(len(S)))
     log.set_ylim(bottom=max(S.min(), S.max() * 1e-12))  # a centered spectrum ends in ~0
+    linear.legend(fontsize=6)
+    log.get_legend().remove()
     return fig
 
 

@@ -316,3 +316,25 @@ def test_run_tags_name_matrix_form_and_config_hash(tiny_bert, session_store):
     assert tags["embsvd.tensor_key"] == tags["embsvd.embedding_key"]
     assert len(tags["embsvd.config_hash"]) == 64
     assert "embsvd.revision" not in tags  # not a Hub checkpoint
+
+
+def test_seeded_runs_are_identical_and_another_seed_moves_only_resampled_numbers(
+    tiny_bert, session_store
+):
+    for seed in (3, 3, 4):
+        run_job(
+            job_config(
+                tiny_bert,
+                session_store,
+                "seeds",
+                f"analysis.random_state={seed}",
+                "analysis.figures=false",
+            )
+        )
+    _, (first, again, other) = runs_of(session_store, "seeds")
+    assert first.data.metrics == again.data.metrics
+    resampled = ("null/", "bootstrap/", "stability/axis", "stability/subspace")
+    moved = {k for k in first.data.metrics if first.data.metrics[k] != other.data.metrics[k]}
+    assert moved and all(k.startswith(resampled) for k in moved), moved
+    assert "null/s1_share/mean" in moved
+    assert other.data.tags["embsvd.random_state"] == "4"
