@@ -52,17 +52,19 @@ def world(planted: bool, seed: int = 0):
     return W, groups
 
 
-def run_checks(W, groups, *, random_state=0, n_bootstrap=200, center=True):
+def run_checks(W, groups, **settings):
+    """The analysis of "ordered" and its checks; ``settings`` override ``assess``'s."""
     result = analyze(
         W,
         groups,
         "ordered",
-        center=center,
+        center=True,
         n_components=3,
         top_k=5,
         token_strings=TOKENS,
         excluded_ids=(),
     )
+    checks = dict(n_null=500, precision_k=6, global_svd=global_svd(W, 8)) | settings
     rigor = assess(
         W,
         groups,
@@ -71,14 +73,7 @@ def run_checks(W, groups, *, random_state=0, n_bootstrap=200, center=True):
         excluded_ids=(),
         marker=None,
         token_norms=np.linalg.norm(W, axis=1),
-        random_state=random_state,
-        n_null=500,
-        n_bootstrap=n_bootstrap,
-        heldout=True,
-        precision_k=6,
-        confounds=True,
-        confound_threshold=0.3,
-        global_svd=global_svd(W, 8),
+        **checks,
     )
     return result, rigor
 
@@ -241,30 +236,6 @@ def test_global_view_against_a_known_global_basis():
 
 def test_switched_off_checks_are_absent():
     W, groups = world(planted=True)
-    result = analyze(
-        W,
-        groups,
-        "ordered",
-        center=True,
-        n_components=3,
-        top_k=5,
-        token_strings=TOKENS,
-        excluded_ids=(),
-    )
-    rigor = assess(
-        W,
-        groups,
-        result,
-        token_strings=TOKENS,
-        excluded_ids=(),
-        marker=None,
-        token_norms=np.ones(D_VOCAB),
-        random_state=0,
-        n_null=0,
-        n_bootstrap=0,
-        heldout=False,
-        precision_k=5,
-        confounds=False,
-        confound_threshold=0.3,
-    )
+    off = dict(n_null=0, n_bootstrap=0, heldout=False, confounds=False, global_svd=None)
+    _, rigor = run_checks(W, groups, **off)
     assert dataclasses.astuple(rigor) == (0, None, None, None, None, None)
