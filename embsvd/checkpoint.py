@@ -24,10 +24,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from embsvd.tokenizer import FastTokenizer, fast_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -114,7 +117,8 @@ class Checkpoint:
         name: The spec's name.
         W: The matrix analysed, one row per token, shape ``(d_vocab, d_model)``: ``W_E``,
             or ``W_U`` transposed when ``matrix == "output"``.
-        tokenizer: The checkpoint's tokenizer (a ``transformers`` tokenizer).
+        tokenizer: The checkpoint's tokenizer (``embsvd.tokenizer.FastTokenizer`` where
+            the folder has a ``tokenizer.json``, else a ``transformers`` tokenizer).
         source: The local folder the weights and tokenizer were read from.
         weights_file: The file that holds ``W`` (one shard of a sharded checkpoint).
         weights_sha256: SHA-256 of ``weights_file``.
@@ -129,7 +133,7 @@ class Checkpoint:
 
     name: str
     W: np.ndarray
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: FastTokenizer | PreTrainedTokenizerBase
     source: Path
     weights_file: Path
     weights_sha256: str
@@ -149,6 +153,10 @@ class Checkpoint:
 
     def token_strings(self) -> list[str | None]:
         """The token string of every row of ``W``; ``None`` for rows the tokenizer lacks."""
+        return self._token_strings
+
+    @cached_property
+    def _token_strings(self) -> list[str | None]:  # read once: 50k lookups take 20-50 ms
         n_known = min(len(self.tokenizer), self.d_vocab)
         known = self.tokenizer.convert_ids_to_tokens(list(range(n_known)))
         return list(known) + [None] * (self.d_vocab - n_known)
@@ -548,14 +556,14 @@ def _load_pickle(file: Path) -> dict:
     return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
 
 
-def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in ``folder`` (never with remote code)."""
-    from transformers import AutoTokenizer
-
+def load_tokenizer(folder: Path) -> FastTokenizer | PreTrainedTokenizerBase:
+    """The tokenizer saved in ``folder``: its ``tokenizer.json`` through the ``tokenizers``
+    library where there is one (fast, no torch), else ``transformers``' ``AutoTokenizer``
+    (never with remote code)."""
     needs = "tokenizer.json, or vocab.txt / merges.txt with tokenizer_config.json or config.json"
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as error:
+        tokenizer = fast_tokenizer(folder) or _transformers_tokenizer(folder)
+    except Exception as error:  # tokenizers raises plain Exceptions for a bad file
         raise ValueError(
             f"model: no tokenizer could be loaded from {folder} ({error}); the folder needs {needs}"
         ) from error
@@ -567,6 +575,12 @@ def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
             f"tokens, no vocabulary; the folder needs {needs}"
         )
     return tokenizer
+
+
+def _transformers_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
 def sha256_file(file: Path) -> str:
