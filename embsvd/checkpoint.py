@@ -18,7 +18,6 @@ and remote code is never enabled.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embsvd.tokenizer import FastTokenizer, fast_tokenizer
+from embsvd.weights import file_sha256, read_safetensors, safetensors_header, sha256_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -200,17 +200,18 @@ def load_checkpoint(spec: CheckpointSpec, cache_dir: Path | None = None) -> Chec
         )
     folder = resolve_folder(spec)
     gguf_file = _gguf_file(folder, spec.gguf_file)
+    cache_dir = cache_dir or default_cache_dir()
     if gguf_file is not None:
         from embsvd.gguf_checkpoint import convert_once
 
-        cached = convert_once(gguf_file, cache_dir or default_cache_dir())
+        cached = convert_once(gguf_file, cache_dir)
         read = cached.token_matrix(spec.matrix)
         tokenizer = load_tokenizer(cached.tokenizer_folder)
         weights_sha256 = cached.sha256
     else:
-        read = read_token_matrix(folder, spec)
+        read = read_token_matrix(folder, spec, cache_dir)
         tokenizer = load_tokenizer(folder)
-        weights_sha256 = sha256_file(read.weights_file)
+        weights_sha256 = file_sha256(read.weights_file, cache_dir)
     if read.W.ndim != 2:
         setting = "embedding_key" if spec.matrix == "input" else "output_key"
         raise ValueError(
@@ -262,8 +263,11 @@ def _gguf_file(folder: Path, name: str | None) -> Path | None:
     return found[0] if found else None
 
 
-def read_token_matrix(folder: Path, spec: CheckpointSpec) -> TokenMatrix:
-    """The input or output matrix of a Hugging Face folder, and whether the two are tied."""
+def read_token_matrix(
+    folder: Path, spec: CheckpointSpec, cache_dir: Path | None = None
+) -> TokenMatrix:
+    """The input or output matrix of a Hugging Face folder, and whether the two are tied
+    (bfloat16 and float16 widened once into ``cache_dir`` when given)."""
     weight_map = _weight_map(folder, spec.allow_pickle)
     in_file, in_key = find_embedding(folder, spec.embedding_key, spec.allow_pickle, weight_map)
     out_key = _find_output_key(weight_map, spec.output_key, folder)
@@ -283,7 +287,8 @@ def read_token_matrix(folder: Path, spec: CheckpointSpec) -> TokenMatrix:
             f"{', '.join(OUTPUT_KEYS)}, and config.json names no language-model architecture "
             "that would reuse W_E; set model.output_key, or analyse model.matrix=input"
         )
-    return TokenMatrix(read_tensor(file, key), file, key, tied, _stored_dtype(file, key))
+    W = read_tensor(file, key, cache_dir)
+    return TokenMatrix(W, file, key, tied, _stored_dtype(file, key))
 
 
 def _find_output_key(weight_map: dict[str, Path], key: str | None, folder: Path) -> str | None:
@@ -322,16 +327,9 @@ def _same_tensor(file_a: Path, key_a: str, file_b: Path, key_b: str) -> bool:
     return bool(np.array_equal(read_tensor(file_a, key_a), read_tensor(file_b, key_b)))
 
 
-def _safetensors_header(file: Path) -> tuple[int, dict]:
-    # safetensors layout: u64 header length, JSON header, then the raw tensor bytes
-    with open(file, "rb") as handle:
-        header_len = int.from_bytes(handle.read(8), "little")
-        return 8 + header_len, json.loads(handle.read(header_len))
-
-
 def _raw_bytes(file: Path, key: str) -> tuple[tuple, np.ndarray] | None:
     """``((dtype, shape), bytes)`` of one safetensors tensor, memory-mapped."""
-    data_start, header = _safetensors_header(file)
+    data_start, header = safetensors_header(file)
     entry = header[key]
     start, end = entry["data_offsets"]
     if end == start:
@@ -343,7 +341,7 @@ def _raw_bytes(file: Path, key: str) -> tuple[tuple, np.ndarray] | None:
 def _stored_dtype(file: Path, key: str) -> str:
     """``F32``, ``BF16``, ... as safetensors names it (torch's name for a pickle)."""
     if file.suffix == ".safetensors":
-        return _safetensors_header(file)[1][key]["dtype"]
+        return safetensors_header(file)[1][key]["dtype"]
     return str(_load_pickle(file)[key].dtype).removeprefix("torch.")
 
 
@@ -524,29 +522,16 @@ def _describe_keys(keys: list[str], limit: int = 40) -> str:
     return f"{len(keys)} tensors: {shown}{more}"
 
 
-def read_tensor(file: Path, key: str) -> np.ndarray:
+def read_tensor(file: Path, key: str, cache_dir: Path | None = None) -> np.ndarray:
     """One tensor of a safetensors or (opt-in) pickle file as a numpy array.
 
-    bfloat16 has no numpy dtype; it is widened to float32 exactly.
+    safetensors: memory-mapped when numpy has the dtype; bfloat16 and float16 are widened
+    to float32 exactly, once into ``cache_dir`` when given (``embsvd.weights``).
     """
     if file.suffix != ".safetensors":
         tensor = _load_pickle(file)[key]
         return tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
-    from safetensors import safe_open
-
-    with safe_open(file, framework="numpy") as handle:
-        if handle.get_slice(key).get_dtype() == "BF16":
-            return _read_bf16(file, key)
-        return handle.get_tensor(key)
-
-
-def _read_bf16(file: Path, key: str) -> np.ndarray:
-    data_start, header = _safetensors_header(file)
-    start, _ = header[key]["data_offsets"]
-    raw = np.memmap(
-        file, dtype="<u2", mode="r", offset=data_start + start, shape=tuple(header[key]["shape"])
-    )
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    return read_safetensors(file, key, cache_dir)
 
 
 def _load_pickle(file: Path) -> dict:
@@ -583,7 +568,4 @@ def _transformers_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
-def sha256_file(file: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    with open(file, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+sha256_file = sha256_of  # the file's hash, read now (file_sha256 remembers it)

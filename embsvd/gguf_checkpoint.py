@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.checkpoint import TokenMatrix, sha256_file
+from embsvd.checkpoint import TokenMatrix
+from embsvd.weights import file_sha256
 
 INPUT_TENSOR = "token_embd.weight"
 OUTPUT_TENSOR = "output.weight"  # absent when the model ties it to token_embd.weight
@@ -59,7 +60,7 @@ class CachedGGUF:
 
 def convert_once(file: Path, cache_dir: Path) -> CachedGGUF:
     """The cache entry of ``file``, converting it first if there is none."""
-    sha256 = sha256_file(file)
+    sha256 = file_sha256(file, cache_dir)
     entry = cache_dir / "gguf" / sha256
     if not (entry / META_FILE).is_file():
         _convert(file, entry)

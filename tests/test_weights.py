@@ -1,0 +1,109 @@
+"""Tensors memory-mapped or widened once into the cache; file hashes remembered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from embsvd import weights
+from embsvd.weights import file_sha256, read_safetensors
+
+
+def bf16_file(tmp_path: Path, values: np.ndarray) -> Path:
+    """A safetensors file, written by hand, with ``values`` as bfloat16 (truncated) after
+    another tensor, so the bf16 data does not start at the data section's start."""
+    top_half = (values.astype(np.float32).view(np.uint32) >> 16).astype("<u2")
+    other = np.ones(3, dtype="<f4")
+    header = {
+        "other": {"dtype": "F32", "shape": [3], "data_offsets": [0, other.nbytes]},
+        "embed": {
+            "dtype": "BF16",
+            "shape": list(values.shape),
+            "data_offsets": [other.nbytes, other.nbytes + top_half.nbytes],
+        },
+    }
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    file = tmp_path / "bf16.safetensors"
+    file.write_bytes(
+        len(encoded).to_bytes(8, "little") + encoded + other.tobytes() + top_half.tobytes()
+    )
+    return file
+
+
+def test_float32_tensors_are_memory_mapped_not_copied(tmp_path):
+    W = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    save_file({"embed": W}, tmp_path / "w.safetensors")
+    read = read_safetensors(tmp_path / "w.safetensors", "embed", tmp_path / "cache")
+    assert isinstance(read, np.memmap) and not read.flags.writeable
+    np.testing.assert_array_equal(read, W)
+    assert not (tmp_path / "cache" / "matrices").exists()  # nothing to convert
+
+
+def test_bfloat16_is_widened_once_into_the_cache_block_by_block(tmp_path, monkeypatch):
+    values = np.random.default_rng(1).normal(size=(37, 6)).astype(np.float32)
+    file = bf16_file(tmp_path, values)
+    expected = ((values.view(np.uint32) >> 16) << 16).view(np.float32)
+    monkeypatch.setattr(weights, "BLOCK_ELEMENTS", 50)  # several blocks, a short last one
+    cache = tmp_path / "cache"
+    first = read_safetensors(file, "embed", cache)
+    np.testing.assert_array_equal(first, expected)
+    [entry] = (cache / "matrices").glob("*/embed.npy")
+    assert entry.parent.name == hashlib.sha256(file.read_bytes()).hexdigest()
+
+    def no_second_conversion(*args):
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(weights, "_widen_into_cache", no_second_conversion)
+    again = read_safetensors(file, "embed", cache)
+    assert isinstance(again, np.memmap)
+    np.testing.assert_array_equal(again, expected)
+    np.testing.assert_array_equal(read_safetensors(file, "embed"), expected)  # in memory
+
+
+def test_float16_is_widened_exactly(tmp_path):
+    values = np.random.default_rng(2).normal(size=(9, 4)).astype(np.float16)
+    save_file({"embed": values}, tmp_path / "h.safetensors")
+    read = read_safetensors(tmp_path / "h.safetensors", "embed", tmp_path / "cache")
+    assert read.dtype == np.float32
+    np.testing.assert_array_equal(read, values.astype(np.float32))
+
+
+def test_a_non_float_tensor_is_refused(tmp_path):
+    save_file({"mask": np.ones(4, dtype=bool)}, tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match="model: tensor 'mask' in .* has dtype BOOL, not a float"):
+        read_safetensors(tmp_path / "b.safetensors", "mask")
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    file = tmp_path / "weights.bin"
+    file.write_bytes(b"abc" * 1000)
+    calls = []
+    real = weights.sha256_of
+    monkeypatch.setattr(weights, "sha256_of", lambda f: calls.append(f) or real(f))
+    cache = tmp_path / "cache"
+    digest = file_sha256(file, cache)
+    assert digest == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert file_sha256(file, cache) == digest and len(calls) == 1
+    file.write_bytes(b"abd" * 1000)  # same size, new mtime
+    os.utime(file, ns=(1, 1))
+    assert file_sha256(file, cache) == hashlib.sha256(b"abd" * 1000).hexdigest()
+    assert len(calls) == 2
+
+
+def test_a_hub_blob_is_named_by_its_hash_and_not_read(tmp_path, monkeypatch):
+    content = b"weights"
+    blob = tmp_path / "blobs" / hashlib.sha256(content).hexdigest()
+    blob.parent.mkdir()
+    blob.write_bytes(content)
+    link = tmp_path / "snapshots" / "abc" / "model.safetensors"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(blob)
+    monkeypatch.setattr(weights, "sha256_of", lambda f: pytest.fail("read the blob"))
+    assert file_sha256(link, tmp_path / "cache") == blob.name
