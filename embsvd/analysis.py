@@ -16,6 +16,7 @@ import numpy as np
 from embsvd.groups import TokenGroup
 
 log = logging.getLogger(__name__)
+PROJECT_BLOCK_ROWS = 8192  # rows of W_E widened to float64 at a time
 
 
 @dataclass(frozen=True)
@@ -147,10 +148,17 @@ def effective_rank(singular_values: np.ndarray) -> np.ndarray | float:
 def project(W_E: np.ndarray, svd: GroupSVD, n_components: int) -> np.ndarray:
     """The whole vocabulary on the first ``n_components`` right singular vectors.
 
-    ``(W_E - mean) @ v`` when the SVD was centered, ``W_E @ v`` when raw.
+    ``(W_E - mean) @ v`` when the SVD was centered, ``W_E @ v`` when raw; float64, in
+    blocks of rows (a float64 copy of a large ``W_E`` costs more than the product).
     Returns shape ``(d_vocab, n_components)``.
     """
-    return (np.asarray(W_E, dtype=np.float64) - svd.offset) @ svd.Vt[:n_components].T
+    axes = svd.Vt[:n_components].T
+    shift = svd.offset @ axes
+    projections = np.empty((W_E.shape[0], axes.shape[1]))
+    for start in range(0, W_E.shape[0], PROJECT_BLOCK_ROWS):
+        rows = slice(start, start + PROJECT_BLOCK_ROWS)
+        projections[rows] = np.asarray(W_E[rows], dtype=np.float64) @ axes - shift
+    return projections
 
 
 def extreme_tokens(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
@@ -23,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import embsvd
-from embsvd import geometry, tracking
+from embsvd import geometry
 from embsvd.analysis import AnalysisResult, analyze
 from embsvd.checkpoint import Checkpoint, CheckpointSpec, default_cache_dir, load_checkpoint
 from embsvd.config import PROJECT_ROOT, AnalysisConfig, EmbsvdConfig, config_hash
@@ -37,6 +38,9 @@ from embsvd.groups import (
 from embsvd.provenance import GitState, git_state, library_versions
 from embsvd.report import format_sweep_table, mlflow_ui_command
 from embsvd.rigor import RigorResult, assess
+
+if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
+    from embsvd import tracking
 
 log = logging.getLogger(__name__)
 GEOMETRIES = ("euclidean", "whitened")
@@ -53,8 +57,10 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     ``tracking.skip_existing`` a job whose config hash already has a FINISHED run is
     skipped (returns ``None``).
     """
+    from embsvd import tracking
+
     settings: EmbsvdConfig = OmegaConf.to_object(cfg)
-    store = tracking.TrackingStore(
+    store = tracking_store(
         tracking.resolve_tracking_uri(settings.tracking.uri, PROJECT_ROOT),
         settings.tracking.experiment,
         settings.tracking.artifact_root,
@@ -76,7 +82,7 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
                     {f"{tracking.SKIPPED_TAG_PREFIX}{HydraConfig.get().job.num}": done[0].run_id}
                 )
             return None
-    git = git_state(PROJECT_ROOT)
+    git = code_state()
     tags = {**run_tags(settings, git), "embsvd.config_hash": digest}
     if parent_run_id is not None:
         tags["mlflow.parentRunId"] = parent_run_id
@@ -92,6 +98,24 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     except Exception:
         log.exception("job %s failed", run_name(settings))
         raise
+
+
+@functools.cache
+def tracking_store(uri: str, experiment: str, artifact_root: str | None) -> tracking.TrackingStore:
+    """One store (client and experiment) per process and place, shared by its jobs."""
+    from embsvd import tracking
+
+    return tracking.TrackingStore(uri, experiment, artifact_root)
+
+
+@functools.cache
+def code_state() -> GitState | None:
+    """The checkout's commit and diff, read once per process: the code a process runs
+    does not change while it runs."""
+    return git_state(PROJECT_ROOT)
+
+
+versions = functools.cache(library_versions)  # read once per process
 
 
 def with_group_files(settings: EmbsvdConfig) -> EmbsvdConfig:
@@ -143,11 +167,12 @@ def read_group_file(file: Path) -> dict[str, GroupSpec]:
 
 
 def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> AnalysisResult:
+    from embsvd import tracking
+
     _check_settings(settings)
     cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
-    checkpoint = load_checkpoint(settings.model, cache_dir)
-    run.set_tags(checkpoint_tags(checkpoint))
-    forms = TokenForms(checkpoint.tokenizer)
+    (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir)
+    run.set_tags({**checkpoint_tags(checkpoint), "embsvd.checkpoint_cache": cached})
     groups = _token_groups(settings, checkpoint, forms, run)
     analysis = settings.analysis
     W, geometry_metrics = analysis_matrix(checkpoint, analysis)
@@ -173,10 +198,34 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     return result
 
 
+# The checkpoints this process has read, most recent last: the jobs of a sweep on the
+# basic launcher, and those a joblib worker runs in turn, read a checkpoint once.
+_LOADED: dict[str, tuple[Checkpoint, TokenForms]] = {}
+LOADED_MAX = 2  # checkpoints kept in memory (W is memory-mapped where it can be)
+
+
+def loaded_checkpoint(
+    spec: CheckpointSpec, cache_dir: Path | None
+) -> tuple[tuple[Checkpoint, TokenForms], str]:
+    """The checkpoint and its token forms, read once per process; and ``"memory"`` when
+    this process had read it already, else ``"none"``."""
+    key = json.dumps([dataclasses.asdict(spec), str(cache_dir)], sort_keys=True)
+    if key in _LOADED:
+        _LOADED[key] = _LOADED.pop(key)  # most recently used last
+        return _LOADED[key], "memory"
+    checkpoint = load_checkpoint(spec, cache_dir)
+    while len(_LOADED) >= LOADED_MAX:
+        _LOADED.pop(next(iter(_LOADED)))
+    _LOADED[key] = (checkpoint, TokenForms(checkpoint.tokenizer))
+    return _LOADED[key], "none"
+
+
 def _token_groups(
     settings: EmbsvdConfig, checkpoint: Checkpoint, forms: TokenForms, run: tracking.RunLogger
 ) -> dict[str, TokenGroup]:
     """Every configured group after the single-token rule, logged with the run."""
+    from embsvd import tracking
+
     groups = {
         name: select_single_tokens(
             name, spec, checkpoint.tokenizer, settings.model.name, forms=forms
@@ -209,7 +258,7 @@ def _checks(
         token_strings=checkpoint.token_strings(),
         excluded_ids=checkpoint.special_ids(),
         marker=forms.marker,
-        token_norms=np.linalg.norm(checkpoint.W, axis=1),
+        token_norms=np.linalg.norm(checkpoint.W, axis=1) if analysis.confounds else None,
         random_state=analysis.random_state,
         n_null=analysis.n_null,
         n_bootstrap=analysis.n_bootstrap,
@@ -342,7 +391,7 @@ def run_tags(settings: EmbsvdConfig, git: GitState | None) -> dict[str, Any]:
         "embsvd.geometry": settings.analysis.geometry,
         "embsvd.normalize_rows": str(settings.analysis.normalize_rows).lower(),
         "embsvd.version": embsvd.__version__,
-        **{f"embsvd.env.{name}": v for name, v in library_versions().items()},
+        **{f"embsvd.env.{name}": v for name, v in versions().items()},
     }
     if settings.model.hub_id:
         tags["embsvd.revision"] = settings.model.revision or "main"
@@ -397,6 +446,8 @@ class SweepTracking(Callback):
         self._interrupted = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from embsvd import tracking
+
         uri = tracking.resolve_tracking_uri(config.tracking.uri, PROJECT_ROOT)
         # creating the store here runs its migrations once, before parallel workers start
         self._store = tracking.TrackingStore(
@@ -405,7 +456,7 @@ class SweepTracking(Callback):
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
-        git = git_state(PROJECT_ROOT)
+        git = code_state()
         tags = {
             "embsvd.role": "sweep",
             "embsvd.sweep_dir": str(sweep_dir),
@@ -439,6 +490,8 @@ class SweepTracking(Callback):
         self._close(completed=False)
 
     def _close(self, completed: bool) -> tracking.SweepOutcome | None:
+        from embsvd import tracking
+
         if self._store is None or self._parent_run_id is None:
             return None
         store, parent_run_id = self._store, self._parent_run_id

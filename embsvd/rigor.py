@@ -89,7 +89,7 @@ def assess(
     token_strings: Sequence[str | None],
     excluded_ids: Collection[int],
     marker: str | None,
-    token_norms: np.ndarray,
+    token_norms: np.ndarray | None,
     random_state: int = 0,
     n_null: int = 1000,
     n_bootstrap: int = 200,
@@ -108,7 +108,8 @@ def assess(
         token_strings: Token string of every row (``None`` for unnamed rows).
         excluded_ids: Special tokens: never drawn, ranked or correlated.
         marker: The tokenizer's word-start marker (``Ġ``, ``▁``) or ``None``.
-        token_norms: Norm of every stored embedding row (before any transform).
+        token_norms: Norm of every stored embedding row (before any transform); needed
+            only with ``confounds``.
         random_state: Seeds every draw.
         n_null: Random groups per null statistic; 0 switches the null off.
         n_bootstrap: Bootstrap resamples; 0 switches stability off.
@@ -128,8 +129,9 @@ def assess(
     n_components = result.projections.shape[1]
     unnamed = [i for i, token in enumerate(token_strings) if token is None]
     never_ranked = set(excluded_ids) | set(unnamed)
-    pools = token_pools(token_strings, excluded_ids, marker)
     checks: dict[str, object] = {}
+    if n_null or heldout:  # reading the pools scans the vocabulary: only when needed
+        pools = token_pools(token_strings, excluded_ids, marker)
     if n_null:
         checks["null"] = matched_null(W, groups, result, pools, n_null, null_rng)
     movable = len(target.token_ids) - 1 - int(result.center)  # axes a leave-one-out fit has

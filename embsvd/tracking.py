@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
+import shutil
 import tempfile
 import time
 import traceback
@@ -129,16 +131,27 @@ class RunRecord:
 
 
 class RunLogger:
-    """Writes one run, batching within MLflow's limits."""
+    """Writes one run within MLflow's batch limits.
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    A buffered logger (``tracked_run``'s) keeps tags, metrics and artifacts until
+    :meth:`flush`, which the run's end calls whatever the outcome: a run then costs a few
+    requests to the store, not one per call. Params are written at once, so a run that
+    fails early still shows its configuration.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, buffered: bool = False):
         self.client = client
         self.run_id = run_id
+        self.buffered = buffered
+        self._tags: dict[str, RunTag] = {}
+        self._metrics: list[Metric] = []
+        self._staging: Path | None = None  # artifacts waiting for flush()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        items = [RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
-        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=chunk)
+        items = {k: RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()}
+        self._tags.update(items)
+        if not self.buffered:
+            self.flush()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
@@ -146,17 +159,47 @@ class RunLogger:
             self.client.log_batch(self.run_id, params=chunk)
 
     def log_metrics(self, metrics: Sequence[tuple[str, float, int]]) -> None:
-        """``(key, value, step)`` triples, in as few requests as the limits allow."""
+        """``(key, value, step)`` triples."""
         now = int(time.time() * 1000)
-        items = [Metric(key, float(value), now, step) for key, value, step in metrics]
-        for chunk in _chunks(items, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        self._metrics += [Metric(key, float(value), now, step) for key, value, step in metrics]
+        if not self.buffered:
+            self.flush()
 
     def log_folder(self, folder: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+        if not self.buffered:
+            self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+            return
+        shutil.copytree(folder, self._staged(artifact_path or ""), dirs_exist_ok=True)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        if not self.buffered:
+            self.client.log_text(self.run_id, text, artifact_file)
+            return
+        target = self._staged(artifact_file)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+
+    def _staged(self, relative: str) -> Path:
+        if self._staging is None:
+            self._staging = Path(tempfile.mkdtemp(prefix="embsvd-artifacts-"))
+        return self._staging / relative
+
+    def flush(self) -> None:
+        """Write what is buffered: tags and metrics in as few batches as the limits allow
+        (at most 100 tags and 1000 items a batch), artifacts in one upload."""
+        tags, metrics = list(self._tags.values()), self._metrics
+        self._tags, self._metrics = {}, []
+        metric_chunk = MAX_METRICS_PER_BATCH - MAX_PARAMS_TAGS_PER_BATCH
+        tag_chunks = list(_chunks(tags, MAX_PARAMS_TAGS_PER_BATCH))
+        metric_chunks = list(_chunks(metrics, metric_chunk))
+        for tag_chunk, metric_chunk_ in itertools.zip_longest(tag_chunks, metric_chunks):
+            self.client.log_batch(self.run_id, metrics=metric_chunk_ or [], tags=tag_chunk or [])
+        if self._staging is not None:
+            staging, self._staging = self._staging, None
+            try:
+                self.client.log_artifacts(self.run_id, str(staging))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -164,12 +207,14 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def start_run(store: TrackingStore, run_name: str, tags: Mapping[str, Any]) -> RunLogger:
+def start_run(
+    store: TrackingStore, run_name: str, tags: Mapping[str, Any], buffered: bool = False
+) -> RunLogger:
     """Create a RUNNING run (a child when ``tags`` has ``mlflow.parentRunId``)."""
     run = store.client.create_run(
         store.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
     )
-    return RunLogger(store.client, run.info.run_id)
+    return RunLogger(store.client, run.info.run_id, buffered)
 
 
 @contextmanager
@@ -180,20 +225,30 @@ def tracked_run(
 
     FINISHED when the block completes; FAILED on an exception, with the message in the
     tag ``embsvd.error`` and the traceback as the artifact ``error.txt``; KILLED on
-    Ctrl-C (``KeyboardInterrupt``) or ``SystemExit``. The exception propagates.
+    Ctrl-C (``KeyboardInterrupt``) or ``SystemExit``. What the block logged is written
+    in every case (the logger is buffered); the exception propagates.
     """
-    logger = start_run(store, run_name, tags)
+    logger = start_run(store, run_name, tags, buffered=True)
     try:
         yield logger
     except Exception as error:
         logger.set_tags({"embsvd.error": f"{type(error).__name__}: {error}"})
         logger.log_text(traceback.format_exc(), "error.txt")
-        store.client.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FAILED))
+        _end(store, logger, RunStatus.FAILED)
         raise
     except BaseException:
-        store.client.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.KILLED))
+        _end(store, logger, RunStatus.KILLED)
         raise
-    store.client.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FINISHED))
+    _end(store, logger, RunStatus.FINISHED)
+
+
+def _end(store: TrackingStore, logger: RunLogger, status: int) -> None:
+    try:
+        logger.flush()
+    except Exception:  # a run whose last writes failed is closed FAILED, not left RUNNING
+        store.client.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    store.client.set_terminated(logger.run_id, RunStatus.to_string(status))
 
 
 def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) -> None:

@@ -68,7 +68,10 @@ def test_finished_run_with_batched_metrics(session_store, monkeypatch):
     with tracking.tracked_run(store, "m/g/centered", {"embsvd.model": "m"}) as run:
         run.log_metrics([("series", float(i), i) for i in range(2500)])
         run.log_params({f"p{i}": i for i in range(150)})
-    assert [r["metrics"] for r in requests if "metrics" in r] == [1000, 1000, 500]
+        run.set_tags({f"t{i}": i for i in range(120)})
+    # tags ride along with metrics: at most 100 tags and 1000 items a request
+    metric_requests = [r for r in requests if r.get("metrics") or r.get("tags")]
+    assert [(r["metrics"], r["tags"]) for r in metric_requests] == [(900, 100), (900, 20), (700, 0)]
     assert [r["params"] for r in requests if "params" in r] == [100, 50]
     finished = store.client.get_run(run.run_id)
     assert finished.info.status == "FINISHED"
@@ -77,6 +80,7 @@ def test_finished_run_with_batched_metrics(session_store, monkeypatch):
     history = store.client.get_metric_history(run.run_id, "series")
     assert sorted(m.step for m in history) == list(range(2500))
     assert finished.data.params["p149"] == "149"
+    assert finished.data.tags["t119"] == "119"
 
 
 def test_failed_run_keeps_what_was_logged_and_records_the_error(session_store):
