@@ -113,15 +113,21 @@ def pairwise(vectors: Mapping[str, np.ndarray], statistic: str) -> PairwiseStat:
     return PairwiseStat(names, np.clip(unit @ unit.T, -1.0, 1.0))
 
 
-def decompose(M: np.ndarray, center: bool) -> GroupSVD:
+def decompose(M: np.ndarray, center: bool, device: str = "cpu") -> GroupSVD:
     """SVD of a group's submatrix ``M`` (``(n, d_model)``), mean-centered or raw.
 
     Signs follow scikit-learn's ``svd_flip``: the largest-magnitude entry of each left
     singular vector is positive, so that reruns and other BLAS builds give the same axes.
+    ``device`` other than ``cpu`` computes it with torch there (``embsvd.device``).
     """
     M = np.asarray(M, dtype=np.float64)
     mean = M.mean(axis=0)
-    U, S, Vt = np.linalg.svd(M - mean if center else M, full_matrices=False)
+    if device == "cpu":
+        U, S, Vt = np.linalg.svd(M - mean if center else M, full_matrices=False)
+    else:
+        from embsvd.device import svd_on
+
+        U, S, Vt = svd_on(M - mean if center else M, device)
     U, Vt = svd_flip(U, Vt)
     return GroupSVD(mean=mean, center=center, U=U, singular_values=S, Vt=Vt)
 
@@ -145,14 +151,18 @@ def effective_rank(singular_values: np.ndarray) -> np.ndarray | float:
     return float(value) if value.ndim == 0 else value
 
 
-def project(W_E: np.ndarray, svd: GroupSVD, n_components: int) -> np.ndarray:
+def project(W_E: np.ndarray, svd: GroupSVD, n_components: int, device: str = "cpu") -> np.ndarray:
     """The whole vocabulary on the first ``n_components`` right singular vectors.
 
     ``(W_E - mean) @ v`` when the SVD was centered, ``W_E @ v`` when raw; float64, in
-    blocks of rows (a float64 copy of a large ``W_E`` costs more than the product).
-    Returns shape ``(d_vocab, n_components)``.
+    blocks of rows (a float64 copy of a large ``W_E`` costs more than the product), or
+    with torch on ``device``. Returns shape ``(d_vocab, n_components)``.
     """
     axes = svd.Vt[:n_components].T
+    if device != "cpu":
+        from embsvd.device import project_on
+
+        return project_on(W_E, svd.offset, axes, device)
     shift = svd.offset @ axes
     projections = np.empty((W_E.shape[0], axes.shape[1]))
     for start in range(0, W_E.shape[0], PROJECT_BLOCK_ROWS):
@@ -218,6 +228,7 @@ def analyze(
     top_k: int,
     token_strings: Sequence[str | None],
     excluded_ids: Collection[int] = (),
+    device: str = "cpu",
 ) -> AnalysisResult:
     """Run the method on ``target``, with every group entering the pairwise statistics.
 
@@ -230,6 +241,7 @@ def analyze(
         top_k: Tokens to report at each end of each axis.
         token_strings: Token string of each row of ``W_E`` (``None`` for unnamed rows).
         excluded_ids: Token ids never reported as top tokens (special tokens).
+        device: ``cpu`` (numpy) or a torch device (``cuda``) for the SVDs and the projection.
     """
     if target not in groups:
         raise ValueError(f"target: {target!r} is not one of the groups {sorted(groups)}")
@@ -238,7 +250,7 @@ def analyze(
             f"token_strings: {len(token_strings)} strings for {W_E.shape[0]} rows of W_E"
         )
     ids = {name: group.token_ids for name, group in groups.items()}
-    svds = {name: decompose(W_E[group_ids], center) for name, group_ids in ids.items()}
+    svds = {name: decompose(W_E[group_ids], center, device) for name, group_ids in ids.items()}
     target_svd = svds[target]
     n_axes = len(target_svd.singular_values)
     if n_components > n_axes:
@@ -249,7 +261,7 @@ def analyze(
             target,
             n_axes,
         )
-    projections = project(W_E, target_svd, min(n_components, n_axes))
+    projections = project(W_E, target_svd, min(n_components, n_axes), device)
     means = {name: svd.mean for name, svd in svds.items()}
     return AnalysisResult(
         target=target,

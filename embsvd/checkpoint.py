@@ -271,8 +271,11 @@ def read_token_matrix(
     weight_map = _weight_map(folder, spec.allow_pickle)
     in_file, in_key = find_embedding(folder, spec.embedding_key, spec.allow_pickle, weight_map)
     out_key = _find_output_key(weight_map, spec.output_key, folder)
+    declared = _declared_tie(folder)
     if out_key is None:
         tied = True if _has_lm_head(folder) else None
+    elif declared is not None:  # what transformers ties; no need to open the output's shard
+        tied = declared
     elif weight_map[out_key].is_file():
         tied = _same_tensor(in_file, in_key, weight_map[out_key], out_key)
     else:  # a Hub download of an input matrix fetches only the embedding's shard
@@ -300,6 +303,15 @@ def _find_output_key(weight_map: dict[str, Path], key: str | None, folder: Path)
             )
         return key
     return next((k for k in OUTPUT_KEYS if k in weight_map), None)
+
+
+def _declared_tie(folder: Path) -> bool | None:
+    """``tie_word_embeddings`` as config.json declares it, ``None`` where it is silent."""
+    try:
+        declared = json.loads((folder / "config.json").read_text()).get("tie_word_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return declared if isinstance(declared, bool) else None
 
 
 def _has_lm_head(folder: Path) -> bool:

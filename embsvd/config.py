@@ -32,6 +32,7 @@ class AnalysisConfig:
     n_components: int = 3  # axes the vocabulary is projected on
     top_k: int = 20  # tokens reported at each end of each axis
     figures: bool = True  # draw the per-run figures
+    device: str = "cpu"  # cpu: numpy; a torch device (cuda) for the SVDs and the projection
     random_state: int = 0  # seeds every random draw of the checks below
     # matched random-group null: random groups per statistic (0: off)
     n_null: int = 1000
@@ -83,7 +84,8 @@ def config_hash(settings: EmbsvdConfig) -> str:
         "target": settings.target,
         "analysis": asdict(settings.analysis),
     }
-    decisive["analysis"].pop("figures")  # drawing figures changes no number
+    for key in ("figures", "device"):  # where or whether it is drawn changes no number
+        decisive["analysis"].pop(key)
     for spec in decisive["groups"].values():
         spec.pop("description")
     encoded = json.dumps(decisive, sort_keys=True, ensure_ascii=False).encode()

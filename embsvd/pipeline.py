@@ -186,6 +186,7 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
         top_k=analysis.top_k,
         token_strings=checkpoint.token_strings(),
         excluded_ids=checkpoint.special_ids(),
+        device=analysis.device,
     )
     rigor = _checks(W, groups, result, checkpoint, forms, analysis, cache_dir)
     tracking.log_result(run, result, rigor)
@@ -355,6 +356,10 @@ def _check_settings(settings: EmbsvdConfig) -> None:
             f"analysis.confound_threshold: a |Spearman rho| between 0 and 1, "
             f"got {analysis.confound_threshold}"
         )
+    if analysis.device != "cpu":
+        from embsvd.device import check_device
+
+        check_device(analysis.device)  # fails the run before anything is loaded
     if analysis.geometry not in GEOMETRIES:
         raise ValueError(
             f"analysis.geometry: {analysis.geometry!r} is not one of {', '.join(GEOMETRIES)}"

