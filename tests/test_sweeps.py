@@ -117,6 +117,8 @@ def test_sweep_jobs_are_children_of_one_parent_run(tiny_bert, tmp_path):
     assert sorted(c.name for c in children) == sorted(
         f"tiny_bert/{g}/{c}" for g in ("digits", "eu_countries") for c in ("centered", "raw")
     )
+    # the sweeper's validation and the launcher share one composition per job
+    assert "composed 4 job configs for 8 requests" in done.stdout + done.stderr
     # the basic launcher runs every job in one process: the checkpoint is read by the first
     by_job = {int(c.tags["embsvd.job_num"]): c for c in children}
     assert [by_job[i].tags["embsvd.checkpoint_cache"] for i in range(4)] == [
