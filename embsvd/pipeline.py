@@ -441,7 +441,13 @@ class ComposeOnce:
         self.requests = self.compositions = 0
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_loader", "_composed"):
+            raise AttributeError(name)  # copy and pickle probe instances that have no state
         return getattr(self._loader, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # launchers copy Hydra's state into every worker: the held configs stay here
+        return {**self.__dict__, "_composed": {}}
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
         self.requests += 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
@@ -215,23 +217,33 @@ def test_printing_the_config_imports_no_heavy_library():
     assert "HEAVY: []" in done.stdout, done.stdout[-500:]
 
 
+class CountingLoader:
+    """A stand-in for Hydra's config loader that records what it composes."""
+
+    marker = "passed through"
+
+    def __init__(self):
+        self.calls = []
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        self.calls.append(list(sweep_overrides))
+        return OmegaConf.create({"overrides": list(sweep_overrides)})
+
+
 def test_compose_once_hands_each_job_config_out_twice_for_one_composition():
     from embsvd.pipeline import ComposeOnce
 
-    class Loader:
-        calls: list = []
-        marker = "passed through"
-
-        def load_sweep_config(self, master_config, sweep_overrides):
-            self.calls.append(list(sweep_overrides))
-            return OmegaConf.create({"overrides": list(sweep_overrides)})
-
-    once = ComposeOnce(Loader())
+    loader = CountingLoader()
+    once = ComposeOnce(loader)
     jobs = [["target=digits"], ["target=eu_countries"]]
     validated = [once.load_sweep_config(None, job) for job in jobs]  # the sweeper's check
     launched = [once.load_sweep_config(None, job) for job in jobs]  # the launcher's
-    assert Loader.calls == jobs and once.compositions == 2 and once.requests == 4
+    assert loader.calls == jobs and once.compositions == 2 and once.requests == 4
     assert launched == validated and launched[0] is not validated[0]  # a copy to mutate
     assert once.load_sweep_config(None, jobs[0]) == validated[0]  # a third request composes
-    assert len(Loader.calls) == 3
+    assert len(loader.calls) == 3
     assert once.marker == "passed through"  # everything else is the wrapped loader's
+    # launchers deep-copy and pickle Hydra's state, this loader with it, into workers
+    once.load_sweep_config(None, ["target=planets"])
+    for copied in (copy.deepcopy(once), pickle.loads(pickle.dumps(once))):
+        assert copied._composed == {} and copied.compositions == once.compositions
