@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from embsvd.analysis import AnalysisResult, PairwiseStat, effective_rank
+from embsvd.null import NullComparison
 from embsvd.rigor import RigorResult
 
 Metric = tuple[str, float, int]  # (key, value, step)
@@ -98,7 +99,7 @@ def _series(key: str, values: Sequence[float]) -> list[Metric]:
     return [(key, float(v), step) for step, v in enumerate(values)]
 
 
-def _comparison(prefix: str, comparison: Any) -> list[Metric]:
+def _comparison(prefix: str, comparison: NullComparison) -> list[Metric]:
     return [
         (f"{prefix}/{field}", getattr(comparison, field), 0)
         for field in ("mean", "sd", "percentile", "p_value")

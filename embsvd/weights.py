@@ -16,6 +16,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,22 +57,29 @@ def read_safetensors(file: Path, key: str, cache_dir: Path | None = None) -> np.
     return np.load(target, mmap_mode="r")
 
 
-def _widen(file: Path, offset: int, dtype: str, out: np.ndarray) -> None:
-    """Read ``out.size`` values of ``dtype`` from ``offset`` into the float32 ``out``."""
-    block = np.empty(min(BLOCK_ELEMENTS, out.size), dtype="<u2")
+def _widened_blocks(file: Path, offset: int, dtype: str, size: int) -> Iterator[np.ndarray]:
+    """The ``size`` values of ``dtype`` at ``offset``, widened to float32 a block at a time
+    (the yielded buffer is reused: consume it before the next one)."""
+    raw = np.empty(min(BLOCK_ELEMENTS, size), dtype="<u2")
+    widened = np.empty(len(raw), dtype=np.float32)
     with open(file, "rb") as handle:
         handle.seek(offset)
-        for start in range(0, out.size, len(block)):
-            part = block[: min(len(block), out.size - start)]
-            handle.readinto(memoryview(part).cast("B"))
-            _widen_block(part, dtype, out[start : start + len(part)])
+        for start in range(0, size, len(raw)):
+            n = min(len(raw), size - start)
+            handle.readinto(memoryview(raw[:n]).cast("B"))
+            if dtype == "BF16":  # bfloat16 is the top half of a float32: exact
+                np.multiply(raw[:n], np.uint32(1 << 16), out=widened[:n].view(np.uint32))
+            else:
+                widened[:n] = raw[:n].view("<f2")
+            yield widened[:n]
 
 
-def _widen_block(raw: np.ndarray, dtype: str, out: np.ndarray) -> None:
-    if dtype == "BF16":  # bfloat16 is the top half of a float32: exact
-        np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
-    else:
-        out[:] = raw.view("<f2")
+def _widen(file: Path, offset: int, dtype: str, out: np.ndarray) -> None:
+    """Read ``out.size`` values of ``dtype`` from ``offset`` into the float32 ``out``."""
+    start = 0
+    for block in _widened_blocks(file, offset, dtype, out.size):
+        out[start : start + len(block)] = block
+        start += len(block)
 
 
 def _widen_into_cache(
@@ -82,18 +90,11 @@ def _widen_into_cache(
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
-        size = int(np.prod(shape))
-        raw = np.empty(min(BLOCK_ELEMENTS, size), dtype="<u2")
-        widened = np.empty(len(raw), dtype=np.float32)
-        with os.fdopen(fd, "wb") as out, open(file, "rb") as handle:
+        with os.fdopen(fd, "wb") as out:
             header = {"descr": "<f4", "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_1_0(out, header)
-            handle.seek(offset)
-            for start in range(0, size, len(raw)):
-                n = min(len(raw), size - start)
-                handle.readinto(memoryview(raw[:n]).cast("B"))
-                _widen_block(raw[:n], dtype, widened[:n])
-                out.write(memoryview(widened[:n]).cast("B"))
+            for block in _widened_blocks(file, offset, dtype, int(np.prod(shape))):
+                out.write(memoryview(block).cast("B"))
         os.replace(scratch, target)  # a parallel worker sees the old state or the whole file
     finally:
         Path(scratch).unlink(missing_ok=True)
