@@ -165,6 +165,12 @@ class Checkpoint:
         """Ids of the tokenizer's special tokens ([CLS], <s>, ...)."""
         return set(self.tokenizer.all_special_ids)
 
+    @cached_property
+    def ordinary_rows(self) -> np.ndarray:
+        """Row numbers of every token but the special ones: what whole-vocabulary
+        statistics (whitening, the global SVD) are estimated from."""
+        return np.setdiff1d(np.arange(self.d_vocab), sorted(self.special_ids()))
+
 
 @dataclass(frozen=True)
 class TokenMatrix:

@@ -284,8 +284,9 @@ def analysis_matrix(
         W = geometry.normalize_rows(W)
     if analysis.geometry == "euclidean":
         return W, []
-    rows = np.setdiff1d(np.arange(len(W)), sorted(checkpoint.special_ids()))
-    whitening = geometry.fit_whitening(W, rows=rows, shrinkage=analysis.whitening_shrinkage)
+    whitening = geometry.fit_whitening(
+        W, rows=checkpoint.ordinary_rows, shrinkage=analysis.whitening_shrinkage
+    )
     return whitening.apply(W), [("geometry/whitening_shrinkage", whitening.shrinkage, 0)]
 
 
@@ -294,7 +295,7 @@ def _global_svd(
 ) -> geometry.GlobalSVD:
     """The whole vocabulary's top ``n_global`` components (at most ``d_model``), cached
     per checkpoint matrix and geometry under ``<cache_dir>/global_svd/``."""
-    rows = np.setdiff1d(np.arange(len(W)), sorted(checkpoint.special_ids()))
+    rows = checkpoint.ordinary_rows
     n_global = min(analysis.n_global, W.shape[1], len(rows))
     if n_global < analysis.n_global:
         log.warning(
