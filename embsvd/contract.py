@@ -8,7 +8,9 @@ them. Step series use ``step = component`` (from 0). The README lists every name
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from embsvd.rigor import RigorResult
 Metric = tuple[str, float, int]  # (key, value, step)
 TOP_TOKENS_IN_TAGS = 5  # the first axis' ends, shown as tags in the runs table
 NULL_QUANTILES = (2.5, 50.0, 97.5)  # the band of null spectra: a 95% interval and median
+PROJECTION_BINS = 200  # of the logged histogram of the vocabulary's projections
 
 
 def result_metrics(result: AnalysisResult) -> list[Metric]:
@@ -151,6 +154,7 @@ def write_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> No
             for t in result.top_tokens
         ],
     )
+    _write_projection_tables(result, folder)
     words = list(result.target_words)
     write_csv(
         folder / "row_cosine.csv",
@@ -158,6 +162,27 @@ def write_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> No
         [[w, *row] for w, row in zip(words, result.row_cosine, strict=True)],
     )
     _write_rigor_tables(result, rigor, folder)
+
+
+def _write_projection_tables(result: AnalysisResult, folder: Path) -> None:
+    """The vocabulary's projections as a histogram per component, and the target's own
+    projections: enough to redraw the axis figures from the store alone."""
+    rows = []
+    for k in range(result.projections.shape[1]):
+        counts, edges = np.histogram(result.projections[:, k], bins=PROJECTION_BINS)
+        rows += [[k, edges[i], edges[i + 1], int(c)] for i, c in enumerate(counts)]
+    write_csv(
+        folder / "projection_histogram.csv", ["component", "bin_left", "bin_right", "count"], rows
+    )
+    n_components = result.projections.shape[1]
+    write_csv(
+        folder / "group_projections.csv",
+        ["word", "token_id", *(f"projection_{k}" for k in range(n_components))],
+        [
+            [word, token_id, *result.projections[token_id]]
+            for word, token_id in zip(result.target_words, result.target_ids, strict=True)
+        ],
+    )
 
 
 def _write_rigor_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> None:
@@ -298,3 +323,81 @@ def _cell(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+# --- reading runs back: what figures and tables are drawn from ------------------------------
+
+SWEEP_ID_TAG = "embsvd.sweep_id"  # on a sweep's parent and children: filter a sweep by name
+# step series and CSV artifacts that tools reading a sweep back use
+SERIES_READ = (
+    "singular_value",
+    "explained_variance_ratio",
+    "bootstrap/singular_value_lo",
+    "bootstrap/singular_value_hi",
+)
+TABLES_READ = (
+    "top_tokens.csv",
+    "null_spectrum.csv",
+    "projection_histogram.csv",
+    "group_projections.csv",
+)
+
+
+def sweep_id(sweep_name: str) -> str:
+    """A sweep's id, which also names its folder of figures: the parent run's name
+    without ``sweep/``, anything but letters, digits, ``.`` and ``-`` turned into ``_``
+    (``sweep/seed_replication/2026-11-28 07-57-50`` -> ``seed_replication_2026-11-28_07-57-50``)."""
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", sweep_name.removeprefix("sweep/")).strip("_")
+
+
+@dataclass(frozen=True)
+class LoggedRun:
+    """A FINISHED run as read back from a tracking store.
+
+    ``series`` holds the step series of ``SERIES_READ`` that the run logged (ordered by
+    step), ``tables`` the CSV artifacts of ``TABLES_READ`` it logged, as rows of strings.
+    """
+
+    run_id: str
+    name: str
+    experiment: str
+    tags: Mapping[str, str]
+    metrics: Mapping[str, float]
+    series: Mapping[str, tuple[float, ...]]
+    tables: Mapping[str, tuple[Mapping[str, str], ...]]
+
+    @property
+    def model_label(self) -> str:
+        """The run name's model part: ``<model>[@<revision>][:output]``."""
+        return self.name.rsplit("/", 2)[0]
+
+    @property
+    def target(self) -> str:
+        return self.tags.get("embsvd.target_group", self.name.rsplit("/", 2)[1])
+
+    @property
+    def variant(self) -> str:
+        """The run name's last part: ``centered`` or ``raw``, with ``+unit_rows`` and
+        ``+whitened`` where they apply."""
+        return self.name.rsplit("/", 2)[-1]
+
+    @property
+    def space(self) -> str:
+        """The geometry the group means live in (centering does not change them): the
+        variant without ``centered``/``raw``, e.g. ``+whitened``, or ``""``."""
+        return self.variant.removeprefix("centered").removeprefix("raw")
+
+    def table(self, file: str) -> tuple[Mapping[str, str], ...]:
+        """The rows of a CSV artifact; empty when the run did not log it."""
+        return self.tables.get(file, ())
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The runs of one sweep (or of one filter) that figures are made from."""
+
+    name: str  # names the folder of figures
+    selection: str  # how the runs were chosen, in words
+    parent_run_id: str | None
+    runs: tuple[LoggedRun, ...]  # FINISHED runs, in job order
+    left_out: tuple[tuple[str, str], ...] = ()  # (run name, status) of runs not FINISHED

@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import embsvd
-from embsvd import geometry
+from embsvd import contract, geometry
 from embsvd.analysis import AnalysisResult, analyze
 from embsvd.checkpoint import Checkpoint, CheckpointSpec, default_cache_dir, load_checkpoint
 from embsvd.config import PROJECT_ROOT, AnalysisConfig, EmbsvdConfig, config_hash
@@ -67,7 +67,7 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
         settings.tracking.experiment,
         settings.tracking.artifact_root,
     )
-    parent_run_id = sweep_parent_run_id()
+    parent_run_id, sweep_id = sweep_membership()
     try:  # a bad group file fails the run below, once it is open
         settings, setup_error = with_group_files(settings), None
     except (OSError, ValueError) as error:
@@ -88,6 +88,8 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     tags = {**run_tags(settings, git), "embsvd.config_hash": digest}
     if parent_run_id is not None:
         tags["mlflow.parentRunId"] = parent_run_id
+    if sweep_id is not None:
+        tags[contract.SWEEP_ID_TAG] = sweep_id
     try:
         with tracking.tracked_run(store, run_name(settings), tags) as run:
             run.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
@@ -489,15 +491,21 @@ class ComposeJobsOnce(Callback):
 
 # --- sweeps: the parent run, opened and closed in the launching process -------------------
 
-PARENT_RUN_FILE = "mlflow_parent_run_id"  # in the sweep folder, read by every job
+# in the sweep folder, written by the launching process and read by every job
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+SWEEP_ID_FILE = "embsvd_sweep_id"
 
 
-def sweep_parent_run_id() -> str | None:
-    """The parent run of the multirun this job belongs to (``None`` outside a multirun)."""
+def sweep_membership() -> tuple[str | None, str | None]:
+    """The parent run id and the sweep id of the multirun this job belongs to
+    (``None, None`` outside a multirun)."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    file = Path(HydraConfig.get().sweep.dir) / PARENT_RUN_FILE
-    return file.read_text().strip() if file.is_file() else None
+        return None, None
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    return tuple(  # type: ignore[return-value]
+        file.read_text().strip() if file.is_file() else None
+        for file in (sweep_dir / PARENT_RUN_FILE, sweep_dir / SWEEP_ID_FILE)
+    )
 
 
 class SweepTracking(Callback):
@@ -527,17 +535,20 @@ class SweepTracking(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
         git = code_state()
+        name = sweep_run_name(overrides, sweep_dir)
         tags = {
             "embsvd.role": "sweep",
+            contract.SWEEP_ID_TAG: contract.sweep_id(name),
             "embsvd.sweep_dir": str(sweep_dir),
             "embsvd.overrides": " ".join(overrides),
             "embsvd.launcher": config.hydra.launcher.get("_target_", ""),
             "embsvd.version": embsvd.__version__,
             **({"mlflow.source.git.commit": git.commit} if git else {}),
         }
-        parent = tracking.start_run(self._store, sweep_run_name(overrides, sweep_dir), tags)
+        parent = tracking.start_run(self._store, name, tags)
         self._parent_run_id = parent.run_id
         (sweep_dir / PARENT_RUN_FILE).write_text(parent.run_id)
+        (sweep_dir / SWEEP_ID_FILE).write_text(tags[contract.SWEEP_ID_TAG])
         print(f"Sweep parent run {parent.run_id} in {uri}", flush=True)
         atexit.register(self._close_at_exit)
         previous_hook = sys.excepthook

@@ -22,6 +22,8 @@ CONTRACT_ARTIFACTS = {
     "row_cosine.csv",
     "spectrum.csv",
     "top_tokens.csv",
+    "projection_histogram.csv",  # the paper's axis figures (issue 5)
+    "group_projections.csv",
     # the checks (issue 4)
     "null_spectrum.csv",
     "null_group_mean_corr.csv",

@@ -1,0 +1,96 @@
+"""The tracking store: where runs live, and runs read back as plain records."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+DEFAULT_EXPERIMENT = "embsvd"
+STORE_FOLDER = "mlruns"  # under the project root: mlflow.db and artifacts/
+# MLflow 3's UI opens an experiment of this kind on its runs table (with the charts and
+# the compare view), not on the GenAI traces overview
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = (EXPERIMENT_KIND_TAG, "custom_model_development")
+
+
+def resolve_tracking_uri(configured: str | None, project_root: Path) -> str:
+    """The tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else the project's
+    sqlite store ``<project_root>/mlruns/mlflow.db`` (whatever the working directory)."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(project_root / STORE_FOLDER / 'mlflow.db').resolve()}"
+
+
+def default_artifact_root(tracking_uri: str) -> Path | None:
+    """``artifacts/`` beside a sqlite database; ``None`` (the server decides) otherwise."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
+    return None
+
+
+class TrackingStore:
+    """An MLflow tracking store and one experiment in it."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        root = Path(artifact_root) if artifact_root else default_artifact_root(uri)
+        if uri.startswith("sqlite:///"):
+            # sqlite creates the database file, not its folder
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.experiment_id = self._experiment_id(experiment, root)
+
+    def _experiment_id(self, name: str, artifact_root: Path | None) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:  # a store made by an earlier embsvd
+                self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+            return found.experiment_id
+        # MLflow's default artifact location is relative to the working directory
+        location = (artifact_root / name).resolve().as_uri() if artifact_root else None
+        return self.client.create_experiment(
+            name, artifact_location=location, tags=dict([EXPERIMENT_KIND])
+        )
+
+    def find_runs(self, filter_string: str = "") -> list[RunRecord]:
+        """Runs of the experiment that match an MLflow filter string, oldest first."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string, max_results=5000, order_by=["start_time ASC"]
+        )
+        return [
+            RunRecord(
+                run_id=r.info.run_id,
+                name=r.info.run_name,
+                status=r.info.status,
+                tags=dict(r.data.tags),
+                params=dict(r.data.params),
+                metrics=dict(r.data.metrics),
+            )
+            for r in runs
+        ]
+
+    def children(self, parent_run_id: str) -> list[RunRecord]:
+        """The runs whose ``mlflow.parentRunId`` is ``parent_run_id``, oldest first."""
+        return self.find_runs(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+    def metric_history(self, run_id: str, key: str) -> list[float]:
+        """A step series, ordered by step."""
+        history = self.client.get_metric_history(run_id, key)
+        return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished or failed run as read back from the store (latest metric values)."""
+
+    run_id: str
+    name: str
+    status: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]

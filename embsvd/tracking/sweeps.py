@@ -1,0 +1,95 @@
+"""A sweep's parent run: closed with the status its children earned."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+from mlflow.entities import RunStatus
+
+from embsvd.report import format_sweep_table
+from embsvd.tracking.runs import RunLogger
+from embsvd.tracking.store import RunRecord, TrackingStore
+
+# --- sweeps: a parent run and its children ------------------------------------------------
+
+SKIPPED_TAG_PREFIX = "embsvd.skipped."  # + job number, on the parent: the run it reuses
+CHILD_COLUMNS = ["job_num", "run_id", "name", "status", "overrides", "error"]
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """How a sweep ended, as its parent run records it."""
+
+    status: str
+    children: list[RunRecord]
+    skipped: dict[str, str]  # job number -> the FINISHED run with the same config
+
+    def with_status(self, status: str) -> list[RunRecord]:
+        return [c for c in self.children if c.status == status]
+
+
+def finish_sweep(
+    store: TrackingStore, parent_run_id: str, *, interrupted: bool, completed: bool
+) -> SweepOutcome:
+    """Close a sweep's parent run with the status its children earned.
+
+    Children still RUNNING (a worker that died, a job cut off by Ctrl-C) are closed as
+    KILLED first, so no run is left RUNNING. The parent is KILLED when the sweep was
+    interrupted or any child was killed, FAILED when any child failed or the sweep did
+    not complete (it raised before every job reported), else FINISHED.
+    It logs ``children.csv``, the children's table as ``sweep_summary.txt`` and counts.
+    """
+    for child in store.children(parent_run_id):
+        if child.status == "RUNNING":
+            logger = RunLogger(store.client, child.run_id)
+            logger.set_tags({"embsvd.error": "still RUNNING when its sweep ended"})
+            store.client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.KILLED))
+    children = store.children(parent_run_id)
+    parent = store.client.get_run(parent_run_id)
+    skipped = {
+        key.removeprefix(SKIPPED_TAG_PREFIX): value
+        for key, value in parent.data.tags.items()
+        if key.startswith(SKIPPED_TAG_PREFIX)
+    }
+    statuses = [c.status for c in children]
+    if interrupted or "KILLED" in statuses:
+        status = "KILLED"
+    elif "FAILED" in statuses or not completed:
+        status = "FAILED"
+    else:
+        status = "FINISHED"
+    outcome = SweepOutcome(status, children, skipped)
+    logger = RunLogger(store.client, parent_run_id)
+    if status == "FAILED" and "FAILED" not in statuses:
+        logger.set_tags({"embsvd.error": "the sweep stopped before its jobs reported"})
+    logger.log_metrics(
+        [
+            ("n_children", len(children), 0),
+            *((f"n_{s.lower()}", statuses.count(s), 0) for s in ("FINISHED", "FAILED", "KILLED")),
+            ("n_skipped", len(skipped), 0),
+        ]
+    )
+    logger.log_text(_children_csv(children), "children.csv")
+    logger.log_text(format_sweep_table(children) + "\n", "sweep_summary.txt")
+    store.client.set_terminated(parent_run_id, status)
+    return outcome
+
+
+def _children_csv(children: list[RunRecord]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CHILD_COLUMNS)
+    for child in children:
+        writer.writerow(
+            [
+                child.tags.get("embsvd.job_num", ""),
+                child.run_id,
+                child.name,
+                child.status,
+                child.tags.get("embsvd.overrides", ""),
+                child.tags.get("embsvd.error", ""),
+            ]
+        )
+    return buffer.getvalue()
