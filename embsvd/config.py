@@ -73,6 +73,34 @@ class EmbsvdConfig:
     cache_dir: str | None = None
 
 
+@dataclass
+class SweepConfig:
+    """``sweep`` in ``conf/figures.yaml``: which runs the figures are made from. At most
+    one of ``parent_run_id``, ``sweep_id`` and ``filter``; none: the most recent sweep."""
+
+    parent_run_id: str | None = None  # the sweep's parent run
+    sweep_id: str | None = None  # the tag embsvd.sweep_id (the figures folder's name)
+    experiment: str | None = None  # None: any experiment; a filter needs one
+    filter: str | None = None  # an MLflow filter string over runs of `experiment`
+    name: str | None = None  # the folder name for a filter's figures
+
+
+@dataclass
+class FiguresConfig:
+    """``conf/figures.yaml``: paper figures and tables of one sweep, from the store."""
+
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = MISSING  # figures/<sweep id>/ is written under it
+    alpha: float = 0.05  # Holm-corrected p-value below which a group pair is marked
+    top_k: int = 10  # tokens per end in the tables and the cross-model overlap
+    column_width: float = 3.25  # inches: one column of a two-column paper
+    text_width: float = 6.75  # inches: the whole text width
+    formats: list[str] = field(default_factory=lambda: ["pdf", "png"])
+    dpi: int = 300  # of the PNG files
+    log_to_parent: bool = True  # also log the figure set to the sweep's parent run
+
+
 def config_hash(settings: EmbsvdConfig) -> str:
     """SHA-256 of what decides a run's numbers: the checkpoint spec, every group's words,
     size and form (group files included), the target and the analysis settings; not
@@ -95,6 +123,7 @@ def config_hash(settings: EmbsvdConfig) -> str:
 def register_configs() -> None:
     """Register the schema and the ``project_root`` resolver (idempotent)."""
     ConfigStore.instance().store(name="embsvd_schema", node=EmbsvdConfig)
+    ConfigStore.instance().store(name="figures_schema", node=FiguresConfig)
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
 

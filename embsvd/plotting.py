@@ -166,12 +166,14 @@ def _projection(result: AnalysisResult, plt):
 
 def spread_apart(xs: list[float], gap: float, low: float, high: float) -> list[float]:
     """Positions for labels of the sorted points ``xs``: as close to them as possible, at
-    least ``gap`` apart and inside ``[low, high]`` (when they fit)."""
+    least ``gap`` apart and inside ``[low, high]`` when they fit (else spread rightwards
+    from ``low``)."""
     places = list(xs)
-    for i in range(1, len(places)):
-        places[i] = max(places[i], places[i - 1] + gap)
-    if places and places[-1] > high:
+    for i in range(len(places)):
+        floor = low if i == 0 else places[i - 1] + gap
+        places[i] = max(places[i], floor)
+    if places and places[-1] > high and (len(places) - 1) * gap <= high - low:
         places[-1] = high
         for i in range(len(places) - 2, -1, -1):
             places[i] = min(places[i], places[i + 1] - gap)
-    return [max(p, low) for p in places] if len(places) * gap <= high - low else places
+    return places

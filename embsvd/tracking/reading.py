@@ -7,7 +7,10 @@ import csv
 import hashlib
 import io
 import logging
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from embsvd.tracking.sweeps import SKIPPED_TAG_PREFIX
 
 log = logging.getLogger(__name__)
 MAX_RUNS = 5000  # a sweep larger than this is read in part: search_runs' page
+PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 SWEEP_PARENTS = "tags.`embsvd.role` = 'sweep'"
 
 
@@ -75,7 +79,7 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
     if not finished:
         statuses = ", ".join(f"{r.info.run_name} {r.info.status}" for r in runs)
         raise ValueError(f"{described}: no FINISHED run to draw ({statuses})")
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory() as scratch, _no_progress_bars():
         logged = tuple(_logged_run(client, r, experiments, Path(scratch)) for r in finished)
     return contract.Sweep(
         name=name,
@@ -84,6 +88,20 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
         runs=logged,
         left_out=tuple((r.info.run_name, r.info.status) for r in runs if r not in finished),
     )
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar per artifact download: dozens of lines per sweep."""
+    previous = os.environ.get(PROGRESS_BAR_VARIABLE)
+    os.environ[PROGRESS_BAR_VARIABLE] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[PROGRESS_BAR_VARIABLE]
+        else:
+            os.environ[PROGRESS_BAR_VARIABLE] = previous
 
 
 def _scope(experiments: dict[str, str], experiment: str | None, uri: str) -> list[str]:

@@ -1,0 +1,436 @@
+"""Paper figures and tables of one sweep, drawn from what its runs logged.
+
+``write_figure_set`` turns a ``contract.Sweep`` (read from the store by
+``embsvd.tracking.read_sweep``) into a folder: every figure as PDF and PNG with the data
+it plots as a CSV beside it, the top-token tables as CSV, Markdown and LaTeX, and
+``sweep.json`` naming the runs. One seaborn theme (``paper`` context, colour-blind
+palette), widths of one or two columns, TrueType fonts embedded in the PDFs, no
+timestamps: drawing the same runs twice writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embsvd import figure_data, paper_tables
+from embsvd.contract import LoggedRun, Sweep, write_csv
+from embsvd.figure_data import Row
+from embsvd.plotting import spread_apart
+
+LABEL_FONT_SIZE = 6  # points: token labels on the axis figures
+RC = {
+    "pdf.fonttype": 42,  # TrueType, embedded: journals reject Type 3 fonts
+    "ps.fonttype": 42,
+    "font.family": "DejaVu Sans",  # ships with matplotlib, so every machine draws the same
+    "font.size": 7,
+    "axes.titlesize": 7,
+    "axes.labelsize": 7,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "legend.fontsize": 6,
+    "axes.linewidth": 0.6,
+    "lines.linewidth": 1.0,
+    "lines.markersize": 3,
+    "svg.hashsalt": "embsvd",
+}
+
+
+@dataclass(frozen=True)
+class FigureStyle:
+    """How the figure set is drawn: widths in inches (defaults: a two-column paper's
+    column and text widths), formats, PNG resolution, the significance level marked on
+    the correlation heatmaps and the tokens per end in tables and overlaps."""
+
+    column_width: float = 3.25
+    text_width: float = 6.75
+    formats: tuple[str, ...] = ("pdf", "png")
+    dpi: int = 300
+    alpha: float = 0.05
+    top_k: int = 10
+
+
+def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle = FigureStyle()) -> list[Path]:
+    """Write the sweep's figures and tables into ``folder`` (replacing what was there)
+    and return the files written, sorted.
+
+    - ``scree_grid``: a panel per (model, target group), every variant of the group
+      overlaid (normalised singular values, matched null band, bootstrap intervals);
+    - ``group_mean_corr__<model>``: a heatmap of group-mean r per model, ``*`` where the
+      Holm-corrected p-value is below ``style.alpha``;
+    - ``axis__<model>__<group>``: the vocabulary's projections on component 1, a panel
+      per variant, the group's words and the extremes labelled;
+    - ``top_tokens`` (.csv, .md, .tex);
+    - with more than one model, ``cross_model_spectra`` and ``cross_model_overlap``.
+    """
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with _theme():
+        _scree_grid(sweep, staging, style)
+        for model, rows in figure_data.correlation_rows(sweep, style.alpha).items():
+            _correlation_heatmap(model, rows, staging / f"group_mean_corr__{_safe(model)}", style)
+        for (model, group), runs in _by_model_and_group(sweep).items():
+            fig, rows = axis_figure(model, group, runs, style)
+            _save(fig, staging / f"axis__{_safe(model)}__{_safe(group)}", rows, style)
+        if len(figure_data.models(sweep)) > 1:
+            _cross_model_spectra(sweep, staging / "cross_model_spectra", style)
+            _cross_model_overlap(sweep, staging / "cross_model_overlap", style)
+    _top_token_tables(sweep, staging, style)
+    _manifest(sweep, staging, style)
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# --- theme and saving ------------------------------------------------------------------------
+
+
+@contextmanager
+def _theme() -> Iterator[None]:
+    """seaborn's paper theme for the block only: rcParams are restored after it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    with plt.rc_context():
+        sns.set_theme(context="paper", style="ticks", palette="colorblind", rc=RC)
+        yield
+
+
+def _palette(n: int) -> list:
+    import seaborn as sns
+
+    return sns.color_palette("colorblind", max(n, 1))
+
+
+def _save(fig, stem: Path, rows: Sequence[Row], style: FigureStyle) -> None:
+    """The figure in every format, and the rows it plots as ``<stem>.csv``."""
+    import matplotlib.pyplot as plt
+
+    for fmt in style.formats:
+        # no creation date (PDF) or software version (PNG): reruns write the same bytes
+        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+        fig.savefig(stem.with_suffix(f".{fmt}"), dpi=style.dpi, metadata=metadata)
+    plt.close(fig)
+    _write_rows(stem.with_suffix(".csv"), rows)
+
+
+def _write_rows(file: Path, rows: Sequence[Row]) -> None:
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    write_csv(file, header, [[row.get(key, "") for key in header] for row in rows])
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of a model or group name."""
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", name).strip("_")
+
+
+# --- figures ---------------------------------------------------------------------------------
+
+
+def _scree_grid(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = figure_data.scree_rows(sweep)
+    models, groups = figure_data.models(sweep), figure_data.targets(sweep)
+    variants = figure_data.variants(sweep)
+    colors = dict(zip(variants, _palette(len(variants)), strict=True))
+    fig, axes = plt.subplots(
+        len(models),
+        len(groups),
+        figsize=(style.text_width, 0.6 + 1.45 * len(models)),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for (i, model), (j, group) in _grid(models, groups):
+        ax = axes[i][j]
+        panel = [r for r in rows if r["model"] == model and r["group"] == group]
+        if not panel:
+            ax.set_axis_off()
+            continue
+        for variant in variants:
+            series = [r for r in panel if r["variant"] == variant]
+            if series:
+                _spectrum(ax, series, colors[variant], variant)
+        if i == 0:
+            ax.set_title(group)
+        if j == 0:
+            ax.set_ylabel(f"{model}\n" + r"$s_k / \|M\|_F$")
+        if i == len(models) - 1:
+            ax.set_xlabel("component $k$")
+        sns_despine(ax)
+    handles = [plt.Line2D([], [], color=colors[v], marker="o", label=v) for v in variants] + [
+        plt.Rectangle((0, 0), 1, 1, color="0.85", label="random groups, 95%")
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    _save(fig, folder / "scree_grid", rows, style)
+
+
+def _grid(
+    models: list[str], groups: list[str]
+) -> Iterator[tuple[tuple[int, str], tuple[int, str]]]:
+    for i, model in enumerate(models):
+        for j, group in enumerate(groups):
+            yield (i, model), (j, group)
+
+
+def _spectrum(ax, series: list[Row], color, label: str) -> None:
+    k = np.array([r["component"] + 1 for r in series])
+    y = np.array([r["normalized"] for r in series])
+    low = np.array([r["normalized_null_q2.5"] for r in series], dtype=float)
+    high = np.array([r["normalized_null_q97.5"] for r in series], dtype=float)
+    if np.isfinite(low).any():
+        ax.fill_between(k, low, high, color=color, alpha=0.18, linewidth=0)
+    boot_lo = np.array([r["normalized_bootstrap_lo"] for r in series], dtype=float)
+    boot_hi = np.array([r["normalized_bootstrap_hi"] for r in series], dtype=float)
+    if np.isfinite(boot_lo).any():
+        yerr = [y - np.minimum(y, boot_lo), np.maximum(y, boot_hi) - y]
+        ax.errorbar(k, y, yerr=yerr, fmt="none", ecolor=color, elinewidth=0.6, capsize=1.5)
+    ax.plot(k, y, marker="o", color=color, label=label)
+    ax.set_xticks(k)
+    ax.set_ylim(bottom=0)
+
+
+def sns_despine(ax) -> None:
+    import seaborn as sns
+
+    sns.despine(ax=ax)
+
+
+def _correlation_heatmap(model: str, rows: list[Row], stem: Path, style: FigureStyle) -> None:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    names = sorted({r["group_a"] for r in rows} | {r["group_b"] for r in rows})
+    index = {name: i for i, name in enumerate(names)}
+    values = np.eye(len(names))
+    marks = np.full((len(names), len(names)), "", dtype=object)
+    for r in rows:
+        i, j = index[r["group_a"]], index[r["group_b"]]
+        values[i, j] = values[j, i] = r["r"]
+        marks[i, j] = marks[j, i] = "*" if r["significant"] is True else ""
+    labels = np.vectorize(lambda v, m: f"{v:.2f}{m}")(values, marks)
+    np.fill_diagonal(labels, "")
+    size = (  # square cells and a colour bar, at most one column wide
+        min(style.column_width, 1.6 + 0.42 * len(names)),
+        min(style.column_width, 1.2 + 0.42 * len(names)),
+    )
+    fig, ax = plt.subplots(figsize=size, layout="constrained")
+    sns.heatmap(
+        values,
+        ax=ax,
+        vmin=-1,
+        vmax=1,
+        center=0,
+        cmap="vlag",
+        square=True,
+        annot=labels if len(names) <= 14 else None,
+        fmt="",
+        annot_kws={"fontsize": 5.5},
+        xticklabels=names,
+        yticklabels=names,
+        linewidths=0.4,
+        cbar_kws={"label": "Pearson r of group means", "shrink": 0.8},
+    )
+    ax.tick_params(length=0)
+    tested = any(r["p_holm"] != "" for r in rows)
+    note = f"  * Holm p < {style.alpha:g}" if tested else ""
+    ax.set_title(f"{model}{note}")
+    _save(fig, stem, rows, style)
+
+
+def _by_model_and_group(sweep: Sweep) -> dict[tuple[str, str], list[LoggedRun]]:
+    found: dict[tuple[str, str], list[LoggedRun]] = {}
+    for run in sweep.runs:
+        if run.table("projection_histogram.csv"):
+            found.setdefault((run.model_label, run.target), []).append(run)
+    order = figure_data.variants(sweep)
+    return {key: sorted(runs, key=lambda r: order.index(r.variant)) for key, runs in found.items()}
+
+
+def axis_figure(
+    model: str, group: str, runs: list[LoggedRun], style: FigureStyle
+) -> tuple[Any, list[Row]]:
+    """The axis figure of one (model, group) and the rows it plots: a panel per run
+    (variant), each with a band above it for its token labels, sized to the longest
+    label so that labels never reach the panel above. Labels carry the gid
+    ``token-label``."""
+    import matplotlib.pyplot as plt
+
+    rows_by_run = [figure_data.axis_rows(run) for run in runs]
+    longest = max((len(r["label"]) for rows in rows_by_run for r in rows), default=1)
+    band = 0.12 + longest * LABEL_FONT_SIZE * 0.6 / 72  # inches of labels above a panel
+    title, plot, ticks, left, right = 0.25, 0.95, 0.3, 0.55, 0.2  # inches
+    block = band + plot + ticks
+    height = title + len(runs) * block + 0.15  # the last panel's x label
+    fig = plt.figure(figsize=(style.column_width, height))
+    colors = _palette(2)
+    width = style.column_width - left - right
+    for n, (run, rows) in enumerate(zip(runs, rows_by_run, strict=True)):
+        bottom = height - title - n * block - band - plot
+        ax = fig.add_axes(
+            [left / style.column_width, bottom / height, width / style.column_width, plot / height]
+        )
+        _axis_panel(ax, rows, colors, width)
+        ax.set_ylabel("tokens")
+        ax.text(0.99, 0.97, run.variant, transform=ax.transAxes, ha="right", va="top")
+        if n == len(runs) - 1:
+            ax.set_xlabel("projection on component 1")
+    fig.text(0.02, 1 - 0.05 / height, f"{model} · {group}", va="top", fontweight="bold")
+    return fig, [r for rows in rows_by_run for r in rows]
+
+
+def _axis_panel(ax, rows: list[Row], colors: list, width_in: float) -> None:
+    bins = [r for r in rows if r["kind"] == "bin"]
+    edges = np.array([b["bin_left"] for b in bins] + [bins[-1]["bin_right"]])
+    counts = np.array([b["count"] for b in bins], dtype=float)
+    ax.stairs(counts, edges, fill=True, color="0.75", linewidth=0)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.8)
+    ax.set_xlim(edges[0], edges[-1])
+    sns_despine(ax)
+    marks = sorted(
+        (r["projection"], r["label"], colors[1] if r["kind"] == "group" else colors[0])
+        for r in rows
+        if r["kind"] != "bin"
+    )
+    low, high = edges[0], edges[-1]
+    # rotated labels are one line high: that is the gap they need, in data units
+    gap = (LABEL_FONT_SIZE * 1.6 / 72) / width_in * (high - low)
+    places = spread_apart([x for x, _, _ in marks], gap, low + gap / 2, high - gap / 2)
+    for (x, label, color), place in zip(marks, places, strict=True):
+        ax.axvline(x, color=color, lw=0.5, alpha=0.6)
+        ax.annotate(
+            label,
+            xy=(x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(place, 1.08),
+            textcoords=("data", "axes fraction"),
+            rotation=90,
+            ha="center",
+            va="bottom",
+            fontsize=LABEL_FONT_SIZE,
+            color=color,
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": color, "shrinkA": 0, "shrinkB": 0},
+            gid="token-label",
+        )
+
+
+def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
+    import matplotlib.pyplot as plt
+
+    rows = figure_data.cross_model_spectra_rows(sweep)
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    models = figure_data.models(sweep)
+    colors = dict(zip(models, _palette(len(models)), strict=True))
+    line_styles = ["-", "--", ":", "-."]
+    styles = {v: line_styles[i % 4] for i, v in enumerate(figure_data.variants(sweep))}
+    ncols = min(len(groups), 4)
+    nrows = math.ceil(len(groups) / ncols)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(style.text_width, 0.7 + 1.5 * nrows),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
+    for ax, group in zip(axes.flat, groups, strict=False):
+        for r_model in models:
+            for variant, linestyle in styles.items():
+                series = [
+                    r
+                    for r in rows
+                    if r["group"] == group and r["model"] == r_model and r["variant"] == variant
+                ]
+                if series:
+                    ax.plot(
+                        [r["component"] + 1 for r in series],
+                        [r["normalized"] for r in series],
+                        color=colors[r_model],
+                        linestyle=linestyle,
+                        marker="o",
+                    )
+        ax.set_title(group)
+        ax.set_xlabel("component $k$")
+        ax.set_ylim(bottom=0)
+        sns_despine(ax)
+    for ax in axes.flat[len(groups) :]:
+        ax.set_axis_off()
+    axes[0][0].set_ylabel(r"$s_k / \|M\|_F$")
+    handles = [plt.Line2D([], [], color=colors[m], label=m) for m in models] + [
+        plt.Line2D([], [], color="0.3", linestyle=ls, label=v) for v, ls in styles.items()
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
+    _save(fig, stem, rows, style)
+
+
+def _cross_model_overlap(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    rows = figure_data.cross_model_overlap_rows(sweep, style.top_k)
+    pairs = list(dict.fromkeys((r["model_a"], r["model_b"]) for r in rows))
+    fig, axes = plt.subplots(
+        len(pairs),
+        1,
+        figsize=(style.column_width, 0.9 + 1.4 * len(pairs)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, (model_a, model_b) in zip(axes[:, 0], pairs, strict=True):
+        panel = [r for r in rows if (r["model_a"], r["model_b"]) == (model_a, model_b)]
+        sns.barplot(
+            x=[f"{r['group']}\n{r['variant']}" for r in panel],
+            y=[r["overlap"] for r in panel],
+            hue=[f"component {r['component'] + 1}" for r in panel],
+            ax=ax,
+            palette="colorblind",
+        )
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"shared top-{style.top_k}")
+        ax.set_title(f"{model_a} vs {model_b}")
+        ax.tick_params(axis="x", labelsize=5.5)
+        ax.legend(frameon=False, fontsize=5.5)
+        sns_despine(ax)
+    _save(fig, stem, rows, style)
+
+
+# --- tables and the manifest -------------------------------------------------------------------
+
+
+def _top_token_tables(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
+    rows = figure_data.top_token_rows(sweep, style.top_k)
+    _write_rows(folder / "top_tokens.csv", rows)
+    (folder / "top_tokens.md").write_text(
+        paper_tables.markdown_tables(rows, style.top_k), encoding="utf-8"
+    )
+    (folder / "top_tokens.tex").write_text(
+        paper_tables.latex_tables(rows, style.top_k), encoding="utf-8"
+    )
+
+
+def _manifest(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
+    """``sweep.json``: which runs the figures show, and with which settings."""
+    manifest = {
+        "sweep": sweep.name,
+        "selection": sweep.selection,
+        "parent_run_id": sweep.parent_run_id,
+        "runs": [{"run_id": r.run_id, "name": r.name} for r in sweep.runs],
+        "left_out": [{"name": name, "status": status} for name, status in sweep.left_out],
+        "style": {**asdict(style), "formats": list(style.formats)},
+    }
+    (folder / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,21 @@
+"""Paper figures and tables of one sweep, from the tracking store alone.
+
+python experiments/figures.py                              # the most recent sweep
+python experiments/figures.py sweep.sweep_id=<id>          # or sweep.parent_run_id=<run id>
+python experiments/figures.py sweep.experiment=embsvd "sweep.filter=tags.embsvd.center = 'true'"
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from embsvd.config import CONFIG_DIR
+from embsvd.pipeline import figures_job
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="figures")
+def main(cfg: DictConfig) -> None:
+    figures_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

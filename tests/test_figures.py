@@ -1,0 +1,371 @@
+"""Paper figures from a real sweep: ``experiments/run.py -m`` over two tiny checkpoints (a
+WordPiece BERT and a byte-level BPE, so vocabularies differ), then
+``experiments/figures.py`` in a subprocess, as a user types them; every figure's CSV is
+checked against the tracking store."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from embsvd import contract, tracking
+from embsvd.config import PROJECT_ROOT, FiguresConfig
+from embsvd.paper_tables import latex_escape
+from embsvd.pipeline import figure_style
+from embsvd.tracking import SweepSelection, read_sweep
+from tests.conftest import write_tiny_bert, write_tiny_bpe
+
+pytestmark = pytest.mark.slow
+
+MODELS = ("tiny_bert", "tiny_bpe")
+GROUPS = ("digits", "eu_countries")
+TOP_K = 3
+
+
+@dataclass(frozen=True)
+class Swept:
+    root: Path
+    uri: str
+    parent_run_id: str
+    sweep_id: str
+    figures: Path  # the figure folder the first figures command wrote
+
+    @property
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+    def children(self):
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(
+            experiments, f"tags.`mlflow.parentRunId` = '{self.parent_run_id}'"
+        )
+
+
+def run_script(script: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "experiments" / script), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
+
+
+def figures(swept_or_root: Path, uri: str, *overrides: str, out: str = "figures"):
+    return run_script(
+        "figures.py",
+        f"tracking.uri={uri}",
+        f"output_dir={swept_or_root / out}",
+        f"top_k={TOP_K}",
+        *overrides,
+        cwd=swept_or_root,
+    )
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -> Swept:
+    """A sweep of 8 runs (2 models x 2 groups x centered/raw), with the checks on, and
+    its figures made once with the default selection (the most recent sweep)."""
+    root = tmp_path_factory.mktemp("figures")
+    (root / "store").mkdir()
+    shutil.copyfile(migrated_store_file, root / "store" / "mlflow.db")
+    uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
+    write_tiny_bert(root / "tiny-bert")
+    write_tiny_bpe(root / "tiny-bpe", seed=1)
+    models = root / "conf" / "model"
+    models.mkdir(parents=True)
+    for name, folder in zip(MODELS, ("tiny-bert", "tiny-bpe"), strict=True):
+        (models / f"{name}.yaml").write_text(f"name: {name}\npath: {root / folder}\n")
+    sweep = run_script(
+        "run.py",
+        "-m",
+        f"tracking.uri={uri}",
+        f"hydra.sweep.dir={root / 'sweep'}",
+        f"hydra.searchpath=[file://{root / 'conf'}]",
+        f"model={','.join(MODELS)}",
+        f"target={','.join(GROUPS)}",
+        "analysis.center=true,false",
+        "analysis.n_null=40",
+        "analysis.n_bootstrap=20",
+        "analysis.n_global=4",
+        cwd=root,
+    )
+    assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
+    parent_run_id = (root / "sweep" / "mlflow_parent_run_id").read_text().strip()
+    sweep_id = (root / "sweep" / "embsvd_sweep_id").read_text().strip()
+    made = figures(root, uri)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    return Swept(root, uri, parent_run_id, sweep_id, root / "figures" / sweep_id)
+
+
+def read_rows(file: Path) -> list[dict[str, str]]:
+    with open(file, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def logged_rows(client: MlflowClient, run_id: str, artifact: str) -> list[dict[str, str]]:
+    return read_rows(Path(client.download_artifacts(run_id, artifact)))
+
+
+def test_every_figure_and_table_is_written(swept):
+    stems = ["scree_grid", "cross_model_spectra", "cross_model_overlap"]
+    stems += [f"group_mean_corr__{model}" for model in MODELS]
+    stems += [f"axis__{model}__{group}" for model in MODELS for group in GROUPS]
+    expected = {f"{stem}.{ext}" for stem in stems for ext in ("pdf", "png", "csv")}
+    expected |= {"top_tokens.csv", "top_tokens.md", "top_tokens.tex", "sweep.json"}
+    assert {p.name for p in swept.figures.iterdir()} == expected
+    for stem in stems:
+        pdf = (swept.figures / f"{stem}.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF")
+        # fonts embedded as TrueType (Type 42), never as Type 3 bitmaps
+        assert b"/FontFile2" in pdf and b"/Type3" not in pdf, stem
+        assert (swept.figures / f"{stem}.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert read_rows(swept.figures / f"{stem}.csv"), f"{stem}.csv is empty"
+    manifest = (swept.figures / "sweep.json").read_text()
+    assert swept.parent_run_id in manifest and swept.sweep_id in manifest
+
+
+def test_the_default_selection_is_the_latest_sweep_and_names_the_folder(swept):
+    assert swept.figures.parent.name == "figures"
+    assert swept.sweep_id.startswith("multirun_")  # sweep/<experiment>/<date> <time>
+    parent = swept.client.get_run(swept.parent_run_id)
+    assert parent.data.tags[contract.SWEEP_ID_TAG] == swept.sweep_id
+    assert {r.data.tags[contract.SWEEP_ID_TAG] for r in swept.children()} == {swept.sweep_id}
+
+
+def test_scree_csv_equals_the_store(swept):
+    rows = read_rows(swept.figures / "scree_grid.csv")
+    children = swept.children()
+    assert {r["run_id"] for r in rows} == {c.info.run_id for c in children}
+    client = swept.client
+    for child in children:
+        run_id = child.info.run_id
+        mine = [r for r in rows if r["run_id"] == run_id]
+
+        def history(key: str, run_id: str = run_id) -> list[float]:
+            return [
+                m.value
+                for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+            ]
+
+        S = history("singular_value")
+        assert [float(r["singular_value"]) for r in mine] == S
+        assert [float(r["bootstrap_lo"]) for r in mine] == history("bootstrap/singular_value_lo")
+        assert [float(r["bootstrap_hi"]) for r in mine] == history("bootstrap/singular_value_hi")
+        band = [
+            r
+            for r in logged_rows(client, run_id, "null_spectrum.csv")
+            if r["statistic"] == "singular_value"
+        ]
+        assert [float(r["null_q2.5"]) for r in mine] == [float(b["null_q2.5"]) for b in band]
+        assert [float(r["null_q97.5"]) for r in mine] == [float(b["null_q97.5"]) for b in band]
+        norm = sum(s * s for s in S) ** 0.5
+        assert [float(r["normalized"]) for r in mine] == pytest.approx([s / norm for s in S])
+        assert {r["model"] for r in mine} == {child.data.tags["embsvd.model"]}
+        assert {r["group"] for r in mine} == {child.data.tags["embsvd.target_group"]}
+
+
+def test_heatmap_csv_equals_the_store_and_marks_holm_significance(swept):
+    for model in MODELS:
+        rows = read_rows(swept.figures / f"group_mean_corr__{model}.csv")
+        assert [(r["group_a"], r["group_b"]) for r in rows] == [("digits", "eu_countries")]
+        (row,) = rows
+        metrics = swept.client.get_run(row["run_id"]).data.metrics
+        assert float(row["r"]) == metrics["group_mean_corr/digits__eu_countries"]
+        p_holm = metrics["null/group_mean_corr/digits__eu_countries/p_holm"]
+        assert float(row["p_holm"]) == p_holm
+        assert row["significant"] == str(p_holm < 0.05).lower()
+
+
+def test_axis_csv_equals_the_logged_histogram_and_group_projections(swept):
+    client = swept.client
+    for child in swept.children():
+        tags = child.data.tags
+        rows = read_rows(
+            swept.figures / f"axis__{tags['embsvd.model']}__{tags['embsvd.target_group']}.csv"
+        )
+        mine = [r for r in rows if r["run_id"] == child.info.run_id]
+        histogram = [
+            r
+            for r in logged_rows(client, child.info.run_id, "projection_histogram.csv")
+            if r["component"] == "0"
+        ]
+        bins = [r for r in mine if r["kind"] == "bin"]
+        assert [int(r["count"]) for r in bins] == [int(h["count"]) for h in histogram]
+        assert [float(r["bin_left"]) for r in bins] == [float(h["bin_left"]) for h in histogram]
+        words = logged_rows(client, child.info.run_id, "group_projections.csv")
+        assert {(r["label"], float(r["projection"])) for r in mine if r["kind"] == "group"} == {
+            (w["word"], float(w["projection_0"])) for w in words
+        }
+        extremes = [r for r in mine if r["kind"] == "extreme"]
+        assert extremes and all(r["label"] for r in extremes)
+
+
+def test_tables_hold_the_top_tokens_of_every_run(swept):
+    markdown = (swept.figures / "top_tokens.md").read_text()
+    latex = (swept.figures / "top_tokens.tex").read_text()
+    assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
+    table = read_rows(swept.figures / "top_tokens.csv")
+    for child in swept.children():
+        name = child.info.run_name
+        model, group, variant = name.rsplit("/", 2)
+        assert f"## {model} · {group} · {variant}" in markdown
+        logged = logged_rows(swept.client, child.info.run_id, "top_tokens.csv")
+        top = [r for r in logged if int(r["rank"]) <= TOP_K]
+        assert len([r for r in table if r["run_id"] == child.info.run_id]) == len(top)
+        for r in top:
+            assert f"`{r['token']}`" in markdown
+            assert f"\\texttt{{{latex_escape(r['token'])}}}" in latex
+
+
+def test_cross_model_comparison_matches_words_across_vocabularies(swept):
+    rows = read_rows(swept.figures / "cross_model_overlap.csv")
+    assert {(r["model_a"], r["model_b"]) for r in rows} == {MODELS}
+    assert {(r["group"], r["variant"]) for r in rows} == {
+        (g, v) for g in GROUPS for v in ("centered", "raw")
+    }
+    for r in rows:
+        shared = r["shared"].split()
+        assert int(r["n_shared"]) == len(shared)
+        assert all(s == s.lower() and not s.startswith(("Ġ", "##")) for s in shared)
+    spectra = read_rows(swept.figures / "cross_model_spectra.csv")
+    assert {r["model"] for r in spectra} == set(MODELS)
+    first = [r for r in spectra if r["model"] == MODELS[0]]
+    assert {float(r["distance_from_first_model"]) for r in first} == {0.0}
+
+
+def test_the_figure_set_is_logged_to_the_parent_run(swept):
+    logged = {a.path for a in swept.client.list_artifacts(swept.parent_run_id, "figures/paper")}
+    assert "figures/paper/scree_grid.pdf" in logged
+    assert "figures/paper/top_tokens.tex" in logged
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_a_second_run_writes_identical_files(swept):
+    first = digests(swept.figures)
+    again = figures(swept.root, swept.uri, f"sweep.parent_run_id={swept.parent_run_id}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert digests(swept.figures) == first  # CSVs, tables, and the PDF and PNG bytes too
+
+
+def test_select_by_sweep_id_and_by_filter(swept):
+    by_id = figures(swept.root, swept.uri, f"sweep.sweep_id={swept.sweep_id}", out="by_id")
+    assert by_id.returncode == 0, by_id.stderr[-3000:]
+    assert digests(swept.root / "by_id" / swept.sweep_id) == digests(swept.figures)
+    by_filter = figures(
+        swept.root,
+        swept.uri,
+        "sweep.experiment=embsvd",
+        # Hydra wants a value with spaces and '=' quoted; MLflow takes "..." strings too
+        """sweep.filter='tags.embsvd.center = "true" and tags.embsvd.model = "tiny_bert"'""",
+        "sweep.name=bert_centered",
+        out="by_filter",
+    )
+    assert by_filter.returncode == 0, by_filter.stderr[-3000:]
+    folder = swept.root / "by_filter" / "bert_centered"
+    rows = read_rows(folder / "scree_grid.csv")
+    assert {(r["model"], r["variant"]) for r in rows} == {("tiny_bert", "centered")}
+    assert not (folder / "cross_model_overlap.csv").exists()  # one model only
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        (
+            SweepSelection(sweep_id="no_such_sweep"),
+            "sweep.sweep_id='no_such_sweep': no sweep in .*; recent sweeps: multirun_",
+        ),
+        (SweepSelection(parent_run_id="0123abcd"), "sweep.parent_run_id='0123abcd': no such run"),
+        (
+            SweepSelection(experiment="embsvd", filter_string="tags.embsvd.model = 'gpt9'"),
+            "runs of experiment 'embsvd' matching .*gpt9.*: no runs match",
+        ),
+        (
+            SweepSelection(experiment="nope"),
+            r"sweep.experiment='nope': no such experiment .* \(it has .*embsvd.*\)",
+        ),
+        (
+            SweepSelection(experiment="embsvd", filter_string="tags.embsvd.model === 'x'"),
+            "is not a valid MLflow filter",
+        ),
+        (
+            SweepSelection(sweep_id="x", parent_run_id="y"),
+            "give one of parent_run_id, sweep_id and filter",
+        ),
+    ],
+)
+def test_a_selection_that_matches_nothing_says_so(swept, selection, message):
+    with pytest.raises(ValueError, match=message):
+        read_sweep(swept.uri, selection)
+
+
+def test_an_empty_store_has_no_sweep_to_draw(tmp_path, migrated_store_file):
+    shutil.copyfile(migrated_store_file, tmp_path / "mlflow.db")
+    with pytest.raises(ValueError, match="no sweep in .*: the store has no sweep: run one"):
+        read_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", SweepSelection())
+
+
+def test_runs_of_mixed_experiments_or_none_finished_are_refused(swept):
+    """A sweep over tracking.experiment puts its children in several experiments."""
+    a = tracking.TrackingStore(swept.uri, "mixed_a")
+    b = tracking.TrackingStore(swept.uri, "mixed_b")
+    parent = tracking.start_run(a, "sweep/mixed/x", {"embsvd.role": "sweep"})
+    for store in (a, b):
+        with tracking.tracked_run(
+            store, "m/digits/centered", {"mlflow.parentRunId": parent.run_id}
+        ):
+            pass
+    with pytest.raises(
+        ValueError,
+        match=r"holds runs of several experiments: 'mixed_a' \(1 runs\), 'mixed_b' \(1 runs\)"
+        ".*select one with sweep.experiment=mixed_a and a sweep.filter",
+    ):
+        read_sweep(swept.uri, SweepSelection(parent_run_id=parent.run_id))
+    lonely = tracking.start_run(a, "sweep/failed/x", {"embsvd.role": "sweep"})
+    with (
+        pytest.raises(RuntimeError),
+        tracking.tracked_run(a, "m/digits/raw", {"mlflow.parentRunId": lonely.run_id}),
+    ):
+        raise RuntimeError("boom")
+    with pytest.raises(ValueError, match=r"no FINISHED run to draw \(m/digits/raw FAILED\)"):
+        read_sweep(swept.uri, SweepSelection(parent_run_id=lonely.run_id))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"alpha": 1.5}, "alpha=1.5: a significance level between 0 and 1"),
+        ({"top_k": 0}, "top_k=0: at least 1 token per end"),
+        ({"formats": ["pdf", "jpg"]}, r"formats=\['pdf', 'jpg'\]: choose from"),
+    ],
+)
+def test_bad_figure_settings_are_named(setting, message):
+    with pytest.raises(ValueError, match=message):
+        figure_style(FiguresConfig(output_dir="x", **setting))
+
+
+def test_the_command_exits_1_with_the_reason_and_writes_nothing(swept):
+    failed = figures(swept.root, swept.uri, "sweep.sweep_id=no_such_sweep", out="bad")
+    assert failed.returncode == 1
+    assert "figures: sweep.sweep_id='no_such_sweep': no sweep in" in failed.stderr
+    assert not (swept.root / "bad").exists()
+
+
+def test_latex_escape_handles_every_special_character():
+    assert latex_escape("##ia_$&%{}~^\\<>") == (
+        r"\#\#ia\_\$\&\%\{\}\textasciitilde{}\textasciicircum{}\textbackslash{}"
+        r"\textless{}\textgreater{}"
+    )
