@@ -267,8 +267,8 @@ def axis_figure(
 ) -> tuple[Any, list[Row]]:
     """The axis figure of one (model, group) and the rows it plots: a panel per run
     (variant), each with a band above it for its token labels, sized to the longest
-    label so that labels never reach the panel above. Labels carry the gid
-    ``token-label``."""
+    label so that labels never reach the panel above. One column wide while the labels
+    fit side by side, else the text width. Labels carry the gid ``token-label``."""
     import matplotlib.pyplot as plt
 
     rows_by_run = [figure_data.axis_rows(run) for run in runs]

@@ -222,7 +222,10 @@ def test_tables_hold_the_top_tokens_of_every_run(swept):
         assert f"## {model} · {group} · {variant}" in markdown
         logged = logged_rows(swept.client, child.info.run_id, "top_tokens.csv")
         top = [r for r in logged if int(r["rank"]) <= TOP_K]
-        assert len([r for r in table if r["run_id"] == child.info.run_id]) == len(top)
+        mine = [r for r in table if r["run_id"] == child.info.run_id]
+        assert [(r["component"], r["side"], r["token"], float(r["projection"])) for r in mine] == [
+            (r["component"], r["side"], r["token"], float(r["projection"])) for r in top
+        ]
         for r in top:
             assert f"`{r['token']}`" in markdown
             assert f"\\texttt{{{latex_escape(r['token'])}}}" in latex
@@ -240,6 +243,10 @@ def test_cross_model_comparison_matches_words_across_vocabularies(swept):
         assert all(s == s.lower() and not s.startswith(("Ġ", "##")) for s in shared)
     spectra = read_rows(swept.figures / "cross_model_spectra.csv")
     assert {r["model"] for r in spectra} == set(MODELS)
+    for run_id in {r["run_id"] for r in spectra}:
+        history = swept.client.get_metric_history(run_id, "singular_value")
+        logged = [m.value for m in sorted(history, key=lambda m: m.step)]
+        assert [float(r["singular_value"]) for r in spectra if r["run_id"] == run_id] == logged
     first = [r for r in spectra if r["model"] == MODELS[0]]
     assert {float(r["distance_from_first_model"]) for r in first} == {0.0}
 

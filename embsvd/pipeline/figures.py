@@ -1,0 +1,84 @@
+"""Paper figures of a finished sweep, from the tracking store."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+from embsvd.config import PROJECT_ROOT, FiguresConfig
+
+if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
+    from embsvd.paper import FigureStyle
+
+
+FIGURES_ARTIFACT_PATH = "figures/paper"  # on the sweep's parent run
+FIGURE_FORMATS = ("pdf", "png", "svg")
+
+
+def figures_job(cfg: DictConfig) -> list[Path]:
+    """Write the paper figures and tables of the selected sweep (``conf/figures.yaml``)
+    into ``<output_dir>/<sweep id>/`` and log them to the sweep's parent run.
+
+    A selection that matches nothing, or runs of several experiments, ends the command
+    with the reason on stderr and exit status 1; nothing is written then.
+    """
+    from embsvd import tracking
+    from embsvd.paper import write_figure_set
+
+    settings: FiguresConfig = OmegaConf.to_object(cfg)
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # it logs every font subset
+    uri = tracking.resolve_tracking_uri(settings.tracking.uri, PROJECT_ROOT)
+    chosen = settings.sweep
+    try:
+        style = figure_style(settings)
+        sweep = tracking.read_sweep(
+            uri,
+            tracking.SweepSelection(
+                parent_run_id=chosen.parent_run_id,
+                sweep_id=chosen.sweep_id,
+                experiment=chosen.experiment,
+                filter_string=chosen.filter,
+                name=chosen.name,
+            ),
+        )
+    except ValueError as error:
+        print(f"figures: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from error
+    folder = Path(settings.output_dir).expanduser().resolve() / sweep.name
+    files = write_figure_set(sweep, folder, style)
+    if settings.log_to_parent and sweep.parent_run_id is not None:
+        tracking.log_figures(uri, sweep.parent_run_id, folder, FIGURES_ARTIFACT_PATH)
+    left_out = ", ".join(f"{name} ({status})" for name, status in sweep.left_out)
+    print(
+        f"{len(files)} files from {len(sweep.runs)} runs of {sweep.selection} in {folder}"
+        + (f"\nleft out: {left_out}" if left_out else ""),
+        flush=True,
+    )
+    return files
+
+
+def figure_style(settings: FiguresConfig) -> FigureStyle:
+    """The figure settings, checked: ``ValueError`` names the setting and what is allowed."""
+    from embsvd.paper import FigureStyle
+
+    if not 0 < settings.alpha < 1:
+        raise ValueError(f"alpha={settings.alpha}: a significance level between 0 and 1")
+    if settings.top_k < 1:
+        raise ValueError(f"top_k={settings.top_k}: at least 1 token per end")
+    if min(settings.column_width, settings.text_width) <= 0 or settings.dpi <= 0:
+        raise ValueError("column_width, text_width and dpi must be positive")
+    unknown = sorted(set(settings.formats) - set(FIGURE_FORMATS))
+    if unknown or not settings.formats:
+        raise ValueError(f"formats={settings.formats}: choose from {list(FIGURE_FORMATS)}")
+    return FigureStyle(
+        column_width=settings.column_width,
+        text_width=settings.text_width,
+        formats=tuple(settings.formats),
+        dpi=settings.dpi,
+        alpha=settings.alpha,
+        top_k=settings.top_k,
+    )
