@@ -347,7 +347,13 @@ def sweep_id(sweep_name: str) -> str:
     """A sweep's id, which also names its folder of figures: the parent run's name
     without ``sweep/``, anything but letters, digits, ``.`` and ``-`` turned into ``_``
     (``sweep/seed_replication/2026-11-28 07-57-50`` -> ``seed_replication_2026-11-28_07-57-50``)."""
-    return re.sub(r"[^A-Za-z0-9.\-]+", "_", sweep_name.removeprefix("sweep/")).strip("_")
+    return file_safe(sweep_name.removeprefix("sweep/"))
+
+
+def file_safe(name: str) -> str:
+    """``name`` with every run of characters other than letters, digits, ``.`` and ``-``
+    turned into one ``_``: fit for a file or folder name."""
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", name).strip("_")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from embsvd import figure_data, paper_tables
-from embsvd.contract import LoggedRun, Sweep, write_csv
+from embsvd.contract import LoggedRun, Sweep, file_safe, write_csv
 from embsvd.figure_data import Row
 from embsvd.plotting import spread_apart
 
+# no creation date or software version in the files: drawing again writes the same bytes
+UNDATED = {"pdf": {"CreationDate": None}, "png": {"Software": None}, "svg": {"Date": None}}
 LABEL_FONT_SIZE = 6  # points: token labels on the axis figures
 LABEL_GAP = LABEL_FONT_SIZE * 1.6 / 72  # inches between rotated labels: a line and a bit
 RC = {
@@ -76,21 +77,31 @@ def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle = FigureStyl
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    try:
+        _draw_all(sweep, staging, style)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _draw_all(sweep: Sweep, staging: Path, style: FigureStyle) -> None:
     with _theme():
         _scree_grid(sweep, staging, style)
         for model, rows in figure_data.correlation_rows(sweep, style.alpha).items():
-            _correlation_heatmap(model, rows, staging / f"group_mean_corr__{_safe(model)}", style)
+            _correlation_heatmap(
+                model, rows, staging / f"group_mean_corr__{file_safe(model)}", style
+            )
         for (model, group), runs in _by_model_and_group(sweep).items():
             fig, rows = axis_figure(model, group, runs, style)
-            _save(fig, staging / f"axis__{_safe(model)}__{_safe(group)}", rows, style)
+            _save(fig, staging / f"axis__{file_safe(model)}__{file_safe(group)}", rows, style)
         if len(figure_data.models(sweep)) > 1:
             _cross_model_spectra(sweep, staging / "cross_model_spectra", style)
             _cross_model_overlap(sweep, staging / "cross_model_overlap", style)
     _top_token_tables(sweep, staging, style)
     _manifest(sweep, staging, style)
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
 # --- theme and saving ------------------------------------------------------------------------
@@ -121,9 +132,7 @@ def _save(fig, stem: Path, rows: Sequence[Row], style: FigureStyle) -> None:
     import matplotlib.pyplot as plt
 
     for fmt in style.formats:
-        # no creation date (PDF) or software version (PNG): reruns write the same bytes
-        metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
-        fig.savefig(stem.with_suffix(f".{fmt}"), dpi=style.dpi, metadata=metadata)
+        fig.savefig(stem.with_suffix(f".{fmt}"), dpi=style.dpi, metadata=UNDATED[fmt])
     plt.close(fig)
     _write_rows(stem.with_suffix(".csv"), rows)
 
@@ -131,11 +140,6 @@ def _save(fig, stem: Path, rows: Sequence[Row], style: FigureStyle) -> None:
 def _write_rows(file: Path, rows: Sequence[Row]) -> None:
     header = list(dict.fromkeys(key for row in rows for key in row))
     write_csv(file, header, [[row.get(key, "") for key in header] for row in rows])
-
-
-def _safe(name: str) -> str:
-    """A file-name-safe form of a model or group name."""
-    return re.sub(r"[^A-Za-z0-9.\-]+", "_", name).strip("_")
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -172,7 +176,7 @@ def _scree_grid(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
             ax.set_ylabel(f"{model}\n" + r"$s_k / \|M\|_F$")
         if i == len(models) - 1:
             ax.set_xlabel("component $k$")
-        sns_despine(ax)
+        _despine(ax)
     handles = [plt.Line2D([], [], color=colors[v], marker="o", label=v) for v in variants] + [
         plt.Rectangle((0, 0), 1, 1, color="0.85", label="random groups, 95%")
     ]
@@ -205,7 +209,7 @@ def _spectrum(ax, series: list[Row], color, label: str) -> None:
     ax.set_ylim(bottom=0)
 
 
-def sns_despine(ax) -> None:
+def _despine(ax) -> None:
     import seaborn as sns
 
     sns.despine(ax=ax)
@@ -304,7 +308,7 @@ def _axis_panel(ax, rows: list[Row], colors: list, width_in: float) -> None:
     ax.set_yscale("log")
     ax.set_ylim(bottom=0.8)
     ax.set_xlim(edges[0], edges[-1])
-    sns_despine(ax)
+    _despine(ax)
     marks = sorted(
         (r["projection"], r["label"], colors[1] if r["kind"] == "group" else colors[0])
         for r in rows
@@ -369,7 +373,7 @@ def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
         ax.set_title(group)
         ax.set_xlabel("component $k$")
         ax.set_ylim(bottom=0)
-        sns_despine(ax)
+        _despine(ax)
     for ax in axes.flat[len(groups) :]:
         ax.set_axis_off()
     axes[0][0].set_ylabel(r"$s_k / \|M\|_F$")
@@ -407,7 +411,7 @@ def _cross_model_overlap(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
         ax.set_title(f"{model_a} vs {model_b}")
         ax.tick_params(axis="x", labelsize=5.5)
         ax.legend(frameon=False, fontsize=5.5)
-        sns_despine(ax)
+        _despine(ax)
     _save(fig, stem, rows, style)
 
 

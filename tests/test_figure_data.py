@@ -10,7 +10,7 @@ from matplotlib.text import Text
 
 from embsvd import figure_data
 from embsvd.contract import LoggedRun, Sweep
-from embsvd.paper import FigureStyle, axis_figure
+from embsvd.paper import FigureStyle, axis_figure, write_figure_set
 from embsvd.paper_tables import latex_tables, markdown_tables
 from embsvd.plotting import spread_apart
 
@@ -161,3 +161,14 @@ def test_tables_set_group_tokens_in_bold_and_escape_latex():
     assert "| 1 | **`##ia_x`** | `a\\|b` |" in markdown
     latex = latex_tables(rows, top_k=1)
     assert "1 & \\textbf{\\texttt{\\#\\#ia\\_x}} & \\texttt{a|b} \\\\" in latex
+
+
+def test_a_figure_set_that_fails_leaves_the_previous_one_alone(tmp_path):
+    folder = tmp_path / "figures" / "s"
+    folder.mkdir(parents=True)
+    (folder / "scree_grid.csv").write_text("earlier\n")
+    broken = logged_run("m/g/centered", **{"projection_histogram.csv": ({"component": "0"},)})
+    with pytest.raises(KeyError, match="bin_left"):
+        write_figure_set(Sweep("s", "", None, (broken,)), folder, FigureStyle(formats=("png",)))
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["s"]  # no .partial left
+    assert (folder / "scree_grid.csv").read_text() == "earlier\n"
