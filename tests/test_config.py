@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from embsvd.checkpoint import CheckpointSpec, resolve_folder
-from embsvd.config import CONFIG_DIR, PROJECT_ROOT, EmbsvdConfig, config_hash
+from embsvd.config import CONFIG_DIR, PROJECT_ROOT, EmbsvdConfig, FiguresConfig, config_hash
 from embsvd.groups import GroupSpec
 
 OPTIONS = {
@@ -115,9 +115,28 @@ def test_local_model_without_a_path_names_the_key_to_set():
         resolve_folder(settings.model)
 
 
+def test_the_figures_config_composes_typed_with_the_run_config_tracking():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("figures", overrides=["sweep.sweep_id=abc", "tracking.uri=sqlite:///x.db"])
+        settings: FiguresConfig = OmegaConf.to_object(cfg)
+        assert settings.sweep.sweep_id == "abc" and settings.sweep.filter is None
+        assert settings.tracking.uri == "sqlite:///x.db"
+        assert settings.tracking.experiment == "embsvd"  # conf/tracking/local.yaml
+        assert settings.output_dir == str(PROJECT_ROOT / "figures")
+        assert (settings.alpha, settings.top_k, settings.formats) == (0.05, 10, ["pdf", "png"])
+        with pytest.raises(ConfigCompositionException) as raised:
+            compose("figures", overrides=["sweep.filtr=x"])
+        assert "Key 'filtr' not in 'SweepConfig'" in str(raised.value.__cause__)
+        with pytest.raises(ConfigCompositionException) as raised:
+            compose("figures", overrides=["top_k=many"])
+        assert "top_k" in str(raised.value.__cause__)
+
+
 def test_configs_have_no_stray_files():
     # a yaml outside the known groups would be silently ignored by Hydra
-    known = {"config.yaml"} | {f"{g}/{n}.yaml" for g, names in OPTIONS.items() for n in names}
+    known = {"config.yaml", "figures.yaml"} | {
+        f"{g}/{n}.yaml" for g, names in OPTIONS.items() for n in names
+    }
     found = {str(p.relative_to(CONFIG_DIR)) for p in Path(CONFIG_DIR).rglob("*.yaml")}
     assert found == known
 
