@@ -1,0 +1,353 @@
+"""The MLflow UI over a store that a real sweep wrote, in a real (headless) browser.
+
+A small sweep (tiny BERT, ``analysis=fast``, 2 targets x centered/raw: one parent run and
+four children) writes a fresh sqlite store; ``mlflow server`` serves it on 127.0.0.1 and
+Debian's ``chromium`` (see tests/browser.py; ``.ci/run`` installs it) opens the pages a
+user would. Every page's screenshot goes to ``$EMBSVD_TEST_ARTIFACTS`` (default
+``test-artifacts/`` in the project). Without chromium the module is skipped, unless
+``EMBSVD_REQUIRE_BROWSER=1`` (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.browser import Chromium
+from tests.conftest import PROJECT_ROOT, write_tiny_bert
+
+pytestmark = pytest.mark.slow
+
+EXPERIMENT = "embsvd"  # conf/tracking: the sweep's experiment
+TARGETS = ("digits", "eu_countries")
+CHILD_NAMES = [f"tiny_bert/{t}/{c}" for t in TARGETS for c in ("centered", "raw")]
+SERVER_START_TIMEOUT = 120  # seconds; the server takes ~11 s to answer /health here
+PAGE_TIMEOUT = 60  # seconds; the first page load parses MLflow's large JS bundle
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The +/- button that shows or hides a parent run's children in the runs table.
+EXPAND_BUTTONS = "button[data-component-id*='runnamecellrenderer']"
+
+
+@dataclass
+class Sweep:
+    """What the sweep wrote: the store, its experiment and the runs by name."""
+
+    store_uri: str
+    experiment_id: str
+    parent_name: str
+    sweep_id: str
+    run_ids: dict[str, str]  # run name -> run id, for the four children
+
+
+@dataclass
+class Ui:
+    base_url: str
+    sweep: Sweep
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    """The browser, or a skip (a failure where ``EMBSVD_REQUIRE_BROWSER=1``)."""
+    path = shutil.which("chromium")
+    if path is None:
+        reason = (
+            "the MLflow UI tests need Debian's headless browser: "
+            "apt-get install chromium (.ci/run installs it)"
+        )
+        if os.environ.get("EMBSVD_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"EMBSVD_REQUIRE_BROWSER=1 but chromium is not on PATH; {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep(
+    chromium_path: str, tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path
+) -> Sweep:
+    """``experiments/run.py -m`` into a fresh store, as in tests/test_sweeps.py."""
+    root = tmp_path_factory.mktemp("ui_sweep")
+    (root / "store").mkdir()
+    shutil.copyfile(migrated_store_file, root / "store" / "mlflow.db")
+    store_uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
+    write_tiny_bert(root / "tiny-bert")
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "experiments" / "run.py"),
+        "-m",
+        f"tracking.uri={store_uri}",
+        f"hydra.sweep.dir={root / 'sweep'}",
+        "model=local",
+        f"model.path={root / 'tiny-bert'}",
+        "model.name=tiny_bert",
+        "analysis=fast",
+        "target=" + ",".join(TARGETS),
+        "analysis.center=true,false",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    client = MlflowClient(store_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get("embsvd.role") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(CHILD_NAMES)
+    return Sweep(
+        store_uri=store_uri,
+        experiment_id=experiment.experiment_id,
+        parent_name=parent.info.run_name,
+        sweep_id=parent.data.tags["embsvd.sweep_id"],
+        run_ids={r.info.run_name: r.info.run_id for r in children},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
+    """``mlflow server`` over the sweep's store, on a free local port; ended afterwards."""
+    folder = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    log_path = folder / "server.log"
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        sweep.store_uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    env = {
+        **os.environ,
+        # no usage reports; no job runner (its worker processes only slow start and stop)
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    with open(log_path, "wb") as log:
+        # cwd: anything the server writes relative to it stays out of the project;
+        # its own process group: the uvicorn process it starts is ended with it
+        server = subprocess.Popen(
+            command,
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        base_url = f"http://127.0.0.1:{port}/"
+        wait_for_health(server, base_url, log_path)
+        yield Ui(base_url, sweep)
+    finally:
+        stop_server(server)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError):  # whatever of its group is left
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def wait_for_health(server: subprocess.Popen, base_url: str, log_path: Path) -> None:
+    started = time.monotonic()
+    while True:
+        if server.poll() is not None:
+            pytest.fail(
+                f"mlflow server exited with {server.returncode}; its log ends:\n"
+                + log_path.read_text(errors="replace")[-3000:]
+            )
+        try:
+            with urllib.request.urlopen(base_url + "health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() - started > SERVER_START_TIMEOUT:
+            pytest.fail(
+                f"mlflow server did not answer {base_url}health in {SERVER_START_TIMEOUT} s;"
+                " its log ends:\n" + log_path.read_text(errors="replace")[-3000:]
+            )
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: str) -> Iterator[Chromium]:
+    with Chromium(chromium_path) as chromium:
+        yield chromium
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    folder = Path(os.environ.get("EMBSVD_TEST_ARTIFACTS") or PROJECT_ROOT / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_screenshot(browser: Chromium, folder: Path, name: str) -> None:
+    path = browser.screenshot(folder / name)
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+
+
+def scroll_to_text(browser: Chromium, text: str) -> None:
+    """Scroll the first element whose own text is ``text`` into view (for the screenshot)."""
+    found = browser.evaluate(
+        f"""(() => {{
+          const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+          for (let node; (node = walker.nextNode()); ) {{
+            if (node.nodeValue.trim() === {json.dumps(text)}) {{
+              node.parentElement.scrollIntoView({{block: 'center'}});
+              return true;
+            }}
+          }}
+          return false;
+        }})()"""
+    )
+    assert found, f"no element shows {text!r}"
+    time.sleep(0.3)  # let the scroll settle before a screenshot
+
+
+def runs_page(ui: Ui, search_filter: str = "") -> str:
+    # always name the filter: MLflow restores the experiment's last one otherwise
+    return (
+        f"{ui.base_url}#/experiments/{ui.sweep.experiment_id}/runs"
+        f"?searchFilter={quote(search_filter)}"
+    )
+
+
+def show_runs(
+    browser: Chromium, n_matching: int, names: list[str], absent: tuple[str, ...] = ()
+) -> str:
+    """On a runs page: wait for the table (``n_matching`` runs, the parent included),
+    expand the parent rows so that MLflow lists their children, and wait until the page
+    shows every one of ``names`` and none of ``absent`` (the table redraws a moment after
+    the count changes). Returns the page's text."""
+    browser.wait_for_text(f"{n_matching} matching runs", timeout=PAGE_TIMEOUT)
+    # The +/- button toggles, a press while the table is still being drawn can be lost,
+    # and the expanded state outlives a page change: press it only while the table shows
+    # fewer rows than runs matched, and not again before the last press had time to act.
+    deadline = time.monotonic() + PAGE_TIMEOUT
+    last_press = -float("inf")
+    while True:
+        page = browser.text()
+        missing = [name for name in names if name not in page]
+        extra = [name for name in absent if name in page]
+        if not missing and not extra:
+            return page
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the runs table does not show {missing}, or shows {extra}:\n{page[-3000:]}"
+            )
+        rows = browser.evaluate(
+            "new Set(Array.from(document.querySelectorAll('[role=row][row-id]'))"
+            ".map(row => row.getAttribute('row-id'))).size"
+        )
+        if 0 < rows < n_matching and time.monotonic() - last_press > 3:
+            browser.evaluate(
+                f"document.querySelectorAll({json.dumps(EXPAND_BUTTONS)})"
+                ".forEach(button => button.click())"
+            )
+            last_press = time.monotonic()
+        time.sleep(0.25)
+
+
+def test_runs_page_lists_the_sweep_parent_and_its_children(ui, browser, artifacts):
+    assert ui.sweep.parent_name.startswith("sweep/")
+    browser.open(runs_page(ui))
+    show_runs(browser, 5, [ui.sweep.parent_name, *CHILD_NAMES])
+    save_screenshot(browser, artifacts, "mlflow_ui_runs.png")
+
+
+def test_runs_page_filters_a_sweep_by_its_tags(ui, browser, artifacts):
+    # MLflow lists a matching child under its parent, and counts the parent as a match
+    browser.open(runs_page(ui, f"tags.embsvd.sweep_id = '{ui.sweep.sweep_id}'"))
+    show_runs(browser, 5, [ui.sweep.parent_name, *CHILD_NAMES])
+
+    browser.open(runs_page(ui, "tags.embsvd.target_group = 'digits'"))
+    digits = [n for n in CHILD_NAMES if "/digits/" in n]
+    show_runs(browser, 3, [ui.sweep.parent_name, *digits], absent=("tiny_bert/eu_countries",))
+
+    browser.open(
+        runs_page(ui, "tags.embsvd.target_group = 'digits' and tags.embsvd.center = 'true'")
+    )
+    show_runs(
+        browser,
+        2,
+        [ui.sweep.parent_name, "tiny_bert/digits/centered"],
+        absent=("tiny_bert/digits/raw", "tiny_bert/eu_countries"),
+    )
+    save_screenshot(browser, artifacts, "mlflow_ui_runs_filtered.png")
+
+
+def test_run_page_shows_the_singular_value_metric(ui, browser, artifacts):
+    run_id = ui.sweep.run_ids["tiny_bert/digits/centered"]
+    browser.open(f"{ui.base_url}#/experiments/{ui.sweep.experiment_id}/runs/{run_id}")
+    page = browser.wait_for_text(
+        "tiny_bert/digits/centered", "Metrics", "singular_value", timeout=PAGE_TIMEOUT
+    )
+    assert run_id in page
+    scroll_to_text(browser, "singular_value")
+    save_screenshot(browser, artifacts, "mlflow_ui_run.png")
+
+
+def test_compare_page_plots_singular_value_for_the_four_runs(ui, browser, artifacts):
+    run_ids = list(ui.sweep.run_ids.values())
+    browser.open(
+        f"{ui.base_url}#/compare-runs?runs={quote(json.dumps(run_ids))}"
+        f"&experiments={quote(json.dumps([ui.sweep.experiment_id]))}"
+    )
+    browser.wait_for_text("Comparing 4 Runs", *CHILD_NAMES, "singular_value", timeout=PAGE_TIMEOUT)
+    scroll_to_text(browser, "singular_value")
+    save_screenshot(browser, artifacts, "mlflow_ui_compare.png")
+
+    # the metric's name links to its plot against step (= component) for the four runs
+    plot = browser.evaluate(
+        "Array.from(document.querySelectorAll('a'))"
+        ".find(a => a.textContent.trim() === 'singular_value')?.href ?? null"
+    )
+    assert plot and "metric" in plot, plot
+    browser.open(plot)
+    browser.wait_for_text(
+        "Completed Runs",
+        "4/4",
+        *(f"{name} (singular_value)" for name in CHILD_NAMES),
+        timeout=PAGE_TIMEOUT,
+    )
+    save_screenshot(browser, artifacts, "mlflow_ui_metric.png")
