@@ -72,3 +72,12 @@ def mlflow_ui_command(tracking_uri: str, port: int = 5000) -> str:
             str(port),
         ]
     )
+
+
+def figures_command(tracking_uri: str, sweep_id: str) -> str:
+    """The command that draws a sweep's paper figures (``experiments/figures.py``)."""
+    from embsvd.config import PROJECT_ROOT
+
+    script = PROJECT_ROOT / "experiments" / "figures.py"
+    overrides = [f"sweep.sweep_id={sweep_id}", f"tracking.uri={tracking_uri}"]
+    return shlex.join([str(Path(sys.executable)), str(script), *overrides])

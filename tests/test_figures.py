@@ -103,6 +103,9 @@ def swept(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     parent_run_id = (root / "sweep" / "mlflow_parent_run_id").read_text().strip()
     sweep_id = (root / "sweep" / "embsvd_sweep_id").read_text().strip()
+    # the sweep names its id when it starts and ends with the command that draws it
+    assert f"Sweep {sweep_id}: parent run {parent_run_id}" in sweep.stdout
+    assert f"experiments/figures.py sweep.sweep_id={sweep_id} tracking.uri={uri}" in sweep.stdout
     made = figures(root, uri)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     return Swept(root, uri, parent_run_id, sweep_id, root / "figures" / sweep_id)

@@ -19,7 +19,7 @@ from embsvd import contract
 from embsvd.config import (
     PROJECT_ROOT,
 )
-from embsvd.report import format_sweep_table, mlflow_ui_command
+from embsvd.report import figures_command, format_sweep_table, mlflow_ui_command
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
     from embsvd import tracking
@@ -105,6 +105,7 @@ class SweepTracking(Callback):
         self._store: tracking.TrackingStore | None = None
         self._parent_run_id: str | None = None
         self._interrupted = False
+        self._sweep_id = ""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from embsvd import tracking
@@ -130,9 +131,12 @@ class SweepTracking(Callback):
         }
         parent = tracking.start_run(self._store, name, tags)
         self._parent_run_id = parent.run_id
+        self._sweep_id = tags[contract.SWEEP_ID_TAG]
         (sweep_dir / PARENT_RUN_FILE).write_text(parent.run_id)
         (sweep_dir / SWEEP_ID_FILE).write_text(tags[contract.SWEEP_ID_TAG])
-        print(f"Sweep parent run {parent.run_id} in {uri}", flush=True)
+        print(
+            f"Sweep {tags[contract.SWEEP_ID_TAG]}: parent run {parent.run_id} in {uri}", flush=True
+        )
         atexit.register(self._close_at_exit)
         previous_hook = sys.excepthook
 
@@ -178,7 +182,8 @@ class SweepTracking(Callback):
         print(
             f"\nSweep {outcome.status}: {len(outcome.children)} runs under parent run "
             f"{parent_run_id}, {len(failed)} failed or killed, {len(outcome.skipped)} skipped."
-            f"\nOpen the MLflow UI on this store:\n  {mlflow_ui_command(store.uri)}",
+            f"\nOpen the MLflow UI on this store:\n  {mlflow_ui_command(store.uri)}"
+            f"\nDraw its paper figures:\n  {figures_command(store.uri, self._sweep_id)}",
             flush=True,
         )
         return outcome
