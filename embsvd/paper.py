@@ -24,7 +24,7 @@ import numpy as np
 from embsvd import figure_data, paper_tables
 from embsvd.contract import LoggedRun, Sweep, file_safe, write_csv
 from embsvd.figure_data import Row
-from embsvd.plotting import spread_apart
+from embsvd.plotting import label_above
 
 # no creation date or software version in the files: drawing again writes the same bytes
 UNDATED = {"pdf": {"CreationDate": None}, "png": {"Software": None}, "svg": {"Date": None}}
@@ -309,30 +309,14 @@ def _axis_panel(ax, rows: list[Row], colors: list, width_in: float) -> None:
     ax.set_ylim(bottom=0.8)
     ax.set_xlim(edges[0], edges[-1])
     _despine(ax)
-    marks = sorted(
+    marks = [
         (r["projection"], r["label"], colors[1] if r["kind"] == "group" else colors[0])
         for r in rows
         if r["kind"] != "bin"
-    )
+    ]
     low, high = edges[0], edges[-1]
     gap = LABEL_GAP / width_in * (high - low)  # in data units
-    places = spread_apart([x for x, _, _ in marks], gap, low + gap / 2, high - gap / 2)
-    for (x, label, color), place in zip(marks, places, strict=True):
-        ax.axvline(x, color=color, lw=0.5, alpha=0.6)
-        ax.annotate(
-            label,
-            xy=(x, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(place, 1.08),
-            textcoords=("data", "axes fraction"),
-            rotation=90,
-            ha="center",
-            va="bottom",
-            fontsize=LABEL_FONT_SIZE,
-            color=color,
-            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": color, "shrinkA": 0, "shrinkB": 0},
-            gid="token-label",
-        )
+    label_above(ax, marks, gap, low + gap / 2, high - gap / 2, LABEL_FONT_SIZE)
 
 
 def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:

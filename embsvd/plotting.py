@@ -125,34 +125,16 @@ def _projection(result: AnalysisResult, plt):
     ax.set_xlabel("projection on component 1")
     ax.set_ylabel("tokens")
     members = [
-        (word, values[i], "C1")
+        (values[i], word, "C1")
         for word, i in zip(result.target_words, result.target_ids, strict=True)
     ]
     extremes = [
-        (t.token, t.projection, "C0")
+        (t.projection, t.token, "C0")
         for t in result.top_tokens
         if t.component == 0 and not t.in_group and t.rank <= N_EXTREMES_LABELLED
     ]
-    marks = sorted(members + extremes, key=lambda m: m[1])
     low, high = ax.get_xlim()
-    # labels sit in a row above the plot, pushed apart so that none overlap, each joined
-    # to its token's position by a thin line
-    places = spread_apart([x for _, x, _ in marks], (high - low) / 60, low, high)
-    for (label, x, color), place in zip(marks, places, strict=True):
-        ax.axvline(x, color=color, lw=0.5, alpha=0.5)
-        ax.annotate(
-            label,
-            xy=(x, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(place, 1.06),
-            textcoords=("data", "axes fraction"),
-            rotation=90,
-            ha="center",
-            va="bottom",
-            fontsize=6,
-            color=color,
-            arrowprops={"arrowstyle": "-", "lw": 0.5, "color": color},
-        )
+    label_above(ax, members + extremes, gap=(high - low) / 60, low=low, high=high, fontsize=6)
     ax.text(
         1.0,
         -0.3,
@@ -162,6 +144,32 @@ def _projection(result: AnalysisResult, plt):
         fontsize=6,
     )
     return fig
+
+
+def label_above(
+    ax, marks: list[tuple[float, str, object]], gap: float, low: float, high: float, fontsize: float
+) -> None:
+    """Label points ``(x, label, color)`` of ``ax`` in a row above it: rotated labels
+    pushed at least ``gap`` (data units) apart so that none overlap, each joined to its
+    point by a thin line. The labels carry the gid ``token-label``."""
+    marks = sorted(marks, key=lambda m: m[0])
+    places = spread_apart([x for x, _, _ in marks], gap, low, high)
+    for (x, label, color), place in zip(marks, places, strict=True):
+        ax.axvline(x, color=color, lw=0.5, alpha=0.6)
+        ax.annotate(
+            label,
+            xy=(x, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(place, 1.08),
+            textcoords=("data", "axes fraction"),
+            rotation=90,
+            ha="center",
+            va="bottom",
+            fontsize=fontsize,
+            color=color,
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": color, "shrinkA": 0, "shrinkB": 0},
+            gid="token-label",
+        )
 
 
 def spread_apart(xs: list[float], gap: float, low: float, high: float) -> list[float]:
