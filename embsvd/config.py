@@ -80,7 +80,7 @@ class SweepConfig:
 
     parent_run_id: str | None = None  # the sweep's parent run
     sweep_id: str | None = None  # the tag embsvd.sweep_id (the figures folder's name)
-    experiment: str | None = None  # None: any experiment; a filter needs one
+    experiment: str | None = None  # None: any (a filter: tracking.experiment)
     filter: str | None = None  # an MLflow filter string over runs of `experiment`
     name: str | None = None  # the folder name for a filter's figures
 

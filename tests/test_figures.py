@@ -278,7 +278,7 @@ def test_select_by_sweep_id_and_by_filter(swept):
     by_filter = figures(
         swept.root,
         swept.uri,
-        "sweep.experiment=embsvd",
+        # no sweep.experiment: a filter searches tracking.experiment (embsvd)
         # Hydra wants a value with spaces and '=' quoted; MLflow takes "..." strings too
         """sweep.filter='tags.embsvd.center = "true" and tags.embsvd.model = "tiny_bert"'""",
         "sweep.name=bert_centered",
@@ -310,6 +310,10 @@ def test_select_by_sweep_id_and_by_filter(swept):
         (
             SweepSelection(experiment="embsvd", filter_string="tags.embsvd.model === 'x'"),
             "is not a valid MLflow filter",
+        ),
+        (
+            SweepSelection(filter_string="tags.embsvd.center = 'true'"),
+            "sweep.filter=.* needs sweep.experiment, the experiment whose runs it filters",
         ),
         (
             SweepSelection(sweep_id="x", parent_run_id="y"),

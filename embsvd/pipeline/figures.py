@@ -33,6 +33,8 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # it logs every font subset
     uri = tracking.resolve_tracking_uri(settings.tracking.uri, PROJECT_ROOT)
     chosen = settings.sweep
+    # a filter searches the experiment run.py logs to unless told otherwise
+    experiment = chosen.experiment or (settings.tracking.experiment if chosen.filter else None)
     try:
         style = figure_style(settings)
         sweep = tracking.read_sweep(
@@ -40,7 +42,7 @@ def figures_job(cfg: DictConfig) -> list[Path]:
             tracking.SweepSelection(
                 parent_run_id=chosen.parent_run_id,
                 sweep_id=chosen.sweep_id,
-                experiment=chosen.experiment,
+                experiment=experiment,
                 filter_string=chosen.filter,
                 name=chosen.name,
             ),

@@ -55,6 +55,11 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
             f"(got parent_run_id={selection.parent_run_id!r}, sweep_id={selection.sweep_id!r},"
             f" filter={selection.filter_string!r})"
         )
+    if selection.filter_string and not selection.experiment:
+        raise ValueError(
+            f"sweep.filter={selection.filter_string!r} needs sweep.experiment, the experiment "
+            "whose runs it filters (e.g. sweep.experiment=embsvd)"
+        )
     scope = _scope(experiments, selection.experiment, tracking_uri)
     if selection.filter_string:
         runs = _search(client, scope, selection.filter_string)
@@ -75,7 +80,7 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
     if not runs:
         raise ValueError(f"{described} in {tracking_uri}: no runs match; {_hint(client, scope)}")
     _one_experiment(runs, experiments, described)
-    finished = [r for r in runs if r.info.status == "FINISHED"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]  # the same Run objects
     if not finished:
         statuses = ", ".join(f"{r.info.run_name} {r.info.status}" for r in runs)
         raise ValueError(f"{described}: no FINISHED run to draw ({statuses})")
@@ -86,7 +91,9 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
         selection=described,
         parent_run_id=parent.info.run_id if parent else None,
         runs=logged,
-        left_out=tuple((r.info.run_name, r.info.status) for r in runs if r not in finished),
+        left_out=tuple(
+            (r.info.run_name, r.info.status) for r in runs if r.info.status != "FINISHED"
+        ),
     )
 
 
