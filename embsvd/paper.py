@@ -89,14 +89,14 @@ def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle = FigureStyl
 
 def _draw_all(sweep: Sweep, staging: Path, style: FigureStyle) -> None:
     with _theme():
-        _scree_grid(sweep, staging, style)
+        _save(*scree_figure(sweep, style), staging / "scree_grid", style)
         for model, rows in figure_data.correlation_rows(sweep, style.alpha).items():
             _correlation_heatmap(
                 model, rows, staging / f"group_mean_corr__{file_safe(model)}", style
             )
         for (model, group), runs in _by_model_and_group(sweep).items():
             fig, rows = axis_figure(model, group, runs, style)
-            _save(fig, staging / f"axis__{file_safe(model)}__{file_safe(group)}", rows, style)
+            _save(fig, rows, staging / f"axis__{file_safe(model)}__{file_safe(group)}", style)
         if len(figure_data.models(sweep)) > 1:
             _cross_model_spectra(sweep, staging / "cross_model_spectra", style)
             _cross_model_overlap(sweep, staging / "cross_model_overlap", style)
@@ -127,7 +127,7 @@ def _palette(n: int) -> list:
     return sns.color_palette("colorblind", max(n, 1))
 
 
-def _save(fig, stem: Path, rows: Sequence[Row], style: FigureStyle) -> None:
+def _save(fig, rows: Sequence[Row], stem: Path, style: FigureStyle) -> None:
     """The figure in every format, and the rows it plots as ``<stem>.csv``."""
     import matplotlib.pyplot as plt
 
@@ -145,7 +145,9 @@ def _write_rows(file: Path, rows: Sequence[Row]) -> None:
 # --- figures ---------------------------------------------------------------------------------
 
 
-def _scree_grid(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
+def scree_figure(sweep: Sweep, style: FigureStyle) -> tuple[Any, list[Row]]:
+    """The scree grid and the rows it plots: a panel per (model, target group), rows of
+    models and columns of groups, every variant overlaid, one y axis for all."""
     import matplotlib.pyplot as plt
 
     rows = figure_data.scree_rows(sweep)
@@ -177,11 +179,12 @@ def _scree_grid(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
         if i == len(models) - 1:
             ax.set_xlabel("component $k$")
         _despine(ax)
+    _shared_ylim(axes, rows, ["normalized", "normalized_null_q97.5", "normalized_bootstrap_hi"])
     handles = [plt.Line2D([], [], color=colors[v], marker="o", label=v) for v in variants] + [
         plt.Rectangle((0, 0), 1, 1, color="0.85", label="random groups, 95%")
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-    _save(fig, folder / "scree_grid", rows, style)
+    return fig, rows
 
 
 def _grid(
@@ -190,6 +193,15 @@ def _grid(
     for i, model in enumerate(models):
         for j, group in enumerate(groups):
             yield (i, model), (j, group)
+
+
+def _shared_ylim(axes, rows: list[Row], columns: list[str]) -> None:
+    """From 0 to just above the largest value drawn, on every panel: set once all are
+    drawn, since a limit set on one shared axis stops the others from autoscaling."""
+    drawn = [float(r[c]) for r in rows for c in columns]
+    top = max((v for v in drawn if math.isfinite(v)), default=1.0)
+    for ax in axes.flat:
+        ax.set_ylim(0, 1.05 * top)
 
 
 def _spectrum(ax, series: list[Row], color, label: str) -> None:
@@ -206,7 +218,6 @@ def _spectrum(ax, series: list[Row], color, label: str) -> None:
         ax.errorbar(k, y, yerr=yerr, fmt="none", ecolor=color, elinewidth=0.6, capsize=1.5)
     ax.plot(k, y, marker="o", color=color, label=label)
     ax.set_xticks(k)
-    ax.set_ylim(bottom=0)
 
 
 def _despine(ax) -> None:
@@ -254,7 +265,7 @@ def _correlation_heatmap(model: str, rows: list[Row], stem: Path, style: FigureS
     tested = any(r["p_holm"] != "" for r in rows)
     note = f"  * Holm p < {style.alpha:g}" if tested else ""
     ax.set_title(f"{model}{note}")
-    _save(fig, stem, rows, style)
+    _save(fig, rows, stem, style)
 
 
 def _by_model_and_group(sweep: Sweep) -> dict[tuple[str, str], list[LoggedRun]]:
@@ -356,8 +367,8 @@ def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
                     )
         ax.set_title(group)
         ax.set_xlabel("component $k$")
-        ax.set_ylim(bottom=0)
         _despine(ax)
+    _shared_ylim(axes, rows, ["normalized"])
     for ax in axes.flat[len(groups) :]:
         ax.set_axis_off()
     axes[0][0].set_ylabel(r"$s_k / \|M\|_F$")
@@ -365,7 +376,7 @@ def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
         plt.Line2D([], [], color="0.3", linestyle=ls, label=v) for v, ls in styles.items()
     ]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
-    _save(fig, stem, rows, style)
+    _save(fig, rows, stem, style)
 
 
 def _cross_model_overlap(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
@@ -396,7 +407,7 @@ def _cross_model_overlap(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
         ax.tick_params(axis="x", labelsize=5.5)
         ax.legend(frameon=False, fontsize=5.5)
         _despine(ax)
-    _save(fig, stem, rows, style)
+    _save(fig, rows, stem, style)
 
 
 # --- tables and the manifest -------------------------------------------------------------------

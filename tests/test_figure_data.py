@@ -10,7 +10,7 @@ from matplotlib.text import Text
 
 from embsvd import figure_data
 from embsvd.contract import LoggedRun, Sweep
-from embsvd.paper import FigureStyle, axis_figure, write_figure_set
+from embsvd.paper import FigureStyle, axis_figure, scree_figure, write_figure_set
 from embsvd.paper_tables import latex_tables, markdown_tables
 from embsvd.plotting import spread_apart
 
@@ -172,3 +172,15 @@ def test_a_figure_set_that_fails_leaves_the_previous_one_alone(tmp_path):
         write_figure_set(Sweep("s", "", None, (broken,)), folder, FigureStyle(formats=("png",)))
     assert [p.name for p in (tmp_path / "figures").iterdir()] == ["s"]  # no .partial left
     assert (folder / "scree_grid.csv").read_text() == "earlier\n"
+
+
+def test_scree_panels_share_one_axis_that_shows_every_value():
+    """A later panel's larger spectrum must not be cut at the first panel's limit."""
+    flat = logged_run("a/g/centered", singular_values=(1.0, 1.0, 1.0, 1.0))
+    towering = logged_run("b/g/raw", singular_values=(10.0, 0.1, 0.1, 0.1))
+    fig, rows = scree_figure(Sweep("s", "", None, (flat, towering)), FigureStyle())
+    tops = {ax.get_ylim() for ax in fig.axes}
+    assert len(tops) == 1
+    ((low, high),) = tops
+    assert low == 0 and high >= max(r["normalized"] for r in rows) == pytest.approx(1.0, abs=1e-3)
+    assert {(r["model"], r["variant"]) for r in rows} == {("a", "centered"), ("b", "raw")}
