@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,13 @@ WORDS = [
 ]
 VOCAB = SPECIAL + DIGITS + WORDS
 BERT_KEY = "bert.embeddings.word_embeddings.weight"
+
+
+def with_ctrl_c() -> None:
+    """``preexec_fn`` for a subprocess that a test interrupts with SIGINT: a shell that
+    starts the suite in the background (``make test &``, some CI runners) ignores SIGINT,
+    the child would inherit that, and Python would then never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tiny_embeddings(seed: int = 0, d_vocab: int = len(VOCAB)) -> np.ndarray:

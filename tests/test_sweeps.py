@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from embsvd import tracking
 from embsvd.config import PROJECT_ROOT
 from embsvd.pipeline import PARENT_RUN_FILE
-from tests.conftest import tiny_embeddings, write_tiny_bert
+from tests.conftest import tiny_embeddings, with_ctrl_c, write_tiny_bert
 from tests.test_checkpoint import write_hub_cache
 from tests.test_pipeline import CONTRACT_ARTIFACTS, FIGURES, artifact_names
 
@@ -235,6 +235,7 @@ def test_interrupted_sweep_closes_every_run(tiny_bert, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+        preexec_fn=with_ctrl_c,
     )
     uri = store_uri(tmp_path)
     deadline = time.monotonic() + 120

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from embsvd import tracking
 from embsvd.analysis import analyze
 from embsvd.rigor import RigorResult
-from tests.conftest import token_group
+from tests.conftest import token_group, with_ctrl_c
 from tests.test_rigor import run_checks, world
 
 
@@ -124,6 +124,7 @@ with tracking.tracked_run(store, "m/g/raw", {{}}) as run:
         text=True,
         timeout=120,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=with_ctrl_c,
     )
     assert done.returncode != 0
     assert "KeyboardInterrupt" in done.stderr
