@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,7 @@ def scree_rows(sweep: Sweep) -> list[Row]:
     rows = []
     for run in sweep.runs:
         S = run.series.get("singular_value", ())
-        norm = math.sqrt(sum(s * s for s in S))
+        norm = _frobenius(S)
         band = {
             int(r["component"]): (float(r["null_q2.5"]), float(r["null_q97.5"]))
             for r in run.table("null_spectrum.csv")
@@ -242,13 +242,14 @@ def cross_model_spectra_rows(sweep: Sweep) -> list[Row]:
     explained-variance ratios (0: the same shape, 1: disjoint)."""
     rows = []
     for (group, variant), runs in _comparable(sweep).items():
-        reference = _ratios(next(iter(runs.values())))
+        reference = _ratios(next(iter(runs.values())).series.get("singular_value", ()))
         for model, run in runs.items():
-            ratios = _ratios(run)
+            S = run.series.get("singular_value", ())
+            ratios = _ratios(S)
             n = min(len(ratios), len(reference))
             distance = 0.5 * sum(abs(ratios[i] - reference[i]) for i in range(n))
-            norm = math.sqrt(sum(s * s for s in run.series.get("singular_value", ())))
-            for k, s in enumerate(run.series.get("singular_value", ())):
+            norm = _frobenius(S)
+            for k, s in enumerate(S):
                 rows.append(
                     {
                         "group": group,
@@ -264,10 +265,15 @@ def cross_model_spectra_rows(sweep: Sweep) -> list[Row]:
     return rows
 
 
-def _ratios(run: LoggedRun) -> list[float]:
-    S = run.series.get("singular_value", ())
-    total = sum(s * s for s in S)
-    return [s * s / total for s in S]
+def _frobenius(S: Sequence[float]) -> float:
+    """The norm of the matrix whose singular values are ``S``."""
+    return math.sqrt(sum(s * s for s in S))
+
+
+def _ratios(S: Sequence[float]) -> list[float]:
+    """Explained-variance ratios ``s_k**2 / sum_j s_j**2``."""
+    norm = _frobenius(S)
+    return [(s / norm) ** 2 for s in S]
 
 
 def _where(run: LoggedRun) -> Row:
