@@ -23,6 +23,7 @@ from embsvd.paper_tables import latex_escape
 from embsvd.pipeline import figure_style
 from embsvd.tracking import SweepSelection, read_sweep
 from tests.conftest import write_tiny_bert, write_tiny_bpe
+from tests.test_sweeps import run_sweep, store_uri
 
 pytestmark = pytest.mark.slow
 
@@ -79,18 +80,15 @@ def swept(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -
     root = tmp_path_factory.mktemp("figures")
     (root / "store").mkdir()
     shutil.copyfile(migrated_store_file, root / "store" / "mlflow.db")
-    uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
+    uri = store_uri(root)
     write_tiny_bert(root / "tiny-bert")
     write_tiny_bpe(root / "tiny-bpe", seed=1)
     models = root / "conf" / "model"
     models.mkdir(parents=True)
     for name, folder in zip(MODELS, ("tiny-bert", "tiny-bpe"), strict=True):
         (models / f"{name}.yaml").write_text(f"name: {name}\npath: {root / folder}\n")
-    sweep = run_script(
-        "run.py",
-        "-m",
-        f"tracking.uri={uri}",
-        f"hydra.sweep.dir={root / 'sweep'}",
+    sweep = run_sweep(
+        root,
         f"hydra.searchpath=[file://{root / 'conf'}]",
         f"model={','.join(MODELS)}",
         f"target={','.join(GROUPS)}",
@@ -98,7 +96,6 @@ def swept(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -
         "analysis.n_null=40",
         "analysis.n_bootstrap=20",
         "analysis.n_global=4",
-        cwd=root,
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     parent_run_id = (root / "sweep" / "mlflow_parent_run_id").read_text().strip()

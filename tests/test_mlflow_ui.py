@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.browser import Chromium
 from tests.conftest import PROJECT_ROOT, write_tiny_bert
+from tests.test_sweeps import run_sweep, store_uri
 
 pytestmark = pytest.mark.slow
 
@@ -84,39 +85,27 @@ def sweep(
     root = tmp_path_factory.mktemp("ui_sweep")
     (root / "store").mkdir()
     shutil.copyfile(migrated_store_file, root / "store" / "mlflow.db")
-    store_uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"
     write_tiny_bert(root / "tiny-bert")
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "experiments" / "run.py"),
-        "-m",
-        f"tracking.uri={store_uri}",
-        f"hydra.sweep.dir={root / 'sweep'}",
+    done = run_sweep(
+        root,
         "model=local",
         f"model.path={root / 'tiny-bert'}",
         "model.name=tiny_bert",
         "analysis=fast",
         "target=" + ",".join(TARGETS),
         "analysis.center=true,false",
-    ]
-    done = subprocess.run(
-        command,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
-    client = MlflowClient(store_uri)
+    uri = store_uri(root)
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id])
     [parent] = [r for r in runs if r.data.tags.get("embsvd.role") == "sweep"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == sorted(CHILD_NAMES)
     return Sweep(
-        store_uri=store_uri,
+        store_uri=uri,
         experiment_id=experiment.experiment_id,
         parent_name=parent.info.run_name,
         sweep_id=parent.data.tags["embsvd.sweep_id"],
