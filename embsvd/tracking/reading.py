@@ -64,11 +64,10 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
     if selection.filter_string:
         runs = _search(client, scope, selection.filter_string)
         runs = [r for r in runs if r.data.tags.get("embsvd.role") != "sweep"]
+        experiment = experiments[scope[0]]  # the one experiment a filter searches
         digest = hashlib.sha256(selection.filter_string.encode()).hexdigest()[:8]
-        name = selection.name or f"{experiments[scope[0]]}_filter_{digest}"
-        described = (
-            f"runs of experiment {experiments[scope[0]]!r} matching {selection.filter_string!r}"
-        )
+        name = selection.name or f"{experiment}_filter_{digest}"
+        described = f"runs of experiment {experiment!r} matching {selection.filter_string!r}"
         parent = None
     else:
         parent = _parent(client, scope, selection, tracking_uri)
