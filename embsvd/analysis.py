@@ -79,9 +79,50 @@ class PairwiseStat:
         ]
 
 
+MEAN_CORR_VARIANTS = ("raw", "centered", "decorrelated")
+
+
+def mean_corr_key(variant: str) -> str:
+    """The metric prefix of a variant of the group-mean correlation: ``group_mean_corr``
+    (raw, the seed's), ``group_mean_corr_centered``, ``group_mean_corr_decorrelated``."""
+    return "group_mean_corr" if variant == "raw" else f"group_mean_corr_{variant}"
+
+
+@dataclass(frozen=True)
+class MeanReference:
+    """What the corrected group-mean correlations take out of every group mean.
+
+    A model's embeddings are anisotropic: every group mean shares the vocabulary's mean
+    direction (and its top principal components), so two unrelated groups' means can
+    correlate at r ~ 0.9. ``centered`` subtracts the vocabulary's mean; ``decorrelated``
+    also removes the span of ``axes``, the vocabulary's top principal components.
+
+    Attributes:
+        mean: Mean of the vocabulary's ordinary rows, ``(d_model,)``.
+        axes: Orthonormal rows ``(r, d_model)`` removed for ``decorrelated``; ``None``
+            where there are none to remove (whitened geometry, ``remove_global=0``).
+    """
+
+    mean: np.ndarray
+    axes: np.ndarray | None = None
+
+    def variants(self, means: np.ndarray) -> dict[str, np.ndarray]:
+        """Group means ``(..., d_model)`` in every variant this reference defines."""
+        centered = np.asarray(means, dtype=np.float64) - self.mean
+        found = {"raw": np.asarray(means, dtype=np.float64), "centered": centered}
+        if self.axes is not None:
+            found["decorrelated"] = centered - (centered @ self.axes.T) @ self.axes
+        return found
+
+
 @dataclass(frozen=True)
 class AnalysisResult:
-    """Everything one run computes for its target group."""
+    """Everything one run computes for its target group.
+
+    ``mean_corr`` holds the group-mean correlation in each variant of
+    ``MEAN_CORR_VARIANTS`` the run computed (``raw`` always; the others with a
+    ``reference``); ``group_mean_corr`` is its ``raw`` entry, the seed's statistic.
+    """
 
     target: str
     center: bool
@@ -89,6 +130,8 @@ class AnalysisResult:
     target_ids: tuple[int, ...]
     svd: GroupSVD
     group_mean_corr: PairwiseStat
+    mean_corr: dict[str, PairwiseStat]
+    reference: MeanReference | None
     group_mean_cos: PairwiseStat
     axis_corr: PairwiseStat
     projections: np.ndarray  # (d_vocab, n_components)
@@ -229,6 +272,7 @@ def analyze(
     token_strings: Sequence[str | None],
     excluded_ids: Collection[int] = (),
     device: str = "cpu",
+    reference: MeanReference | None = None,
 ) -> AnalysisResult:
     """Run the method on ``target``, with every group entering the pairwise statistics.
 
@@ -242,6 +286,8 @@ def analyze(
         token_strings: Token string of each row of ``W_E`` (``None`` for unnamed rows).
         excluded_ids: Token ids never reported as top tokens (special tokens).
         device: ``cpu`` (numpy) or a torch device (``cuda``) for the SVDs and the projection.
+        reference: The vocabulary's mean (and top components) for the ``centered`` (and
+            ``decorrelated``) group-mean correlations; ``None``: ``raw`` only.
     """
     if target not in groups:
         raise ValueError(f"target: {target!r} is not one of the groups {sorted(groups)}")
@@ -263,13 +309,21 @@ def analyze(
         )
     projections = project(W_E, target_svd, min(n_components, n_axes), device)
     means = {name: svd.mean for name, svd in svds.items()}
+    mean_corr = {"raw": pairwise(means, "pearson")}
+    if reference is not None:
+        names = sorted(means)
+        shifted = reference.variants(np.stack([means[name] for name in names]))
+        for variant, rows in shifted.items():
+            mean_corr[variant] = pairwise(dict(zip(names, rows, strict=True)), "pearson")
     return AnalysisResult(
         target=target,
         center=center,
         target_words=tuple(groups[target].kept_words),
         target_ids=tuple(ids[target]),
         svd=target_svd,
-        group_mean_corr=pairwise(means, "pearson"),
+        group_mean_corr=mean_corr["raw"],
+        mean_corr=mean_corr,
+        reference=reference,
         group_mean_cos=pairwise(means, "cosine"),
         axis_corr=pairwise({name: svd.Vt[0] for name, svd in svds.items()}, "pearson"),
         projections=projections,

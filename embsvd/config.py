@@ -34,9 +34,14 @@ class AnalysisConfig:
     figures: bool = True  # draw the per-run figures
     device: str = "cpu"  # cpu: numpy; a torch device (cuda) for the SVDs and the projection
     random_state: int = 0  # seeds every random draw of the checks below
-    # matched random-group null: random groups per statistic (0: off)
+    # matched random-group null: random groups per statistic (0: off); raised where Holm
+    # over the run's tests needs more draws to reach `alpha`
     n_null: int = 1000
-    n_bootstrap: int = 200  # bootstrap resamples of the target's words (0: stability off)
+    null_match: str = "norm_frequency"  # none | norm | frequency | norm_frequency
+    null_neighbours: int = 50  # a member is replaced by one of its nearest pool tokens
+    alpha: float = 0.05  # the family-wise error rate Holm's correction must reach
+    remove_global: int = 1  # global components removed for the decorrelated group-mean r
+    n_resamples: int = 500  # delete-d jackknife subsets at most (all where fewer; 0: off)
     heldout: bool = True  # leave-one-out and held-out-remainder ranks
     precision_k: int = 10  # k of the held-out precision@k
     confounds: bool = True  # Spearman of the axes with token norm, id and length
@@ -45,6 +50,7 @@ class AnalysisConfig:
     whitening_shrinkage: float | None = None  # None: Ledoit-Wolf
     normalize_rows: bool = False  # unit-norm embeddings before anything else
     n_global: int = 50  # top components of the whole vocabulary to compare with (0: off)
+    order: bool = True  # test the declared order of a linear or cyclic target group
 
 
 @dataclass

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.analysis import AnalysisResult, PairwiseStat, effective_rank
+from embsvd.analysis import AnalysisResult, PairwiseStat, effective_rank, mean_corr_key
 from embsvd.null import NullComparison
+from embsvd.order import CyclicOrder, LinearOrder
 from embsvd.rigor import RigorResult
 
 Metric = tuple[str, float, int]  # (key, value, step)
@@ -37,11 +38,9 @@ def result_metrics(result: AnalysisResult) -> list[Metric]:
     metrics += [("singular_value_first_over_second", S[0] / S[1], 0)]
     metrics += [("s1_share", svd.explained_variance_ratio[0], 0)]
     metrics += [("effective_rank", effective_rank(S), 0)]
-    for prefix, stat in (
-        ("group_mean_corr", result.group_mean_corr),
-        ("group_mean_cos", result.group_mean_cos),
-        ("axis_corr", result.axis_corr),
-    ):
+    pairwise = {mean_corr_key(variant): stat for variant, stat in result.mean_corr.items()}
+    pairwise |= {"group_mean_cos": result.group_mean_cos, "axis_corr": result.axis_corr}
+    for prefix, stat in pairwise.items():
         metrics += [(f"{prefix}/{a}__{b}", value, 0) for a, b, value in stat.pairs()]
     return metrics
 
@@ -50,15 +49,12 @@ def rigor_metrics(rigor: RigorResult) -> list[Metric]:
     """The checks' metrics; a check that did not run logs none."""
     metrics: list[Metric] = []
     if (null := rigor.null) is not None:
-        metrics += [("null/n_null", null.n_null, 0)]
-        for name, comparison in (
-            ("s1_share", null.s1_share),
-            ("effective_rank", null.effective_rank),
-        ):
+        metrics += [("null/n_null", null.n_null, 0), ("null/n_tests", null.n_tests, 0)]
+        metrics += [("null/p_floor", null.p_floor, 0)]
+        for name, comparison in null.tests().items():
             metrics += _comparison(f"null/{name}", comparison)
-        for (a, b), comparison in null.group_mean_corr.items():
-            metrics += _comparison(f"null/group_mean_corr/{a}__{b}", comparison)
-            metrics += [(f"null/group_mean_corr/{a}__{b}/p_holm", null.p_holm[a, b], 0)]
+            metrics += [(f"null/{name}/p_holm", null.p_holm[name], 0)]
+        metrics += [(f"null/{name}", value, 0) for name, value in null.diagnostics.items()]
     if (stability := rigor.stability) is not None:
         metrics += _series("stability/axis_cos", stability.axis_cos)
         metrics += [("stability/axis0_cos", stability.axis_cos[0], 0)]
@@ -66,8 +62,9 @@ def rigor_metrics(rigor: RigorResult) -> list[Metric]:
         metrics += _series("stability/eigengap_ratio", stability.eigengap_ratio)
         metrics += [("stability/n_degenerate", int(stability.degenerate.sum()), 0)]
         metrics += [("stability/subspace_angle_deg", stability.subspace_angle_deg, 0)]
-        metrics += _series("bootstrap/singular_value_lo", stability.singular_value_lo)
-        metrics += _series("bootstrap/singular_value_hi", stability.singular_value_hi)
+        metrics += [("stability/n_resamples", stability.n_resamples, 0)]
+        metrics += _series("interval/singular_value_lo", stability.singular_value_lo)
+        metrics += _series("interval/singular_value_hi", stability.singular_value_hi)
     if (heldout := rigor.heldout) is not None:
         for variant, prefix in (("leave_one_out", "heldout/"), ("remainder", "heldout/remainder_")):
             median = heldout.subspace_rank_pct_median(variant)
@@ -91,11 +88,26 @@ def rigor_metrics(rigor: RigorResult) -> list[Metric]:
     if (view := rigor.global_view) is not None:
         metrics += [("global/n_global", view.n_global, 0)]
         metrics += [("global/group_variance_share", view.group_variance_share, 0)]
-        metrics += [("global/chance_share", view.chance_share, 0)]
         metrics += _series("global/axis_max_cos", view.axis_max_cos)
         metrics += _series("global/axis_share", view.axis_share)
+    if (order := rigor.order) is not None:
+        metrics += [(f"order/{name}", value, 0) for name, value in order_metrics(order).items()]
     # nan (a constant property, a zero spectrum) is logged as nan: the name is always there
     return [(key, float(value), step) for key, value, step in metrics]
+
+
+def order_metrics(order: CyclicOrder | LinearOrder) -> dict[str, float]:
+    """The order test's numbers: for a cyclic group the angular neighbours and the
+    Fisher-Lee circular correlation, for a linear one the (partial) Spearman, each with
+    its permutation p."""
+    names = (
+        ("neighbours", "neighbours_p", "circular_corr", "circular_corr_p")
+        if isinstance(order, CyclicOrder)
+        else ("spearman", "spearman_p", "partial_spearman", "partial_spearman_p")
+    )
+    found = {name: float(getattr(order, name)) for name in names}
+    found |= {"n_members": len(order.words), "n_permutations": order.n_permutations}
+    return found | {"exact": float(order.exact)}
 
 
 def _series(key: str, values: Sequence[float]) -> list[Metric]:
@@ -121,6 +133,12 @@ def result_tags(result: AnalysisResult, rigor: RigorResult) -> dict[str, str]:
     tags["embsvd.random_state"] = str(rigor.random_state)
     if rigor.null is not None:
         tags["embsvd.null_pool"] = rigor.null.pool_rule
+        tags["embsvd.null_match"] = rigor.null.match
+    if rigor.stability is not None:
+        tags["embsvd.interval_method"] = rigor.stability.method
+    if rigor.order is not None:
+        kind = "cyclic" if isinstance(rigor.order, CyclicOrder) else "linear"
+        tags["embsvd.order"] = f"{kind}: {' '.join(rigor.order.words)}"
     if rigor.stability is not None and rigor.stability.degenerate.any():
         tags["embsvd.warning.degenerate_axes"] = ",".join(
             str(k) for k in np.flatnonzero(rigor.stability.degenerate)
@@ -190,17 +208,25 @@ def _write_rigor_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
         write_csv(
             folder / "null_spectrum.csv",
             ["component", "statistic", "observed", "null_mean", "null_sd"]
-            + [f"null_q{q:g}" for q in NULL_QUANTILES],
+            + [f"null_q{q:g}" for q in NULL_QUANTILES]
+            + ["percentile"],
             _band_rows("singular_value", result.svd.singular_values, null.singular_values)
             + _band_rows(
                 "explained_variance_ratio",
                 result.svd.explained_variance_ratio,
                 null.explained_variance_ratio,
+            )
+            # s_k / ||M||_F, every draw by its own norm: what the scree figures draw
+            + _band_rows(
+                "share",
+                np.sqrt(result.svd.explained_variance_ratio),
+                np.sqrt(null.explained_variance_ratio),
             ),
         )
         write_csv(
             folder / "null_group_mean_corr.csv",
             [
+                "variant",
                 "group_a",
                 "group_b",
                 "observed",
@@ -211,8 +237,10 @@ def _write_rigor_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
                 "p_holm",
             ],
             [
-                [a, b, c.observed, c.mean, c.sd, c.percentile, c.p_value, null.p_holm[a, b]]
-                for (a, b), c in null.group_mean_corr.items()
+                [variant, a, b, c.observed, c.mean, c.sd, c.percentile, c.p_value]
+                + [null.p_holm[f"{mean_corr_key(variant)}/{a}__{b}"]]
+                for variant, pairs in null.group_mean_corr.items()
+                for (a, b), c in pairs.items()
             ],
         )
     if (stability := rigor.stability) is not None:
@@ -221,8 +249,8 @@ def _write_rigor_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
             [
                 "component",
                 "singular_value",
-                "bootstrap_lo",
-                "bootstrap_hi",
+                "interval_lo",
+                "interval_hi",
                 "axis_cos",
                 "loo_axis_cos_min",
                 "eigengap_ratio",
@@ -232,7 +260,7 @@ def _write_rigor_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
                 [
                     k,
                     result.svd.singular_values[k],
-                    stability.singular_value_lo[k],
+                    stability.singular_value_lo[k],  # at least as long as axis_cos
                     stability.singular_value_hi[k],
                     stability.axis_cos[k],
                     stability.loo_axis_cos_min[k],
@@ -279,6 +307,15 @@ def _write_rigor_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
                 for k in range(len(rho))
             ],
         )
+    if (order := rigor.order) is not None:
+        write_csv(
+            folder / "order.csv",
+            ["position", "word", "coordinate_1", "coordinate_2"],
+            [
+                [i, w, *xy]
+                for i, (w, xy) in enumerate(zip(order.words, order.coordinates, strict=True))
+            ],
+        )
     if (view := rigor.global_view) is not None:
         write_csv(
             folder / "global_spectrum.csv",
@@ -293,9 +330,13 @@ def _write_rigor_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
 
 
 def _band_rows(statistic: str, observed: np.ndarray, draws: np.ndarray) -> list[list[Any]]:
+    """Per component: the observed value, the null's mean, sd and quantiles, and the
+    observed value's percentile (percent of draws strictly below it)."""
     quantiles = np.percentile(draws, NULL_QUANTILES, axis=0)
+    below = 100.0 * (draws < observed[: draws.shape[1]]).mean(axis=0)
     return [
         [k, statistic, observed[k], draws[:, k].mean(), draws[:, k].std(ddof=1), *quantiles[:, k]]
+        + [below[k]]
         for k in range(draws.shape[1])
     ]
 
@@ -332,12 +373,13 @@ SWEEP_ID_TAG = "embsvd.sweep_id"  # on a sweep's parent and children: filter a s
 SERIES_READ = (
     "singular_value",
     "explained_variance_ratio",
-    "bootstrap/singular_value_lo",
-    "bootstrap/singular_value_hi",
+    "interval/singular_value_lo",
+    "interval/singular_value_hi",
 )
 TABLES_READ = (
     "top_tokens.csv",
     "null_spectrum.csv",
+    "null_group_mean_corr.csv",
     "projection_histogram.csv",
     "group_projections.csv",
 )

@@ -1,10 +1,21 @@
 """What a sweep's paper figures plot, as rows: read from runs as the store returned them.
 
 Every function here takes a ``contract.Sweep`` (or one of its runs) and returns plain
-rows, so each figure's CSV holds exactly the values drawn, and the values logged. A
-spectrum is normalised by its Frobenius norm, ``s_k / sqrt(sum_j s_j**2)`` (the square
-root of the explained-variance ratio): models of different width and embedding scale then
-share one axis; the null band and the bootstrap interval are divided by the same norm.
+rows, so each figure's CSV holds exactly the values drawn, and the values logged.
+
+A spectrum is drawn as each component's *share* of its matrix' Frobenius norm,
+``s_k / ||M||_F = s_k / sqrt(sum_j s_j**2)`` (the square root of the explained-variance
+ratio): models of different width and embedding scale then share one axis. The null
+band is the same statistic under the null: the 2.5 and 97.5 percentiles of the shares of
+random matched groups, each draw divided by its *own* norm (the ``share`` rows of
+``null_spectrum.csv``), so a point above the band is a share the random groups rarely
+reach, and the band agrees with ``null/s1_share/percentile``. (Dividing the null's
+singular values by the observed norm instead would put the band of groups with larger
+norms above a share that beats them all.) The jackknife interval of ``s_k`` is divided by
+the observed norm: an interval of ``s_k`` at the observed scale, drawn on the share axis.
+
+Group-mean correlations are tested against the same random groups; their significance
+is Benjamini-Hochberg over every test of the sweep (``benjamini_hochberg``).
 """
 
 from __future__ import annotations
@@ -16,10 +27,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from embsvd.contract import LoggedRun, Sweep
 
 N_EXTREMES = 5  # tokens labelled at each end of an axis figure
 WORD_MARKERS = ("Ġ", "▁", "##")  # BPE / SentencePiece word starts, WordPiece continuations
+
+NULL_SHARE = "share"  # null_spectrum.csv's rows of s_k / ||M||_F, each draw by its own norm
+# correlation variant -> metric prefix; decorrelated is not logged for whitened runs
+CORRELATION_VARIANTS = {
+    "raw": "group_mean_corr",
+    "centered": "group_mean_corr_centered",
+    "decorrelated": "group_mean_corr_decorrelated",
+}
+# row column -> the null metric null/<key>/<suffix> it holds
+NULL_FIELDS = {"null_mean": "mean", "percentile": "percentile", "p_value": "p_value"}
 
 Row = dict[str, Any]
 
@@ -40,70 +63,125 @@ def variants(sweep: Sweep) -> list[str]:
 
 
 def scree_rows(sweep: Sweep) -> list[Row]:
-    """Per run and component: the singular value, its bootstrap interval and the matched
-    null's 95% band (as logged), their Frobenius norm and the normalised values drawn."""
+    """Per run and component: the singular value, its Frobenius norm and share
+    (``normalized``), its jackknife interval (nan where none was logged) and the null's
+    95% band of shares with the observed share's null percentile (nan without a null)."""
     rows = []
     for run in sweep.runs:
         S = run.series.get("singular_value", ())
         norm = _frobenius(S)
-        band = {
-            int(r["component"]): (float(r["null_q2.5"]), float(r["null_q97.5"]))
+        null = {
+            int(r["component"]): r
             for r in run.table("null_spectrum.csv")
-            if r["statistic"] == "singular_value"
+            if r["statistic"] == NULL_SHARE
         }
-        lo = run.series.get("bootstrap/singular_value_lo", ())
-        hi = run.series.get("bootstrap/singular_value_hi", ())
+        # logged for the components that have an interval: a series shorter than S
+        lo = run.series.get("interval/singular_value_lo", ())
+        hi = run.series.get("interval/singular_value_hi", ())
         for k, s in enumerate(S):
-            null_lo, null_hi = band.get(k, (math.nan, math.nan))
-            boot_lo = lo[k] if k < len(lo) else math.nan
-            boot_hi = hi[k] if k < len(hi) else math.nan
+            interval_lo = lo[k] if k < len(lo) else math.nan
+            interval_hi = hi[k] if k < len(hi) else math.nan
+            band = null.get(k, {})
             rows.append(
                 {
                     **_where(run),
                     "component": k,
                     "singular_value": s,
-                    "bootstrap_lo": boot_lo,
-                    "bootstrap_hi": boot_hi,
-                    "null_q2.5": null_lo,
-                    "null_q97.5": null_hi,
                     "frobenius_norm": norm,
                     "normalized": s / norm,
-                    "normalized_bootstrap_lo": boot_lo / norm,
-                    "normalized_bootstrap_hi": boot_hi / norm,
-                    "normalized_null_q2.5": null_lo / norm,
-                    "normalized_null_q97.5": null_hi / norm,
+                    "interval_lo": interval_lo,
+                    "interval_hi": interval_hi,
+                    "normalized_interval_lo": interval_lo / norm,
+                    "normalized_interval_hi": interval_hi / norm,
+                    "null_share_q2.5": float(band.get("null_q2.5", math.nan)),
+                    "null_share_q97.5": float(band.get("null_q97.5", math.nan)),
+                    "null_percentile": float(band.get("percentile", math.nan)),
                 }
             )
     return rows
 
 
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg q-values (step-up), in the input order.
+
+    With ``m`` p-values and ``p_(i)`` the i-th smallest (from 1), ``q_(i) =
+    min_{j >= i} m p_(j) / j``, capped at 1: non-decreasing in p, and ``q < alpha``
+    marks the tests a false-discovery rate of ``alpha`` keeps.
+
+    Args:
+        p_values: shape (m,), each in [0, 1].
+
+    Returns:
+        q-values, shape (m,).
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
+        raise ValueError(f"p_values: a sequence of values in [0, 1]; got {p_values!r}")
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = m * p[order] / np.arange(1, m + 1)
+    # step-up: each q is the smallest scaled value at its rank or above
+    stepped = np.minimum.accumulate(scaled[::-1])[::-1]
+    q_values = np.empty(m)
+    q_values[order] = np.minimum(stepped, 1.0)
+    return q_values
+
+
 def correlation_rows(sweep: Sweep, alpha: float) -> dict[str, list[Row]]:
-    """Group-mean r per model (and geometry: centering does not move group means), each
-    pair from the first run that logged it, with its Holm-corrected p-value and whether
-    it passes ``alpha`` (empty when the run's null was off). Keyed by model label."""
-    spaces: dict[str, list[Row]] = {}
+    """Group-mean r per model and geometry (``model`` + ``space``: centering does not
+    move group means), per correlation ``variant`` (``raw``, ``centered``: the
+    vocabulary's mean subtracted, ``decorrelated``: also its top global components
+    removed) and pair, each from the first run that logged it, with its null mean and
+    percentile, its permutation p-value, the Benjamini-Hochberg ``q_bh`` over every row
+    of the sweep with a p-value, and whether ``q_bh < alpha`` (``""`` for all four
+    where the run's null was off). Keyed by model (+ space), in run order."""
+    rows: list[Row] = []
+    seen: set[tuple[str, str, str, str]] = set()
     for run in sweep.runs:
-        rows = spaces.setdefault(run.model_label + run.space, [])
-        seen = {(r["group_a"], r["group_b"]) for r in rows}
-        for key, r in sorted(run.metrics.items()):
-            if not key.startswith("group_mean_corr/"):
-                continue
-            pair = tuple(key.removeprefix("group_mean_corr/").split("__"))
-            if pair in seen:
-                continue
-            p_holm = run.metrics.get(f"null/{key}/p_holm")
-            rows.append(
-                {
-                    "model": run.model_label + run.space,
-                    "group_a": pair[0],
-                    "group_b": pair[1],
-                    "r": r,
-                    "p_holm": p_holm if p_holm is not None else "",
-                    "significant": (p_holm < alpha) if p_holm is not None else "",
-                    "run_id": run.run_id,
+        model = run.model_label + run.space
+        for variant, prefix in CORRELATION_VARIANTS.items():
+            for key, r in sorted(run.metrics.items()):
+                if not key.startswith(prefix + "/"):
+                    continue
+                group_a, group_b = key.removeprefix(prefix + "/").split("__")
+                if (model, variant, group_a, group_b) in seen:
+                    continue
+                seen.add((model, variant, group_a, group_b))
+                null = {
+                    column: run.metrics.get(f"null/{key}/{suffix}", "")
+                    for column, suffix in NULL_FIELDS.items()
                 }
-            )
-    return {model: rows for model, rows in spaces.items() if rows}
+                rows.append(
+                    {
+                        "model": model,
+                        "variant": variant,
+                        "group_a": group_a,
+                        "group_b": group_b,
+                        "r": r,
+                        **null,
+                        "q_bh": "",
+                        "significant": "",
+                        "run_id": run.run_id,
+                    }
+                )
+    _mark_significance(rows, alpha)
+    spaces: dict[str, list[Row]] = {}
+    for row in rows:
+        spaces.setdefault(row["model"], []).append(row)
+    return spaces
+
+
+def _mark_significance(rows: list[Row], alpha: float) -> None:
+    """Fill ``q_bh`` and ``significant`` of the rows with a finite p-value: one family."""
+    tested = [r for r in rows if r["p_value"] != "" and math.isfinite(r["p_value"])]
+    q_values = benjamini_hochberg([r["p_value"] for r in tested])
+    for row, q in zip(tested, q_values, strict=True):
+        row["q_bh"], row["significant"] = float(q), bool(q < alpha)
+
+
+def n_tests(correlations: Mapping[str, Sequence[Row]]) -> int:
+    """How many group-mean correlations the sweep tested: the m of Benjamini-Hochberg."""
+    return sum(r["q_bh"] != "" for rows in correlations.values() for r in rows)
 
 
 def top_token_rows(sweep: Sweep, top_k: int) -> list[Row]:

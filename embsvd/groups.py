@@ -6,6 +6,17 @@ the first ``size`` such words in its configured order; words that fail the rule 
 dropped, with the reason, and single-token words beyond ``size`` are held out (later
 analyses can validate the group's axes on them).
 
+Open and closed sets. An open group (colors, animals) samples a larger class: any ten
+members will do, and the rest are its held-out remainder. A closed group (months,
+weekdays, planets, digits) is a whole set whose structure is the point (the calendar's
+cycle, the order of the planets): every listed word is a member, none is held out, and
+padding it with neighbours (seasons after the months, "today" after the weekdays) would
+give them an axis of their own. A closed group keeps what the tokenizer allows, warns
+about the members it loses and is marked incomplete. Either kind can list ``held_out``
+alternates (abbreviations: Jan, Mon) that are only ever part of the remainder, flag
+``polysemous`` members (May, Mars: the token has another common sense) and declare the
+``order`` of its words.
+
 Token forms. Byte-level BPE (GPT-2, Llama 3, SmolLM) and SentencePiece vocabularies keep
 a word-initial form, the token a word gets in running text after a space (``ĠFrance``,
 ``▁France``), beside the bare string (``France``, as at the start of a text or inside a
@@ -25,6 +36,7 @@ Each kept token records the form it was found in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -32,8 +44,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+log = logging.getLogger(__name__)
+
 MIN_GROUP_SIZE = 2  # an SVD of fewer rows has nothing to compare
+DEFAULT_SIZE = 10  # members of an open group whose size is not given
 FORMS = ("auto", "initial", "bare")
+ORDERS = ("none", "linear", "cyclic")
 # Prefixes that mark a word-initial token: byte-level BPE's space, SentencePiece's.
 WORD_START_MARKERS = ("Ġ", "▁")
 MARKER_MIN_SHARE = 0.05  # of the vocabulary, for the marker to count as the tokenizer's
@@ -44,16 +60,37 @@ class GroupSpec:
     """A token group's candidate words; also the schema of ``conf/groups/*.yaml``.
 
     Attributes:
-        words: Candidate words, in the order they are tried.
-        size: How many single-token words the group keeps (the first that pass).
+        words: Candidate words, in the order they are tried; of a closed group, all of its
+            members.
+        size: How many single-token words the group keeps (the first that pass). ``None``:
+            every word of a closed group, ``DEFAULT_SIZE`` of an open one. A closed group
+            refuses any other number than its count of words.
         description: What the words have in common (documentation only).
         form: Which token a word maps to: ``auto``, ``initial`` or ``bare`` (see above).
+        closed: The words are a whole closed set (months, weekdays): all are members.
+        held_out: Alternate forms of members (Jan, Mon), only ever in the held-out
+            remainder, after the single-token words beyond ``size``.
+        polysemous: Members whose token has another common sense (May, Mars); each one of
+            ``words``. They stay members and are flagged in ``groups.json``.
+        order: The declared order of ``words``: ``none``, ``linear`` or ``cyclic``.
     """
 
     words: list[str] = field(default_factory=list)
-    size: int = 10
+    size: int | None = None
     description: str = ""
     form: str = "auto"
+    closed: bool = False
+    held_out: list[str] = field(default_factory=list)
+    polysemous: list[str] = field(default_factory=list)
+    order: str = "none"
+
+    @property
+    def n_members(self) -> int:
+        """How many words the group keeps: ``size``, else all of a closed group's words,
+        else ``DEFAULT_SIZE``."""
+        if self.size is not None:
+            return self.size
+        return len(self.words) if self.closed else DEFAULT_SIZE
 
 
 @dataclass(frozen=True)
@@ -73,13 +110,21 @@ class DroppedWord:
 
 @dataclass(frozen=True)
 class TokenGroup:
-    """A group after the single-token rule, for one tokenizer."""
+    """A group after the single-token rule, for one tokenizer.
+
+    ``words`` are the configured candidates (of a closed group, its members); ``dropped``
+    also records ``held_out`` alternates that are not single tokens; ``polysemous`` are the
+    configured words whose token has another common sense.
+    """
 
     name: str
     words: tuple[str, ...]
     kept: tuple[KeptToken, ...]
     dropped: tuple[DroppedWord, ...]
     held_out: tuple[KeptToken, ...] = ()
+    order: str = "none"
+    closed: bool = False
+    polysemous: tuple[str, ...] = ()
 
     @property
     def token_ids(self) -> list[int]:
@@ -89,11 +134,28 @@ class TokenGroup:
     def kept_words(self) -> list[str]:
         return [k.word for k in self.kept]
 
+    @property
+    def lost_members(self) -> list[str]:
+        """The words of a closed group that the single-token rule dropped ([] if open)."""
+        if not self.closed:
+            return []
+        kept = set(self.kept_words)
+        return [word for word in self.words if word not in kept]
+
+    @property
+    def incomplete(self) -> bool:
+        """A closed group that lost a member to the single-token rule."""
+        return bool(self.lost_members)
+
     def to_dict(self) -> dict[str, Any]:
         """The group's entry in the run's ``groups.json``."""
+        polysemous = set(self.polysemous)
         return {
             "words": list(self.words),
-            "kept": [_token_dict(k) for k in self.kept],
+            "order": self.order,
+            "closed": self.closed,
+            "incomplete": self.incomplete,
+            "kept": [_token_dict(k, k.word in polysemous) for k in self.kept],
             "dropped": [
                 {"word": d.word, "tokens": list(d.tokens), "reason": d.reason} for d in self.dropped
             ],
@@ -101,13 +163,16 @@ class TokenGroup:
         }
 
 
-def _token_dict(token: KeptToken) -> dict[str, Any]:
-    return {
+def _token_dict(token: KeptToken, polysemous: bool = False) -> dict[str, Any]:
+    entry: dict[str, Any] = {
         "word": token.word,
         "token": token.token,
         "token_id": token.token_id,
         "form": token.form,
     }
+    if polysemous:  # only where it is: most tokens have a single sense worth noting
+        entry["polysemous"] = True
+    return entry
 
 
 def select_single_tokens(
@@ -118,6 +183,10 @@ def select_single_tokens(
     forms: TokenForms | None = None,
 ) -> TokenGroup:
     """Apply the single-token rule to a group's words, in the group's token form.
+
+    The first ``spec.n_members`` single-token words are kept (all of a closed group's);
+    the remaining single-token words, then the single-token ``held_out`` alternates, are
+    the held-out remainder. A closed group that loses members is logged as a warning.
 
     Args:
         name: The group's name (used in messages).
@@ -132,11 +201,43 @@ def select_single_tokens(
     """
     _check_spec(name, spec)
     forms = forms or TokenForms(tokenizer)
+    owner: dict[int, str] = {}
+    single, dropped = _single_tokens(spec.words, spec.form, forms, owner)
+    alternates, dropped_alternates = _single_tokens(spec.held_out, spec.form, forms, owner)
+    size = spec.n_members
+    group = TokenGroup(
+        name,
+        tuple(spec.words),
+        kept=tuple(single[:size]),
+        dropped=tuple(dropped + dropped_alternates),
+        held_out=tuple(single[size:] + alternates),
+        order=spec.order,
+        closed=spec.closed,
+        polysemous=tuple(spec.polysemous),
+    )
+    if len(group.kept) < MIN_GROUP_SIZE:
+        # the form matters only where the vocabulary has word-initial tokens
+        form = f" in form {spec.form}" if forms.marker else ""
+        other_form = f", or another groups.{name}.form ({', '.join(FORMS)})" if form else ""
+        raise ValueError(
+            f"groups.{name}: only {len(group.kept)} of {len(spec.words)} words are single "
+            f"tokens{form} for model {model_name} (at least {MIN_GROUP_SIZE} are needed); "
+            f"dropped: {describe_dropped(group)}; add words that the tokenizer keeps whole"
+            f"{other_form}"
+        )
+    _log_members(group, model_name)
+    return group
+
+
+def _single_tokens(
+    words: list[str], form: str, forms: TokenForms, owner: dict[int, str]
+) -> tuple[list[KeptToken], list[DroppedWord]]:
+    """The single tokens of ``words`` and the words that have none; ``owner`` maps each
+    id taken so far to its word (a later word with a taken id is dropped)."""
     single: list[KeptToken] = []
     dropped: list[DroppedWord] = []
-    owner: dict[int, str] = {}
-    for word in spec.words:
-        found = forms.find(word, spec.form)
+    for word in words:
+        found = forms.find(word, form)
         if isinstance(found, DroppedWord):
             dropped.append(found)
         elif found.token_id in owner:
@@ -145,18 +246,29 @@ def select_single_tokens(
         else:
             owner[found.token_id] = word
             single.append(found)
-    kept, held_out = single[: spec.size], single[spec.size :]
-    group = TokenGroup(name, tuple(spec.words), tuple(kept), tuple(dropped), tuple(held_out))
-    if len(kept) < MIN_GROUP_SIZE:
-        # the form matters only where the vocabulary has word-initial tokens
-        form = f" in form {spec.form}" if forms.marker else ""
-        other_form = f", or another groups.{name}.form ({', '.join(FORMS)})" if form else ""
-        raise ValueError(
-            f"groups.{name}: only {len(kept)} of {len(spec.words)} words are single tokens"
-            f"{form} for model {model_name} (at least {MIN_GROUP_SIZE} are needed); dropped: "
-            f"{describe_dropped(group)}; add words that the tokenizer keeps whole{other_form}"
+    return single, dropped
+
+
+def _log_members(group: TokenGroup, model_name: str) -> None:
+    if group.incomplete:
+        # BERT splits "Uranus": the group stays usable, but its structure has a hole
+        lost = set(group.lost_members)
+        reasons = "; ".join(_describe(d) for d in group.dropped if d.word in lost)
+        log.warning(
+            "groups.%s: closed set incomplete for model %s, keeps %d of %d members; lost %s",
+            group.name,
+            model_name,
+            len(group.kept),
+            len(group.words),
+            reasons,
         )
-    return group
+    polysemous = [k.word for k in group.kept if k.word in set(group.polysemous)]
+    if polysemous:
+        log.info(
+            "groups.%s: polysemous members kept (their token has another sense): %s",
+            group.name,
+            ", ".join(polysemous),
+        )
 
 
 class TokenForms:
@@ -227,18 +339,44 @@ def describe_dropped(group: TokenGroup) -> str:
     """``'Czechia' ('czech', '##ia'): 2 tokens; ...`` for messages and logs."""
     if not group.dropped:
         return "none"
-    return "; ".join(
-        f"{d.word!r} ({', '.join(repr(t) for t in d.tokens)}): {d.reason}" for d in group.dropped
-    )
+    return "; ".join(_describe(d) for d in group.dropped)
+
+
+def _describe(dropped: DroppedWord) -> str:
+    return f"{dropped.word!r} ({', '.join(repr(t) for t in dropped.tokens)}): {dropped.reason}"
 
 
 def _check_spec(name: str, spec: GroupSpec) -> None:
     if not spec.words:
         raise ValueError(f"groups.{name}.words: the group has no words; list at least 2")
-    if spec.size < MIN_GROUP_SIZE:
-        raise ValueError(f"groups.{name}.size: must be at least {MIN_GROUP_SIZE}, got {spec.size}")
+    if spec.closed and spec.size is not None and spec.size != len(spec.words):
+        raise ValueError(
+            f"groups.{name}.size: {spec.size} for a closed set of {len(spec.words)} words; a "
+            "closed set keeps all its words (leave size unset, or set it to the count)"
+        )
+    if spec.n_members < MIN_GROUP_SIZE:
+        raise ValueError(
+            f"groups.{name}.size: must be at least {MIN_GROUP_SIZE}, got {spec.n_members}"
+        )
     if spec.form not in FORMS:
         raise ValueError(
             f"groups.{name}.form: {spec.form!r} is not one of {', '.join(FORMS)} (auto: the "
             "word-initial token where there is one, else the bare string)"
         )
+    if spec.order not in ORDERS:
+        raise ValueError(
+            f"groups.{name}.order: {spec.order!r} is not one of {', '.join(ORDERS)} (linear: "
+            "the words are a sequence, cyclic: one whose last word leads back to the first)"
+        )
+    for word in spec.polysemous:
+        if word not in spec.words:
+            raise ValueError(
+                f"groups.{name}.polysemous: {word!r} is not one of groups.{name}.words; list "
+                "only members whose token has another common sense"
+            )
+    for word in spec.held_out:
+        if word in spec.words:
+            raise ValueError(
+                f"groups.{name}.held_out: {word!r} is also one of groups.{name}.words; "
+                "held_out lists alternate forms that are never members"
+            )

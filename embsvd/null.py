@@ -1,37 +1,48 @@
-"""Matched random-group nulls: is a group's statistic unusual for any group of its size?
+"""Matched random-group nulls: is a group's statistic unusual for groups of words like it?
 
 Every statistic a run reports about a group is compared with the same statistic of
-``n_null`` random groups drawn from a candidate pool: tokens of the same tokenizer form
-as the group's tokens (whole words written in ASCII letters, or digits; special tokens
-excluded), the same size, and, for a group that mixes forms, the same number of tokens
-of each form. A pair of groups is compared with pairs of random groups of the two
-groups' sizes and forms, drawn independently.
+``n_null`` random groups. What a random group is matched on decides what the comparison
+can tell (``null_match``):
 
-The comparison gives the null's mean and standard deviation, the observed value's
-percentile (percent of null draws strictly below it, 0-100) and a two-sided
+- ``none``: random tokens of the group's tokenizer form (word-initial ``Ġword`` or bare)
+  whose surface is ASCII letters or digits, uniformly; the same size and form mix.
+  On byte-level BPE this pool is mostly word fragments and identifiers, with larger
+  norms than real words, so it mixes "unusual for words" with "unusual for tokens".
+- ``norm``, ``frequency``, ``norm_frequency`` (default): every member is replaced by one
+  of its ``n_neighbours`` nearest tokens of a pool of real words, nearest in the pool's
+  quantiles of token norm (in the analysed geometry), of word frequency (Zipf, see
+  ``embsvd.frequency``; a member unknown to the frequency list is matched on token id
+  rank instead, and the rule says so), or of both. Pools hold only words of the
+  frequency list (ASCII letters) of the member's form; a numeral member draws from the
+  numerals of its form when there are enough of them (else from words, and the rule
+  says so). The group's own members are never drawn for it.
+
+A pair of groups is compared with pairs of independent random groups, each matched to
+its own group. The comparison gives the null's mean and standard deviation, the observed
+value's percentile (percent of draws strictly below it, 0-100) and a two-sided
 permutation p-value, ``min(1, 2 min(P(null <= obs), P(null >= obs)))`` with the
-``(1 + count) / (1 + n_null)`` estimate of Phipson and Smyth (2010), which is never 0.
-P-values of the group pairs of a run are corrected together with Holm's method.
+``(1 + count) / (1 + n_null)`` estimate of Phipson and Smyth (2010), never 0. Holm's
+method corrects every null-tested statistic of a run together; its smallest p-value is
+``2 / (1 + n_null)``, so ``required_draws`` says how many draws Holm needs to reach alpha.
 """
 
 from __future__ import annotations
 
-import itertools
+import math
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from embsvd.analysis import AnalysisResult, effective_rank
+from embsvd.analysis import AnalysisResult, effective_rank, mean_corr_key
+from embsvd.frequency import TokenFrequencies, surface
 from embsvd.groups import TokenGroup
 
 WHOLE_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
-POOL_RULE = (
-    "tokens of the group's form that are whole words of ASCII letters or digits "
-    "({forms}); special tokens excluded; size {sizes}"
-)
+NULL_MATCHES = ("none", "norm", "frequency", "norm_frequency")
 DRAWS_PER_BATCH = 100  # bounds the (draws, n, d_model) float64 block of a batch
+MAX_REDRAWS = 1000  # rounds of redrawing draws that picked one token twice
 
 
 @dataclass(frozen=True)
@@ -51,69 +62,151 @@ class NullResult:
 
     Attributes:
         n_null: Random groups drawn per statistic.
-        pool_rule: How the candidate pool was chosen, with its sizes per form.
+        pool_rule: How the candidate pools were chosen, with their sizes.
+        match: What random groups were matched on, with the achieved tolerance.
         s1_share: The target's first explained-variance ratio.
         effective_rank: The target spectrum's effective rank (its decay).
-        group_mean_corr: Every pair ``(a, b)`` (sorted names) of group-mean correlations.
-        p_holm: Holm-corrected p-values of ``group_mean_corr``, same keys.
+        global_share: The share of the target's variance in the span of the vocabulary's
+            top components (``None`` without them).
+        group_mean_corr: ``{variant: {(a, b): comparison}}`` for every variant of the
+            group-mean correlation and every pair (sorted names).
+        p_holm: Holm-corrected p-value of every test, keyed by its metric name
+            (``s1_share``, ``group_mean_corr_centered/a__b``, ...).
         singular_values: The null draws' spectra, ``(n_null, k)``, for bands in figures.
         explained_variance_ratio: The same, as shares of the total, ``(n_null, k)``.
+        diagnostics: How close the drawn tokens came to the members they replace
+            (``norm_ratio_median``, ``zipf_diff_median``, ``match_radius_max``).
     """
 
     n_null: int
     pool_rule: str
+    match: str
     s1_share: NullComparison
     effective_rank: NullComparison
-    group_mean_corr: dict[tuple[str, str], NullComparison]
-    p_holm: dict[tuple[str, str], float]
+    global_share: NullComparison | None
+    group_mean_corr: dict[str, dict[tuple[str, str], NullComparison]]
+    p_holm: dict[str, float]
     singular_values: np.ndarray
     explained_variance_ratio: np.ndarray
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_tests(self) -> int:
+        return len(self.p_holm)
+
+    @property
+    def p_floor(self) -> float:
+        """The smallest two-sided p-value ``n_null`` draws can give."""
+        return 2.0 / (1 + self.n_null)
+
+    def tests(self) -> dict[str, NullComparison]:
+        """Every comparison of the run, keyed as ``p_holm`` is."""
+        found = {"s1_share": self.s1_share, "effective_rank": self.effective_rank}
+        if self.global_share is not None:
+            found["global_share"] = self.global_share
+        for variant, pairs in self.group_mean_corr.items():
+            found |= {f"{mean_corr_key(variant)}/{a}__{b}": c for (a, b), c in pairs.items()}
+        return found
 
 
 @dataclass(frozen=True)
 class TokenPools:
-    """Candidate token ids per form (``bare``, ``initial``) and the rule that chose them."""
+    """Candidate token ids per form (``bare``, ``initial``): ``ids`` the words (or, with
+    ``null_match=none``, every whole-word token), ``numerals`` the numerals (empty with
+    ``none``, whose ``ids`` hold them); and the rule that chose them."""
 
     ids: dict[str, np.ndarray]
+    numerals: dict[str, np.ndarray]
     rule: str
 
 
-def token_pools(
-    token_strings: Sequence[str | None], excluded_ids: Collection[int], marker: str | None
-) -> TokenPools:
-    """The candidate pools of a vocabulary.
+@dataclass(frozen=True)
+class Matching:
+    """What random groups are matched on (see the module docstring).
 
-    ``initial`` tokens are the marker (``Ġ``, ``▁``) followed by a whole word; ``bare``
-    tokens are a whole word without it. Without a marker (WordPiece) both forms are the
-    whole-word tokens that are not continuations (``##ing``).
+    Attributes:
+        match: One of ``NULL_MATCHES``.
+        norms: Row norms of the analysed matrix, ``(d_vocab,)`` (for ``norm*``).
+        frequencies: The vocabulary's frequency table (for ``*frequency`` and the pools).
+        n_neighbours: Nearest pool tokens each member is replaced by one of.
+    """
+
+    match: str = "none"
+    norms: np.ndarray | None = None
+    frequencies: TokenFrequencies | None = None
+    n_neighbours: int = 50
+
+    @property
+    def on_norm(self) -> bool:
+        return self.match in ("norm", "norm_frequency")
+
+    @property
+    def on_frequency(self) -> bool:
+        return self.match in ("frequency", "norm_frequency")
+
+
+def token_pools(
+    token_strings: Sequence[str | None],
+    excluded_ids: Collection[int],
+    marker: str | None,
+    frequencies: TokenFrequencies | None = None,
+) -> TokenPools:
+    """The candidate pools of a vocabulary, per form.
+
+    ``initial`` tokens are the marker (``Ġ``, ``▁``) followed by the surface; ``bare``
+    tokens have no marker. Without a marker (WordPiece) both forms are one pool, without
+    continuations (``##ing``). With ``frequencies`` the pools hold real words and
+    numerals apart; without, every surface of ASCII letters or digits (``null_match=none``).
     """
     excluded = set(excluded_ids)
-    bare, initial = [], []
+    form_of = {"bare": [], "initial": []}
     for token_id, token in enumerate(token_strings):
         if token is None or token_id in excluded:
             continue
-        if marker is not None and token.startswith(marker):
-            if WHOLE_WORD.fullmatch(token[len(marker) :]):
-                initial.append(token_id)
-        elif WHOLE_WORD.fullmatch(token):
-            bare.append(token_id)
-    pools = {"bare": np.array(bare, dtype=np.int64), "initial": np.array(initial, dtype=np.int64)}
+        marked = marker is not None and token.startswith(marker)
+        if WHOLE_WORD.fullmatch(surface(token, marker)):
+            form_of["initial" if marked else "bare"].append(token_id)
+    ids = {form: np.array(found, dtype=np.int64) for form, found in form_of.items()}
+    numerals: dict[str, np.ndarray] = {}
+    if frequencies is not None:
+        numerals = {f: i[frequencies.of_kind("numeral")[i]] for f, i in ids.items()}
+        ids = {f: i[frequencies.of_kind("word")[i]] for f, i in ids.items()}
     if marker is None:
-        pools["initial"] = pools["bare"]
-        forms, sizes = "no word-start marker: one pool, no ## continuations", str(len(bare))
-    else:
-        forms = f"initial = {marker!r} + word, bare = word"
-        sizes = ", ".join(f"{form} {len(ids)}" for form, ids in sorted(pools.items()))
-    return TokenPools(pools, POOL_RULE.format(forms=forms, sizes=sizes))
+        ids["initial"] = ids["bare"]
+        numerals = {**numerals, "initial": numerals["bare"]} if numerals else {}
+    return TokenPools(ids, numerals, _pool_rule(ids, numerals, marker, frequencies))
+
+
+def _pool_rule(
+    ids: Mapping[str, np.ndarray],
+    numerals: Mapping[str, np.ndarray],
+    marker: str | None,
+    frequencies: TokenFrequencies | None,
+) -> str:
+    forms = ["bare"] if marker is None else ["bare", "initial"]
+    sizes = ", ".join(
+        f"{form} {len(ids[form])}" + (f" + {len(numerals[form])} numerals" if numerals else "")
+        for form in forms
+    )
+    kind = (
+        f"words of {frequencies.source} (ASCII letters) and numerals"
+        if frequencies is not None
+        else "tokens whose surface is ASCII letters or digits"
+    )
+    form_rule = (
+        "no word-start marker: one pool, no ## continuations"
+        if marker is None
+        else f"initial = {marker!r} + surface, bare = surface"
+    )
+    return f"{kind}, of the member's form ({form_rule}); special tokens excluded; sizes {sizes}"
 
 
 def draw_groups(
     pools: Mapping[str, np.ndarray], forms: Sequence[str], n_draws: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """``n_draws`` random groups matched to a group whose tokens have ``forms``.
-
-    Each draw takes, for every form, as many distinct tokens of that form's pool as the
-    group has. Returns token ids, shape ``(n_draws, len(forms))``.
+    """``n_draws`` random groups for a group whose tokens have ``forms``, unmatched
+    (``null_match=none``): for every form, as many distinct tokens of that form's pool
+    as the group has. Returns token ids, shape ``(n_draws, len(forms))``.
 
     Raises:
         ValueError: a pool is smaller than the number of tokens needed from it.
@@ -138,21 +231,171 @@ def draw_groups(
     )
 
 
-def null_spectra(W: np.ndarray, draws: np.ndarray, center: bool) -> np.ndarray:
+@dataclass(frozen=True)
+class MemberMatch:
+    """The candidates one member is replaced by, and how they were chosen."""
+
+    candidates: np.ndarray  # token ids, the member's nearest pool tokens
+    radius: float  # distance (in pool quantiles) of the farthest candidate
+    by_zipf: bool  # matched on Zipf frequency (else on token id rank)
+    numeral_pool: bool
+
+
+def match_members(
+    group: TokenGroup,
+    pools: TokenPools,
+    matching: Matching,
+    taken: Collection[int] = (),
+) -> tuple[MemberMatch, ...]:
+    """Every member's nearest pool tokens under ``matching`` (see the module docstring),
+    never the group's own tokens nor those in ``taken`` (the other groups' members).
+
+    Raises:
+        ValueError: the pools cannot give the group distinct replacements.
+    """
+    own = np.array(group.token_ids)
+    never = np.union1d(own, np.asarray(list(taken), dtype=np.int64))
+    found = []
+    for kept in group.kept:
+        pool, numeral = _member_pool(kept.token_id, kept.form, pools, matching, len(own))
+        pool = np.setdiff1d(pool, never)
+        found.append(_nearest(kept.token_id, pool, matching, numeral))
+    union = np.unique(np.concatenate([m.candidates for m in found]))
+    if len(union) < len(own):
+        raise ValueError(
+            f"analysis.null_match={matching.match}: the pools offer {len(union)} distinct "
+            f"tokens near the {len(own)} members of {group.name}; raise "
+            "analysis.null_neighbours or set analysis.null_match=none"
+        )
+    return tuple(found)
+
+
+def _member_pool(
+    token_id: int, form: str, pools: TokenPools, matching: Matching, group_size: int
+) -> tuple[np.ndarray, bool]:
+    """The member's pool: numerals of its form for a numeral when there are enough."""
+    kinds = matching.frequencies
+    if kinds is not None and kinds.of_kind("numeral")[token_id]:
+        numerals = pools.numerals.get(form, np.array([], dtype=np.int64))
+        if len(numerals) >= matching.n_neighbours + group_size:
+            return numerals, True
+    return pools.ids[form], False
+
+
+def _nearest(token_id: int, pool: np.ndarray, matching: Matching, numeral: bool) -> MemberMatch:
+    """The ``n_neighbours`` pool tokens nearest ``token_id`` in pool quantiles."""
+    frequencies = matching.frequencies
+    by_zipf = frequencies is not None and frequencies.zipf[token_id] > 0
+    coordinates = []
+    if matching.on_norm:
+        coordinates.append(_quantiles(matching.norms[pool], matching.norms[token_id]))
+    if matching.on_frequency:
+        # a member the frequency list does not know is matched on id rank (merge order)
+        values = frequencies.zipf if by_zipf else np.arange(len(frequencies.zipf), dtype=float)
+        coordinates.append(_quantiles(values[pool], values[token_id]))
+    distance = np.sqrt(sum((pool_q - own_q) ** 2 for pool_q, own_q in coordinates))
+    k = min(matching.n_neighbours, len(pool))
+    nearest = np.argsort(distance, kind="stable")[:k]
+    return MemberMatch(pool[nearest], float(distance[nearest[-1]]), by_zipf, numeral)
+
+
+def _quantiles(pool_values: np.ndarray, own: float) -> tuple[np.ndarray, float]:
+    """Mid-rank quantiles (0-1) of the pool's values, and of ``own`` among them."""
+    order = np.sort(pool_values)
+    n = len(order)
+    pool_q = (
+        np.searchsorted(order, pool_values, "left") + np.searchsorted(order, pool_values, "right")
+    ) / (2 * n)
+    own_q = (np.searchsorted(order, own, "left") + np.searchsorted(order, own, "right")) / (2 * n)
+    return pool_q, float(own_q)
+
+
+def draw_matched(
+    members: Sequence[MemberMatch],
+    n_draws: int,
+    rng: np.random.Generator,
+    avoid: np.ndarray | None = None,
+) -> np.ndarray:
+    """``n_draws`` groups, member ``i`` replaced by a uniform pick of its candidates, no
+    token twice in a draw nor in the same row of ``avoid`` (``(n_draws, m)``: the draws
+    of the groups it will be paired with, which the real groups never share a token
+    with either): ``(n_draws, n_members)`` token ids."""
+    sizes = np.array([len(m.candidates) for m in members])
+
+    def pick(rows: np.ndarray) -> np.ndarray:
+        picks = (rng.random((len(rows), len(members))) * sizes).astype(np.int64)
+        return np.stack([m.candidates[picks[:, i]] for i, m in enumerate(members)], axis=1)
+
+    draws = pick(np.arange(n_draws))
+    for _ in range(MAX_REDRAWS):
+        together = draws if avoid is None else np.concatenate([draws, avoid], axis=1)
+        ordered = np.sort(together, axis=1)
+        repeated = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+        if not len(repeated):
+            return draws
+        draws[repeated] = pick(repeated)
+    raise ValueError(
+        f"analysis.null_neighbours: after {MAX_REDRAWS} rounds some draws still repeat a "
+        "token (the members' candidates overlap too much); raise analysis.null_neighbours"
+    )
+
+
+def describe_match(matching: Matching, members: Sequence[MemberMatch]) -> str:
+    """What the target's random groups were matched on, in words, for a tag."""
+    if matching.match == "none":
+        return "none: uniform draws from the pool of the member's form"
+    on = {
+        "norm": "token norm",
+        "frequency": "word frequency",
+        "norm_frequency": "token norm and word frequency",
+    }[matching.match]
+    radii = [m.radius for m in members]
+    text = (
+        f"{matching.match}: each member replaced by one of its {matching.n_neighbours} nearest "
+        f"pool tokens in pool quantiles of {on}; radius median {np.median(radii):.3f}, "
+        f"max {max(radii):.3f}"
+    )
+    if matching.on_frequency:
+        by_zipf = sum(m.by_zipf for m in members)
+        text += (
+            f"; frequency: {matching.frequencies.source} for {by_zipf} of {len(members)} "
+            f"members, token id rank for {len(members) - by_zipf}"
+        )
+    numerals = sum(m.numeral_pool for m in members)
+    if numerals:
+        text += f"; {numerals} numeral members drawn from numerals"
+    return text
+
+
+def required_draws(n_tests: int, alpha: float) -> int:
+    """The fewest draws whose smallest p-value, ``2 / (1 + n)``, survives Holm over
+    ``n_tests`` tests at ``alpha``: ``m * 2 / (1 + n) <= alpha``."""
+    return max(2, math.ceil(2 * n_tests / alpha) - 1)
+
+
+def null_spectra(
+    W: np.ndarray, draws: np.ndarray, center: bool, global_axes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Singular values of every drawn group's submatrix, ``(n_draws, min(n, d_model))``,
     from the eigenvalues of its ``n x n`` Gram matrix (cheaper than an SVD when n << d;
     a zero singular value comes out as about ``sqrt(eps) s_1``, which the statistics of
-    the null do not feel)."""
+    the null do not feel); and, with ``global_axes`` (``(g, d_model)`` orthonormal), each
+    draw's share of variance about its own mean inside their span, ``(n_draws,)``."""
     n = draws.shape[1]
     k = min(n, W.shape[1])
     spectra = np.empty((len(draws), k))
+    shares = None if global_axes is None else np.empty(len(draws))
     for start in range(0, len(draws), DRAWS_PER_BATCH):
         M = np.asarray(W[draws[start : start + DRAWS_PER_BATCH]], dtype=np.float64)
+        deviations = M - M.mean(axis=1, keepdims=True)
         if center:
-            M = M - M.mean(axis=1, keepdims=True)
+            M = deviations
         eigenvalues = np.linalg.eigvalsh(M @ M.transpose(0, 2, 1))[:, ::-1][:, :k]
         spectra[start : start + len(M)] = np.sqrt(np.clip(eigenvalues, 0.0, None))
-    return spectra
+        if shares is not None:
+            inside = ((deviations @ global_axes.T) ** 2).sum(axis=(1, 2))
+            shares[start : start + len(M)] = inside / (deviations**2).sum(axis=(1, 2))
+    return spectra, shares
 
 
 def draw_means(W: np.ndarray, draws: np.ndarray) -> np.ndarray:
@@ -200,6 +443,13 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
+def count_tests(n_groups: int, result: AnalysisResult, global_view: bool) -> int:
+    """The tests Holm corrects over in a run: the target's spectrum statistics, its
+    global share, and every pair of groups in every variant of the group-mean r."""
+    pairs = n_groups * (n_groups - 1) // 2
+    return 2 + int(global_view) + pairs * len(result.mean_corr)
+
+
 def matched_null(
     W: np.ndarray,
     groups: Mapping[str, TokenGroup],
@@ -207,8 +457,11 @@ def matched_null(
     pools: TokenPools,
     n_null: int,
     rng: np.random.Generator,
+    matching: Matching | None = None,
+    global_axes: np.ndarray | None = None,
 ) -> NullResult:
-    """The null of ``result``'s statistics: its target's spectrum and every group-mean r.
+    """The null of ``result``'s statistics: its target's spectrum, its share in the
+    global span, and every group-mean r in every variant ``result`` has.
 
     Args:
         W: The matrix the analysis ran on, ``(d_vocab, d_model)``.
@@ -217,30 +470,130 @@ def matched_null(
         pools: The candidate pools, from :func:`token_pools`.
         n_null: Random groups per statistic.
         rng: The source of the draws.
+        matching: What random groups are matched on (``None``: ``none``).
+        global_axes: The vocabulary's top components ``(g, d_model)``, orthonormal; with
+            them the target's variance share in their span is tested too.
     """
-    forms = {name: [k.form for k in group.kept] for name, group in groups.items()}
-    target_draws = draw_groups(pools.ids, forms[result.target], n_null, rng)
-    spectra = null_spectra(W, target_draws, result.center)
+    matching = matching or Matching()
+    target = groups[result.target]
+    members = _members(groups, pools, matching)
+    target_draws = _draw(target, members[result.target], pools, matching, n_null, rng)
+    spectra, shares = null_spectra(W, target_draws, result.center, global_axes)
     power = spectra**2
     ratios = power / power.sum(axis=1, keepdims=True)
-    observed_ratios = result.svd.explained_variance_ratio
-    # every group gets its own draws, so that a pair's two random groups are independent
-    means = {
-        name: draw_means(W, draw_groups(pools.ids, forms[name], n_null, rng)) for name in groups
-    }
-    pairs = list(itertools.combinations(sorted(groups), 2))
-    observed_r = {(a, b): r for a, b, r in result.group_mean_corr.pairs()}
-    corr = {
-        (a, b): compare(observed_r[a, b], rowwise_pearson(means[a], means[b])) for a, b in pairs
-    }
-    p_holm = dict(zip(pairs, holm([corr[pair].p_value for pair in pairs]), strict=True))
-    return NullResult(
+    # every group gets its own draws, so that a pair's two random groups are independent;
+    # matched draws of one row share no token, as the run's own groups share none
+    drawn, paired = {}, None
+    for name, group in groups.items():
+        draws = _draw(group, members[name], pools, matching, n_null, rng, paired)
+        drawn[name] = draw_means(W, draws)
+        if matching.match != "none":
+            paired = draws if paired is None else np.concatenate([paired, draws], axis=1)
+    names = sorted(groups)
+    corr = _mean_corr_comparisons(names, np.stack([drawn[name] for name in names]), result)
+    global_share = None
+    if shares is not None:
+        global_share = compare(_global_share(W[target.token_ids], global_axes), shares)
+    null = NullResult(
         n_null=n_null,
         pool_rule=pools.rule,
-        s1_share=compare(observed_ratios[0], ratios[:, 0]),
+        match=describe_match(matching, members[result.target]),
+        s1_share=compare(result.svd.explained_variance_ratio[0], ratios[:, 0]),
         effective_rank=compare(effective_rank(result.svd.singular_values), effective_rank(spectra)),
+        global_share=global_share,
         group_mean_corr=corr,
-        p_holm={pair: float(p) for pair, p in p_holm.items()},
+        p_holm={},
         singular_values=spectra,
         explained_variance_ratio=ratios,
+        diagnostics=_diagnostics(target, target_draws, members[result.target], matching),
     )
+    tests = null.tests()
+    adjusted = holm([c.p_value for c in tests.values()])
+    null.p_holm.update({name: float(p) for name, p in zip(tests, adjusted, strict=True)})
+    return null
+
+
+def _members(
+    groups: Mapping[str, TokenGroup], pools: TokenPools, matching: Matching
+) -> dict[str, tuple[MemberMatch, ...]]:
+    """Every group's members' candidates (none for ``none``), never a member of any of
+    the run's groups.
+
+    Raises:
+        ValueError: the pools cannot give every group distinct replacements in one draw
+            (a tiny vocabulary, or ``null_neighbours`` too small).
+    """
+    if matching.match == "none":
+        return {name: () for name in groups}
+    taken = sorted({i for group in groups.values() for i in group.token_ids})
+    members = {name: match_members(g, pools, matching, taken) for name, g in groups.items()}
+    candidates = [m.candidates for found in members.values() for m in found]
+    room = len(np.unique(np.concatenate(candidates)))
+    if room < len(taken):
+        raise ValueError(
+            f"analysis.null_match={matching.match}: the pools offer {room} distinct tokens near "
+            f"the members of the run's {len(groups)} groups, which need {len(taken)} distinct "
+            "ones per draw; raise analysis.null_neighbours, or set analysis.null_match=none"
+        )
+    return members
+
+
+def _draw(
+    group: TokenGroup,
+    members: Sequence[MemberMatch],
+    pools: TokenPools,
+    matching: Matching,
+    n_null: int,
+    rng: np.random.Generator,
+    paired: np.ndarray | None = None,
+) -> np.ndarray:
+    """A group's random replacements: uniform and independent with ``none`` (the
+    unmatched null, kept as it was for comparison), else picks of its ``members``'
+    candidates sharing no token with the same row of ``paired``."""
+    if matching.match == "none":
+        return draw_groups(pools.ids, [k.form for k in group.kept], n_null, rng)
+    return draw_matched(members, n_null, rng, paired)
+
+
+def _mean_corr_comparisons(
+    names: list[str], means: np.ndarray, result: AnalysisResult
+) -> dict[str, dict[tuple[str, str], NullComparison]]:
+    """Each variant's pairs against the same transform of the random groups' means
+    (``means``: ``(n_groups, n_null, d_model)``)."""
+    variants = {"raw": means} if result.reference is None else result.reference.variants(means)
+    found = {}
+    for variant, stat in result.mean_corr.items():
+        index = {name: i for i, name in enumerate(stat.names)}
+        found[variant] = {
+            (a, b): compare(
+                stat.values[index[a], index[b]],
+                rowwise_pearson(variants[variant][i], variants[variant][j]),
+            )
+            for i, a in enumerate(names)
+            for j, b in enumerate(names)
+            if i < j
+        }
+    return found
+
+
+def _global_share(M: np.ndarray, axes: np.ndarray) -> float:
+    deviations = np.asarray(M, dtype=np.float64) - np.mean(M, axis=0)
+    return float(((deviations @ axes.T) ** 2).sum() / (deviations**2).sum())
+
+
+def _diagnostics(
+    group: TokenGroup, draws: np.ndarray, members: Sequence[MemberMatch], matching: Matching
+) -> dict[str, float]:
+    """How close the drawn tokens came to the members they replace."""
+    own = np.array(group.token_ids)
+    found: dict[str, float] = {}
+    if matching.norms is not None:
+        found["norm_ratio_median"] = float(np.median(matching.norms[draws] / matching.norms[own]))
+    if matching.frequencies is not None:
+        zipf = matching.frequencies.zipf
+        known = zipf[own] > 0
+        if known.any():
+            found["zipf_diff_median"] = float(np.median(zipf[draws][:, known] - zipf[own][known]))
+    if members:
+        found["match_radius_max"] = max(m.radius for m in members)
+    return found

@@ -3,9 +3,17 @@
 ``write_figure_set`` turns a ``contract.Sweep`` (read from the store by
 ``embsvd.tracking.read_sweep``) into a folder: every figure as PDF and PNG with the data
 it plots as a CSV beside it, the top-token tables as CSV, Markdown and LaTeX, and
-``sweep.json`` naming the runs. One seaborn theme (``paper`` context, colour-blind
-palette), widths of one or two columns, TrueType fonts embedded in the PDFs, no
-timestamps: drawing the same runs twice writes the same bytes.
+``sweep.json`` naming the runs.
+
+The statistics drawn are the ones the runs tested (``embsvd.figure_data``): a scree
+point is a share ``s_k / ||M||_F`` and its band the same share of random matched groups,
+each by its own norm, so point and band agree with the run's null percentile; bars are
+the runs' jackknife intervals (``embsvd.interval_method``). A correlation star is
+Benjamini-Hochberg over every group-mean test of the sweep, and the figure says so.
+
+One seaborn theme (``paper`` context, colour-blind palette), widths of one or two
+columns, TrueType fonts embedded in the PDFs, no timestamps: drawing the same runs twice
+writes the same bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -66,9 +75,12 @@ def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle = FigureStyl
     and return the files written, sorted.
 
     - ``scree_grid``: a panel per (model, target group), every variant of the group
-      overlaid (normalised singular values, matched null band, bootstrap intervals);
-    - ``group_mean_corr__<model>``: a heatmap of group-mean r per model, ``*`` where the
-      Holm-corrected p-value is below ``style.alpha``;
+      overlaid: each component's share ``s_k / ||M||_F``, the 95% band of the shares of
+      random matched groups (each by its own norm) and the 95% jackknife intervals;
+    - ``group_mean_corr__<model>``: heatmaps of group-mean r per model (and geometry),
+      raw, centered and (where logged) decorrelated side by side, each cell with its
+      null percentile and ``*`` where the Benjamini-Hochberg q over all the sweep's
+      tests is below ``style.alpha``;
     - ``axis__<model>__<group>``: the vocabulary's projections on component 1, a panel
       per variant, the group's words and the extremes labelled;
     - ``top_tokens`` (.csv, .md, .tex);
@@ -90,10 +102,11 @@ def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle = FigureStyl
 def _draw_all(sweep: Sweep, staging: Path, style: FigureStyle) -> None:
     with _theme():
         _save(*scree_figure(sweep, style), staging / "scree_grid", style)
-        for model, rows in figure_data.correlation_rows(sweep, style.alpha).items():
-            _correlation_heatmap(
-                model, rows, staging / f"group_mean_corr__{file_safe(model)}", style
-            )
+        correlations = figure_data.correlation_rows(sweep, style.alpha)
+        n_tests = figure_data.n_tests(correlations)
+        for model, rows in correlations.items():
+            fig, rows = correlation_figure(model, rows, n_tests, style)
+            _save(fig, rows, staging / f"group_mean_corr__{file_safe(model)}", style)
         for (model, group), runs in _by_model_and_group(sweep).items():
             fig, rows = axis_figure(model, group, runs, style)
             _save(fig, rows, staging / f"axis__{file_safe(model)}__{file_safe(group)}", style)
@@ -147,7 +160,9 @@ def _write_rows(file: Path, rows: Sequence[Row]) -> None:
 
 def scree_figure(sweep: Sweep, style: FigureStyle) -> tuple[Any, list[Row]]:
     """The scree grid and the rows it plots: a panel per (model, target group), rows of
-    models and columns of groups, every variant overlaid, one y axis for all."""
+    models and columns of groups, every variant overlaid, one y axis for all. Points are
+    shares ``s_k / ||M||_F``; the band, where the null ran, is the 95% range of the
+    shares of random matched groups; bars are the jackknife intervals that were logged."""
     import matplotlib.pyplot as plt
 
     rows = figure_data.scree_rows(sweep)
@@ -179,10 +194,18 @@ def scree_figure(sweep: Sweep, style: FigureStyle) -> tuple[Any, list[Row]]:
         if i == len(models) - 1:
             ax.set_xlabel("component $k$")
         _despine(ax)
-    _shared_ylim(axes, rows, ["normalized", "normalized_null_q97.5", "normalized_bootstrap_hi"])
-    handles = [plt.Line2D([], [], color=colors[v], marker="o", label=v) for v in variants] + [
-        plt.Rectangle((0, 0), 1, 1, color="0.85", label="random groups, 95%")
-    ]
+    _shared_ylim(axes, rows, ["normalized", "null_share_q97.5", "normalized_interval_hi"])
+    handles = [plt.Line2D([], [], color=colors[v], marker="o", label=v) for v in variants]
+    if any(math.isfinite(r["null_share_q97.5"]) for r in rows):
+        handles.append(
+            plt.Rectangle((0, 0), 1, 1, color="0.85", label="random matched groups, 95% of shares")
+        )
+    if any(math.isfinite(r["normalized_interval_hi"]) for r in rows):
+        handles.append(
+            plt.Line2D(
+                [], [], color="0.3", marker="|", linestyle="none", label="95% jackknife interval"
+            )
+        )
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     return fig, rows
 
@@ -207,15 +230,18 @@ def _shared_ylim(axes, rows: list[Row], columns: list[str]) -> None:
 def _spectrum(ax, series: list[Row], color, label: str) -> None:
     k = np.array([r["component"] + 1 for r in series])
     y = np.array([r["normalized"] for r in series])
-    low = np.array([r["normalized_null_q2.5"] for r in series], dtype=float)
-    high = np.array([r["normalized_null_q97.5"] for r in series], dtype=float)
+    low = np.array([r["null_share_q2.5"] for r in series], dtype=float)
+    high = np.array([r["null_share_q97.5"] for r in series], dtype=float)
     if np.isfinite(low).any():
         ax.fill_between(k, low, high, color=color, alpha=0.18, linewidth=0)
-    boot_lo = np.array([r["normalized_bootstrap_lo"] for r in series], dtype=float)
-    boot_hi = np.array([r["normalized_bootstrap_hi"] for r in series], dtype=float)
-    if np.isfinite(boot_lo).any():
-        yerr = [y - np.minimum(y, boot_lo), np.maximum(y, boot_hi) - y]
-        ax.errorbar(k, y, yerr=yerr, fmt="none", ecolor=color, elinewidth=0.6, capsize=1.5)
+    lo = np.array([r["normalized_interval_lo"] for r in series], dtype=float)
+    hi = np.array([r["normalized_interval_hi"] for r in series], dtype=float)
+    has = np.isfinite(lo) & np.isfinite(hi)  # a component without an interval: no bar
+    if has.any():
+        yerr = [y[has] - np.minimum(y[has], lo[has]), np.maximum(y[has], hi[has]) - y[has]]
+        ax.errorbar(
+            k[has], y[has], yerr=yerr, fmt="none", ecolor=color, elinewidth=0.6, capsize=1.5
+        )
     ax.plot(k, y, marker="o", color=color, label=label)
     ax.set_xticks(k)
 
@@ -226,25 +252,46 @@ def _despine(ax) -> None:
     sns.despine(ax=ax)
 
 
-def _correlation_heatmap(model: str, rows: list[Row], stem: Path, style: FigureStyle) -> None:
+def correlation_figure(
+    model: str, rows: list[Row], n_tests: int, style: FigureStyle
+) -> tuple[Any, list[Row]]:
+    """Heatmaps of group-mean r for one model (and geometry), a panel per correlation
+    variant (raw, centered, decorrelated where logged) on one colour scale, and the rows
+    drawn. A cell shows r, beneath it the null percentile, and ``*`` where ``q_bh <
+    style.alpha``; ``n_tests``, the sweep's number of tests, is named in the note."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     names = sorted({r["group_a"] for r in rows} | {r["group_b"] for r in rows})
+    panels = [v for v in figure_data.CORRELATION_VARIANTS if any(r["variant"] == v for r in rows)]
+    cell = 0.42  # inches
+    width = min(style.text_width, 0.8 + len(panels) * (0.5 + cell * len(names)))
+    height = min(style.column_width, 1.5 + cell * len(names))
+    fig, axes = plt.subplots(1, len(panels), figsize=(width, height), layout="constrained")
+    for n, (ax, variant) in enumerate(zip(np.atleast_1d(axes), panels, strict=True)):
+        _correlation_panel(ax, [r for r in rows if r["variant"] == variant], names, n == 0)
+        ax.set_title(variant)
+    fig.colorbar(
+        np.atleast_1d(axes)[-1].collections[0],
+        ax=axes,
+        label="Pearson r of group means",
+        shrink=0.8,
+    )
+    fig.suptitle(model)
+    fig.supxlabel(_correlation_note(rows, n_tests, style, width), fontsize=5.5, ha="left", x=0.02)
+    return fig, rows
+
+
+def _correlation_panel(ax, rows: list[Row], names: list[str], first: bool) -> None:
+    import seaborn as sns
+
     index = {name: i for i, name in enumerate(names)}
-    values = np.eye(len(names))
-    marks = np.full((len(names), len(names)), "", dtype=object)
+    values = np.full((len(names), len(names)), np.nan)
+    np.fill_diagonal(values, 1.0)
+    labels = np.full(values.shape, "", dtype=object)
     for r in rows:
         i, j = index[r["group_a"]], index[r["group_b"]]
         values[i, j] = values[j, i] = r["r"]
-        marks[i, j] = marks[j, i] = "*" if r["significant"] is True else ""
-    labels = np.vectorize(lambda v, m: f"{v:.2f}{m}")(values, marks)
-    np.fill_diagonal(labels, "")
-    size = (  # square cells and a colour bar, at most one column wide
-        min(style.column_width, 1.6 + 0.42 * len(names)),
-        min(style.column_width, 1.2 + 0.42 * len(names)),
-    )
-    fig, ax = plt.subplots(figsize=size, layout="constrained")
+        labels[i, j] = labels[j, i] = _cell_label(r)
     sns.heatmap(
         values,
         ax=ax,
@@ -257,15 +304,32 @@ def _correlation_heatmap(model: str, rows: list[Row], stem: Path, style: FigureS
         fmt="",
         annot_kws={"fontsize": 5.5},
         xticklabels=names,
-        yticklabels=names,
+        yticklabels=names if first else False,
         linewidths=0.4,
-        cbar_kws={"label": "Pearson r of group means", "shrink": 0.8},
+        cbar=False,
     )
     ax.tick_params(length=0)
-    tested = any(r["p_holm"] != "" for r in rows)
-    note = f"  * Holm p < {style.alpha:g}" if tested else ""
-    ax.set_title(f"{model}{note}")
-    _save(fig, rows, stem, style)
+
+
+def _cell_label(row: Row) -> str:
+    """``+0.02`` with ``*`` where significant and the null percentile beneath: ``15%``."""
+    label = f"{row['r']:+.2f}" + ("*" if row["significant"] is True else "")
+    return label if row["percentile"] == "" else f"{label}\n{row['percentile']:.0f}%"
+
+
+def _correlation_note(rows: list[Row], n_tests: int, style: FigureStyle, width: float) -> str:
+    """What the panels and marks mean; stars are named only where a null ran."""
+    note = "centered: the vocabulary's mean subtracted"
+    if any(r["variant"] == "decorrelated" for r in rows):
+        note += "; decorrelated: also its top global components removed"
+    if any(r["q_bh"] != "" for r in rows):
+        note += (
+            f". * Benjamini-Hochberg q < {style.alpha:g} over the sweep's {n_tests} tests of "
+            "group-mean r against matched random groups; % = null percentile"
+        )
+    else:
+        note += ". No null test: no significance marked"
+    return textwrap.fill(note, width=max(40, int(width * 24)))  # ~24 characters an inch
 
 
 def _by_model_and_group(sweep: Sweep) -> dict[tuple[str, str], list[LoggedRun]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from embsvd.analysis import AnalysisResult, PairwiseStat
+from embsvd.order import CyclicOrder, LinearOrder
 from embsvd.rigor import RigorResult
 
 N_EXTREMES_LABELLED = 5  # tokens named at each end of the projection figure
@@ -31,9 +32,10 @@ def draw_run_figures(
     result: AnalysisResult, model_name: str, folder: Path, rigor: RigorResult | None = None
 ) -> list[Path]:
     """Write the run's four figures as PNG into ``folder`` and return their paths:
-    scree plot (with the matched null's 95% band and the bootstrap intervals when
-    ``rigor`` has them), group-mean correlation heatmap, the target's row cosine heatmap
-    and the distribution of the vocabulary's projections on component 1."""
+    scree plot (with the matched null's 95% band and the jackknife intervals when
+    ``rigor`` has them), group-mean correlation heatmap, the target's row cosine heatmap,
+    the distribution of the vocabulary's projections on component 1, and the members on
+    their top plane when the group declares an order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,6 +49,8 @@ def draw_run_figures(
         "row_cosine.png": _row_cosine,
         "projection_component0.png": _projection,
     }
+    if rigor is not None and rigor.order is not None:
+        drawers["order.png"] = lambda _, plt: order_figure(rigor.order, plt)
     paths = []
     for file_name, draw in drawers.items():
         fig = draw(result, plt)
@@ -59,36 +63,42 @@ def draw_run_figures(
 
 
 def _scree(result: AnalysisResult, plt, rigor: RigorResult | None = None):
+    """Each component's share ``s_k / ||M||_F``, against the matched null's shares (every
+    random group divided by its own norm, so the band says what ``null/s1_share`` says)
+    and the jackknife intervals (over the observed norm) where a component has one."""
     S = result.svd.singular_values
-    components = np.arange(len(S))
+    norm = np.sqrt(np.sum(S**2))
+    share = S / norm
+    components = np.arange(1, len(S) + 1)
     fig, (linear, log) = plt.subplots(1, 2, figsize=(6.5, 2.6))
     for ax, scale in ((linear, "linear"), (log, "log")):
         if rigor is not None and rigor.null is not None:
-            low, high = np.percentile(rigor.null.singular_values, [2.5, 97.5], axis=0)
-            ax.fill_between(
-                components, low, high, color="0.8", label=f"{rigor.null.n_null} random groups, 95%"
-            )
+            null_shares = np.sqrt(rigor.null.explained_variance_ratio)
+            low, high = np.percentile(null_shares, [2.5, 97.5], axis=0)
+            label = f"{rigor.null.n_null} matched random groups, 95%"
+            ax.fill_between(components[: len(low)], low, high, color="0.8", label=label)
         if rigor is not None and rigor.stability is not None and scale == "linear":
-            stability = rigor.stability
+            lo, hi = (
+                rigor.stability.singular_value_lo / norm,
+                rigor.stability.singular_value_hi / norm,
+            )
+            k = len(lo)  # later components have no interval: no bar rather than a zero
             ax.errorbar(
-                components,
-                S,
-                yerr=[
-                    S - np.minimum(S, stability.singular_value_lo),
-                    np.maximum(S, stability.singular_value_hi) - S,
-                ],
+                components[:k],
+                share[:k],
+                yerr=[share[:k] - lo, hi - share[:k]],
                 fmt="none",
                 ecolor="0.3",
                 elinewidth=0.8,
                 capsize=2,
-                label="bootstrap 95%",
+                label="jackknife 95%",
             )
-        ax.plot(components, S, marker="o", markersize=4, label=result.target)
+        ax.plot(components, share, marker="o", markersize=4, label=result.target)
         ax.set_yscale(scale)
         ax.set_xlabel("component")
-        ax.set_ylabel(f"singular value ({scale})")
-        ax.set_xticks(np.arange(len(S)))
-    log.set_ylim(bottom=max(S.min(), S.max() * 1e-12))  # a centered spectrum ends in ~0
+        ax.set_ylabel(r"$s_k / \|M\|_F$" + f" ({scale})")
+        ax.set_xticks(components)
+    log.set_ylim(bottom=max(share.min(), 1e-12))  # a centered spectrum ends in ~0
     linear.legend(fontsize=6)
     return fig
 
@@ -185,3 +195,39 @@ def spread_apart(xs: list[float], gap: float, low: float, high: float) -> list[f
         for i in range(len(places) - 2, -1, -1):
             places[i] = min(places[i], places[i + 1] - gap)
     return places
+
+
+# appended with order_figure; belongs in the import block above once that file is free
+
+
+def order_figure(order: CyclicOrder | LinearOrder, plt):
+    """The members on the plane of the first two centered components, labelled, joined in
+    declared order (closed for a cyclic group); the title carries the statistic, e.g.
+    ``neighbours 12/12, p=0.0001; Fisher-Lee 0.97`` or ``Spearman 0.98 (p=0.0001), partial
+    0.95 (p=0.0003)``. Returns the matplotlib Figure."""
+    path = order.coordinates
+    if isinstance(order, CyclicOrder):  # back to the first member: the calendar is a loop
+        path = np.vstack([path, path[:1]])
+    fig, ax = plt.subplots(figsize=(3.4, 3.4))
+    ax.plot(path[:, 0], path[:, 1], color="0.7", lw=0.8, zorder=1)
+    ax.scatter(*order.coordinates.T, s=12, color=COLORBLIND[0], zorder=2)
+    for (x, y), word in zip(order.coordinates, order.words, strict=True):
+        ax.text(x, y, f" {word}", fontsize=6, va="center", gid="member-label")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("component 1 (centered)")
+    ax.set_ylabel("component 2 (centered)")
+    ax.set_title(_order_title(order))
+    return fig
+
+
+def _order_title(order: CyclicOrder | LinearOrder) -> str:
+    if isinstance(order, CyclicOrder):
+        n = len(order.words)
+        return (
+            f"neighbours {order.neighbours}/{n}, p={order.neighbours_p:.2g}; "
+            f"Fisher-Lee {order.circular_corr:.2f}"
+        )
+    title = f"Spearman {order.spearman:.2f} (p={order.spearman_p:.2g})"
+    if np.isnan(order.partial_spearman):
+        return f"{title}, no partial"
+    return f"{title}, partial {order.partial_spearman:.2f} (p={order.partial_spearman_p:.2g})"

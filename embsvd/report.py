@@ -12,13 +12,15 @@ if TYPE_CHECKING:
 
 
 def format_sweep_table(runs: list[RunRecord]) -> str:
-    """One line per run: status, group-mean r of the target with each other group (with
-    its percentile in the matched null), last/first singular value, the bootstrap
-    stability of axis 0 (mean |cos|), and the first axis' top 5 tokens at each end."""
+    """One line per run: status, group-mean r of the target with each other group, raw
+    and centered on the vocabulary's mean (each with its percentile in the matched null),
+    last/first singular value, the jackknife stability of axis 0 (mean |cos|), and the
+    first axis' top 5 tokens at each end."""
     header = [
         "run",
         "status",
-        "group-mean r (null pct)",
+        "group-mean r raw (null pct)",
+        "r centered (null pct)",
         "s_last/s_first",
         "axis 0 stability",
         "axis 0 top",
@@ -34,22 +36,28 @@ def format_sweep_table(runs: list[RunRecord]) -> str:
     return "\n".join(lines) if runs else "(no runs)"
 
 
-def _row(run: RunRecord) -> list[str]:
+def _correlations(run: RunRecord, prefix: str) -> str:
+    """``other=+0.016 (15)`` for every metric ``<prefix>/<a>__<b>`` with the target."""
     target = run.tags.get("embsvd.target_group", "?")
     correlations = []
     for key, value in sorted(run.metrics.items()):
-        if key.startswith("group_mean_corr/"):
-            a, b = key.removeprefix("group_mean_corr/").split("__")
+        if key.startswith(f"{prefix}/"):
+            a, b = key.removeprefix(f"{prefix}/").split("__")
             if target in (a, b):
                 percentile = run.metrics.get(f"null/{key}/percentile")
                 null = f" ({percentile:.0f})" if percentile is not None else ""
                 correlations.append(f"{b if a == target else a}={value:+.3f}{null}")
+    return " ".join(correlations) or "-"
+
+
+def _row(run: RunRecord) -> list[str]:
     ratio = run.metrics.get("singular_value_last_over_first")
     stability = run.metrics.get("stability/axis0_cos")
     return [
         run.name,
         run.status,
-        " ".join(correlations) or "-",
+        _correlations(run, "group_mean_corr"),
+        _correlations(run, "group_mean_corr_centered"),
         f"{ratio:.2e}" if ratio is not None else "-",
         f"{stability:.2f}" if stability is not None else "-",
         run.tags.get("embsvd.axis0.top", "-"),

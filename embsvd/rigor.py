@@ -1,8 +1,8 @@
-"""The checks that come with every run: null, stability, held-out ranks, confounds and
-the whole-vocabulary view, each optional, all seeded by one ``random_state``.
+"""The checks that come with every run: null, stability, held-out ranks, confounds, the
+whole-vocabulary view and the order test, each optional, all seeded by one ``random_state``.
 
 The random draws come from independent streams spawned from ``random_state``
-(``numpy.random.SeedSequence``): the null's draws do not change when the bootstrap's
+(``numpy.random.SeedSequence``): the null's draws do not change when the jackknife's
 count does, and a run repeated with the same seed gives the same numbers. Observed
 statistics involve no randomness; a different seed changes only the resampled ones.
 """
@@ -17,25 +17,37 @@ import numpy as np
 
 from embsvd.analysis import AnalysisResult, GroupSVD
 from embsvd.confounds import Confounds, token_confounds
+from embsvd.frequency import TokenFrequencies, token_frequencies
 from embsvd.geometry import GlobalSVD
 from embsvd.groups import TokenGroup
 from embsvd.heldout import HeldOutValidation, validate_held_out
-from embsvd.null import NullResult, matched_null, token_pools
-from embsvd.stability import Stability, resample_stability
+from embsvd.null import (
+    Matching,
+    NullResult,
+    count_tests,
+    matched_null,
+    required_draws,
+    token_pools,
+)
+from embsvd.order import CyclicOrder, LinearOrder, order_test
+from embsvd.stability import Stability, jackknife_rank, resample_stability
 
 log = logging.getLogger(__name__)
+MIN_ORDERED = 3  # members an order test needs
 
 
 @dataclass(frozen=True)
 class GlobalView:
     """The target group against the top components of the whole (centered) vocabulary.
 
+    Whether ``group_variance_share`` is high or low is read against the matched null's
+    share (``NullResult.global_share``): random groups of words like the group's lie in
+    the vocabulary's top span too, far more than a uniform direction would.
+
     Attributes:
         n_global: Global components compared with.
         group_variance_share: Share of the group's variance about its own mean that lies
             in the span of the global components.
-        chance_share: The same share for a direction uniform on the sphere,
-            ``n_global / d_model``.
         axis_max_cos: Per group axis, the largest ``|cos|`` with one global component.
         axis_share: Per group axis, its squared length inside the global span.
         svd: The global decomposition (its spectrum is logged too).
@@ -43,7 +55,6 @@ class GlobalView:
 
     n_global: int
     group_variance_share: float
-    chance_share: float
     axis_max_cos: np.ndarray
     axis_share: np.ndarray
     svd: GlobalSVD
@@ -59,6 +70,7 @@ class RigorResult:
     heldout: HeldOutValidation | None = None
     confounds: Confounds | None = None
     global_view: GlobalView | None = None
+    order: CyclicOrder | LinearOrder | None = None
 
 
 def compare_with_global(
@@ -74,7 +86,6 @@ def compare_with_global(
     return GlobalView(
         n_global=len(G),
         group_variance_share=float((inside**2).sum() / (deviations**2).sum()),
-        chance_share=len(G) / G.shape[1],
         axis_max_cos=cosines.max(axis=1),
         axis_share=(cosines**2).sum(axis=1),
         svd=global_svd,
@@ -92,12 +103,17 @@ def assess(
     token_norms: np.ndarray | None,
     random_state: int = 0,
     n_null: int = 1000,
-    n_bootstrap: int = 200,
+    null_match: str = "norm_frequency",
+    null_neighbours: int = 50,
+    alpha: float = 0.05,
+    frequencies: TokenFrequencies | None = None,
+    n_resamples: int = 500,
     heldout: bool = True,
     precision_k: int = 10,
     confounds: bool = True,
     confound_threshold: float = 0.3,
     global_svd: GlobalSVD | None = None,
+    order: bool = True,
 ) -> RigorResult:
     """Run the switched-on checks of ``result`` (the analysis of ``W``).
 
@@ -111,38 +127,69 @@ def assess(
         token_norms: Norm of every stored embedding row (before any transform); needed
             only with ``confounds``.
         random_state: Seeds every draw.
-        n_null: Random groups per null statistic; 0 switches the null off.
-        n_bootstrap: Bootstrap resamples; 0 switches stability off.
+        n_null: Random groups per null statistic (at least; raised to what Holm needs to
+            reach ``alpha``, see ``null.required_draws``); 0 switches the null off.
+        null_match: What random groups are matched on (``embsvd.null.NULL_MATCHES``).
+        null_neighbours: Nearest pool tokens a member is replaced by one of.
+        alpha: The family-wise error rate Holm's correction must be able to reach.
+        frequencies: The vocabulary's word frequencies (``None``: computed here, for a
+            matched null or an order test).
+        n_resamples: Jackknife subsets at most (all of them where there are fewer: 210 for
+            10 words, 495 for 12) for the intervals and axis stability; 0: off.
         heldout: Run the held-out validation.
         precision_k: The ``k`` of the held-out precision@k.
         confounds: Correlate the axes with token norm, id and length.
         confound_threshold: ``|rho|`` at which an axis is flagged.
         global_svd: The whole vocabulary's top components; ``None`` skips the comparison.
+        order: Test the declared order of a ``linear`` or ``cyclic`` target group.
 
     The defaults are those of ``conf/analysis/default.yaml``.
     """
-    null_rng, bootstrap_rng = (
-        np.random.default_rng(seed) for seed in np.random.SeedSequence(random_state).spawn(2)
+    null_rng, resample_rng, order_rng = (
+        np.random.default_rng(seed) for seed in np.random.SeedSequence(random_state).spawn(3)
     )
     target = groups[result.target]
     M = W[target.token_ids]
     n_components = result.projections.shape[1]
     unnamed = [i for i, token in enumerate(token_strings) if token is None]
     never_ranked = set(excluded_ids) | set(unnamed)
+    ordered = order and target.order != "none" and len(target.kept) >= MIN_ORDERED
+    if frequencies is None and ((n_null and null_match != "none") or ordered):
+        frequencies = token_frequencies(token_strings, marker, excluded_ids)
     checks: dict[str, object] = {}
     if n_null or heldout:  # reading the pools scans the vocabulary: only when needed
-        pools = token_pools(token_strings, excluded_ids, marker)
+        matched = n_null and null_match != "none"
+        pools = token_pools(token_strings, excluded_ids, marker, frequencies if matched else None)
     if n_null:
-        checks["null"] = matched_null(W, groups, result, pools, n_null, null_rng)
-    movable = len(target.token_ids) - 1 - int(result.center)  # axes a leave-one-out fit has
-    if n_bootstrap and movable >= 1:
-        checks["stability"] = resample_stability(
-            M, result.svd, n_components, n_bootstrap, bootstrap_rng
+        n_tests = count_tests(len(groups), result, global_svd is not None)
+        n_draws = max(n_null, required_draws(n_tests, alpha))
+        if n_draws > n_null:
+            log.info(
+                "analysis.n_null: %d draws instead of %d, so that Holm over %d tests can reach "
+                "alpha=%g (smallest p = 2 / (1 + n_null))",
+                n_draws,
+                n_null,
+                n_tests,
+                alpha,
+            )
+        norms = np.linalg.norm(W, axis=1) if null_match in ("norm", "norm_frequency") else None
+        matching = Matching(null_match, norms, frequencies, null_neighbours)
+        global_axes = global_svd.Vt if global_svd is not None else None
+        checks["null"] = matched_null(
+            W, groups, result, pools, n_draws, null_rng, matching, global_axes
         )
-    if movable < 1 and (n_bootstrap or heldout):
+    movable = len(target.token_ids) - 1 - int(result.center)  # axes a leave-one-out fit has
+    if n_resamples and jackknife_rank(len(target.token_ids), result.center) >= 1:
+        checks["stability"] = resample_stability(
+            M, result.svd, n_components, n_resamples, resample_rng
+        )
+    elif n_resamples:
         log.warning(
-            "stability and held-out ranks: %s has too few tokens to leave one out; skipped",
-            result.target,
+            "stability: %s has too few tokens for jackknife subsets; skipped", result.target
+        )
+    if movable < 1 and heldout:
+        log.warning(
+            "held-out ranks: %s has too few tokens to leave one out; skipped", result.target
         )
     if heldout and movable >= 1:
         forms = {k.form for k in target.kept}
@@ -163,4 +210,14 @@ def assess(
         )
     if global_svd is not None:
         checks["global_view"] = compare_with_global(M, result.svd, global_svd, n_components)
+    if ordered:
+        ids = target.token_ids
+        checks["order"] = order_test(
+            M,
+            target.kept_words,
+            target.order,
+            norms=np.linalg.norm(np.asarray(M, dtype=np.float64), axis=1),
+            frequencies=frequencies.zipf[ids],
+            rng=order_rng,
+        )
     return RigorResult(random_state=random_state, **checks)

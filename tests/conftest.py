@@ -30,6 +30,12 @@ WORDS = [
     *["zero", "one", "two", "three", "eight", "nine"],
     *["france", "germany", "italy", "spain", "portugal", "greece", "sweden", "austria"],
     *["czech", "##ia", "the", "of", "and", "paris", "rome", "athens", "cat", "dog", "red"],
+    # common words, so that a matched null has real words to draw from
+    *["time", "year", "people", "way", "day", "man", "thing", "woman", "life", "child"],
+    *["world", "school", "state", "family", "student", "group", "country", "problem", "hand"],
+    *["part", "place", "case", "week", "company", "system", "program", "question", "work"],
+    *["government", "number", "night", "point", "home", "water", "room", "mother", "area"],
+    *["money", "story", "fact", "month", "lot", "right", "study", "book", "eye", "job"],
 ]
 VOCAB = SPECIAL + DIGITS + WORDS
 BERT_KEY = "bert.embeddings.word_embeddings.weight"

@@ -60,7 +60,7 @@ def test_every_group_config_composes_and_its_key_is_its_file_name(name):
     assert list(yaml.safe_load((CONFIG_DIR / "groups" / f"{name}.yaml").read_text())) == [name]
     settings = OmegaConf.to_object(compose_config(f"groups=[{name}]", f"target={name}"))
     spec = settings.groups[name]
-    assert len(spec.words) >= spec.size >= 2
+    assert len(spec.words) >= spec.n_members >= 2  # a closed set: all its words
     assert len(set(spec.words)) == len(spec.words)
 
 
@@ -183,19 +183,20 @@ def test_config_hash_ignores_where_runs_go_and_figures():
 
 def test_fast_analysis_turns_every_check_off_and_keeps_the_method():
     default, fast = settings_of().analysis, settings_of("analysis=fast").analysis
-    assert (fast.n_null, fast.n_bootstrap, fast.heldout, fast.confounds, fast.n_global) == (
-        0,
-        0,
-        False,
-        False,
-        0,
-    )
+    off = ("n_null", "n_resamples", "heldout", "confounds", "n_global", "remove_global", "order")
+    assert [getattr(fast, key) for key in off] == [0, 0, False, False, 0, 0, False]
     assert (fast.center, fast.n_components, fast.top_k) == (
         default.center,
         default.n_components,
         default.top_k,
     )
-    assert (default.n_null, default.n_bootstrap, default.n_global) == (1000, 200, 50)
+    assert (default.n_null, default.n_resamples, default.n_global) == (1000, 500, 50)
+    assert (default.null_match, default.null_neighbours, default.alpha) == (
+        "norm_frequency",
+        50,
+        0.05,
+    )
+    assert (default.remove_global, default.order) == (1, True)
 
 
 def test_slurm_preset_composes_onto_the_submitit_slurm_launcher():

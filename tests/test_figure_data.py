@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
+from matplotlib.collections import LineCollection
 from matplotlib.text import Text
+from scipy.stats import false_discovery_control
 
 from embsvd import figure_data
-from embsvd.contract import LoggedRun, Sweep
-from embsvd.paper import FigureStyle, axis_figure, scree_figure, write_figure_set
+from embsvd.contract import NULL_QUANTILES, LoggedRun, Sweep
+from embsvd.paper import (
+    FigureStyle,
+    axis_figure,
+    correlation_figure,
+    scree_figure,
+    write_figure_set,
+)
 from embsvd.paper_tables import latex_tables, markdown_tables
 from embsvd.plotting import spread_apart
 
@@ -19,10 +28,13 @@ def logged_run(
     name: str,
     top: dict[int, tuple[list[str], list[str]]] | None = None,
     singular_values: tuple[float, ...] = (3.0, 2.0, 1.0),
+    metrics: dict[str, float] | None = None,
+    series: dict[str, tuple[float, ...]] | None = None,
     **tables,
 ) -> LoggedRun:
     """A run named ``<model>/<group>/<variant>`` whose top_tokens.csv holds, per component,
-    the tokens at the top and bottom end (rank order)."""
+    the tokens at the top and bottom end (rank order), with ``metrics`` and ``series``
+    (beside ``singular_value``) as logged."""
     rows = []
     for component, (highs, lows) in (top or {}).items():
         for side, tokens in (("top", highs), ("bottom", lows)):
@@ -44,8 +56,8 @@ def logged_run(
         name=name,
         experiment="embsvd",
         tags={"embsvd.target_group": group},
-        metrics={},
-        series={"singular_value": singular_values},
+        metrics=metrics or {},
+        series={"singular_value": singular_values, **(series or {})},
         tables={"top_tokens.csv": tuple(rows), **tables},
     )
 
@@ -184,3 +196,244 @@ def test_scree_panels_share_one_axis_that_shows_every_value():
     ((low, high),) = tops
     assert low == 0 and high >= max(r["normalized"] for r in rows) == pytest.approx(1.0, abs=1e-3)
     assert {(r["model"], r["variant"]) for r in rows} == {("a", "centered"), ("b", "raw")}
+
+
+# --- scree: the null band of shares and the jackknife intervals ------------------------------
+
+
+def null_spectrum_table(observed: np.ndarray, draws: np.ndarray) -> tuple[dict[str, str], ...]:
+    """null_spectrum.csv as the run contract defines it, from the observed spectrum (k,)
+    and the null draws' spectra (n_null, k): ``share`` divides each draw by its own norm."""
+
+    def rows(statistic: str, obs: np.ndarray, null: np.ndarray) -> list[dict[str, str]]:
+        quantiles = np.percentile(null, NULL_QUANTILES, axis=0)
+        return [
+            {
+                "component": str(k),
+                "statistic": statistic,
+                "observed": repr(float(obs[k])),
+                "null_mean": repr(float(null[:, k].mean())),
+                "null_sd": repr(float(null[:, k].std(ddof=1))),
+                **{
+                    f"null_q{q:g}": repr(float(quantiles[i, k]))
+                    for i, q in enumerate(NULL_QUANTILES)
+                },
+                "percentile": repr(
+                    float(100.0 * np.count_nonzero(null[:, k] < obs[k]) / len(null))
+                ),
+            }
+            for k in range(len(obs))
+        ]
+
+    def shares(S: np.ndarray) -> np.ndarray:
+        return S / np.linalg.norm(S, axis=-1, keepdims=True)
+
+    return tuple(
+        rows("singular_value", observed, draws)
+        + rows("explained_variance_ratio", shares(observed) ** 2, shares(draws) ** 2)
+        + rows("share", shares(observed), shares(draws))
+    )
+
+
+def test_scree_band_is_the_null_of_shares_each_draw_by_its_own_norm():
+    """Random groups ten times the norm of the group, with flatter spectra: the group's s1
+    share beats every draw, and the band drawn must say so, as the metric does."""
+    rng = np.random.default_rng(0)
+    observed = np.array([3.0, 1.0, 0.5])
+    draws = 10 * np.sort(rng.uniform(0.5, 1.0, (200, 3)), axis=1)[:, ::-1]
+    ratios = (draws / np.linalg.norm(draws, axis=1, keepdims=True)) ** 2
+    s1_ratio = observed[0] ** 2 / (observed**2).sum()
+    # the run's metric: percentile of the explained-variance ratio, not of the share
+    s1_percentile = 100.0 * np.count_nonzero(ratios[:, 0] < s1_ratio) / len(ratios)
+    table = null_spectrum_table(observed, draws)
+    run = logged_run(
+        "m/g/centered",
+        singular_values=tuple(observed),
+        metrics={"null/s1_share/percentile": s1_percentile},
+        **{"null_spectrum.csv": table},
+    )
+    rows = figure_data.scree_rows(Sweep("s", "", None, (run,)))
+    shares = {int(r["component"]): r for r in table if r["statistic"] == "share"}
+    for row in rows:
+        k = row["component"]
+        assert row["null_share_q2.5"] == float(shares[k]["null_q2.5"])
+        assert row["null_share_q97.5"] == float(shares[k]["null_q97.5"])
+        assert row["null_percentile"] == float(shares[k]["percentile"])
+        assert row["normalized"] == pytest.approx(float(shares[k]["observed"]))
+    first = rows[0]
+    assert first["null_percentile"] == s1_percentile == 100.0
+    assert first["normalized"] > first["null_share_q97.5"]
+    # the old band, the null's singular values over the observed norm, sat above s1 share
+    old = next(r for r in table if r["statistic"] == "singular_value" and r["component"] == "0")
+    assert float(old["null_q2.5"]) / first["frobenius_norm"] > first["normalized"]
+
+
+def test_intervals_shorter_than_the_spectrum_draw_no_bars():
+    """The centered spectrum's last value (~0) has no jackknife interval: nan, never 0."""
+    run = logged_run(
+        "m/g/centered",
+        singular_values=(4.0, 2.0, 1.0, 1e-9),
+        series={
+            "interval/singular_value_lo": (3.5, 1.5, 0.8),
+            "interval/singular_value_hi": (4.5, 2.5, 1.2),
+        },
+    )
+    fig, rows = scree_figure(Sweep("s", "", None, (run,)), FigureStyle())
+    norm = math.sqrt(16 + 4 + 1 + 1e-18)
+    assert [r["interval_lo"] for r in rows[:3]] == [3.5, 1.5, 0.8]
+    assert [r["normalized_interval_hi"] for r in rows[:3]] == pytest.approx(
+        [4.5 / norm, 2.5 / norm, 1.2 / norm]
+    )
+    last = rows[3]
+    assert all(math.isnan(last[c]) for c in ("interval_lo", "normalized_interval_hi"))
+    (ax,) = fig.axes
+    (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(bars.get_segments()) == 3
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["centered", "95% jackknife interval"]  # no null ran: no band named
+
+
+def test_scree_legend_names_the_share_band_where_a_null_ran():
+    observed = np.array([3.0, 1.0, 0.5])
+    draws = np.random.default_rng(1).uniform(0.5, 3.0, (50, 3))
+    run = logged_run(
+        "m/g/centered",
+        singular_values=tuple(observed),
+        **{"null_spectrum.csv": null_spectrum_table(observed, draws)},
+    )
+    fig, rows = scree_figure(Sweep("s", "", None, (run,)), FigureStyle())
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["centered", "random matched groups, 95% of shares"]
+    assert all(math.isnan(r["interval_lo"]) for r in rows)
+
+
+# --- group-mean correlations: Benjamini-Hochberg over the sweep -------------------------------
+
+
+def test_benjamini_hochberg_by_hand():
+    # sorted 0.005 0.01 0.03 0.04 (ranks 1-4, m=4): 4p/i = 0.02 0.02 0.04 0.04
+    assert figure_data.benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx(
+        [0.02, 0.04, 0.04, 0.02]
+    )
+    # step-up: 4p/i = 0.04 0.04 0.028 0.5; the third rank lowers the two before it
+    assert figure_data.benjamini_hochberg([0.01, 0.02, 0.021, 0.5]) == pytest.approx(
+        [0.028, 0.028, 0.028, 0.5]
+    )
+    assert figure_data.benjamini_hochberg([]).shape == (0,)
+    with pytest.raises(ValueError, match=r"p_values: a sequence of values in \[0, 1\]; got"):
+        figure_data.benjamini_hochberg([0.1, 1.5])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_benjamini_hochberg_equals_its_definition(seed):
+    """q_i = min(1, min over p_j >= p_i of m p_j / #{p <= p_j}), ties included."""
+    rng = np.random.default_rng(seed)
+    p = np.round(rng.uniform(0, 1, 30) ** 3, 2)  # rounded: ties, and small values
+    m = len(p)
+    direct = [min(1.0, min(m * pj / np.count_nonzero(p <= pj) for pj in p if pj >= pi)) for pi in p]
+    q = figure_data.benjamini_hochberg(p)
+    assert q == pytest.approx(direct, abs=1e-12)
+    assert q == pytest.approx(false_discovery_control(p, method="bh"), abs=1e-12)
+    order = np.argsort(p)
+    assert np.all(np.diff(q[order]) >= 0) and np.all(q <= 1)
+
+
+def correlation_metrics(
+    pair: str, r: tuple[float, ...], p: tuple[float, ...] | None, percentile: float = 15.0
+) -> dict[str, float]:
+    """A run's group-mean r of one pair per variant (raw, centered, decorrelated: as many
+    as ``r`` has), and their null metrics where ``p`` is given."""
+    metrics = {}
+    for i, prefix in enumerate(list(figure_data.CORRELATION_VARIANTS.values())[: len(r)]):
+        metrics[f"{prefix}/{pair}"] = r[i]
+        if p is not None:
+            null = f"null/{prefix}/{pair}"
+            metrics |= {f"{null}/mean": 0.01, f"{null}/sd": 0.1, f"{null}/p_value": p[i]}
+            metrics |= {f"{null}/percentile": percentile, f"{null}/p_holm": 1.0}
+    return metrics
+
+
+def correlation_sweep() -> Sweep:
+    return Sweep(
+        "s",
+        "",
+        None,
+        (
+            logged_run(
+                "a/digits/centered",
+                metrics=correlation_metrics("digits__eu", (0.02, -0.1, 0.3), (0.001, 0.04, 0.5)),
+            ),
+            # the same model and geometry: its pairs are the first run's, and are left out
+            logged_run(
+                "a/eu/raw",
+                metrics=correlation_metrics("digits__eu", (0.9, 0.9, 0.9), (0.9, 0.9, 0.9))
+                | correlation_metrics("eu__months", (0.5, 0.4, 0.2), (0.002, 0.2, 0.6)),
+            ),
+            # whitened: another geometry, and no decorrelated variant
+            logged_run(
+                "a/digits/centered+whitened",
+                metrics=correlation_metrics("digits__eu", (0.05, 0.06), (0.03, 0.01)),
+            ),
+            logged_run(
+                "b/digits/centered",
+                metrics=correlation_metrics("digits__eu", (0.1, 0.2, 0.3), (0.02, 0.005, 0.3)),
+            ),
+        ),
+    )
+
+
+def test_correlations_are_corrected_over_the_whole_sweep():
+    correlations = figure_data.correlation_rows(correlation_sweep(), alpha=0.05)
+    assert list(correlations) == ["a", "a+whitened", "b"]
+    a = correlations["a"]
+    assert [(r["variant"], r["group_a"], r["group_b"]) for r in a] == [
+        (v, *pair)
+        for pair in (("digits", "eu"), ("eu", "months"))
+        for v in ("raw", "centered", "decorrelated")
+    ]
+    assert {r["run_id"] for r in a[:3]} == {"a/digits/centered"}
+    assert [r["r"] for r in a[:3]] == [0.02, -0.1, 0.3]
+    assert [v for v in (r["variant"] for r in correlations["a+whitened"])] == ["raw", "centered"]
+    rows = [r for model in correlations.values() for r in model]
+    p_values = [r["p_value"] for r in rows]
+    assert len(p_values) == figure_data.n_tests(correlations) == 11
+    q_values = false_discovery_control(p_values, method="bh")
+    assert [r["q_bh"] for r in rows] == pytest.approx(q_values)
+    assert [r["significant"] for r in rows] == [bool(q < 0.05) for q in q_values]
+    # one family: model b alone would give its centered r (p 0.005) q = 3 * 0.005 / 1
+    (b_centered,) = [r for r in correlations["b"] if r["variant"] == "centered"]
+    assert b_centered["q_bh"] > 3 * 0.005
+    assert {(r["null_mean"], r["percentile"]) for r in rows} == {(0.01, 15.0)}
+
+
+def test_correlation_figure_shows_raw_centered_and_decorrelated_side_by_side():
+    correlations = figure_data.correlation_rows(correlation_sweep(), alpha=0.05)
+    fig, rows = correlation_figure("a", correlations["a"], 11, FigureStyle())
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["raw", "centered", "decorrelated"]
+    raw_cells = [t.get_text() for t in panels[0].texts]
+    # digits-eu raw: p 0.001 is the smallest of 11 tests, q = 11 * 0.001 = 0.011
+    assert raw_cells.count("+0.02*\n15%") == 2  # both triangles
+    assert "+0.30\n15%" in [t.get_text() for t in panels[2].texts]  # q 0.6: no star
+    note = fig.get_supxlabel().replace("\n", " ")
+    assert (
+        "* Benjamini-Hochberg q < 0.05 over the sweep's 11 tests of group-mean r "
+        "against matched random groups; % = null percentile" in note
+    )
+    whitened, _ = correlation_figure("a+whitened", correlations["a+whitened"], 11, FigureStyle())
+    assert [ax.get_title() for ax in whitened.axes if ax.get_title()] == ["raw", "centered"]
+
+
+def test_without_a_null_no_star_and_no_note_claims_one():
+    run = logged_run(
+        "m/digits/centered", metrics=correlation_metrics("digits__eu", (0.02, 0.01), None)
+    )
+    correlations = figure_data.correlation_rows(Sweep("s", "", None, (run,)), alpha=0.05)
+    (rows,) = correlations.values()
+    assert {(r["p_value"], r["q_bh"], r["significant"], r["percentile"]) for r in rows} == {
+        ("", "", "", "")
+    }
+    fig, _ = correlation_figure("m", rows, figure_data.n_tests(correlations), FigureStyle())
+    cells = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "+0.02" in cells and not any("*" in c or "%" in c for c in cells)
+    assert "Benjamini" not in fig.get_supxlabel()

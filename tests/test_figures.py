@@ -94,7 +94,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -
         f"target={','.join(GROUPS)}",
         "analysis.center=true,false",
         "analysis.n_null=40",
-        "analysis.n_bootstrap=20",
+        "analysis.n_resamples=20",
         "analysis.n_global=4",
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
@@ -150,41 +150,89 @@ def test_scree_csv_equals_the_store(swept):
     client = swept.client
     for child in children:
         run_id = child.info.run_id
+        metrics = child.data.metrics
         mine = [r for r in rows if r["run_id"] == run_id]
 
-        def history(key: str, run_id: str = run_id) -> list[float]:
-            return [
-                m.value
-                for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
-            ]
+        def history(key: str, run_id: str = run_id) -> dict[int, float]:
+            return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
         S = history("singular_value")
-        assert [float(r["singular_value"]) for r in mine] == S
-        assert [float(r["bootstrap_lo"]) for r in mine] == history("bootstrap/singular_value_lo")
-        assert [float(r["bootstrap_hi"]) for r in mine] == history("bootstrap/singular_value_hi")
-        band = [
-            r
-            for r in logged_rows(client, run_id, "null_spectrum.csv")
-            if r["statistic"] == "singular_value"
-        ]
-        assert [float(r["null_q2.5"]) for r in mine] == [float(b["null_q2.5"]) for b in band]
-        assert [float(r["null_q97.5"]) for r in mine] == [float(b["null_q97.5"]) for b in band]
-        norm = sum(s * s for s in S) ** 0.5
-        assert [float(r["normalized"]) for r in mine] == pytest.approx([s / norm for s in S])
+        assert [float(r["singular_value"]) for r in mine] == [S[k] for k in sorted(S)]
+        # jackknife intervals where the run logged one, no bar (nan) where it did not
+        for side in ("lo", "hi"):
+            interval = history(f"interval/singular_value_{side}")
+            assert interval, f"no interval/singular_value_{side} in {child.info.run_name}"
+            for r in mine:
+                k = int(r["component"])
+                if k in interval:
+                    assert float(r[f"interval_{side}"]) == interval[k]
+                else:
+                    assert r[f"interval_{side}"] == "nan"
+                    assert r[f"normalized_interval_{side}"] == "nan"
+        shares = {
+            int(b["component"]): b
+            for b in logged_rows(client, run_id, "null_spectrum.csv")
+            if b["statistic"] == "share"
+        }
+        assert sorted(shares) == [int(r["component"]) for r in mine]
+        for r in mine:
+            share = shares[int(r["component"])]
+            assert float(r["null_share_q2.5"]) == float(share["null_q2.5"])
+            assert float(r["null_share_q97.5"]) == float(share["null_q97.5"])
+            assert float(r["null_percentile"]) == float(share["percentile"])
+            assert float(r["normalized"]) == pytest.approx(float(share["observed"]))
+        # the figure places s1's share where the run's null test does
+        first = next(r for r in mine if r["component"] == "0")
+        assert float(first["null_percentile"]) == pytest.approx(
+            metrics["null/s1_share/percentile"], abs=100 / metrics["null/n_null"]
+        )
+        norm = sum(s * s for s in S.values()) ** 0.5
+        assert [float(r["normalized"]) for r in mine] == pytest.approx(
+            [S[k] / norm for k in sorted(S)]
+        )
         assert {r["model"] for r in mine} == {child.data.tags["embsvd.model"]}
         assert {r["group"] for r in mine} == {child.data.tags["embsvd.target_group"]}
 
 
-def test_heatmap_csv_equals_the_store_and_marks_holm_significance(swept):
+def benjamini_hochberg(p_values: list[float]) -> list[float]:
+    """q_i = min(1, min over p_j >= p_i of m p_j / #{p <= p_j}): the definition, directly."""
+    m = len(p_values)
+    return [
+        min(1.0, min(m * pj / sum(p <= pj for p in p_values) for pj in p_values if pj >= pi))
+        for pi in p_values
+    ]
+
+
+CORRELATION_METRICS = {
+    "raw": "group_mean_corr",
+    "centered": "group_mean_corr_centered",
+    "decorrelated": "group_mean_corr_decorrelated",
+}
+
+
+def test_heatmap_csv_equals_the_store_and_marks_benjamini_hochberg_over_the_sweep(swept):
+    rows = []
     for model in MODELS:
-        rows = read_rows(swept.figures / f"group_mean_corr__{model}.csv")
-        assert [(r["group_a"], r["group_b"]) for r in rows] == [("digits", "eu_countries")]
-        (row,) = rows
+        mine = read_rows(swept.figures / f"group_mean_corr__{model}.csv")
+        assert {r["model"] for r in mine} == {model}
+        # one row per variant and pair; no whitened runs, so decorrelated is there too
+        assert sorted((r["variant"], r["group_a"], r["group_b"]) for r in mine) == sorted(
+            (variant, "digits", "eu_countries") for variant in CORRELATION_METRICS
+        )
+        rows += mine
+    p_values = []
+    for row in rows:
         metrics = swept.client.get_run(row["run_id"]).data.metrics
-        assert float(row["r"]) == metrics["group_mean_corr/digits__eu_countries"]
-        p_holm = metrics["null/group_mean_corr/digits__eu_countries/p_holm"]
-        assert float(row["p_holm"]) == p_holm
-        assert row["significant"] == str(p_holm < 0.05).lower()
+        key = f"{CORRELATION_METRICS[row['variant']]}/{row['group_a']}__{row['group_b']}"
+        assert float(row["r"]) == metrics[key]
+        assert float(row["null_mean"]) == metrics[f"null/{key}/mean"]
+        assert float(row["percentile"]) == metrics[f"null/{key}/percentile"]
+        assert float(row["p_value"]) == metrics[f"null/{key}/p_value"]
+        p_values.append(metrics[f"null/{key}/p_value"])
+    # one family: every test of the sweep, whatever its model
+    for row, q in zip(rows, benjamini_hochberg(p_values), strict=True):
+        assert float(row["q_bh"]) == pytest.approx(q, rel=1e-12)
+        assert row["significant"] == str(q < 0.05).lower()
 
 
 def test_axis_csv_equals_the_logged_histogram_and_group_projections(swept):

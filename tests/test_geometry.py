@@ -155,9 +155,25 @@ def test_global_svd_is_deterministic_and_exact_at_full_rank(low_rank):
     np.testing.assert_allclose(blocked.Vt, first.Vt, atol=1e-9)
     small = np.random.default_rng(5).normal(size=(30, 7))
     S, Vt = centered_svd(small)
-    full = global_svd(small, 7, n_iter=0)
+    full = global_svd(small, 7)
     np.testing.assert_allclose(full.singular_values, S, rtol=1e-10)
     np.testing.assert_allclose(np.abs(full.Vt @ Vt.T), np.eye(7), atol=1e-8)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.02])  # flat, as after whitening; slowly decaying
+def test_global_svd_is_exact_where_a_randomized_svd_is_not(decay):
+    """The whole top-50 subspace of a flat or slowly decaying spectrum: a sketch-based
+    SVD returns an arbitrary subspace there; the covariance eigendecomposition does not."""
+    rng = np.random.default_rng(11)
+    d = 120
+    scales = np.exp(-decay * np.arange(d))
+    W = rng.normal(size=(3000, d)) * scales
+    svd = global_svd(W, 50)
+    S, Vt = centered_svd(W)
+    np.testing.assert_allclose(svd.singular_values, S[:50], rtol=1e-9)
+    # the span of the top 50 equals the exact one: every principal cosine is 1
+    cosines = np.linalg.svd(svd.Vt @ Vt[:50].T, compute_uv=False)
+    assert cosines.min() > 1 - 1e-8
 
 
 def test_global_svd_rows_restrict_the_rows_used(low_rank):

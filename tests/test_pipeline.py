@@ -22,9 +22,9 @@ CONTRACT_ARTIFACTS = {
     "row_cosine.csv",
     "spectrum.csv",
     "top_tokens.csv",
-    "projection_histogram.csv",  # the paper's axis figures (issue 5)
+    "projection_histogram.csv",  # the paper's axis figures
     "group_projections.csv",
-    # the checks (issue 4)
+    # the checks
     "null_spectrum.csv",
     "null_group_mean_corr.csv",
     "stability.csv",
@@ -80,7 +80,8 @@ def test_job_logs_the_run_contract(tiny_bert, session_store):
     # params: the resolved config with dotted keys
     assert run.data.params["analysis.center"] == "True"
     assert run.data.params["model.path"] == str(tiny_bert)
-    assert run.data.params["groups.digits.size"] == "10"
+    assert run.data.params["groups.digits.size"] == "None"  # a closed set: all its words
+    assert run.data.params["groups.eu_countries.size"] == "10"  # an open one
     # the tiny vocabulary has 8 of the 27 EU countries as single tokens
     assert run.data.metrics["n_tokens"] == 8
     assert run.data.metrics["group_mean_corr/digits__eu_countries"] == pytest.approx(
@@ -171,13 +172,18 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
     [run] = store.find_runs()
     table = format_sweep_table([run]).splitlines()
     assert table[0].split()[:2] == ["run", "status"]
-    assert "group-mean r (null pct)" in table[0] and "axis 0 stability" in table[0]
+    assert "group-mean r raw (null pct)" in table[0] and "r centered (null pct)" in table[0]
+    assert "axis 0 stability" in table[0]
     assert table[2].startswith("tiny_bert/digits/centered  FINISHED  eu_countries=")
-    r, percentile = table[2].split("eu_countries=")[1].split()[:2]
-    assert float(r) == pytest.approx(run.metrics["group_mean_corr/digits__eu_countries"], abs=5e-4)
-    pct = run.metrics["null/group_mean_corr/digits__eu_countries/percentile"]
-    assert percentile == f"({pct:.0f})"
-    assert f"{run.metrics['stability/axis0_cos']:.2f}" in table[2].split(percentile)[1].split()
+    cells = table[2].split("eu_countries=")
+    for cell, key in zip(
+        cells[1:], ["group_mean_corr", "group_mean_corr_centered"], strict=True
+    ):  # raw, then centered on the vocabulary's mean, each with its null percentile
+        r, percentile = cell.split()[:2]
+        metric = f"{key}/digits__eu_countries"
+        assert float(r) == pytest.approx(run.metrics[metric], abs=5e-4)
+        assert percentile == f"({run.metrics[f'null/{metric}/percentile']:.0f})"
+    assert f"{run.metrics['stability/axis0_cos']:.2f}" in cells[2].split()[2:]
 
 
 @pytest.mark.parametrize(
@@ -188,7 +194,14 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
             "analysis.geometry: 'spherical' is not one of euclidean, whitened",
         ),
         ("analysis.n_null=1", "analysis.n_null: must be 0 (off) or at least 2, got 1"),
-        ("analysis.n_bootstrap=-5", "analysis.n_bootstrap: must be 0 (off) or at least 2, got -5"),
+        ("analysis.n_resamples=-5", "analysis.n_resamples: must be 0 (off) or at least 2, got -5"),
+        (
+            "analysis.null_match=nearest",
+            "analysis.null_match: 'nearest' is not one of none, norm, frequency, norm_frequency",
+        ),
+        ("analysis.null_neighbours=0", "analysis.null_neighbours: must be at least 1, got 0"),
+        ("analysis.alpha=1.5", "analysis.alpha: a level between 0 and 1, got 1.5"),
+        ("analysis.remove_global=-1", "analysis.remove_global: must be 0 (off) or more, got -1"),
         (
             "analysis.confound_threshold=2",
             "analysis.confound_threshold: a |Spearman rho| between 0 and 1",
@@ -232,7 +245,13 @@ def test_whitened_and_unit_row_geometry_change_the_numbers_not_the_contract(
     assert run.data.params["analysis.geometry"] == "whitened"
     assert 0 < run.data.metrics["geometry/whitening_shrinkage"] <= 1  # Ledoit-Wolf
     assert not np.allclose(plain.svd.singular_values, whitened.svd.singular_values)
-    assert artifact_names(client, run.info.run_id) >= CONTRACT_ARTIFACTS - {"config.yaml"}
+    # the whitened spectrum is flat by construction: no global view, no decorrelated r
+    assert "global/group_variance_share" not in run.data.metrics
+    assert not any(k.startswith("group_mean_corr_decorrelated/") for k in run.data.metrics)
+    assert "group_mean_corr_centered/digits__eu_countries" in run.data.metrics
+    assert run.data.tags["embsvd.global_view"].startswith("skipped: the whitened geometry")
+    expected = CONTRACT_ARTIFACTS - {"config.yaml", "global_spectrum.csv"}
+    assert artifact_names(client, run.info.run_id) >= expected
 
 
 # --- custom groups: the `extra` slot and group files -------------------------------------
@@ -335,7 +354,7 @@ def test_seeded_runs_are_identical_and_another_seed_moves_only_resampled_numbers
         )
     _, (first, again, other) = runs_of(session_store, "seeds")
     assert first.data.metrics == again.data.metrics
-    resampled = ("null/", "bootstrap/", "stability/axis", "stability/subspace")
+    resampled = ("null/", "interval/", "stability/axis", "stability/subspace", "order/")
     moved = {k for k in first.data.metrics if first.data.metrics[k] != other.data.metrics[k]}
     assert moved and all(k.startswith(resampled) for k in moved), moved
     assert "null/s1_share/mean" in moved

@@ -35,12 +35,16 @@ CONTRACT_METRICS = {
     "group_mean_cos/digits__eu_countries",
     "axis_corr/digits__eu_countries",
     "n_tokens",
-    # the checks, on by default (issue 4)
+    # the checks, on by default
     "s1_share",
     "null/s1_share/percentile",
     "null/group_mean_corr/digits__eu_countries/p_holm",
+    "group_mean_corr_centered/digits__eu_countries",
+    "null/group_mean_corr_decorrelated/digits__eu_countries/percentile",
+    "null/global_share/percentile",
     "stability/axis_cos",
-    "bootstrap/singular_value_lo",
+    "interval/singular_value_lo",
+    "order/spearman",  # digits declare a linear order
     "heldout/subspace_rank_pct_median",
     "confound/spearman_norm",
     "global/group_variance_share",

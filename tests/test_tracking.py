@@ -223,7 +223,15 @@ def test_log_result_writes_the_contract(session_store):
         "token_id": 1,
         "form": "bare",
     }
-    assert set(payload["b_group"]) == {"words", "kept", "dropped", "held_out"}
+    assert set(payload["b_group"]) == {
+        "words",
+        "order",
+        "closed",
+        "incomplete",
+        "kept",
+        "dropped",
+        "held_out",
+    }
 
 
 # the names the rigor issue promises to tools that read runs
@@ -234,9 +242,14 @@ CHECK_METRICS = [
         f"null/group_mean_corr/ordered__other/{s}"
         for s in ("mean", "sd", "percentile", "p_value", "p_holm")
     ),
+    "null/n_tests",
+    "null/p_floor",
+    *(f"null/s1_share/{s}" for s in ("p_holm",)),
+    *(f"null/global_share/{s}" for s in ("mean", "sd", "percentile", "p_value", "p_holm")),
     "stability/axis_cos",
-    "bootstrap/singular_value_lo",
-    "bootstrap/singular_value_hi",
+    "stability/n_resamples",
+    "interval/singular_value_lo",
+    "interval/singular_value_hi",
     "heldout/subspace_rank_pct_median",
     "heldout/axis_rank_pct_median",
     "heldout/precision_at_k",
@@ -259,7 +272,8 @@ def test_log_result_writes_the_checks_contract(session_store):
     null = rigor.null
     assert data.metrics["null/s1_share/percentile"] == null.s1_share.percentile == 100.0
     p_holm = data.metrics["null/group_mean_corr/ordered__other/p_holm"]
-    assert p_holm == pytest.approx(null.p_holm["ordered", "other"])
+    assert p_holm == pytest.approx(null.p_holm["group_mean_corr/ordered__other"])
+    assert data.metrics["null/n_tests"] == null.n_tests == len(null.p_holm)
 
     def series(key):
         history = sorted(client.get_metric_history(run.run_id, key), key=lambda m: m.step)
@@ -267,14 +281,16 @@ def test_log_result_writes_the_checks_contract(session_store):
 
     np.testing.assert_allclose(series("stability/axis_cos"), rigor.stability.axis_cos)
     np.testing.assert_allclose(
-        series("bootstrap/singular_value_lo"), rigor.stability.singular_value_lo
+        series("interval/singular_value_lo"), rigor.stability.singular_value_lo
     )
+    assert data.tags["embsvd.interval_method"] == rigor.stability.method
     assert data.metrics["stability/axis0_cos"] == pytest.approx(rigor.stability.axis_cos[0])
     assert data.metrics["confound/spearman_norm"] == pytest.approx(
         rigor.confounds.spearman["norm"][0]
     )
     assert data.tags["embsvd.random_state"] == "0"
-    assert "whole words" in data.tags["embsvd.null_pool"]
+    assert "ASCII letters or digits" in data.tags["embsvd.null_pool"]
+    assert data.tags["embsvd.null_match"].startswith("none")
 
     def table(name):
         return list(csv.DictReader(io.StringIO(read_artifact(client, run.run_id, name))))
@@ -283,8 +299,16 @@ def test_log_result_writes_the_checks_contract(session_store):
     np.testing.assert_array_equal(
         [float(r["null_q2.5"]) for r in band], np.percentile(null.singular_values, 2.5, axis=0)
     )
+    # the share s_k / ||M||_F, each draw by its own norm, places s1 where the metric does
+    shares = [r for r in table("null_spectrum.csv") if r["statistic"] == "share"]
+    assert float(shares[0]["percentile"]) == data.metrics["null/s1_share/percentile"]
+    np.testing.assert_allclose(
+        [float(r["null_q97.5"]) for r in shares],
+        np.percentile(np.sqrt(null.explained_variance_ratio), 97.5, axis=0),
+    )
     [pair] = table("null_group_mean_corr.csv")
-    assert float(pair["p_holm"]) == null.p_holm["ordered", "other"]
+    assert pair["variant"] == "raw"
+    assert float(pair["p_holm"]) == null.p_holm["group_mean_corr/ordered__other"]
     stability = table("stability.csv")
     assert [float(r["axis_cos"]) for r in stability] == list(rigor.stability.axis_cos)
     assert {r["degenerate"] for r in stability} <= {"true", "false"}

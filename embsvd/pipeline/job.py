@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import embsvd
 from embsvd import contract, geometry
-from embsvd.analysis import AnalysisResult, analyze
+from embsvd.analysis import AnalysisResult, MeanReference, analyze
 from embsvd.checkpoint import Checkpoint, CheckpointSpec, default_cache_dir, load_checkpoint
 from embsvd.config import (
     PROJECT_ROOT,
@@ -26,6 +26,7 @@ from embsvd.config import (
     EmbsvdConfig,
     config_hash,
 )
+from embsvd.frequency import token_frequencies
 from embsvd.groups import (
     GroupSpec,
     TokenForms,
@@ -33,6 +34,7 @@ from embsvd.groups import (
     describe_dropped,
     select_single_tokens,
 )
+from embsvd.null import NULL_MATCHES
 from embsvd.provenance import GitState, git_state, library_versions
 from embsvd.rigor import RigorResult, assess
 
@@ -177,6 +179,9 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     analysis = settings.analysis
     W, geometry_metrics = analysis_matrix(checkpoint, analysis)
     run.log_metrics(geometry_metrics)
+    components = _global_components(W, checkpoint, analysis, cache_dir)
+    if components is None and analysis.geometry == "whitened":
+        run.set_tags({"embsvd.global_view": WHITENED_GLOBAL_VIEW})
     result = analyze(
         W,
         groups,
@@ -187,8 +192,9 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
         token_strings=checkpoint.token_strings(),
         excluded_ids=checkpoint.special_ids(),
         device=analysis.device,
+        reference=_mean_reference(W, checkpoint, components, analysis),
     )
-    rigor = _checks(W, groups, result, checkpoint, forms, analysis, cache_dir)
+    rigor = _checks(W, groups, result, checkpoint, forms, analysis, cache_dir, components)
     tracking.log_result(run, result, rigor)
     if analysis.figures:
         from embsvd.plotting import draw_run_figures
@@ -250,8 +256,18 @@ def _checks(
     forms: TokenForms,
     analysis: AnalysisConfig,
     cache_dir: Path | None,
+    components: geometry.GlobalSVD | None,
 ) -> RigorResult:
     """The checks ``analysis`` switches on, for the analysis ``result`` of ``W``."""
+    matched = analysis.n_null and analysis.null_match != "none"
+    frequencies = None
+    if matched or (analysis.order and groups[result.target].order != "none"):
+        frequencies = token_frequencies(
+            checkpoint.token_strings(),
+            forms.marker,
+            checkpoint.special_ids(),
+            cache_dir or default_cache_dir(),
+        )
     return assess(
         W,
         groups,
@@ -262,12 +278,17 @@ def _checks(
         token_norms=np.linalg.norm(checkpoint.W, axis=1) if analysis.confounds else None,
         random_state=analysis.random_state,
         n_null=analysis.n_null,
-        n_bootstrap=analysis.n_bootstrap,
+        null_match=analysis.null_match,
+        null_neighbours=analysis.null_neighbours,
+        alpha=analysis.alpha,
+        frequencies=frequencies,
+        n_resamples=analysis.n_resamples,
         heldout=analysis.heldout,
         precision_k=analysis.precision_k,
         confounds=analysis.confounds,
         confound_threshold=analysis.confound_threshold,
-        global_svd=_global_svd(W, checkpoint, analysis, cache_dir) if analysis.n_global else None,
+        global_svd=components.top(analysis.n_global) if components and analysis.n_global else None,
+        order=analysis.order,
     )
 
 
@@ -288,17 +309,28 @@ def analysis_matrix(
     return whitening.apply(W), [("geometry/whitening_shrinkage", whitening.shrinkage, 0)]
 
 
-def _global_svd(
+WHITENED_GLOBAL_VIEW = (
+    "skipped: the whitened geometry's spectrum is flat by construction, so it has no top "
+    "components (no global view, no decorrelated group-mean r)"
+)
+
+
+def _global_components(
     W: np.ndarray, checkpoint: Checkpoint, analysis: AnalysisConfig, cache_dir: Path | None
-) -> geometry.GlobalSVD:
-    """The whole vocabulary's top ``n_global`` components (at most ``d_model``), cached
-    per checkpoint matrix and geometry under ``<cache_dir>/global_svd/``."""
+) -> geometry.GlobalSVD | None:
+    """The whole vocabulary's top components, as many as the global view (``n_global``)
+    and the decorrelated group-mean r (``remove_global``) need, at most ``d_model``; exact,
+    cached per checkpoint matrix and geometry under ``<cache_dir>/global_svd/``. ``None``
+    where none are needed, and in the whitened geometry."""
+    wanted = max(analysis.n_global, analysis.remove_global)
+    if not wanted or analysis.geometry == "whitened":
+        return None
     rows = checkpoint.ordinary_rows
-    n_global = min(analysis.n_global, W.shape[1], len(rows))
-    if n_global < analysis.n_global:
+    n_global = min(wanted, W.shape[1], len(rows))
+    if n_global < wanted:
         log.warning(
             "analysis.n_global=%d exceeds the %d dimensions of %s; using %d",
-            analysis.n_global,
+            wanted,
             W.shape[1],
             checkpoint.name,
             n_global,
@@ -307,13 +339,27 @@ def _global_svd(
         "weights_sha256": checkpoint.weights_sha256,
         "tensor_key": checkpoint.tensor_key,
         "geometry": analysis.geometry,
-        "whitening_shrinkage": analysis.whitening_shrinkage,
         "normalize_rows": analysis.normalize_rows,
         "n_global": n_global,
+        "method": "covariance eigendecomposition",
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     cache_file = (cache_dir or default_cache_dir()) / "global_svd" / f"{digest}.npz"
     return geometry.cached_global_svd(W, n_global, cache_file, rows=rows)
+
+
+def _mean_reference(
+    W: np.ndarray,
+    checkpoint: Checkpoint,
+    components: geometry.GlobalSVD | None,
+    analysis: AnalysisConfig,
+) -> MeanReference:
+    """The vocabulary's mean (of its ordinary rows) and the top ``remove_global``
+    components for the centered and decorrelated group-mean correlations."""
+    if components is None:
+        return MeanReference(geometry.row_mean(W, checkpoint.ordinary_rows))
+    axes = components.Vt[: analysis.remove_global] if analysis.remove_global else None
+    return MeanReference(components.mean, axes)
 
 
 def checkpoint_tags(checkpoint: Checkpoint) -> dict[str, Any]:
@@ -345,13 +391,26 @@ def _check_settings(settings: EmbsvdConfig) -> None:
     for key in ("n_components", "top_k", "precision_k"):
         if getattr(analysis, key) < 1:
             raise ValueError(f"analysis.{key}: must be at least 1, got {getattr(analysis, key)}")
-    for key in ("n_null", "n_bootstrap"):
+    for key in ("n_null", "n_resamples"):
         if getattr(analysis, key) < 0 or getattr(analysis, key) == 1:
             raise ValueError(
                 f"analysis.{key}: must be 0 (off) or at least 2, got {getattr(analysis, key)}"
             )
-    if analysis.n_global < 0:
-        raise ValueError(f"analysis.n_global: must be 0 (off) or more, got {analysis.n_global}")
+    for key in ("n_global", "remove_global"):
+        if getattr(analysis, key) < 0:
+            raise ValueError(
+                f"analysis.{key}: must be 0 (off) or more, got {getattr(analysis, key)}"
+            )
+    if analysis.null_match not in NULL_MATCHES:
+        raise ValueError(
+            f"analysis.null_match: {analysis.null_match!r} is not one of {', '.join(NULL_MATCHES)}"
+        )
+    if analysis.null_neighbours < 1:
+        raise ValueError(
+            f"analysis.null_neighbours: must be at least 1, got {analysis.null_neighbours}"
+        )
+    if not 0 < analysis.alpha < 1:
+        raise ValueError(f"analysis.alpha: a level between 0 and 1, got {analysis.alpha}")
     if not 0 <= analysis.confound_threshold <= 1:
         raise ValueError(
             f"analysis.confound_threshold: a |Spearman rho| between 0 and 1, "
