@@ -277,12 +277,15 @@ def measure_large(folder: Path, cache_dir: Path, repeats: int, work: Path) -> di
 
 def write_tiny_bert(folder: Path, words: list[str]) -> Path:
     """A small BERT that ``AutoModel`` can build (the notebook side needs one): every
-    word is in its vocabulary; the embedding is random."""
+    word is in its vocabulary, with 512 common English words beside them for the matched
+    null to draw from; the embedding is random."""
+    import wordfreq
     from safetensors.numpy import save_file
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab += sorted({w.lower() for w in words} - set(vocab))
-    vocab += [f"filler{i}" for i in range(512)]
+    common = [w for w in wordfreq.top_n_list("en", 2000) if w.isascii() and w.isalpha()]
+    vocab += [w for w in common if w not in vocab][:512]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     config = {

@@ -235,6 +235,7 @@ def draw_groups(
 class MemberMatch:
     """The candidates one member is replaced by, and how they were chosen."""
 
+    token: str  # the member's token, for messages
     candidates: np.ndarray  # token ids, the member's nearest pool tokens
     radius: float  # distance (in pool quantiles) of the farthest candidate
     by_zipf: bool  # matched on Zipf frequency (else on token id rank)
@@ -259,7 +260,7 @@ def match_members(
     for kept in group.kept:
         pool, numeral = _member_pool(kept.token_id, kept.form, pools, matching, len(own))
         pool = np.setdiff1d(pool, never)
-        found.append(_nearest(kept.token_id, pool, matching, numeral))
+        found.append(_nearest(kept.token, kept.token_id, pool, matching, numeral))
     union = np.unique(np.concatenate([m.candidates for m in found]))
     if len(union) < len(own):
         raise ValueError(
@@ -282,7 +283,9 @@ def _member_pool(
     return pools.ids[form], False
 
 
-def _nearest(token_id: int, pool: np.ndarray, matching: Matching, numeral: bool) -> MemberMatch:
+def _nearest(
+    token: str, token_id: int, pool: np.ndarray, matching: Matching, numeral: bool
+) -> MemberMatch:
     """The ``n_neighbours`` pool tokens nearest ``token_id`` in pool quantiles."""
     frequencies = matching.frequencies
     by_zipf = frequencies is not None and frequencies.zipf[token_id] > 0
@@ -296,7 +299,7 @@ def _nearest(token_id: int, pool: np.ndarray, matching: Matching, numeral: bool)
     distance = np.sqrt(sum((pool_q - own_q) ** 2 for pool_q, own_q in coordinates))
     k = min(matching.n_neighbours, len(pool))
     nearest = np.argsort(distance, kind="stable")[:k]
-    return MemberMatch(pool[nearest], float(distance[nearest[-1]]), by_zipf, numeral)
+    return MemberMatch(token, pool[nearest], float(distance[nearest[-1]]), by_zipf, numeral)
 
 
 def _quantiles(pool_values: np.ndarray, own: float) -> tuple[np.ndarray, float]:
@@ -316,28 +319,30 @@ def draw_matched(
     rng: np.random.Generator,
     avoid: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``n_draws`` groups, member ``i`` replaced by a uniform pick of its candidates, no
-    token twice in a draw nor in the same row of ``avoid`` (``(n_draws, m)``: the draws
-    of the groups it will be paired with, which the real groups never share a token
-    with either): ``(n_draws, n_members)`` token ids."""
-    sizes = np.array([len(m.candidates) for m in members])
-
-    def pick(rows: np.ndarray) -> np.ndarray:
-        picks = (rng.random((len(rows), len(members))) * sizes).astype(np.int64)
-        return np.stack([m.candidates[picks[:, i]] for i, m in enumerate(members)], axis=1)
-
-    draws = pick(np.arange(n_draws))
-    for _ in range(MAX_REDRAWS):
-        together = draws if avoid is None else np.concatenate([draws, avoid], axis=1)
-        ordered = np.sort(together, axis=1)
-        repeated = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
-        if not len(repeated):
-            return draws
-        draws[repeated] = pick(repeated)
-    raise ValueError(
-        f"analysis.null_neighbours: after {MAX_REDRAWS} rounds some draws still repeat a "
-        "token (the members' candidates overlap too much); raise analysis.null_neighbours"
-    )
+    """``n_draws`` groups, member ``i`` replaced by a uniform pick of its candidates that
+    its row has not used yet: no token twice in a draw, nor in the same row of ``avoid``
+    (``(n_draws, m)``: the draws of the groups it will be paired with, as the real
+    groups share no token either). Members are placed in turn, each redrawing only the
+    rows where its pick was taken. Returns ``(n_draws, n_members)`` token ids."""
+    used = np.empty((n_draws, 0), dtype=np.int64) if avoid is None else avoid
+    columns = []
+    for member in members:
+        column = member.candidates[rng.integers(0, len(member.candidates), n_draws)]
+        for _ in range(MAX_REDRAWS):
+            taken = (column[:, None] == used).any(axis=1)
+            if not taken.any():
+                break
+            picks = rng.integers(0, len(member.candidates), int(taken.sum()))
+            column[taken] = member.candidates[picks]
+        else:
+            raise ValueError(
+                f"analysis.null_neighbours: after {MAX_REDRAWS} rounds some draws still find "
+                f"every candidate of {member.token!r} taken by other members; raise "
+                "analysis.null_neighbours"
+            )
+        columns.append(column)
+        used = np.concatenate([used, column[:, None]], axis=1)
+    return np.stack(columns, axis=1)
 
 
 def describe_match(matching: Matching, members: Sequence[MemberMatch]) -> str:
