@@ -35,13 +35,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embsvd.analysis import AnalysisResult, effective_rank, mean_corr_key
+from embsvd.analysis import AnalysisResult, MeanReference, effective_rank, mean_corr_key
 from embsvd.frequency import TokenFrequencies, surface
 from embsvd.groups import TokenGroup
 
 WHOLE_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
 NULL_MATCHES = ("none", "norm", "frequency", "norm_frequency")
 DRAWS_PER_BATCH = 100  # bounds the (draws, n, d_model) float64 block of a batch
+MEANS_BLOCK = 1 << 22  # floats of random groups' means held at once (32 MB)
 MAX_REDRAWS = 1000  # rounds of redrawing draws that picked one token twice
 
 
@@ -247,20 +248,22 @@ def match_members(
     pools: TokenPools,
     matching: Matching,
     taken: Collection[int] = (),
+    scales: dict | None = None,
 ) -> tuple[MemberMatch, ...]:
     """Every member's nearest pool tokens under ``matching`` (see the module docstring),
     never the group's own tokens nor those in ``taken`` (the other groups' members).
+    ``scales`` caches each pool's quantiles across calls (a run's groups share pools).
 
     Raises:
         ValueError: the pools cannot give the group distinct replacements.
     """
     own = np.array(group.token_ids)
     never = np.union1d(own, np.asarray(list(taken), dtype=np.int64))
+    scales = {} if scales is None else scales
     found = []
     for kept in group.kept:
         pool, numeral = _member_pool(kept.token_id, kept.form, pools, matching, len(own))
-        pool = np.setdiff1d(pool, never)
-        found.append(_nearest(kept.token, kept.token_id, pool, matching, numeral))
+        found.append(_nearest(kept.token, kept.token_id, pool, never, matching, numeral, scales))
     union = np.unique(np.concatenate([m.candidates for m in found]))
     if len(union) < len(own):
         raise ValueError(
@@ -283,34 +286,50 @@ def _member_pool(
     return pools.ids[form], False
 
 
+class _Quantiles:
+    """Mid-rank quantiles (0-1) of a pool's values, and of any value among them."""
+
+    def __init__(self, values: np.ndarray):
+        self.sorted = np.sort(values)
+        self.of_pool = self.of(values)
+
+    def of(self, value: np.ndarray | float) -> np.ndarray:
+        ahead = np.searchsorted(self.sorted, value, "left")
+        return (ahead + np.searchsorted(self.sorted, value, "right")) / (2 * len(self.sorted))
+
+
 def _nearest(
-    token: str, token_id: int, pool: np.ndarray, matching: Matching, numeral: bool
+    token: str,
+    token_id: int,
+    pool: np.ndarray,
+    never: np.ndarray,
+    matching: Matching,
+    numeral: bool,
+    scales: dict,
 ) -> MemberMatch:
-    """The ``n_neighbours`` pool tokens nearest ``token_id`` in pool quantiles."""
+    """The ``n_neighbours`` pool tokens nearest ``token_id`` in the pool's quantiles of
+    each matched property, leaving out ``never``."""
     frequencies = matching.frequencies
     by_zipf = frequencies is not None and frequencies.zipf[token_id] > 0
-    coordinates = []
+    properties = []
     if matching.on_norm:
-        coordinates.append(_quantiles(matching.norms[pool], matching.norms[token_id]))
+        properties.append(("norm", matching.norms))
     if matching.on_frequency:
         # a member the frequency list does not know is matched on id rank (merge order)
-        values = frequencies.zipf if by_zipf else np.arange(len(frequencies.zipf), dtype=float)
-        coordinates.append(_quantiles(values[pool], values[token_id]))
-    distance = np.sqrt(sum((pool_q - own_q) ** 2 for pool_q, own_q in coordinates))
-    k = min(matching.n_neighbours, len(pool))
-    nearest = np.argsort(distance, kind="stable")[:k]
-    return MemberMatch(token, pool[nearest], float(distance[nearest[-1]]), by_zipf, numeral)
-
-
-def _quantiles(pool_values: np.ndarray, own: float) -> tuple[np.ndarray, float]:
-    """Mid-rank quantiles (0-1) of the pool's values, and of ``own`` among them."""
-    order = np.sort(pool_values)
-    n = len(order)
-    pool_q = (
-        np.searchsorted(order, pool_values, "left") + np.searchsorted(order, pool_values, "right")
-    ) / (2 * n)
-    own_q = (np.searchsorted(order, own, "left") + np.searchsorted(order, own, "right")) / (2 * n)
-    return pool_q, float(own_q)
+        ranks = np.arange(len(frequencies.zipf), dtype=float)
+        properties.append(("zipf", frequencies.zipf) if by_zipf else ("id", ranks))
+    squared = np.zeros(len(pool))
+    for name, values in properties:
+        key = (id(pool), name)
+        if key not in scales:
+            scales[key] = _Quantiles(values[pool])
+        squared += (scales[key].of_pool - scales[key].of(values[token_id])) ** 2
+    squared[np.isin(pool, never)] = np.inf
+    k = min(matching.n_neighbours, int(np.isfinite(squared).sum()))
+    nearest = np.argpartition(squared, k - 1)[:k] if k < len(pool) else np.arange(len(pool))
+    nearest = nearest[np.argsort(squared[nearest], kind="stable")]  # the farthest last
+    radius = float(np.sqrt(squared[nearest[-1]])) if k else math.inf
+    return MemberMatch(token, pool[nearest], radius, by_zipf, numeral)
 
 
 def draw_matched(
@@ -403,20 +422,37 @@ def null_spectra(
     return spectra, shares
 
 
-def draw_means(W: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Mean vector of every drawn group, ``(n_draws, d_model)``."""
-    means = np.empty((len(draws), W.shape[1]))
-    for start in range(0, len(draws), DRAWS_PER_BATCH):
-        batch = draws[start : start + DRAWS_PER_BATCH]
-        means[start : start + len(batch)] = np.asarray(W[batch], dtype=np.float64).mean(axis=1)
-    return means
+def null_mean_correlations(
+    W: np.ndarray, draws: Sequence[np.ndarray], reference: MeanReference | None
+) -> dict[str, np.ndarray]:
+    """Pearson r between the mean vectors of every pair of groups drawn in the same row,
+    in every variant ``reference`` defines (``raw`` only without one).
 
+    Args:
+        W: ``(d_vocab, d_model)``.
+        draws: Per group, its random groups' token ids, ``(n_draws, n_members)``.
+        reference: What the ``centered`` and ``decorrelated`` variants take out.
 
-def rowwise_pearson(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``A`` with the same row of ``B``: ``(n_rows,)``."""
-    A = A - A.mean(axis=1, keepdims=True)
-    B = B - B.mean(axis=1, keepdims=True)
-    return (A * B).sum(axis=1) / (np.linalg.norm(A, axis=1) * np.linalg.norm(B, axis=1))
+    Returns:
+        ``{variant: (n_draws, n_groups, n_groups)}``; the means are formed a block of
+        rows at a time, so memory stays at ``MEANS_BLOCK`` floats per variant.
+    """
+    n_groups, n_draws, d_model = len(draws), len(draws[0]), W.shape[1]
+    rows = max(1, MEANS_BLOCK // (n_groups * d_model))
+    found: dict[str, np.ndarray] = {}
+    for start in range(0, n_draws, rows):
+        block = slice(start, start + rows)
+        means = np.stack(
+            [np.asarray(W[ids[block]], dtype=np.float64).mean(axis=1) for ids in draws]
+        )
+        variants = {"raw": means} if reference is None else reference.variants(means)
+        for variant, vectors in variants.items():  # (n_groups, rows, d_model)
+            vectors = vectors - vectors.mean(axis=2, keepdims=True)
+            vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
+            per_row = vectors.transpose(1, 0, 2)
+            r = found.setdefault(variant, np.empty((n_draws, n_groups, n_groups)))
+            r[block] = per_row @ per_row.transpose(0, 2, 1)
+    return found
 
 
 def compare(observed: float, null: np.ndarray) -> NullComparison:
@@ -490,12 +526,12 @@ def matched_null(
     # matched draws of one row share no token, as the run's own groups share none
     drawn, paired = {}, None
     for name, group in groups.items():
-        draws = _draw(group, members[name], pools, matching, n_null, rng, paired)
-        drawn[name] = draw_means(W, draws)
+        drawn[name] = _draw(group, members[name], pools, matching, n_null, rng, paired)
         if matching.match != "none":
-            paired = draws if paired is None else np.concatenate([paired, draws], axis=1)
+            paired = np.concatenate([p for p in (paired, drawn[name]) if p is not None], axis=1)
     names = sorted(groups)
-    corr = _mean_corr_comparisons(names, np.stack([drawn[name] for name in names]), result)
+    null_r = null_mean_correlations(W, [drawn[name] for name in names], result.reference)
+    corr = _mean_corr_comparisons(names, null_r, result)
     global_share = None
     if shares is not None:
         global_share = compare(_global_share(W[target.token_ids], global_axes), shares)
@@ -531,7 +567,8 @@ def _members(
     if matching.match == "none":
         return {name: () for name in groups}
     taken = sorted({i for group in groups.values() for i in group.token_ids})
-    members = {name: match_members(g, pools, matching, taken) for name, g in groups.items()}
+    scales: dict = {}  # every pool's quantiles, computed once for all groups
+    members = {name: match_members(g, pools, matching, taken, scales) for name, g in groups.items()}
     candidates = [m.candidates for found in members.values() for m in found]
     room = len(np.unique(np.concatenate(candidates)))
     if room < len(taken):
@@ -561,19 +598,15 @@ def _draw(
 
 
 def _mean_corr_comparisons(
-    names: list[str], means: np.ndarray, result: AnalysisResult
+    names: list[str], null_r: Mapping[str, np.ndarray], result: AnalysisResult
 ) -> dict[str, dict[tuple[str, str], NullComparison]]:
-    """Each variant's pairs against the same transform of the random groups' means
-    (``means``: ``(n_groups, n_null, d_model)``)."""
-    variants = {"raw": means} if result.reference is None else result.reference.variants(means)
+    """Each variant's observed pairs against the random groups' (``null_r``: per variant
+    ``(n_null, n_groups, n_groups)`` over ``names``)."""
     found = {}
     for variant, stat in result.mean_corr.items():
         index = {name: i for i, name in enumerate(stat.names)}
         found[variant] = {
-            (a, b): compare(
-                stat.values[index[a], index[b]],
-                rowwise_pearson(variants[variant][i], variants[variant][j]),
-            )
+            (a, b): compare(stat.values[index[a], index[b]], null_r[variant][:, i, j])
             for i, a in enumerate(names)
             for j, b in enumerate(names)
             if i < j

@@ -14,13 +14,12 @@ from embsvd.null import (
     count_tests,
     draw_groups,
     draw_matched,
-    draw_means,
     holm,
     match_members,
     matched_null,
+    null_mean_correlations,
     null_spectra,
     required_draws,
-    rowwise_pearson,
     token_pools,
 )
 
@@ -93,14 +92,19 @@ def test_null_spectra_equal_svds_of_the_drawn_submatrices():
             deviations = W[ids] - W[ids].mean(axis=0)  # the share is about the draw's mean
             inside = deviations @ axes.T @ axes
             assert share == pytest.approx(np.sum(inside**2) / np.sum(deviations**2))
-    np.testing.assert_allclose(draw_means(W, draws)[7], W[draws[7]].mean(axis=0))
 
 
-def test_rowwise_pearson_is_numpys_correlation_row_by_row():
+def test_null_mean_correlations_are_numpys_correlations_row_by_row():
     rng = np.random.default_rng(2)
-    A, B = rng.normal(size=(5, 30)), rng.normal(size=(5, 30))
-    expected = [np.corrcoef(a, b)[0, 1] for a, b in zip(A, B, strict=True)]
-    np.testing.assert_allclose(rowwise_pearson(A, B), expected)
+    W = rng.normal(size=(60, 30)) + 0.3
+    draws = [np.stack([rng.choice(60, size=k, replace=False) for _ in range(7)]) for k in (4, 5, 6)]
+    reference = MeanReference(W.mean(axis=0), np.linalg.qr(rng.normal(size=(30, 2)))[0].T)
+    found = null_mean_correlations(W, draws, reference)
+    for variant in ("raw", "centered", "decorrelated"):
+        for row in range(7):
+            means = reference.variants(np.stack([W[d[row]].mean(axis=0) for d in draws]))[variant]
+            np.testing.assert_allclose(found[variant][row], np.corrcoef(means), atol=1e-12)
+    assert set(null_mean_correlations(W, draws, None)) == {"raw"}
 
 
 def test_compare_gives_percentile_and_two_sided_permutation_p_value():

@@ -44,7 +44,6 @@ CONTRACT_METRICS = {
     "null/global_share/percentile",
     "stability/axis_cos",
     "interval/singular_value_lo",
-    "order/spearman",  # digits declare a linear order
     "heldout/subspace_rank_pct_median",
     "confound/spearman_norm",
     "global/group_variance_share",
@@ -139,8 +138,9 @@ def test_sweep_jobs_are_children_of_one_parent_run(tiny_bert, tmp_path):
         assert f"target={child.tags['embsvd.target_group']}" in child.tags["embsvd.overrides"]
         assert len(child.tags["embsvd.config_hash"]) == 64
         assert child.metrics["n_tokens"] == (10 if "digits" in child.name else 8)
+        ordered = {"order.csv"} if "digits" in child.name else set()  # a declared order
         assert artifact_names(store.client, child.run_id) - {"git_diff.patch"} == (
-            CONTRACT_ARTIFACTS
+            CONTRACT_ARTIFACTS | ordered
         )
     assert sorted(c.tags["embsvd.job_num"] for c in children) == ["0", "1", "2", "3"]
     assert len({c.tags["embsvd.config_hash"] for c in children}) == 4
@@ -294,13 +294,17 @@ def test_joblib_sweep_over_both_bundled_checkpoints(tmp_path, smollm2):
     )
     for child in children:
         assert set(child.metrics) >= CONTRACT_METRICS
+        digits = child.tags["embsvd.target_group"] == "digits"  # a declared linear order
+        assert ("order/spearman" in child.metrics) == digits
         assert child.metrics["n_tokens"] == 10
         history = store.metric_history(child.run_id, "singular_value")
         assert len(history) == 10
+        digits = child.tags["embsvd.target_group"] == "digits"  # a declared linear order
         assert artifact_names(store.client, child.run_id) - {"git_diff.patch"} == (
-            CONTRACT_ARTIFACTS | {"figures"}
+            CONTRACT_ARTIFACTS | {"figures"} | ({"order.csv"} if digits else set())
         )
-        assert artifact_names(store.client, child.run_id, "figures") == FIGURES
+        figures = FIGURES | ({"order.png"} if digits else set())
+        assert artifact_names(store.client, child.run_id, "figures") == figures
     smol = [c for c in children if c.tags["embsvd.model"] == "smollm2_135m"]
     assert {c.tags["embsvd.quantization"] for c in smol} == {"Q8_0"}
     assert {c.tags["embsvd.tied_embeddings"] for c in smol} == {"true"}
