@@ -21,14 +21,8 @@ from embsvd.frequency import TokenFrequencies, token_frequencies
 from embsvd.geometry import GlobalSVD
 from embsvd.groups import TokenGroup
 from embsvd.heldout import HeldOutValidation, validate_held_out
-from embsvd.null import (
-    Matching,
-    NullResult,
-    count_tests,
-    matched_null,
-    required_draws,
-    token_pools,
-)
+from embsvd.matching import Matching, token_pools
+from embsvd.null import NullResult, count_tests, matched_null, required_draws
 from embsvd.order import CyclicOrder, LinearOrder, order_test
 from embsvd.stability import Stability, jackknife_rank, resample_stability
 

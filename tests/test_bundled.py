@@ -11,7 +11,7 @@ from embsvd.checkpoint import Checkpoint, load_checkpoint
 from embsvd.config import CONFIG_DIR
 from embsvd.groups import select_single_tokens
 from embsvd.heldout import validate_held_out
-from embsvd.null import token_pools
+from embsvd.matching import token_pools
 from embsvd.pipeline import with_group_files
 from tests.test_config import compose_config
 

@@ -1,4 +1,4 @@
-"""The matched random-group null: pools, draws, comparisons and Holm's correction."""
+"""The matched random-group null: pools, matched draws, comparisons and Holm's correction."""
 
 from __future__ import annotations
 
@@ -8,19 +8,15 @@ import pytest
 from embsvd.analysis import MeanReference, analyze
 from embsvd.frequency import KINDS, TokenFrequencies
 from embsvd.groups import KeptToken, TokenGroup
+from embsvd.matching import Matching, draw_groups, draw_matched, match_members, token_pools
 from embsvd.null import (
-    Matching,
     compare,
     count_tests,
-    draw_groups,
-    draw_matched,
     holm,
-    match_members,
     matched_null,
     null_mean_correlations,
     null_spectra,
     required_draws,
-    token_pools,
 )
 
 BPE_TOKENS = [

@@ -34,7 +34,7 @@ from embsvd.groups import (
     describe_dropped,
     select_single_tokens,
 )
-from embsvd.null import NULL_MATCHES
+from embsvd.matching import NULL_MATCHES
 from embsvd.provenance import GitState, git_state, library_versions
 from embsvd.rigor import RigorResult, assess
 
