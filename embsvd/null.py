@@ -104,9 +104,11 @@ class NullResult:
 
 
 def required_draws(n_tests: int, alpha: float) -> int:
-    """The fewest draws whose smallest p-value, ``2 / (1 + n)``, survives Holm over
-    ``n_tests`` tests at ``alpha``: ``m * 2 / (1 + n) <= alpha``."""
-    return max(2, math.ceil(2 * n_tests / alpha) - 1)
+    """The fewest draws whose smallest p-value, ``2 / (1 + n)``, Holm-corrected over
+    ``n_tests`` tests, falls below ``alpha``: ``2 m / (1 + n) < alpha``, so that a
+    statistic beyond every draw can be called significant (at ``<= alpha`` it could
+    only tie with it)."""
+    return max(2, math.floor(2 * n_tests / alpha))
 
 
 def null_spectra(

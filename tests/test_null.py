@@ -294,8 +294,8 @@ def test_mean_reference_variants_subtract_the_mean_and_remove_the_axes():
 @pytest.mark.parametrize(("n_tests", "alpha"), [(1, 0.05), (6, 0.05), (276, 0.05), (91, 0.01)])
 def test_required_draws_let_holm_reach_alpha_and_no_fewer_do(n_tests, alpha):
     n = required_draws(n_tests, alpha)
-    assert n_tests * 2 / (1 + n) <= alpha  # the smallest p, corrected, reaches alpha
-    assert n_tests * 2 / n > alpha  # one draw fewer would not
+    assert n_tests * 2 / (1 + n) < alpha  # the smallest p, corrected, is below alpha
+    assert n_tests * 2 / n >= alpha  # one draw fewer would not be
 
 
 def test_pools_too_small_for_the_runs_groups_are_a_clear_error():

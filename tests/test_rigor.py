@@ -13,6 +13,7 @@ from embsvd.confounds import rankdata, spearman, surface_length, token_confounds
 from embsvd.geometry import GlobalSVD, global_svd
 from embsvd.groups import KeptToken, TokenGroup
 from embsvd.heldout import validate_held_out
+from embsvd.null import required_draws
 from embsvd.rigor import assess, compare_with_global
 from embsvd.stability import resample_stability
 
@@ -235,3 +236,16 @@ def test_switched_off_checks_are_absent():
     off = dict(n_null=0, n_resamples=0, heldout=False, confounds=False, global_svd=None)
     _, rigor = run_checks(W, groups, **off)
     assert dataclasses.astuple(rigor) == (0, None, None, None, None, None, None)
+
+
+def test_the_null_draws_what_holm_needs_to_reach_alpha():
+    """Eight groups: 28 pairs and 2 spectrum statistics are 30 tests, and 500 draws
+    would leave the smallest corrected p at 30 * 2 / 501 = 0.12: the null draws more."""
+    W, _ = world(planted=True)
+    groups = {f"g{k}": group(f"g{k}", range(100 * k, 100 * k + 10)) for k in range(1, 8)}
+    groups["ordered"] = world(planted=True)[1]["ordered"]
+    _, rigor = run_checks(W, groups, global_svd=None, n_resamples=0, heldout=False)
+    null = rigor.null
+    assert null.n_tests == 2 + 28 == len(null.p_holm)
+    assert null.n_null == required_draws(30, 0.05) == 1200 > 500
+    assert null.n_tests * null.p_floor < 0.05
