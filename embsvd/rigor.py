@@ -86,6 +86,11 @@ def compare_with_global(
     )
 
 
+def needs_frequencies(target: TokenGroup, n_null: int, null_match: str, order: bool) -> bool:
+    """Whether the checks read word frequencies: a matched null, or an order test."""
+    return bool(n_null and null_match != "none") or (order and target.order != "none")
+
+
 def assess(
     W: np.ndarray,
     groups: Mapping[str, TokenGroup],
@@ -123,7 +128,7 @@ def assess(
         random_state: Seeds every draw.
         n_null: Random groups per null statistic (at least; raised to what Holm needs to
             reach ``alpha``, see ``null.required_draws``); 0 switches the null off.
-        null_match: What random groups are matched on (``embsvd.null.NULL_MATCHES``).
+        null_match: What random groups are matched on (``embsvd.matching.NULL_MATCHES``).
         null_neighbours: Nearest pool tokens a member is replaced by one of.
         alpha: The family-wise error rate Holm's correction must be able to reach.
         frequencies: The vocabulary's word frequencies (``None``: computed here, for a
@@ -148,7 +153,7 @@ def assess(
     unnamed = [i for i, token in enumerate(token_strings) if token is None]
     never_ranked = set(excluded_ids) | set(unnamed)
     ordered = order and target.order != "none" and len(target.kept) >= MIN_ORDERED
-    if frequencies is None and ((n_null and null_match != "none") or ordered):
+    if frequencies is None and needs_frequencies(target, n_null, null_match, order):
         frequencies = token_frequencies(token_strings, marker, excluded_ids)
     checks: dict[str, object] = {}
     if n_null or heldout:  # reading the pools scans the vocabulary: only when needed

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from embsvd import tracking
 from embsvd.config import CONFIG_DIR
 from embsvd.pipeline import flatten, run_job
+from tests.test_tracking import read_artifact
 
 CONTRACT_ARTIFACTS = {
     "config.yaml",
@@ -271,6 +273,27 @@ def test_extra_group_from_the_command_line_is_analysed(tiny_bert, session_store)
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny_bert/extra/centered"
     assert run.data.metrics["n_tokens"] == 4
     assert "group_mean_corr/digits__extra" in run.data.metrics
+
+
+def test_a_closed_set_that_loses_a_member_is_run_and_flagged(tiny_bert, session_store):
+    cfg = job_config(
+        tiny_bert,
+        session_store,
+        "incomplete-group",
+        "groups.extra.words=[France,Germany,Czechia,Italy,Spain]",
+        "groups.extra.closed=true",
+        "groups.extra.order=linear",
+        "target=extra",
+        "analysis.figures=false",
+    )
+    run_job(cfg)
+    client, [run] = runs_of(session_store, "incomplete-group")
+    assert run.info.status == "FINISHED" and run.data.metrics["n_tokens"] == 4
+    assert run.data.tags["embsvd.warning.incomplete_groups"] == "extra: Czechia"
+    assert run.data.tags["embsvd.order"] == "linear: France Germany Italy Spain"
+    assert "order/spearman" in run.data.metrics
+    groups = json.loads(read_artifact(client, run.info.run_id, "groups.json"))
+    assert groups["extra"]["incomplete"] is True and groups["extra"]["closed"] is True
 
 
 def test_empty_extra_slot_is_not_a_group(tiny_bert, session_store):

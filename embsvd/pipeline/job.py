@@ -36,7 +36,7 @@ from embsvd.groups import (
 )
 from embsvd.matching import NULL_MATCHES
 from embsvd.provenance import GitState, git_state, library_versions
-from embsvd.rigor import RigorResult, assess
+from embsvd.rigor import RigorResult, assess, needs_frequencies
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
     from embsvd import tracking
@@ -242,6 +242,10 @@ def _token_groups(
     tracking.log_groups(run, groups, settings.target)
     target_forms = sorted({k.form for k in groups[settings.target].kept})  # mixed: a confound
     run.set_tags({"embsvd.target_forms": "+".join(target_forms)})
+    incomplete = [g for g in groups.values() if g.incomplete]  # a closed set with a hole
+    if incomplete:
+        lost = "; ".join(f"{g.name}: {', '.join(g.lost_members)}" for g in incomplete)
+        run.set_tags({"embsvd.warning.incomplete_groups": lost})
     for group in groups.values():
         if group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
@@ -259,9 +263,9 @@ def _checks(
     components: geometry.GlobalSVD | None,
 ) -> RigorResult:
     """The checks ``analysis`` switches on, for the analysis ``result`` of ``W``."""
-    matched = analysis.n_null and analysis.null_match != "none"
-    frequencies = None
-    if matched or (analysis.order and groups[result.target].order != "none"):
+    frequencies = None  # read here to keep them in the cache folder across processes
+    target = groups[result.target]
+    if needs_frequencies(target, analysis.n_null, analysis.null_match, analysis.order):
         frequencies = token_frequencies(
             checkpoint.token_strings(),
             forms.marker,
