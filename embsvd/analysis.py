@@ -309,12 +309,14 @@ def analyze(
         )
     projections = project(W_E, target_svd, min(n_components, n_axes), device)
     means = {name: svd.mean for name, svd in svds.items()}
-    mean_corr = {"raw": pairwise(means, "pearson")}
+    names = sorted(means)
+    shifted = {"raw": np.stack([means[name] for name in names])}
     if reference is not None:
-        names = sorted(means)
-        shifted = reference.variants(np.stack([means[name] for name in names]))
-        for variant, rows in shifted.items():
-            mean_corr[variant] = pairwise(dict(zip(names, rows, strict=True)), "pearson")
+        shifted = reference.variants(shifted["raw"])
+    mean_corr = {
+        variant: pairwise(dict(zip(names, rows, strict=True)), "pearson")
+        for variant, rows in shifted.items()
+    }
     return AnalysisResult(
         target=target,
         center=center,

@@ -379,7 +379,6 @@ SERIES_READ = (
 TABLES_READ = (
     "top_tokens.csv",
     "null_spectrum.csv",
-    "null_group_mean_corr.csv",
     "projection_histogram.csv",
     "group_projections.csv",
 )

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from embsvd.analysis import MEAN_CORR_VARIANTS, mean_corr_key
 from embsvd.contract import LoggedRun, Sweep
 
 N_EXTREMES = 5  # tokens labelled at each end of an axis figure
@@ -36,11 +37,7 @@ WORD_MARKERS = ("Ġ", "▁", "##")  # BPE / SentencePiece word starts, WordPiece
 
 NULL_SHARE = "share"  # null_spectrum.csv's rows of s_k / ||M||_F, each draw by its own norm
 # correlation variant -> metric prefix; decorrelated is not logged for whitened runs
-CORRELATION_VARIANTS = {
-    "raw": "group_mean_corr",
-    "centered": "group_mean_corr_centered",
-    "decorrelated": "group_mean_corr_decorrelated",
-}
+CORRELATION_VARIANTS = {variant: mean_corr_key(variant) for variant in MEAN_CORR_VARIANTS}
 # row column -> the null metric null/<key>/<suffix> it holds
 NULL_FIELDS = {"null_mean": "mean", "percentile": "percentile", "p_value": "p_value"}
 
