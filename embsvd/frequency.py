@@ -20,15 +20,15 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from embsvd.weights import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +132,5 @@ def _source() -> str:
 
 
 def _save(cache_file: Path, table: TokenFrequencies) -> None:
-    """Written to a scratch file and renamed: a reader sees no file or the whole one."""
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{cache_file.name}.", dir=cache_file.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            np.savez(stream, zipf=table.zipf, kind=table.kind, source=table.source)
-        os.replace(scratch, cache_file)
-    finally:
-        Path(scratch).unlink(missing_ok=True)
+    with replaced_atomically(cache_file) as stream:
+        np.savez(stream, zipf=table.zipf, kind=table.kind, source=table.source)

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from embsvd.weights import replaced_atomically
 
 log = logging.getLogger(__name__)
 
@@ -187,15 +187,9 @@ def cached_global_svd(
         if cached is not None:
             return cached
     svd = global_svd(W, n_components, rows=rows)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{cache_file.name}.", dir=cache_file.parent)
-    try:
-        with os.fdopen(fd, "wb") as stream:
-            arrays = {name: getattr(svd, name) for name in ("mean", "singular_values", "Vt")}
-            np.savez(stream, **arrays, total_variance=svd.total_variance, **key)
-        os.replace(scratch, cache_file)  # readers see the old file or the whole new one
-    finally:
-        Path(scratch).unlink(missing_ok=True)
+    with replaced_atomically(cache_file) as stream:
+        arrays = {name: getattr(svd, name) for name in ("mean", "singular_values", "Vt")}
+        np.savez(stream, **arrays, total_variance=svd.total_variance, **key)
     return svd
 
 

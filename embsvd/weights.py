@@ -17,7 +17,9 @@ import os
 import re
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -82,22 +84,31 @@ def _widen(file: Path, offset: int, dtype: str, out: np.ndarray) -> None:
         start += len(block)
 
 
+@contextmanager
+def replaced_atomically(target: Path, mode: str = "wb") -> Iterator[IO]:
+    """A stream whose contents replace ``target`` only when the block ends without an
+    error: written to a scratch file beside it and renamed into place, so a reader (or a
+    parallel worker) sees the old file or the whole new one, never a part."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode) as stream:
+            yield stream
+        os.replace(scratch, target)
+    finally:
+        Path(scratch).unlink(missing_ok=True)
+
+
 def _widen_into_cache(
     file: Path, offset: int, dtype: str, shape: tuple[int, ...], target: Path
 ) -> None:
     """Write the widened tensor as an ``.npy`` file, block by block (never all of it in
     memory), into a scratch file that is renamed into place when complete."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            header = {"descr": "<f4", "fortran_order": False, "shape": shape}
-            np.lib.format.write_array_header_1_0(out, header)
-            for block in _widened_blocks(file, offset, dtype, int(np.prod(shape))):
-                out.write(memoryview(block).cast("B"))
-        os.replace(scratch, target)  # a parallel worker sees the old state or the whole file
-    finally:
-        Path(scratch).unlink(missing_ok=True)
+    with replaced_atomically(target) as out:
+        header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(out, header)
+        for block in _widened_blocks(file, offset, dtype, int(np.prod(shape))):
+            out.write(memoryview(block).cast("B"))
 
 
 def _safe_name(key: str) -> str:
@@ -125,11 +136,8 @@ def file_sha256(file: Path, cache_dir: Path | None = None) -> str:
     except (OSError, ValueError, KeyError):
         pass
     digest = sha256_of(resolved)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(prefix=f".{memo.name}.", dir=memo.parent)
-    with os.fdopen(fd, "w") as handle:
+    with replaced_atomically(memo, "w") as handle:
         json.dump({**stamp, "sha256": digest}, handle)
-    os.replace(scratch, memo)
     return digest
 
 
