@@ -5,7 +5,7 @@ Data flows one way through the library:
     checkpoint  ->  groups  ->  analysis  ->  tracking / plotting
     (W_E, tokenizer) (token ids) (AnalysisResult)
 
-Only ``embsvd.pipeline`` and ``embsvd.config`` know about Hydra; only ``embsvd.tracking``
+Only ``embsvd.pipeline`` and ``embsvd.pipeline.config`` know about Hydra; only ``embsvd.tracking``
 imports MLflow.
 """
 

@@ -8,8 +8,8 @@ python experiments/figures.py sweep.experiment=embsvd "sweep.filter=tags.embsvd.
 import hydra
 from omegaconf import DictConfig
 
-from embsvd.config import CONFIG_DIR
 from embsvd.pipeline import figures_job
+from embsvd.pipeline.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="figures")

@@ -7,8 +7,8 @@ python experiments/run.py -m +experiment=seed_replication
 import hydra
 from omegaconf import DictConfig
 
-from embsvd.config import CONFIG_DIR
 from embsvd.pipeline import run_job
+from embsvd.pipeline.config import CONFIG_DIR
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

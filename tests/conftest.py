@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Converted checkpoints (SmolLM2's GGUF: ~20 s the first time) are cached by content hash;
 # the suite keeps them beside pytest's own cache, so a rerun skips the conversion.
 # Set before any test runs, so subprocess sweeps inherit it.
+# benchmarks/ holds scripts beside the library (not embsvd.*); the tests import one
+sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))
 os.environ.setdefault("EMBSVD_CACHE_DIR", str(PROJECT_ROOT / ".pytest_cache" / "embsvd"))
 D_MODEL = 8
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -181,7 +184,7 @@ def smollm2():
     Loading it once here fills the conversion cache before parallel sweeps use it."""
     from omegaconf import OmegaConf
 
-    from embsvd.checkpoint import CheckpointSpec, load_checkpoint
+    from embsvd.io.checkpoint import CheckpointSpec, load_checkpoint
 
     spec = OmegaConf.to_object(
         OmegaConf.merge(

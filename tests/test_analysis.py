@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA, TruncatedSVD
 
-from embsvd.analysis import (
+from embsvd.method.analysis import (
     analyze,
     decompose,
     extreme_tokens,
@@ -187,7 +187,7 @@ def test_analyze_clamps_components_to_the_group_size_and_checks_inputs():
 def test_clamping_components_is_logged(caplog):
     W_E = np.random.default_rng(8).normal(size=(12, 5))
     tokens = [str(i) for i in range(12)]
-    with caplog.at_level("WARNING", logger="embsvd.analysis"):
+    with caplog.at_level("WARNING", logger="embsvd.method.analysis"):
         analyze(
             W_E,
             {"g": token_group("g", [1, 2, 3])},

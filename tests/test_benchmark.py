@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from embsvd.benchmark import CASES, run_benchmark
+from benchmark import CASES, run_benchmark
 
 pytestmark = pytest.mark.slow
 SIDE_FIELDS = {

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from embsvd.analysis import AnalysisResult, analyze, decompose
-from embsvd.checkpoint import Checkpoint, load_checkpoint
-from embsvd.config import CONFIG_DIR
+from embsvd.checks.heldout import validate_held_out
+from embsvd.checks.matching import token_pools
 from embsvd.groups import select_single_tokens
-from embsvd.heldout import validate_held_out
-from embsvd.matching import token_pools
+from embsvd.io.checkpoint import Checkpoint, load_checkpoint
+from embsvd.method.analysis import AnalysisResult, analyze, decompose
 from embsvd.pipeline import with_group_files
+from embsvd.pipeline.config import CONFIG_DIR
 from tests.test_config import compose_config
 
 pytestmark = pytest.mark.slow

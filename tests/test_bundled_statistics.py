@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from embsvd.analysis import AnalysisResult, MeanReference, analyze, decompose
-from embsvd.checkpoint import Checkpoint, load_checkpoint
-from embsvd.geometry import GlobalSVD, global_svd
+from embsvd.checks.run import RigorResult, assess
+from embsvd.checks.stability import resample_stability
 from embsvd.groups import TokenForms, TokenGroup, select_single_tokens
+from embsvd.io.checkpoint import Checkpoint, load_checkpoint
+from embsvd.method.analysis import AnalysisResult, MeanReference, analyze, decompose
+from embsvd.method.geometry import GlobalSVD, global_svd
 from embsvd.pipeline import with_group_files
-from embsvd.rigor import RigorResult, assess
-from embsvd.stability import resample_stability
 from tests.test_bundled import GROUP_LIBRARY
 from tests.test_config import compose_config
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from embsvd.checkpoint import (
+from embsvd.io.checkpoint import (
     EMBEDDING_KEYS,
     Checkpoint,
     CheckpointSpec,
@@ -520,7 +520,7 @@ def test_unknown_matrix_is_refused(tiny_bert: Path) -> None:
 
 HUB_SCRIPT = """
 import json, sys
-from embsvd.checkpoint import CheckpointSpec, load_checkpoint
+from embsvd.io.checkpoint import CheckpointSpec, load_checkpoint
 
 out = {}
 for label, revision in [("main", None), ("commit", sys.argv[1])]:

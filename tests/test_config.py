@@ -13,9 +13,15 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from embsvd.checkpoint import CheckpointSpec, resolve_folder
-from embsvd.config import CONFIG_DIR, PROJECT_ROOT, EmbsvdConfig, FiguresConfig, config_hash
 from embsvd.groups import GroupSpec
+from embsvd.io.checkpoint import CheckpointSpec, resolve_folder
+from embsvd.pipeline.config import (
+    CONFIG_DIR,
+    PROJECT_ROOT,
+    EmbsvdConfig,
+    FiguresConfig,
+    config_hash,
+)
 
 OPTIONS = {
     group: sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))

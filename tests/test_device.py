@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from embsvd.analysis import decompose, project, svd_flip
-from embsvd.device import check_device, project_on, svd_on
+from embsvd.method.analysis import decompose, project, svd_flip
+from embsvd.method.backend import check_device, project_on, svd_on
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 

@@ -11,17 +11,17 @@ from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 from scipy.stats import false_discovery_control
 
-from embsvd import figure_data
-from embsvd.contract import NULL_QUANTILES, LoggedRun, Sweep
-from embsvd.paper import (
+from embsvd.figures import data as figure_data
+from embsvd.figures.paper import (
     FigureStyle,
     axis_figure,
     correlation_figure,
     scree_figure,
     write_figure_set,
 )
-from embsvd.paper_tables import latex_tables, markdown_tables
-from embsvd.plotting import spread_apart
+from embsvd.figures.run_figures import spread_apart
+from embsvd.figures.tables import latex_tables, markdown_tables
+from embsvd.tracking.contract import NULL_QUANTILES, LoggedRun, Sweep
 
 
 def logged_run(

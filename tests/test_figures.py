@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from embsvd import contract, tracking
-from embsvd.config import PROJECT_ROOT, FiguresConfig
-from embsvd.paper_tables import latex_escape
+from embsvd import tracking
+from embsvd.figures.tables import latex_escape
 from embsvd.pipeline import figure_style
-from embsvd.tracking import SweepSelection, read_sweep
+from embsvd.pipeline.config import PROJECT_ROOT, FiguresConfig
+from embsvd.tracking import contract
+from embsvd.tracking.reading import SweepSelection, read_sweep
 from tests.conftest import write_tiny_bert, write_tiny_bpe
 from tests.test_sweeps import run_sweep, store_uri
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import wordfreq
 
-from embsvd import frequency
-from embsvd.frequency import KINDS, surface, token_frequencies
+from embsvd.io import frequency
+from embsvd.io.frequency import KINDS, surface, token_frequencies
 
 BPE = ["<s>", "Ġthe", "the", "ĠFrance", "Ġ7", "7", "Ġ1990", "Ġiscrim", "getLogger", "ĠÃ©", None]
 WORDPIECE = ["[CLS]", "the", "##ing", "france", "7", "paris", "mp3", ","]
@@ -60,7 +60,7 @@ def test_the_table_is_cached_per_vocabulary_and_a_corrupt_file_is_recomputed(tmp
     [cached] = (tmp_path / "frequency").iterdir()
     cached.write_bytes(b"not an npz")
     frequency._frequencies.cache_clear()  # a new process: only the disk cache is left
-    with caplog.at_level(logging.WARNING, logger="embsvd.frequency"):
+    with caplog.at_level(logging.WARNING, logger="embsvd.io.frequency"):
         again = token_frequencies(BPE, "Ġ", {0}, tmp_path)
     assert "unreadable" in caplog.text
     np.testing.assert_array_equal(again.zipf, first.zipf)

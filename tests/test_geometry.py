@@ -9,8 +9,8 @@ import pytest
 from sklearn.covariance import ledoit_wolf_shrinkage as sklearn_ledoit_wolf_shrinkage
 from sklearn.decomposition import PCA
 
-import embsvd.geometry
-from embsvd.geometry import (
+import embsvd.method.geometry
+from embsvd.method.geometry import (
     cached_global_svd,
     fit_whitening,
     global_svd,
@@ -214,7 +214,7 @@ def test_cached_global_svd_writes_then_reuses_the_file(low_rank, tmp_path, monke
     assert cache_file.is_file()
     assert [path.name for path in cache_file.parent.iterdir()] == ["global_svd.npz"]
     assert_same_svd(first, global_svd(low_rank, 5))
-    monkeypatch.setattr(embsvd.geometry, "global_svd", refuse_to_compute)
+    monkeypatch.setattr(embsvd.method.geometry, "global_svd", refuse_to_compute)
     assert_same_svd(cached_global_svd(low_rank, 5, cache_file), first)
 
 
@@ -228,9 +228,9 @@ def test_cached_global_svd_recomputes_a_stale_or_corrupt_file(
     rows = np.arange(100)
     assert cached_global_svd(low_rank, 3, cache_file, rows=rows).n_rows == 100
     cache_file.write_bytes(b"not an npz file")
-    with caplog.at_level(logging.WARNING, logger="embsvd.geometry"):
+    with caplog.at_level(logging.WARNING, logger="embsvd.method.geometry"):
         recomputed = cached_global_svd(low_rank, 3, cache_file)
     assert "unreadable" in caplog.text
     assert_same_svd(recomputed, three)
-    monkeypatch.setattr(embsvd.geometry, "global_svd", refuse_to_compute)
+    monkeypatch.setattr(embsvd.method.geometry, "global_svd", refuse_to_compute)
     assert_same_svd(cached_global_svd(low_rank, 3, cache_file), three)

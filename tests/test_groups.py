@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import pytest
 from omegaconf import OmegaConf
 
-from embsvd.checkpoint import load_checkpoint, load_tokenizer
 from embsvd.groups import (
     DEFAULT_SIZE,
     DroppedWord,
@@ -20,6 +19,7 @@ from embsvd.groups import (
     describe_dropped,
     select_single_tokens,
 )
+from embsvd.io.checkpoint import load_checkpoint, load_tokenizer
 from tests.conftest import DIGITS, VOCAB, write_tokenizer
 from tests.test_config import compose_config
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from embsvd.analysis import MeanReference, analyze
-from embsvd.frequency import KINDS, TokenFrequencies
-from embsvd.groups import KeptToken, TokenGroup
-from embsvd.matching import Matching, draw_groups, draw_matched, match_members, token_pools
-from embsvd.null import (
+from embsvd.checks.matching import Matching, draw_groups, draw_matched, match_members, token_pools
+from embsvd.checks.null import (
     compare,
     count_tests,
     holm,
@@ -18,6 +15,9 @@ from embsvd.null import (
     null_spectra,
     required_draws,
 )
+from embsvd.groups import KeptToken, TokenGroup
+from embsvd.io.frequency import KINDS, TokenFrequencies
+from embsvd.method.analysis import MeanReference, analyze
 
 BPE_TOKENS = [
     "<s>",

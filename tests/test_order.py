@@ -1,4 +1,4 @@
-"""The circle and order test (``embsvd.order``) on planted geometries, against direct
+"""The circle and order test (``embsvd.checks.order``) on planted geometries, against direct
 double loops, brute-force enumerations and scipy."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from embsvd.analysis import decompose
-from embsvd.order import CyclicOrder, LinearOrder, fisher_lee, order_test
+from embsvd.checks.order import CyclicOrder, LinearOrder, fisher_lee, order_test
+from embsvd.method.analysis import decompose
 
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -245,7 +245,7 @@ def test_order_figure_labels_every_member_and_titles_the_statistic():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from embsvd.plotting import order_figure
+    from embsvd.figures.run_figures import order_figure
 
     fig = order_figure(order_test(planted_circle(12), MONTHS, "cyclic"), plt)
     ax = fig.axes[0]

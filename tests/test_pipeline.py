@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
-from embsvd.config import CONFIG_DIR
-from embsvd.pipeline import flatten, run_job
+from embsvd.pipeline import SweepTracking, flatten, run_job
+from embsvd.pipeline.config import CONFIG_DIR
 from tests.test_tracking import read_artifact
 
 CONTRACT_ARTIFACTS = {
@@ -169,7 +170,7 @@ def test_flatten_uses_dotted_keys_and_keeps_lists():
 def test_summary_table_reads_runs_back(tiny_bert, session_store):
     run_job(job_config(tiny_bert, session_store, "table", "analysis.figures=false"))
     store = tracking.TrackingStore(session_store, "table")
-    from embsvd.report import format_sweep_table
+    from embsvd.tracking.sweeps import format_sweep_table
 
     [run] = store.find_runs()
     table = format_sweep_table([run]).splitlines()
@@ -382,3 +383,13 @@ def test_seeded_runs_are_identical_and_another_seed_moves_only_resampled_numbers
     assert moved and all(k.startswith(resampled) for k in moved), moved
     assert "null/s1_share/mean" in moved
     assert other.data.tags["embsvd.random_state"] == "4"
+
+
+def test_an_interrupt_dropped_where_it_was_raised_still_stops_the_sweep():
+    """Python prints and drops a KeyboardInterrupt raised inside a weakref callback; the
+    sweep's note of the signal makes the next job stop (and the sweep end KILLED)."""
+    callback = SweepTracking()
+    with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+        callback._interrupt(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
+        callback.on_job_start(config=None)

@@ -7,7 +7,7 @@ import subprocess
 
 import numpy as np
 
-from embsvd.provenance import git_state, library_versions
+from embsvd.pipeline.provenance import git_state, library_versions
 
 
 def git(folder, *args: str) -> str:

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from embsvd.analysis import analyze, decompose
-from embsvd.confounds import rankdata, spearman, surface_length, token_confounds
-from embsvd.geometry import GlobalSVD, global_svd
+from embsvd.checks.confounds import rankdata, spearman, surface_length, token_confounds
+from embsvd.checks.heldout import validate_held_out
+from embsvd.checks.null import required_draws
+from embsvd.checks.run import assess, compare_with_global
+from embsvd.checks.stability import resample_stability
 from embsvd.groups import KeptToken, TokenGroup
-from embsvd.heldout import validate_held_out
-from embsvd.null import required_draws
-from embsvd.rigor import assess, compare_with_global
-from embsvd.stability import resample_stability
+from embsvd.method.analysis import analyze, decompose
+from embsvd.method.geometry import GlobalSVD, global_svd
 
 D_MODEL = 16
 D_VOCAB = 3000

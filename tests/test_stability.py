@@ -7,13 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
-from embsvd.analysis import decompose
-from embsvd.stability import (
+from embsvd.checks.stability import (
     _subsets,
     eigengap_ratio,
     largest_principal_angle,
     resample_stability,
 )
+from embsvd.method.analysis import decompose
 
 N_ROWS, D_MODEL = 10, 16  # a group of ten words, as in the method's two groups
 DELETED = 4  # ceil(sqrt(10))

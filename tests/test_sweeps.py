@@ -18,8 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
-from embsvd.config import PROJECT_ROOT
 from embsvd.pipeline import PARENT_RUN_FILE
+from embsvd.pipeline.config import PROJECT_ROOT
 from tests.conftest import tiny_embeddings, with_ctrl_c, write_tiny_bert
 from tests.test_checkpoint import write_hub_cache
 from tests.test_pipeline import CONTRACT_ARTIFACTS, FIGURES, artifact_names
@@ -255,9 +255,9 @@ def test_interrupted_sweep_closes_every_run(tiny_bert, tmp_path):
                 finished = []
     assert finished, "no job finished within 120 s"
     process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
+    out, err = process.communicate(timeout=120)
 
-    assert process.returncode != 0
+    assert process.returncode != 0, out[-3000:] + err[-3000:]
     store, [parent], children = parents_and_children(tmp_path)
     assert parent.status == "KILLED"
     assert 1 <= len(children) < 8

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from embsvd.checkpoint import load_tokenizer
 from embsvd.groups import GroupSpec, TokenForms, select_single_tokens, word_start_marker
+from embsvd.io.checkpoint import load_tokenizer
 from tests.conftest import VOCAB, write_tiny_bpe, write_tokenizer
 
 
@@ -153,7 +153,7 @@ def test_too_few_survivors_suggest_another_form_where_forms_exist(bpe, wordpiece
 
 @pytest.mark.slow
 def test_bundled_checkpoints_keep_digits_and_eu_countries_in_auto_form(smollm2):
-    from embsvd.checkpoint import CheckpointSpec, load_checkpoint
+    from embsvd.io.checkpoint import CheckpointSpec, load_checkpoint
     from tests.test_config import compose_config
 
     settings = compose_config()

@@ -9,11 +9,11 @@ import pytest
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from embsvd.checkpoint import load_checkpoint, load_tokenizer
-from embsvd.config import CONFIG_DIR
 from embsvd.groups import TokenForms, select_single_tokens
+from embsvd.io.checkpoint import load_checkpoint, load_tokenizer
+from embsvd.io.tokenizer import FastTokenizer
 from embsvd.pipeline import with_group_files
-from embsvd.tokenizer import FastTokenizer
+from embsvd.pipeline.config import CONFIG_DIR
 from tests.conftest import write_tiny_bpe, write_tokenizer
 from tests.test_config import compose_config
 

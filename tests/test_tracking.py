@@ -16,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
-from embsvd.analysis import analyze
-from embsvd.rigor import RigorResult
+from embsvd.checks.run import RigorResult
+from embsvd.method.analysis import analyze
 from tests.conftest import token_group, with_ctrl_c
 from tests.test_rigor import run_checks, world
 

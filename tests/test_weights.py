@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from embsvd import weights
-from embsvd.weights import file_sha256, read_safetensors
+from embsvd.io import weights
+from embsvd.io.weights import file_sha256, read_safetensors
 
 
 def bf16_file(tmp_path: Path, values: np.ndarray) -> Path:
@@ -122,8 +122,9 @@ sys.addaudithook(_record_opens)  # audit hooks stay for the process: it records 
 
 
 def test_a_sharded_checkpoint_is_read_from_the_embedding_shard_alone(tmp_path):
-    from embsvd.benchmark import EMBEDDING_KEY, write_large_checkpoint
-    from embsvd.checkpoint import CheckpointSpec, read_token_matrix
+    from benchmark import EMBEDDING_KEY, write_large_checkpoint
+
+    from embsvd.io.checkpoint import CheckpointSpec, read_token_matrix
 
     folder = write_large_checkpoint(tmp_path / "ckpt", 512, 32, other_bytes=1 << 22)
     shards = sorted(p.name for p in folder.glob("*.safetensors"))

@@ -6,7 +6,7 @@ calls takes typed arguments.
 - ``figures``: a finished sweep's paper figures (``experiments/figures.py``).
 """
 
-from embsvd.pipeline.figures import FIGURES_ARTIFACT_PATH, figure_style, figures_job
+from embsvd.pipeline.figures_job import FIGURES_ARTIFACT_PATH, figure_style, figures_job
 from embsvd.pipeline.job import (
     PARENT_RUN_FILE,
     SWEEP_ID_FILE,

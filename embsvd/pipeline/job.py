@@ -17,16 +17,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import embsvd
-from embsvd import contract, geometry
-from embsvd.analysis import AnalysisResult, MeanReference, analyze
-from embsvd.checkpoint import Checkpoint, CheckpointSpec, default_cache_dir, load_checkpoint
-from embsvd.config import (
-    PROJECT_ROOT,
-    AnalysisConfig,
-    EmbsvdConfig,
-    config_hash,
-)
-from embsvd.frequency import token_frequencies
+from embsvd.checks.matching import NULL_MATCHES
+from embsvd.checks.run import RigorResult, assess, needs_frequencies
 from embsvd.groups import (
     GroupSpec,
     TokenForms,
@@ -34,9 +26,18 @@ from embsvd.groups import (
     describe_dropped,
     select_single_tokens,
 )
-from embsvd.matching import NULL_MATCHES
-from embsvd.provenance import GitState, git_state, library_versions
-from embsvd.rigor import RigorResult, assess, needs_frequencies
+from embsvd.io.checkpoint import Checkpoint, CheckpointSpec, default_cache_dir, load_checkpoint
+from embsvd.io.frequency import token_frequencies
+from embsvd.method import geometry
+from embsvd.method.analysis import AnalysisResult, MeanReference, analyze
+from embsvd.pipeline.config import (
+    PROJECT_ROOT,
+    AnalysisConfig,
+    EmbsvdConfig,
+    config_hash,
+)
+from embsvd.pipeline.provenance import GitState, git_state, library_versions
+from embsvd.tracking import contract
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
     from embsvd import tracking
@@ -197,7 +198,7 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     rigor = _checks(W, groups, result, checkpoint, forms, analysis, cache_dir, components)
     tracking.log_result(run, result, rigor)
     if analysis.figures:
-        from embsvd.plotting import draw_run_figures
+        from embsvd.figures.run_figures import draw_run_figures
 
         with tempfile.TemporaryDirectory() as scratch:
             draw_run_figures(result, settings.model.name, Path(scratch), rigor)
@@ -421,7 +422,7 @@ def _check_settings(settings: EmbsvdConfig) -> None:
             f"got {analysis.confound_threshold}"
         )
     if analysis.device != "cpu":
-        from embsvd.device import check_device
+        from embsvd.method.backend import check_device
 
         check_device(analysis.device)  # fails the run before anything is loaded
     if analysis.geometry not in GEOMETRIES:

@@ -15,11 +15,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 import embsvd
-from embsvd import contract
-from embsvd.config import (
+from embsvd.pipeline.config import (
     PROJECT_ROOT,
 )
-from embsvd.report import figures_command, format_sweep_table, mlflow_ui_command
+from embsvd.pipeline.report import figures_command, mlflow_ui_command
+from embsvd.tracking import contract
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
     from embsvd import tracking
@@ -145,11 +145,23 @@ class SweepTracking(Callback):
             previous_hook(kind, value, traceback)
 
         sys.excepthook = note_interrupt
-        signal.signal(signal.SIGTERM, _interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._interrupt)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        """Note the interrupt, then raise it. The note matters: a KeyboardInterrupt raised
+        while Python runs a weakref callback or a ``__del__`` is printed and dropped, and
+        the sweep would go on and end FINISHED with exit status 0."""
+        self._interrupted = True
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._interrupted:  # the interrupt was dropped where it was raised: stop here
+            raise KeyboardInterrupt("the sweep was interrupted")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         outcome = self._close(completed=True)
-        if outcome is not None and outcome.status != "FINISHED":
+        if self._interrupted or (outcome is not None and outcome.status != "FINISHED"):
             raise SystemExit(1)
 
     def _close_at_exit(self) -> None:
@@ -168,7 +180,7 @@ class SweepTracking(Callback):
         outcome = tracking.finish_sweep(
             store, parent_run_id, interrupted=self._interrupted, completed=completed
         )
-        print(f"\n{format_sweep_table(outcome.children)}", flush=True)
+        print(f"\n{tracking.format_sweep_table(outcome.children)}", flush=True)
         for job_num, run_id in sorted(outcome.skipped.items(), key=lambda kv: int(kv[0])):
             print(f"job #{job_num}: skipped, run {run_id} has its config", flush=True)
         failed = outcome.with_status("FAILED") + outcome.with_status("KILLED")
@@ -187,10 +199,6 @@ class SweepTracking(Callback):
             flush=True,
         )
         return outcome
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def sweep_run_name(overrides: list[str], sweep_dir: Path) -> str:

@@ -13,7 +13,7 @@ list is in README.md):
 - tags ``embsvd.model``, ``embsvd.target_group``, ``embsvd.center``, ``embsvd.source``,
   ``embsvd.weights_sha256``, ``embsvd.version``, ``mlflow.source.git.commit``, ...;
 - params: the resolved config, flattened with dotted keys;
-- metrics, result tags and CSV tables: defined in ``embsvd.contract`` (the analysis'
+- metrics, result tags and CSV tables: defined in ``embsvd.tracking.contract`` (the analysis'
   and the checks'), plus ``n_tokens``;
 - artifacts besides the tables: ``groups.json``, ``config.yaml``, ``figures/``;
   ``git_diff.patch`` from a checkout with uncommitted changes, ``error.txt`` on failure.
@@ -25,37 +25,37 @@ parent gets ``children.csv`` and ``sweep_summary.txt``, the metrics ``n_children
 earned.
 """
 
-from embsvd.tracking.reading import SweepSelection, log_figures, read_sweep
-from embsvd.tracking.runs import RunLogger, log_groups, log_result, start_run, tracked_run
-from embsvd.tracking.store import (
-    DEFAULT_EXPERIMENT,
-    EXPERIMENT_KIND,
-    STORE_FOLDER,
-    RunRecord,
-    TrackingStore,
-    default_artifact_root,
-    resolve_tracking_uri,
-)
-from embsvd.tracking.sweeps import CHILD_COLUMNS, SKIPPED_TAG_PREFIX, SweepOutcome, finish_sweep
+import importlib
 
-__all__ = [
-    "CHILD_COLUMNS",
-    "DEFAULT_EXPERIMENT",
-    "EXPERIMENT_KIND",
-    "SKIPPED_TAG_PREFIX",
-    "STORE_FOLDER",
-    "RunLogger",
-    "RunRecord",
-    "SweepOutcome",
-    "SweepSelection",
-    "TrackingStore",
-    "default_artifact_root",
-    "finish_sweep",
-    "log_figures",
-    "log_groups",
-    "log_result",
-    "read_sweep",
-    "resolve_tracking_uri",
-    "start_run",
-    "tracked_run",
-]
+# Each public name and the module that defines it. They load on first use, so importing
+# the contract (``embsvd.tracking.contract``: records and writers, no mlflow) or a type
+# from here costs nothing until a store is opened.
+_MODULE_OF = {
+    "SweepSelection": "reading",
+    "log_figures": "reading",
+    "read_sweep": "reading",
+    "RunLogger": "runs",
+    "log_groups": "runs",
+    "log_result": "runs",
+    "start_run": "runs",
+    "tracked_run": "runs",
+    "DEFAULT_EXPERIMENT": "store",
+    "EXPERIMENT_KIND": "store",
+    "STORE_FOLDER": "store",
+    "RunRecord": "store",
+    "TrackingStore": "store",
+    "default_artifact_root": "store",
+    "resolve_tracking_uri": "store",
+    "CHILD_COLUMNS": "sweeps",
+    "SKIPPED_TAG_PREFIX": "sweeps",
+    "SweepOutcome": "sweeps",
+    "finish_sweep": "sweeps",
+    "format_sweep_table": "sweeps",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'embsvd.tracking' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"embsvd.tracking.{_MODULE_OF[name]}"), name)

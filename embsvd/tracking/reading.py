@@ -18,7 +18,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from embsvd import contract
+from embsvd.tracking import contract
 from embsvd.tracking.sweeps import SKIPPED_TAG_PREFIX
 
 log = logging.getLogger(__name__)

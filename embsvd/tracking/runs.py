@@ -22,10 +22,10 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
-from embsvd import contract
-from embsvd.analysis import AnalysisResult
+from embsvd.checks.run import RigorResult
 from embsvd.groups import TokenGroup
-from embsvd.rigor import RigorResult
+from embsvd.method.analysis import AnalysisResult
+from embsvd.tracking import contract
 from embsvd.tracking.store import TrackingStore
 
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from mlflow.entities import RunStatus
 
-from embsvd.report import format_sweep_table
 from embsvd.tracking.runs import RunLogger
 from embsvd.tracking.store import RunRecord, TrackingStore
 
@@ -93,3 +92,60 @@ def _children_csv(children: list[RunRecord]) -> str:
             ]
         )
     return buffer.getvalue()
+
+
+# --- the sweep's summary table (sweep_summary.txt, and the console) -------------------------
+
+
+def format_sweep_table(runs: list[RunRecord]) -> str:
+    """One line per run: status, group-mean r of the target with each other group, raw
+    and centered on the vocabulary's mean (each with its percentile in the matched null),
+    last/first singular value, the jackknife stability of axis 0 (mean |cos|), and the
+    first axis' top 5 tokens at each end."""
+    header = [
+        "run",
+        "status",
+        "group-mean r raw (null pct)",
+        "r centered (null pct)",
+        "s_last/s_first",
+        "axis 0 stability",
+        "axis 0 top",
+        "axis 0 bottom",
+    ]
+    rows = [header] + [_row(run) for run in runs]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) if runs else "(no runs)"
+
+
+def _correlations(run: RunRecord, prefix: str) -> str:
+    """``other=+0.016 (15)`` for every metric ``<prefix>/<a>__<b>`` with the target."""
+    target = run.tags.get("embsvd.target_group", "?")
+    correlations = []
+    for key, value in sorted(run.metrics.items()):
+        if key.startswith(f"{prefix}/"):
+            a, b = key.removeprefix(f"{prefix}/").split("__")
+            if target in (a, b):
+                percentile = run.metrics.get(f"null/{key}/percentile")
+                null = f" ({percentile:.0f})" if percentile is not None else ""
+                correlations.append(f"{b if a == target else a}={value:+.3f}{null}")
+    return " ".join(correlations) or "-"
+
+
+def _row(run: RunRecord) -> list[str]:
+    ratio = run.metrics.get("singular_value_last_over_first")
+    stability = run.metrics.get("stability/axis0_cos")
+    return [
+        run.name,
+        run.status,
+        _correlations(run, "group_mean_corr"),
+        _correlations(run, "group_mean_corr_centered"),
+        f"{ratio:.2e}" if ratio is not None else "-",
+        f"{stability:.2f}" if stability is not None else "-",
+        run.tags.get("embsvd.axis0.top", "-"),
+        run.tags.get("embsvd.axis0.bottom", "-"),
+    ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from itertools import groupby
 
-from embsvd.figure_data import Row
+from embsvd.figures.data import Row
 
 LATEX_SPECIAL = {
     "\\": r"\textbackslash{}",

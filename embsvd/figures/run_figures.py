@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embsvd.analysis import AnalysisResult, PairwiseStat
-from embsvd.order import CyclicOrder, LinearOrder
-from embsvd.rigor import RigorResult
+from embsvd.checks.order import CyclicOrder, LinearOrder
+from embsvd.checks.run import RigorResult
+from embsvd.method.analysis import AnalysisResult, PairwiseStat
 
 N_EXTREMES_LABELLED = 5  # tokens named at each end of the projection figure
 COLORBLIND = ["#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#949494"]

@@ -58,7 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embsvd.analysis import GroupSVD
+from embsvd.method.analysis import GroupSVD
 
 Z_95 = 1.96  # two-sided 95% quantile of the standard normal
 

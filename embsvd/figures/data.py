@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.analysis import MEAN_CORR_VARIANTS, mean_corr_key
-from embsvd.contract import LoggedRun, Sweep
+from embsvd.method.analysis import MEAN_CORR_VARIANTS, mean_corr_key
+from embsvd.tracking.contract import LoggedRun, Sweep
 
 N_EXTREMES = 5  # tokens labelled at each end of an axis figure
 WORD_MARKERS = ("Ġ", "▁", "##")  # BPE / SentencePiece word starts, WordPiece continuations

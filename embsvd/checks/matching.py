@@ -2,7 +2,7 @@
 
 A group's random replacements come from candidate pools: tokens of the member's
 tokenizer form (word-initial ``Ġword`` or bare) whose surface is a real word (ASCII
-letters, in the frequency list of ``embsvd.frequency``) or a numeral; with
+letters, in the frequency list of ``embsvd.io.frequency``) or a numeral; with
 ``null_match=none``, every token whose surface is ASCII letters or digits (on byte-level
 BPE mostly word fragments and identifiers, with larger norms than real words).
 
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embsvd.frequency import TokenFrequencies, surface
 from embsvd.groups import TokenGroup
+from embsvd.io.frequency import TokenFrequencies, surface
 
 WHOLE_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
 NULL_MATCHES = ("none", "norm", "frequency", "norm_frequency")

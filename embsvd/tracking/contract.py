@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.analysis import AnalysisResult, PairwiseStat, effective_rank, mean_corr_key
-from embsvd.null import NullComparison
-from embsvd.order import CyclicOrder, LinearOrder
-from embsvd.rigor import RigorResult
+from embsvd.checks.null import NullComparison
+from embsvd.checks.order import CyclicOrder, LinearOrder
+from embsvd.checks.run import RigorResult
+from embsvd.method.analysis import AnalysisResult, PairwiseStat, effective_rank, mean_corr_key
 
 Metric = tuple[str, float, int]  # (key, value, step)
 TOP_TOKENS_IN_TAGS = 5  # the first axis' ends, shown as tags in the runs table

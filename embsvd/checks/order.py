@@ -31,7 +31,7 @@ What it cannot tell:
   pair is a calendar neighbour, so ``neighbours`` is always 3 and its p is 1.
 - Only the first two components are looked at: an order carried by later ones is missed.
 - The null is random orders of *these* points, not random groups of tokens
-  (``embsvd.null``): it says the geometry follows the order, not that this is unusual for
+  (``embsvd.checks.null``): it says the geometry follows the order, not that this is unusual for
   embeddings, nor why (a shared spelling, frequency). The partial Spearman removes only
   the rank-linear part of norm and frequency.
 """
@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embsvd.analysis import decompose
-from embsvd.confounds import rankdata
+from embsvd.checks.confounds import rankdata
+from embsvd.method.analysis import decompose
 
 KINDS = ("linear", "cyclic")
 MAX_EXACT_MEMBERS = 8  # 8! = 40320 permutations are enumerated; more members are sampled

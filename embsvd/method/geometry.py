@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embsvd.weights import replaced_atomically
+from embsvd.io.weights import replaced_atomically
 
 log = logging.getLogger(__name__)
 

@@ -15,16 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embsvd.analysis import AnalysisResult, GroupSVD
-from embsvd.confounds import Confounds, token_confounds
-from embsvd.frequency import TokenFrequencies, token_frequencies
-from embsvd.geometry import GlobalSVD
+from embsvd.checks.confounds import Confounds, token_confounds
+from embsvd.checks.heldout import HeldOutValidation, validate_held_out
+from embsvd.checks.matching import Matching, token_pools
+from embsvd.checks.null import NullResult, count_tests, matched_null, required_draws
+from embsvd.checks.order import CyclicOrder, LinearOrder, order_test
+from embsvd.checks.stability import Stability, jackknife_rank, resample_stability
 from embsvd.groups import TokenGroup
-from embsvd.heldout import HeldOutValidation, validate_held_out
-from embsvd.matching import Matching, token_pools
-from embsvd.null import NullResult, count_tests, matched_null, required_draws
-from embsvd.order import CyclicOrder, LinearOrder, order_test
-from embsvd.stability import Stability, jackknife_rank, resample_stability
+from embsvd.io.frequency import TokenFrequencies, token_frequencies
+from embsvd.method.analysis import AnalysisResult, GroupSVD
+from embsvd.method.geometry import GlobalSVD
 
 log = logging.getLogger(__name__)
 MIN_ORDERED = 3  # members an order test needs
@@ -128,7 +128,7 @@ def assess(
         random_state: Seeds every draw.
         n_null: Random groups per null statistic (at least; raised to what Holm needs to
             reach ``alpha``, see ``null.required_draws``); 0 switches the null off.
-        null_match: What random groups are matched on (``embsvd.matching.NULL_MATCHES``).
+        null_match: What random groups are matched on (``embsvd.checks.matching.NULL_MATCHES``).
         null_neighbours: Nearest pool tokens a member is replaced by one of.
         alpha: The family-wise error rate Holm's correction must be able to reach.
         frequencies: The vocabulary's word frequencies (``None``: computed here, for a

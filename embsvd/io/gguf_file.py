@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.checkpoint import TokenMatrix
-from embsvd.weights import file_sha256
+from embsvd.io.checkpoint import TokenMatrix
+from embsvd.io.weights import file_sha256
 
 INPUT_TENSOR = "token_embd.weight"
 OUTPUT_TENSOR = "output.weight"  # absent when the model ties it to token_embd.weight

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from embsvd.config import PROJECT_ROOT, FiguresConfig
+from embsvd.pipeline.config import PROJECT_ROOT, FiguresConfig
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
-    from embsvd.paper import FigureStyle
+    from embsvd.figures.paper import FigureStyle
 
 
 FIGURES_ARTIFACT_PATH = "figures/paper"  # on the sweep's parent run
@@ -27,7 +27,7 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     with the reason on stderr and exit status 1; nothing is written then.
     """
     from embsvd import tracking
-    from embsvd.paper import write_figure_set
+    from embsvd.figures.paper import write_figure_set
 
     settings: FiguresConfig = OmegaConf.to_object(cfg)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # it logs every font subset
@@ -65,7 +65,7 @@ def figures_job(cfg: DictConfig) -> list[Path]:
 
 def figure_style(settings: FiguresConfig) -> FigureStyle:
     """The figure settings, checked: ``ValueError`` names the setting and what is allowed."""
-    from embsvd.paper import FigureStyle
+    from embsvd.figures.paper import FigureStyle
 
     if not 0 < settings.alpha < 1:
         raise ValueError(f"alpha={settings.alpha}: a significance level between 0 and 1")

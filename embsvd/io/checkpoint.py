@@ -11,7 +11,7 @@ that one code path reads them:
 
 Two weight formats: Hugging Face folders (safetensors, single file or sharded; pickle
 only when ``allow_pickle`` is set, and then with ``torch.load(weights_only=True)``) and
-GGUF files (``embsvd.gguf_checkpoint``: dequantized once and cached, with the tokenizer converted
+GGUF files (``embsvd.io.gguf_file``: dequantized once and cached, with the tokenizer converted
 from the file's metadata). Only the requested matrix is read; the model is never built
 and remote code is never enabled.
 """
@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embsvd.tokenizer import FastTokenizer, fast_tokenizer
-from embsvd.weights import file_sha256, read_safetensors, safetensors_header, sha256_of
+from embsvd.io.tokenizer import FastTokenizer, fast_tokenizer
+from embsvd.io.weights import file_sha256, read_safetensors, safetensors_header, sha256_of
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -117,7 +117,7 @@ class Checkpoint:
         name: The spec's name.
         W: The matrix analysed, one row per token, shape ``(d_vocab, d_model)``: ``W_E``,
             or ``W_U`` transposed when ``matrix == "output"``.
-        tokenizer: The checkpoint's tokenizer (``embsvd.tokenizer.FastTokenizer`` where
+        tokenizer: The checkpoint's tokenizer (``embsvd.io.tokenizer.FastTokenizer`` where
             the folder has a ``tokenizer.json``, else a ``transformers`` tokenizer).
         source: The local folder the weights and tokenizer were read from.
         weights_file: The file that holds ``W`` (one shard of a sharded checkpoint).
@@ -208,7 +208,7 @@ def load_checkpoint(spec: CheckpointSpec, cache_dir: Path | None = None) -> Chec
     gguf_file = _gguf_file(folder, spec.gguf_file)
     cache_dir = cache_dir or default_cache_dir()
     if gguf_file is not None:
-        from embsvd.gguf_checkpoint import convert_once
+        from embsvd.io.gguf_file import convert_once
 
         cached = convert_once(gguf_file, cache_dir)
         read = cached.token_matrix(spec.matrix)
@@ -544,7 +544,7 @@ def read_tensor(file: Path, key: str, cache_dir: Path | None = None) -> np.ndarr
     """One tensor of a safetensors or (opt-in) pickle file as a numpy array.
 
     safetensors: memory-mapped when numpy has the dtype; bfloat16 and float16 are widened
-    to float32 exactly, once into ``cache_dir`` when given (``embsvd.weights``).
+    to float32 exactly, once into ``cache_dir`` when given (``embsvd.io.weights``).
     """
     if file.suffix != ".safetensors":
         tensor = _load_pickle(file)[key]

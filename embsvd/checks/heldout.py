@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embsvd.analysis import decompose
 from embsvd.groups import KeptToken, TokenGroup
+from embsvd.method.analysis import decompose
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Matched random-group nulls: is a group's statistic unusual for groups of words like it?
 
 Every statistic a run reports about a group is compared with the same statistic of
-``n_null`` random groups, drawn as ``embsvd.matching`` says: matched to the group's
+``n_null`` random groups, drawn as ``embsvd.checks.matching`` says: matched to the group's
 members in token norm and word frequency over real words by default (``null_match``),
 uniform over whole-word tokens with ``none``. What they are matched on decides what the
 comparison can tell: ``none`` on byte-level BPE mixes "unusual for words" with "unusual
@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embsvd.analysis import AnalysisResult, MeanReference, effective_rank, mean_corr_key
-from embsvd.groups import TokenGroup
-from embsvd.matching import (
+from embsvd.checks.matching import (
     Matching,
     MemberMatch,
     TokenPools,
@@ -34,6 +32,8 @@ from embsvd.matching import (
     draw_random_groups,
     match_groups,
 )
+from embsvd.groups import TokenGroup
+from embsvd.method.analysis import AnalysisResult, MeanReference, effective_rank, mean_corr_key
 
 DRAWS_PER_BATCH = 100  # bounds the (draws, n, d_model) float64 block of a batch
 MEANS_BLOCK = 1 << 22  # floats of random groups' means held at once (32 MB)

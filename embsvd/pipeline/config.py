@@ -17,10 +17,10 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from embsvd.checkpoint import CheckpointSpec
 from embsvd.groups import GroupSpec
+from embsvd.io.checkpoint import CheckpointSpec
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 

@@ -5,7 +5,7 @@
 it plots as a CSV beside it, the top-token tables as CSV, Markdown and LaTeX, and
 ``sweep.json`` naming the runs.
 
-The statistics drawn are the ones the runs tested (``embsvd.figure_data``): a scree
+The statistics drawn are the ones the runs tested (``embsvd.figures.data``): a scree
 point is a share ``s_k / ||M||_F`` and its band the same share of random matched groups,
 each by its own norm, so point and band agree with the run's null percentile; bars are
 the runs' jackknife intervals (``embsvd.interval_method``). A correlation star is
@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from embsvd import figure_data, paper_tables
-from embsvd.contract import LoggedRun, Sweep, file_safe, write_csv
-from embsvd.figure_data import Row
-from embsvd.plotting import label_above
+from embsvd.figures import data as figure_data
+from embsvd.figures import tables as paper_tables
+from embsvd.figures.data import Row
+from embsvd.figures.run_figures import label_above
+from embsvd.tracking.contract import LoggedRun, Sweep, file_safe, write_csv
 
 # no creation date or software version in the files: drawing again writes the same bytes
 UNDATED = {"pdf": {"CreationDate": None}, "png": {"Software": None}, "svg": {"Date": None}}
