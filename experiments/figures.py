@@ -9,10 +9,9 @@ import hydra
 from omegaconf import DictConfig
 
 from embsvd.pipeline import figures_job
-from embsvd.pipeline.config import CONFIG_DIR
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="figures")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="figures")
 def main(cfg: DictConfig) -> None:
     figures_job(cfg)
 

@@ -8,10 +8,9 @@ import hydra
 from omegaconf import DictConfig
 
 from embsvd.pipeline import run_job
-from embsvd.pipeline.config import CONFIG_DIR
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_job(cfg)
 

@@ -19,7 +19,8 @@ from safetensors.numpy import save_file
 
 from embsvd.groups import KeptToken, TokenGroup
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout the tests run in
+CONFIG_DIR = PROJECT_ROOT / "conf"
 # Converted checkpoints (SmolLM2's GGUF: ~20 s the first time) are cached by content hash;
 # the suite keeps them beside pytest's own cache, so a rerun skips the conversion.
 # Set before any test runs, so subprocess sweeps inherit it.
@@ -184,7 +185,8 @@ def smollm2():
     Loading it once here fills the conversion cache before parallel sweeps use it."""
     from omegaconf import OmegaConf
 
-    from embsvd.io.checkpoint import CheckpointSpec, load_checkpoint
+    from embsvd.io.checkpoint import load_checkpoint
+    from embsvd.io.spec import CheckpointSpec
 
     spec = OmegaConf.to_object(
         OmegaConf.merge(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA, TruncatedSVD
 
+from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import (
     analyze,
     decompose,
@@ -13,8 +14,8 @@ from embsvd.method.analysis import (
     pairwise,
     project,
     row_cosine,
-    svd_flip,
 )
+from embsvd.method.svd import svd_flip
 from tests.conftest import token_group
 
 RTOL = 1e-10
@@ -67,25 +68,14 @@ def test_raw_singular_values_match_numpy_and_truncated_svd(cloud):
 
 def test_signs_follow_svd_flip_and_do_not_depend_on_input_signs(cloud):
     svd = decompose(cloud, center=True)
-    biggest = np.abs(svd.U).argmax(axis=0)
-    assert np.all(svd.U[biggest, np.arange(svd.U.shape[1])] > 0)
+    biggest = np.abs(svd.Vt).argmax(axis=1)
+    assert np.all(svd.Vt[np.arange(len(svd.Vt)), biggest] > 0)
     # the same subspace found with opposite signs is flipped back to the same vectors
     U, S, Vt = np.linalg.svd(cloud - cloud.mean(axis=0), full_matrices=False)
     U2, Vt2 = svd_flip(-U, -Vt)
     np.testing.assert_allclose(Vt2, svd.Vt, atol=1e-12)
     np.testing.assert_allclose(U2, svd.U, atol=1e-12)
     np.testing.assert_array_equal(decompose(cloud, True).Vt, decompose(cloud.copy(), True).Vt)
-
-
-def test_sign_convention_matches_scikit_learn():
-    from sklearn.utils.extmath import svd_flip as sk_svd_flip
-
-    rng = np.random.default_rng(3)
-    U, _, Vt = np.linalg.svd(rng.normal(size=(7, 5)), full_matrices=False)
-    ours = svd_flip(U, Vt)
-    theirs = sk_svd_flip(U.copy(), Vt.copy(), u_based_decision=True)
-    np.testing.assert_allclose(ours[0], theirs[0])
-    np.testing.assert_allclose(ours[1], theirs[1])
 
 
 @pytest.mark.parametrize("center", [True, False])
@@ -147,16 +137,8 @@ def test_analyze_puts_the_pieces_together(center):
         "high": token_group("high", [20, 21, 22, 23, 24]),
     }
     tokens = [f"tok{i}" for i in range(40)]
-    result = analyze(
-        W_E,
-        groups,
-        "low",
-        center=center,
-        n_components=2,
-        top_k=3,
-        token_strings=tokens,
-        excluded_ids=[0],
-    )
+    vocab = Vocabulary.from_matrix(W_E, tokens, special_ids=[0])
+    result = analyze(W_E, groups, "low", vocab, center=center, n_components=2, top_k=3)
     svd = decompose(W_E[[2, 3, 4, 5]], center)
     np.testing.assert_allclose(result.svd.singular_values, svd.singular_values)
     np.testing.assert_allclose(result.projections, project(W_E, svd, 2))
@@ -176,25 +158,21 @@ def test_analyze_clamps_components_to_the_group_size_and_checks_inputs():
     W_E = np.random.default_rng(7).normal(size=(12, 5))
     groups = {"g": token_group("g", [1, 2, 3])}
     tokens = [str(i) for i in range(12)]
-    result = analyze(W_E, groups, "g", center=True, n_components=10, top_k=2, token_strings=tokens)
+    vocab = Vocabulary.from_matrix(W_E, tokens)
+    result = analyze(W_E, groups, "g", vocab, n_components=10, top_k=2)
     assert result.projections.shape == (12, 3)
     with pytest.raises(ValueError, match=r"target: 'h' is not one of the groups \['g'\]"):
-        analyze(W_E, groups, "h", center=True, n_components=1, top_k=1, token_strings=tokens)
-    with pytest.raises(ValueError, match="token_strings: 3 strings for 12 rows of W_E"):
-        analyze(W_E, groups, "g", center=True, n_components=1, top_k=1, token_strings=tokens[:3])
+        analyze(W_E, groups, "h", vocab)
+    with pytest.raises(ValueError, match="vocab: 12 tokens for 11 rows of W"):
+        analyze(W_E[:11], groups, "g", vocab)
+    with pytest.raises(ValueError, match="token_strings: 3 strings for 12 rows of W"):
+        Vocabulary.from_matrix(W_E, tokens[:3])
 
 
 def test_clamping_components_is_logged(caplog):
     W_E = np.random.default_rng(8).normal(size=(12, 5))
     tokens = [str(i) for i in range(12)]
     with caplog.at_level("WARNING", logger="embsvd.method.analysis"):
-        analyze(
-            W_E,
-            {"g": token_group("g", [1, 2, 3])},
-            "g",
-            center=True,
-            n_components=4,
-            top_k=1,
-            token_strings=tokens,
-        )
+        vocab = Vocabulary.from_matrix(W_E, tokens)
+        analyze(W_E, {"g": token_group("g", [1, 2, 3])}, "g", vocab, n_components=4, top_k=1)
     assert "analysis.n_components=4 exceeds the 3 axes of g; projecting on 3" in caplog.text

@@ -9,10 +9,11 @@ from omegaconf import OmegaConf
 from embsvd.checks.heldout import validate_held_out
 from embsvd.checks.matching import token_pools
 from embsvd.groups import select_single_tokens
-from embsvd.io.checkpoint import Checkpoint, load_checkpoint
+from embsvd.io.checkpoint import load_checkpoint
+from embsvd.io.spec import Checkpoint
 from embsvd.method.analysis import AnalysisResult, analyze, decompose
 from embsvd.pipeline import with_group_files
-from embsvd.pipeline.config import CONFIG_DIR
+from tests.conftest import CONFIG_DIR
 from tests.test_config import compose_config
 
 pytestmark = pytest.mark.slow
@@ -31,16 +32,7 @@ def bundled() -> tuple[Checkpoint, dict]:
 
 def run(bundled, target: str, center: bool) -> AnalysisResult:
     checkpoint, groups = bundled
-    return analyze(
-        checkpoint.W,
-        groups,
-        target,
-        center=center,
-        n_components=3,
-        top_k=20,
-        token_strings=checkpoint.token_strings(),
-        excluded_ids=checkpoint.special_ids(),
-    )
+    return analyze(checkpoint.W, groups, target, checkpoint.vocabulary, center=center)
 
 
 def ends(result: AnalysisResult, side: str, n: int) -> list[str]:

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from embsvd.checks.run import RigorResult, assess
+from embsvd.checks.run import RigorResult, run_checks
 from embsvd.checks.stability import resample_stability
 from embsvd.groups import TokenForms, TokenGroup, select_single_tokens
-from embsvd.io.checkpoint import Checkpoint, load_checkpoint
+from embsvd.io.checkpoint import load_checkpoint
+from embsvd.io.spec import Checkpoint
 from embsvd.method.analysis import AnalysisResult, MeanReference, analyze, decompose
 from embsvd.method.geometry import GlobalSVD, global_svd
 from embsvd.pipeline import with_group_files
@@ -32,36 +33,15 @@ GROUPS = ["digits", "eu_countries", "number_words"]
 class Bundled:
     checkpoint: Checkpoint
     groups: dict[str, TokenGroup]
-    marker: str | None
     components: GlobalSVD
 
     def analyse(self, target: str, center: bool = True) -> tuple[AnalysisResult, RigorResult]:
         """The job's analysis and checks with the defaults of conf/analysis/default.yaml:
         the centered and decorrelated (top global component removed) r, and every check."""
-        W = self.checkpoint.W
-        tokens, special = self.checkpoint.token_strings(), self.checkpoint.special_ids()
+        W, vocab = self.checkpoint.W, self.checkpoint.vocabulary
         reference = MeanReference(self.components.mean, self.components.Vt[:1])
-        result = analyze(
-            W,
-            self.groups,
-            target,
-            center=center,
-            n_components=3,
-            top_k=20,
-            token_strings=tokens,
-            excluded_ids=special,
-            reference=reference,
-        )
-        rigor = assess(
-            W,
-            self.groups,
-            result,
-            token_strings=tokens,
-            excluded_ids=special,
-            marker=self.marker,
-            token_norms=np.linalg.norm(W, axis=1),
-            global_svd=self.components,
-        )
+        result = analyze(W, self.groups, target, vocab, center=center, reference=reference)
+        rigor = run_checks(W, self.groups, result, vocab, global_components=self.components)
         return result, rigor
 
 
@@ -75,7 +55,7 @@ def bundled(model: str, groups: list[str]) -> Bundled:
         for name, spec in settings.groups.items()
     }
     components = global_svd(checkpoint.W, 50, rows=checkpoint.ordinary_rows)
-    return Bundled(checkpoint, selected, forms.marker, components)
+    return Bundled(checkpoint, selected, components)
 
 
 @pytest.fixture(scope="module", params=["all_minilm_l6_v2", "smollm2_135m"])

@@ -19,16 +19,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from embsvd.io.checkpoint import (
-    EMBEDDING_KEYS,
-    Checkpoint,
-    CheckpointSpec,
-    find_embedding,
-    load_checkpoint,
-    read_tensor,
-    resolve_folder,
-    sha256_file,
-)
+from embsvd.io.checkpoint import load_checkpoint, resolve_folder, sha256_file
+from embsvd.io.hf_folder import EMBEDDING_KEYS, find_embedding, read_tensor
+from embsvd.io.spec import Checkpoint, CheckpointSpec
 from tests.conftest import (
     BERT_KEY,
     D_MODEL,

@@ -14,14 +14,14 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from embsvd.groups import GroupSpec
-from embsvd.io.checkpoint import CheckpointSpec, resolve_folder
+from embsvd.io.checkpoint import resolve_folder
+from embsvd.io.spec import CheckpointSpec
 from embsvd.pipeline.config import (
-    CONFIG_DIR,
-    PROJECT_ROOT,
     EmbsvdConfig,
     FiguresConfig,
     config_hash,
 )
+from tests.conftest import CONFIG_DIR, PROJECT_ROOT
 
 OPTIONS = {
     group: sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from embsvd.method.analysis import decompose, project, svd_flip
+from embsvd.method.analysis import decompose, project
 from embsvd.method.backend import check_device, project_on, svd_on
+from embsvd.method.svd import svd_flip
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 

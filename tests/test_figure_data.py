@@ -21,7 +21,8 @@ from embsvd.figures.paper import (
 )
 from embsvd.figures.run_figures import spread_apart
 from embsvd.figures.tables import latex_tables, markdown_tables
-from embsvd.tracking.contract import NULL_QUANTILES, LoggedRun, Sweep
+from embsvd.tracking.artifacts import NULL_QUANTILES
+from embsvd.tracking.contract import LoggedRun, Sweep
 
 
 def logged_run(

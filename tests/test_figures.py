@@ -20,10 +20,10 @@ from mlflow.tracking import MlflowClient
 from embsvd import tracking
 from embsvd.figures.tables import latex_escape
 from embsvd.pipeline import figure_style
-from embsvd.pipeline.config import PROJECT_ROOT, FiguresConfig
+from embsvd.pipeline.config import FiguresConfig
 from embsvd.tracking import contract
 from embsvd.tracking.reading import SweepSelection, read_sweep
-from tests.conftest import write_tiny_bert, write_tiny_bpe
+from tests.conftest import PROJECT_ROOT, write_tiny_bert, write_tiny_bpe
 from tests.test_sweeps import run_sweep, store_uri
 
 pytestmark = pytest.mark.slow
@@ -140,8 +140,8 @@ def test_the_default_selection_is_the_latest_sweep_and_names_the_folder(swept):
     assert swept.figures.parent.name == "figures"
     assert swept.sweep_id.startswith("multirun_")  # sweep/<experiment>/<date> <time>
     parent = swept.client.get_run(swept.parent_run_id)
-    assert parent.data.tags[contract.SWEEP_ID_TAG] == swept.sweep_id
-    assert {r.data.tags[contract.SWEEP_ID_TAG] for r in swept.children()} == {swept.sweep_id}
+    assert parent.data.tags[contract.Tag.SWEEP_ID] == swept.sweep_id
+    assert {r.data.tags[contract.Tag.SWEEP_ID] for r in swept.children()} == {swept.sweep_id}
 
 
 def test_scree_csv_equals_the_store(swept):

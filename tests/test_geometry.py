@@ -143,7 +143,7 @@ def test_global_svd_matches_the_full_svd_of_the_centered_matrix(low_rank):
     pca = PCA(n_components=5, svd_solver="full").fit(low_rank)
     np.testing.assert_allclose(svd.explained_variance_ratio, pca.explained_variance_ratio_, 1e-6)
     assert svd.n_rows == 2000
-    # svd_flip(u_based_decision=False): the largest-|.| entry of each row of Vt is positive
+    # embsvd.method.svd.svd_flip: the largest-|.| entry of each row of Vt is positive
     assert np.all(svd.Vt[np.arange(5), np.argmax(np.abs(svd.Vt), axis=1)] > 0)
 
 

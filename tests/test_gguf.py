@@ -11,8 +11,9 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
-from embsvd.io.checkpoint import CheckpointSpec, default_cache_dir, load_checkpoint
+from embsvd.io.checkpoint import default_cache_dir, load_checkpoint
 from embsvd.io.gguf_file import convert_once, write_token_matrices
+from embsvd.io.spec import CheckpointSpec
 
 D_VOCAB, D_MODEL = 64, 32  # Q8_0 packs rows in blocks of 32
 

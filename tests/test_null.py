@@ -17,6 +17,7 @@ from embsvd.checks.null import (
 )
 from embsvd.groups import KeptToken, TokenGroup
 from embsvd.io.frequency import KINDS, TokenFrequencies
+from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import MeanReference, analyze
 
 BPE_TOKENS = [
@@ -211,9 +212,8 @@ def test_a_norm_matched_null_is_calibrated_where_an_unmatched_one_is_not():
             "big": group_of("big", range(1600, 1610), tokens),
             "also_big": group_of("also_big", range(1640, 1650), tokens),
         }
-        result = analyze(
-            W, groups, "big", center=True, n_components=2, top_k=3, token_strings=tokens
-        )
+        vocab = Vocabulary.from_matrix(W, tokens)
+        result = analyze(W, groups, "big", vocab, center=True, n_components=2, top_k=3)
         pools = token_pools(tokens, (), None, frequencies)
         for match in rejected:
             matching = Matching(match, norms, frequencies, 50)
@@ -251,16 +251,8 @@ def test_holm_covers_every_test_and_every_variant_of_the_run():
     }
     axes = np.eye(W.shape[1])[:1]
     reference = MeanReference(W.mean(axis=0), axes)
-    result = analyze(
-        W,
-        groups,
-        "a",
-        center=True,
-        n_components=2,
-        top_k=3,
-        token_strings=tokens,
-        reference=reference,
-    )
+    vocab = Vocabulary.from_matrix(W, tokens)
+    result = analyze(W, groups, "a", vocab, n_components=2, top_k=3, reference=reference)
     assert set(result.mean_corr) == {"raw", "centered", "decorrelated"}
     pools = token_pools(tokens, (), None)
     null = matched_null(W, groups, result, pools, 200, np.random.default_rng(0), None, axes)
@@ -301,7 +293,7 @@ def test_required_draws_let_holm_reach_alpha_and_no_fewer_do(n_tests, alpha):
 def test_pools_too_small_for_the_runs_groups_are_a_clear_error():
     W, tokens, frequencies = norm_world(d_vocab=30)
     groups = {"a": group_of("a", range(0, 10), tokens), "b": group_of("b", range(10, 20), tokens)}
-    result = analyze(W, groups, "a", center=True, n_components=2, top_k=3, token_strings=tokens)
+    result = analyze(W, groups, "a", Vocabulary.from_matrix(W, tokens), n_components=2, top_k=3)
     pools = token_pools(tokens, (), None, frequencies)
     matching = Matching("frequency", None, frequencies, 50)
     with pytest.raises(

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.pipeline import SweepTracking, flatten, run_job
-from embsvd.pipeline.config import CONFIG_DIR
+from tests.conftest import CONFIG_DIR
 from tests.test_tracking import read_artifact
 
 CONTRACT_ARTIFACTS = {
@@ -117,24 +117,18 @@ def test_bad_group_fails_the_run_with_the_reason_and_keeps_the_params(tiny_bert,
     assert "error.txt" in artifact_names(client, run.info.run_id)
 
 
-def test_unreadable_checkpoint_and_unknown_target_fail_their_runs(tmp_path, session_store):
+def test_unreadable_checkpoint_fails_its_run(tmp_path, session_store):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="model: no weights in"):
         run_job(job_config(empty, session_store, "bad-ckpt"))
-    with pytest.raises(ValueError, match=r"target: 'planets' is not one of the configured groups"):
-        run_job(job_config(empty, session_store, "bad-ckpt", "target=planets"))
-    _, runs = runs_of(session_store, "bad-ckpt")
-    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
-
-
-@pytest.mark.parametrize("key", ["n_components", "top_k"])
-def test_analysis_settings_below_one_fail_the_run(tiny_bert, session_store, key):
-    cfg = job_config(tiny_bert, session_store, f"bad-{key}", f"analysis.{key}=0")
-    with pytest.raises(ValueError, match=f"analysis.{key}: must be at least 1, got 0"):
-        run_job(cfg)
-    _, [run] = runs_of(session_store, f"bad-{key}")
+    _, [run] = runs_of(session_store, "bad-ckpt")
     assert run.info.status == "FAILED"
+
+
+def assert_no_run_opened(uri: str, experiment: str) -> None:
+    # settings are refused before the store is touched: not even the experiment exists
+    assert MlflowClient(uri).get_experiment_by_name(experiment) is None
 
 
 def test_raw_run_and_analysis_settings_reach_the_analysis(tiny_bert, session_store):
@@ -189,19 +183,15 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
     assert f"{run.metrics['stability/axis0_cos']:.2f}" in cells[2].split()[2:]
 
 
+# every message of `validate` is tested in test_validation.py; these go through run_job
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (
-            "analysis.geometry=spherical",
-            "analysis.geometry: 'spherical' is not one of euclidean, whitened",
-        ),
+        ("target=planets", "target: 'planets' is not one of the configured groups"),
+        ("analysis.n_components=0", "analysis.n_components: must be at least 1, got 0"),
+        ("analysis.top_k=0", "analysis.top_k: must be at least 1, got 0"),
         ("analysis.n_null=1", "analysis.n_null: must be 0 (off) or at least 2, got 1"),
         ("analysis.n_resamples=-5", "analysis.n_resamples: must be 0 (off) or at least 2, got -5"),
-        (
-            "analysis.null_match=nearest",
-            "analysis.null_match: 'nearest' is not one of none, norm, frequency, norm_frequency",
-        ),
         ("analysis.null_neighbours=0", "analysis.null_neighbours: must be at least 1, got 0"),
         ("analysis.alpha=1.5", "analysis.alpha: a level between 0 and 1, got 1.5"),
         ("analysis.remove_global=-1", "analysis.remove_global: must be 0 (off) or more, got -1"),
@@ -213,17 +203,16 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
         ("analysis.whitening_shrinkage=1.5", "analysis.whitening_shrinkage"),
     ],
 )
-def test_bad_check_settings_fail_the_run_with_the_setting_named(
+def test_settings_that_cannot_run_are_refused_before_a_run_opens(
     tiny_bert, session_store, override, message
 ):
     extra = ["analysis.geometry=whitened"] if "shrinkage" in override else []
     cfg = job_config(
-        tiny_bert, session_store, "bad-checks", override, *extra, "analysis.figures=false"
+        tiny_bert, session_store, "refused-settings", override, *extra, "analysis.figures=false"
     )
     with pytest.raises(ValueError, match=re.escape(message)):
         run_job(cfg)
-    _, runs = runs_of(session_store, "bad-checks")
-    assert runs[-1].info.status == "FAILED"
+    assert_no_run_opened(session_store, "refused-settings")
 
 
 def test_whitened_and_unit_row_geometry_change_the_numbers_not_the_contract(
@@ -335,7 +324,7 @@ def test_group_file_adds_its_groups(tiny_bert, session_store, tmp_path):
         ("g:\n  wrods: [a, b]\n", r"group_files: group 'g' in .*bad\.yaml: Key 'wrods' not in"),
     ],
 )
-def test_bad_group_file_fails_the_run_with_a_clear_error(
+def test_bad_group_file_is_refused_before_a_run_opens(
     tiny_bert, session_store, tmp_path, content, message
 ):
     name = "missing.yaml" if content is None else "bad.yaml"
@@ -345,9 +334,7 @@ def test_bad_group_file_fails_the_run_with_a_clear_error(
     cfg = job_config(tiny_bert, session_store, experiment, f"group_files=[{tmp_path / name}]")
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         run_job(cfg)
-    _, [run] = runs_of(session_store, experiment)
-    assert run.info.status == "FAILED"
-    assert run.data.params["group_files"] == f"['{tmp_path / name}']"
+    assert_no_run_opened(session_store, experiment)
 
 
 def test_run_tags_name_matrix_form_and_config_hash(tiny_bert, session_store):

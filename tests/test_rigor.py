@@ -11,9 +11,10 @@ from scipy import stats
 from embsvd.checks.confounds import rankdata, spearman, surface_length, token_confounds
 from embsvd.checks.heldout import validate_held_out
 from embsvd.checks.null import required_draws
-from embsvd.checks.run import assess, compare_with_global
+from embsvd.checks.run import ChecksConfig, compare_with_global, run_checks
 from embsvd.checks.stability import resample_stability
 from embsvd.groups import KeptToken, TokenGroup
+from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import analyze, decompose
 from embsvd.method.geometry import GlobalSVD, global_svd
 
@@ -53,37 +54,23 @@ def world(planted: bool, seed: int = 0):
     return W, groups
 
 
-def run_checks(W, groups, **settings):
-    """The analysis of "ordered" and its checks; ``settings`` override ``assess``'s."""
-    result = analyze(
-        W,
-        groups,
-        "ordered",
-        center=True,
-        n_components=3,
-        top_k=5,
-        token_strings=TOKENS,
-        excluded_ids=(),
-    )
+def checked(W, groups, global_components=True, **settings):
+    """The analysis of "ordered" and its checks; ``settings`` override the ``ChecksConfig``
+    below, ``global_components=False`` leaves the global view out."""
+    vocab = Vocabulary.from_matrix(W, TOKENS)
+    result = analyze(W, groups, "ordered", vocab, center=True, n_components=3, top_k=5)
     # uniform draws: these worlds have no word frequencies (the matched null: test_null.py)
-    checks = dict(n_null=500, null_match="none", precision_k=6, global_svd=global_svd(W, 8))
-    checks |= settings
-    rigor = assess(
-        W,
-        groups,
-        result,
-        token_strings=TOKENS,
-        excluded_ids=(),
-        marker=None,
-        token_norms=np.linalg.norm(W, axis=1),
-        **checks,
+    config = dataclasses.replace(
+        ChecksConfig(n_null=500, null_match="none", precision_k=6, n_global=8), **settings
     )
+    components = global_svd(W, 8) if global_components else None
+    rigor = run_checks(W, groups, result, vocab, config, global_components=components)
     return result, rigor
 
 
 def test_planted_structure_is_extreme_in_the_null_recovered_and_stable():
     W, groups = world(planted=True)
-    result, rigor = run_checks(W, groups)
+    result, rigor = checked(W, groups)
     assert abs(result.svd.Vt[0] @ AXIS) > 0.99
     assert rigor.null.s1_share.percentile == 100.0 and rigor.null.s1_share.p_value < 0.01
     pair = rigor.null.group_mean_corr["raw"]["ordered", "other"]
@@ -101,7 +88,7 @@ def test_planted_structure_is_extreme_in_the_null_recovered_and_stable():
 
 def test_without_the_plant_the_statistics_fall_inside_the_null():
     W, groups = world(planted=False)
-    _, rigor = run_checks(W, groups)
+    _, rigor = checked(W, groups)
     assert 2.5 < rigor.null.s1_share.percentile < 97.5
     assert 2.5 < rigor.null.effective_rank.percentile < 97.5
     assert rigor.null.group_mean_corr["raw"]["ordered", "other"].p_value > 0.05
@@ -111,16 +98,16 @@ def test_without_the_plant_the_statistics_fall_inside_the_null():
 
 def test_seeded_checks_repeat_and_another_seed_changes_only_the_draws():
     W, groups = world(planted=True)
-    result, first = run_checks(W, groups, random_state=7)
-    _, again = run_checks(W, groups, random_state=7)
-    _, other = run_checks(W, groups, random_state=8)
+    result, first = checked(W, groups, random_state=7)
+    _, again = checked(W, groups, random_state=7)
+    _, other = checked(W, groups, random_state=8)
     np.testing.assert_array_equal(first.null.singular_values, again.null.singular_values)
     np.testing.assert_array_equal(first.stability.axis_cos, again.stability.axis_cos)
     assert first.null.s1_share == again.null.s1_share
     # new draws: the null and sampled jackknife subsets move, the observed values do not
     assert first.null.s1_share.mean != other.null.s1_share.mean
-    _, sampled = run_checks(W, groups, random_state=7, n_resamples=50)
-    _, resampled = run_checks(W, groups, random_state=8, n_resamples=50)
+    _, sampled = checked(W, groups, random_state=7, n_resamples=50)
+    _, resampled = checked(W, groups, random_state=8, n_resamples=50)
     assert not np.array_equal(
         sampled.stability.singular_value_lo, resampled.stability.singular_value_lo
     )
@@ -140,7 +127,7 @@ def test_seeded_checks_repeat_and_another_seed_changes_only_the_draws():
             first.confounds.spearman[name], other.confounds.spearman[name]
         )
     # independent streams: fewer jackknife subsets leave the null's draws as they were
-    _, fewer = run_checks(W, groups, random_state=7, n_resamples=20)
+    _, fewer = checked(W, groups, random_state=7, n_resamples=20)
     np.testing.assert_array_equal(first.null.singular_values, fewer.null.singular_values)
 
 
@@ -233,8 +220,8 @@ def test_global_view_against_a_known_global_basis():
 
 def test_switched_off_checks_are_absent():
     W, groups = world(planted=True)
-    off = dict(n_null=0, n_resamples=0, heldout=False, confounds=False, global_svd=None)
-    _, rigor = run_checks(W, groups, **off)
+    off = dict(n_null=0, n_resamples=0, heldout=False, confounds=False, n_global=0)
+    _, rigor = checked(W, groups, **off)
     assert dataclasses.astuple(rigor) == (0, None, None, None, None, None, None)
 
 
@@ -244,7 +231,7 @@ def test_the_null_draws_what_holm_needs_to_reach_alpha():
     W, _ = world(planted=True)
     groups = {f"g{k}": group(f"g{k}", range(100 * k, 100 * k + 10)) for k in range(1, 8)}
     groups["ordered"] = world(planted=True)[1]["ordered"]
-    _, rigor = run_checks(W, groups, global_svd=None, n_resamples=0, heldout=False)
+    _, rigor = checked(W, groups, global_components=False, n_resamples=0, heldout=False)
     null = rigor.null
     assert null.n_tests == 2 + 28 == len(null.p_holm)
     assert null.n_null == required_draws(30, 0.05) == 1200 > 500

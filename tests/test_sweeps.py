@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.pipeline import PARENT_RUN_FILE
-from embsvd.pipeline.config import PROJECT_ROOT
-from tests.conftest import tiny_embeddings, with_ctrl_c, write_tiny_bert
+from embsvd.tracking.contract import Tag
+from tests.conftest import PROJECT_ROOT, tiny_embeddings, with_ctrl_c, write_tiny_bert
 from tests.test_checkpoint import write_hub_cache
 from tests.test_pipeline import CONTRACT_ARTIFACTS, FIGURES, artifact_names
 
@@ -162,13 +162,15 @@ def test_sweep_jobs_are_children_of_one_parent_run(tiny_bert, tmp_path):
 
 
 def test_failing_jobs_are_isolated_and_named(tiny_bert, tmp_path):
-    # job 1 and 3 target a group that is not configured; 0 and 2 are fine
+    # jobs 1 and 3 read an output matrix the tiny BERT does not have, which only loading
+    # it can tell (a setting that cannot run refuses the whole sweep: test_validation.py);
+    # 0 and 2 are fine
     done = run_sweep(
         tmp_path,
         *tiny_model(tiny_bert),
         "analysis.figures=false",
         "analysis.center=true,false",
-        "target=digits,nope",
+        "model.matrix=input,output",
     )
 
     assert done.returncode != 0
@@ -178,7 +180,7 @@ def test_failing_jobs_are_isolated_and_named(tiny_bert, tmp_path):
     }
     assert by_status == {
         "FINISHED": ["tiny_bert/digits/centered", "tiny_bert/digits/raw"],
-        "FAILED": ["tiny_bert/nope/centered", "tiny_bert/nope/raw"],
+        "FAILED": ["tiny_bert:output/digits/centered", "tiny_bert:output/digits/raw"],
     }
     assert parent.status == "FAILED"
     assert parent.metrics["n_failed"] == 2 and parent.metrics["n_finished"] == 2
@@ -186,7 +188,7 @@ def test_failing_jobs_are_isolated_and_named(tiny_bert, tmp_path):
     for child in children:
         if child.status == "FAILED":
             assert child.tags["embsvd.error"].startswith(
-                "ValueError: target: 'nope' is not one of the configured groups"
+                "ValueError: model.matrix: the checkpoint in"
             )
             assert "error.txt" in artifact_names(store.client, child.run_id)
             # the command names each failed job with its overrides and error
@@ -194,9 +196,7 @@ def test_failing_jobs_are_isolated_and_named(tiny_bert, tmp_path):
             assert f"job #{job} FAILED: {child.name} (" in done.stderr
     rows = read_csv_artifact(store.client, parent.run_id, "children.csv")
     failed_rows = [r for r in rows if r["status"] == "FAILED"]
-    assert len(failed_rows) == 2 and all(
-        "not one of the configured" in r["error"] for r in failed_rows
-    )
+    assert len(failed_rows) == 2 and all("has no output matrix" in r["error"] for r in failed_rows)
     assert "Sweep FAILED: 4 runs" in done.stdout
 
 
@@ -221,7 +221,7 @@ def test_resume_runs_only_what_is_missing(tiny_bert, tmp_path):
     ]
     assert new.metrics["n_skipped"] == 2 and new.metrics["n_children"] == 2
     # each skipped job names the FINISHED run that has its config
-    skipped = {k: v for k, v in new.tags.items() if k.startswith(tracking.SKIPPED_TAG_PREFIX)}
+    skipped = {k: v for k, v in new.tags.items() if k.startswith(Tag.SKIPPED)}
     assert sorted(skipped.values()) == sorted(c.run_id for c in old_children)
     assert "skipped, run" in second.stdout
     # exactly one FINISHED run per configuration

@@ -153,7 +153,8 @@ def test_too_few_survivors_suggest_another_form_where_forms_exist(bpe, wordpiece
 
 @pytest.mark.slow
 def test_bundled_checkpoints_keep_digits_and_eu_countries_in_auto_form(smollm2):
-    from embsvd.io.checkpoint import CheckpointSpec, load_checkpoint
+    from embsvd.io.checkpoint import load_checkpoint
+    from embsvd.io.spec import CheckpointSpec
     from tests.test_config import compose_config
 
     settings = compose_config()

@@ -13,8 +13,7 @@ from embsvd.groups import TokenForms, select_single_tokens
 from embsvd.io.checkpoint import load_checkpoint, load_tokenizer
 from embsvd.io.tokenizer import FastTokenizer
 from embsvd.pipeline import with_group_files
-from embsvd.pipeline.config import CONFIG_DIR
-from tests.conftest import write_tiny_bpe, write_tokenizer
+from tests.conftest import CONFIG_DIR, write_tiny_bpe, write_tokenizer
 from tests.test_config import compose_config
 
 GROUP_LIBRARY = sorted(p.stem for p in (CONFIG_DIR / "groups").glob("*.yaml"))

@@ -17,9 +17,10 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.checks.run import RigorResult
+from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import analyze
 from tests.conftest import token_group, with_ctrl_c
-from tests.test_rigor import run_checks, world
+from tests.test_rigor import checked, world
 
 
 def make_store(uri: str, name: str, artifact_root: Path | None = None) -> tracking.TrackingStore:
@@ -34,11 +35,17 @@ def read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
 def test_tracking_uri_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)  # the default store does not depend on the working directory
-    root = Path("/some/project")
+
+    def root() -> Path:
+        return Path("/some/project")
+
+    def no_project() -> Path:
+        raise AssertionError("the project folder is asked for only when the store is its own")
+
     assert tracking.resolve_tracking_uri(None, root) == "sqlite:////some/project/mlruns/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5001")
-    assert tracking.resolve_tracking_uri(None, root) == "http://127.0.0.1:5001"
-    assert tracking.resolve_tracking_uri("sqlite:////x/y.db", root) == "sqlite:////x/y.db"
+    assert tracking.resolve_tracking_uri(None, no_project) == "http://127.0.0.1:5001"
+    assert tracking.resolve_tracking_uri("sqlite:////x/y.db", no_project) == "sqlite:////x/y.db"
 
 
 def test_artifacts_go_beside_a_sqlite_store_and_to_the_server_otherwise():
@@ -140,16 +147,8 @@ def small_result():
         "a_group": token_group("a_group", [10, 11, 12]),
     }
     tokens = [f"tok{i}" for i in range(30)]
-    result = analyze(
-        W_E,
-        groups,
-        "b_group",
-        center=True,
-        n_components=2,
-        top_k=3,
-        token_strings=tokens,
-        excluded_ids=[0],
-    )
+    vocab = Vocabulary.from_matrix(W_E, tokens, special_ids=[0])
+    result = analyze(W_E, groups, "b_group", vocab, center=True, n_components=2, top_k=3)
     return result, groups
 
 
@@ -263,7 +262,7 @@ CHECK_METRICS = [
 def test_log_result_writes_the_checks_contract(session_store):
     store = make_store(session_store, "checks-contract")
     W, groups = world(planted=True)
-    result, rigor = run_checks(W, groups)
+    result, rigor = checked(W, groups)
     with tracking.tracked_run(store, "m/ordered/centered", {}) as run:
         tracking.log_result(run, result, rigor)
     client = store.client

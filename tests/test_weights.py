@@ -124,7 +124,8 @@ sys.addaudithook(_record_opens)  # audit hooks stay for the process: it records 
 def test_a_sharded_checkpoint_is_read_from_the_embedding_shard_alone(tmp_path):
     from benchmark import EMBEDDING_KEY, write_large_checkpoint
 
-    from embsvd.io.checkpoint import CheckpointSpec, read_token_matrix
+    from embsvd.io.hf_folder import read_token_matrix
+    from embsvd.io.spec import CheckpointSpec
 
     folder = write_large_checkpoint(tmp_path / "ckpt", 512, 32, other_bytes=1 << 22)
     shards = sorted(p.name for p in folder.glob("*.safetensors"))

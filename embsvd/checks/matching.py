@@ -22,6 +22,7 @@ import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -29,7 +30,19 @@ from embsvd.groups import TokenGroup
 from embsvd.io.frequency import TokenFrequencies, surface
 
 WHOLE_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
-NULL_MATCHES = ("none", "norm", "frequency", "norm_frequency")
+
+
+class NullMatch(StrEnum):
+    """What a null's random groups are matched on (``analysis.null_match``; see above).
+    Members are named as their values because OmegaConf matches and lists an enum by name."""
+
+    none = "none"
+    norm = "norm"
+    frequency = "frequency"
+    norm_frequency = "norm_frequency"
+
+
+NULL_MATCHES = tuple(NullMatch)
 MAX_REDRAWS = 1000  # rounds of redrawing the picks of a member whose token was taken
 
 

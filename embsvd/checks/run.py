@@ -10,19 +10,20 @@ statistics involve no randomness; a different seed changes only the resampled on
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from embsvd.checks.confounds import Confounds, token_confounds
 from embsvd.checks.heldout import HeldOutValidation, validate_held_out
-from embsvd.checks.matching import Matching, token_pools
+from embsvd.checks.matching import Matching, NullMatch, TokenPools, token_pools
 from embsvd.checks.null import NullResult, count_tests, matched_null, required_draws
 from embsvd.checks.order import CyclicOrder, LinearOrder, order_test
 from embsvd.checks.stability import Stability, jackknife_rank, resample_stability
 from embsvd.groups import TokenGroup
-from embsvd.io.frequency import TokenFrequencies, token_frequencies
+from embsvd.io.frequency import TokenFrequencies
+from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import AnalysisResult, GroupSVD
 from embsvd.method.geometry import GlobalSVD
 
@@ -52,6 +53,52 @@ class GlobalView:
     axis_max_cos: np.ndarray
     axis_share: np.ndarray
     svd: GlobalSVD
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """The settings of ``run_checks``; the defaults are ``conf/analysis/default.yaml``'s,
+    and each field is named as the ``analysis.*`` key that sets it in a run.
+
+    Attributes:
+        random_state: Seeds every draw (the null's, the jackknife's and the order
+            test's come from independent streams of it).
+        n_null: Random groups per null statistic (at least; raised to what Holm needs to
+            reach ``alpha``, see ``embsvd.checks.null.required_draws``); 0: no null.
+        null_match: What random groups are matched on: ``none``, ``norm``, ``frequency``
+            or ``norm_frequency`` (a ``NullMatch``; a plain string is converted).
+        null_neighbours: Nearest pool tokens a member is replaced by one of.
+        alpha: The family-wise error rate Holm's correction must be able to reach.
+        n_resamples: Jackknife subsets at most (all of them where there are fewer: 210
+            for 10 words, 495 for 12) for the intervals and axis stability; 0: off.
+        heldout: Rank left-out members (and the held-out remainder) among the vocabulary.
+        precision_k: The ``k`` of the held-out precision@k.
+        confounds: Correlate the axes with token norm, id and length.
+        confound_threshold: ``|rho|`` at which an axis is flagged.
+        n_global: Top components of the whole vocabulary the group is compared with, of
+            the ``global_components`` given to ``run_checks``; 0: no global view.
+        order: Test the declared order of a ``linear`` or ``cyclic`` target group.
+    """
+
+    random_state: int = 0
+    n_null: int = 1000
+    null_match: NullMatch = NullMatch.norm_frequency
+    null_neighbours: int = 50
+    alpha: float = 0.05
+    n_resamples: int = 500
+    heldout: bool = True
+    precision_k: int = 10
+    confounds: bool = True
+    confound_threshold: float = 0.3
+    n_global: int = 50
+    order: bool = True
+
+    def __post_init__(self) -> None:
+        if self.null_match not in tuple(NullMatch):  # a notebook passes a plain string
+            raise ValueError(
+                f"null_match: {self.null_match!r} is not one of {', '.join(NullMatch)}"
+            )
+        object.__setattr__(self, "null_match", NullMatch(self.null_match))
 
 
 @dataclass(frozen=True)
@@ -86,111 +133,72 @@ def compare_with_global(
     )
 
 
-def needs_frequencies(target: TokenGroup, n_null: int, null_match: str, order: bool) -> bool:
+def _needs_frequencies(target: TokenGroup, config: ChecksConfig) -> bool:
     """Whether the checks read word frequencies: a matched null, or an order test."""
-    return bool(n_null and null_match != "none") or (order and target.order != "none")
+    matched_null = bool(config.n_null and config.null_match != "none")
+    return matched_null or (config.order and target.order != "none")
 
 
-def assess(
+def run_checks(
     W: np.ndarray,
     groups: Mapping[str, TokenGroup],
     result: AnalysisResult,
+    vocab: Vocabulary,
+    config: ChecksConfig | None = None,
     *,
-    token_strings: Sequence[str | None],
-    excluded_ids: Collection[int],
-    marker: str | None,
-    token_norms: np.ndarray | None,
-    random_state: int = 0,
-    n_null: int = 1000,
-    null_match: str = "norm_frequency",
-    null_neighbours: int = 50,
-    alpha: float = 0.05,
-    frequencies: TokenFrequencies | None = None,
-    n_resamples: int = 500,
-    heldout: bool = True,
-    precision_k: int = 10,
-    confounds: bool = True,
-    confound_threshold: float = 0.3,
-    global_svd: GlobalSVD | None = None,
-    order: bool = True,
+    global_components: GlobalSVD | None = None,
 ) -> RigorResult:
-    """Run the switched-on checks of ``result`` (the analysis of ``W``).
+    """Run the checks ``config`` switches on for ``result``, the analysis of ``W``.
 
     Args:
         W: The matrix the analysis ran on, ``(d_vocab, d_model)``.
-        groups: The run's groups.
+        groups: The run's groups (every one enters the null's group-mean correlations).
         result: The observed analysis of ``result.target``.
-        token_strings: Token string of every row (``None`` for unnamed rows).
-        excluded_ids: Special tokens: never drawn, ranked or correlated.
-        marker: The tokenizer's word-start marker (``Ġ``, ``▁``) or ``None``.
-        token_norms: Norm of every stored embedding row (before any transform); needed
-            only with ``confounds``.
-        random_state: Seeds every draw.
-        n_null: Random groups per null statistic (at least; raised to what Holm needs to
-            reach ``alpha``, see ``null.required_draws``); 0 switches the null off.
-        null_match: What random groups are matched on (``embsvd.checks.matching.NULL_MATCHES``).
-        null_neighbours: Nearest pool tokens a member is replaced by one of.
-        alpha: The family-wise error rate Holm's correction must be able to reach.
-        frequencies: The vocabulary's word frequencies (``None``: computed here, for a
-            matched null or an order test).
-        n_resamples: Jackknife subsets at most (all of them where there are fewer: 210 for
-            10 words, 495 for 12) for the intervals and axis stability; 0: off.
-        heldout: Run the held-out validation.
-        precision_k: The ``k`` of the held-out precision@k.
-        confounds: Correlate the axes with token norm, id and length.
-        confound_threshold: ``|rho|`` at which an axis is flagged.
-        global_svd: The whole vocabulary's top components; ``None`` skips the comparison.
-        order: Test the declared order of a ``linear`` or ``cyclic`` target group.
-
-    The defaults are those of ``conf/analysis/default.yaml``.
+        vocab: The tokens of ``W``'s rows (``Checkpoint.vocabulary``). Special tokens and
+            unnamed rows are never drawn, ranked or correlated; the confounds use its
+            ``token_norms`` (the stored rows'), the null's norm matching ``W``'s own.
+        config: The check settings; ``None``: ``ChecksConfig()``.
+        global_components: The whole vocabulary's top components
+            (``embsvd.method.geometry.global_svd`` of ``W``'s ordinary rows); the first
+            ``config.n_global`` are compared with the group and tested in the null.
+            ``None`` skips the global view.
     """
+    config = config or ChecksConfig()
     null_rng, resample_rng, order_rng = (
-        np.random.default_rng(seed) for seed in np.random.SeedSequence(random_state).spawn(3)
+        np.random.default_rng(seed) for seed in np.random.SeedSequence(config.random_state).spawn(3)
     )
     target = groups[result.target]
     M = W[target.token_ids]
     n_components = result.projections.shape[1]
-    unnamed = [i for i, token in enumerate(token_strings) if token is None]
-    never_ranked = set(excluded_ids) | set(unnamed)
-    ordered = order and target.order != "none" and len(target.kept) >= MIN_ORDERED
-    if frequencies is None and needs_frequencies(target, n_null, null_match, order):
-        frequencies = token_frequencies(token_strings, marker, excluded_ids)
+    unnamed = [i for i, token in enumerate(vocab.token_strings) if token is None]
+    never_ranked = vocab.special_ids | set(unnamed)
+    ordered = config.order and target.order != "none" and len(target.kept) >= MIN_ORDERED
+    frequencies = vocab.frequencies if _needs_frequencies(target, config) else None
+    global_svd = None
+    if global_components is not None and config.n_global:
+        global_svd = global_components.top(config.n_global)
     checks: dict[str, object] = {}
-    if n_null or heldout:  # reading the pools scans the vocabulary: only when needed
-        matched = n_null and null_match != "none"
-        pools = token_pools(token_strings, excluded_ids, marker, frequencies if matched else None)
-    if n_null:
-        n_tests = count_tests(len(groups), result, global_svd is not None)
-        n_draws = max(n_null, required_draws(n_tests, alpha))
-        if n_draws > n_null:
-            log.info(
-                "analysis.n_null: %d draws instead of %d, so that Holm over %d tests can reach "
-                "alpha=%g (smallest p = 2 / (1 + n_null))",
-                n_draws,
-                n_null,
-                n_tests,
-                alpha,
-            )
-        norms = np.linalg.norm(W, axis=1) if null_match in ("norm", "norm_frequency") else None
-        matching = Matching(null_match, norms, frequencies, null_neighbours)
-        global_axes = global_svd.Vt if global_svd is not None else None
-        checks["null"] = matched_null(
-            W, groups, result, pools, n_draws, null_rng, matching, global_axes
+    if config.n_null or config.heldout:  # reading the pools scans the vocabulary: only then
+        matched = config.n_null and config.null_match != "none"
+        pools = token_pools(
+            vocab.token_strings, vocab.special_ids, vocab.marker, frequencies if matched else None
         )
+    if config.n_null:
+        checks["null"] = _null(W, groups, result, pools, frequencies, global_svd, config, null_rng)
     movable = len(target.token_ids) - 1 - int(result.center)  # axes a leave-one-out fit has
-    if n_resamples and jackknife_rank(len(target.token_ids), result.center) >= 1:
+    if config.n_resamples and jackknife_rank(len(target.token_ids), result.center) >= 1:
         checks["stability"] = resample_stability(
-            M, result.svd, n_components, n_resamples, resample_rng
+            M, result.svd, n_components, config.n_resamples, resample_rng
         )
-    elif n_resamples:
+    elif config.n_resamples:
         log.warning(
             "stability: %s has too few tokens for jackknife subsets; skipped", result.target
         )
-    if movable < 1 and heldout:
+    if movable < 1 and config.heldout:
         log.warning(
             "held-out ranks: %s has too few tokens to leave one out; skipped", result.target
         )
-    if heldout and movable >= 1:
+    if config.heldout and movable >= 1:
         forms = {k.form for k in target.kept}
         pool = np.unique(np.concatenate([pools.ids[form] for form in sorted(forms)]))
         checks["heldout"] = validate_held_out(
@@ -199,24 +207,57 @@ def assess(
             center=result.center,
             n_components=n_components,
             excluded_ids=never_ranked,
-            precision_k=precision_k,
+            precision_k=config.precision_k,
             pool_ids=pool,
         )
-    if confounds:
+    if config.confounds:
         correlated = np.array(sorted(set(range(len(W))) - never_ranked))
         checks["confounds"] = token_confounds(
-            result.projections, token_norms, token_strings, correlated, marker, confound_threshold
+            result.projections,
+            vocab.token_norms,
+            vocab.token_strings,
+            correlated,
+            vocab.marker,
+            config.confound_threshold,
         )
     if global_svd is not None:
         checks["global_view"] = compare_with_global(M, result.svd, global_svd, n_components)
     if ordered:
-        ids = target.token_ids
         checks["order"] = order_test(
             M,
             target.kept_words,
             target.order,
             norms=np.linalg.norm(np.asarray(M, dtype=np.float64), axis=1),
-            frequencies=frequencies.zipf[ids],
+            frequencies=frequencies.zipf[target.token_ids],
             rng=order_rng,
         )
-    return RigorResult(random_state=random_state, **checks)
+    return RigorResult(random_state=config.random_state, **checks)
+
+
+def _null(
+    W: np.ndarray,
+    groups: Mapping[str, TokenGroup],
+    result: AnalysisResult,
+    pools: TokenPools,
+    frequencies: TokenFrequencies | None,
+    global_svd: GlobalSVD | None,
+    config: ChecksConfig,
+    rng: np.random.Generator,
+) -> NullResult:
+    """The matched null, with at least as many draws as Holm over the run's tests needs."""
+    n_tests = count_tests(len(groups), result, global_svd is not None)
+    n_draws = max(config.n_null, required_draws(n_tests, config.alpha))
+    if n_draws > config.n_null:
+        log.info(
+            "analysis.n_null: %d draws instead of %d, so that Holm over %d tests can reach "
+            "alpha=%g (smallest p = 2 / (1 + n_null))",
+            n_draws,
+            config.n_null,
+            n_tests,
+            config.alpha,
+        )
+    match = config.null_match
+    norms = np.linalg.norm(W, axis=1) if match in ("norm", "norm_frequency") else None
+    matching = Matching(match, norms, frequencies, config.null_neighbours)
+    global_axes = global_svd.Vt if global_svd is not None else None
+    return matched_null(W, groups, result, pools, n_draws, rng, matching, global_axes)

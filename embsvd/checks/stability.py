@@ -59,6 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embsvd.method.analysis import GroupSVD
+from embsvd.method.svd import svd_flip
 
 Z_95 = 1.96  # two-sided 95% quantile of the standard normal
 
@@ -231,11 +232,13 @@ def _jackknife_interval(
 
 def _decompose_stack(stack: np.ndarray, center: bool) -> tuple[np.ndarray, np.ndarray]:
     """Singular values ``(b, k)`` and right singular vectors ``(b, k, d_model)`` of a stack
-    of submatrices ``(b, m, d_model)``, decomposed as :func:`decompose` does."""
+    of submatrices ``(b, m, d_model)``, decomposed as :func:`decompose` does, signs included.
+    The statistics use ``|cos|`` all the same: a sign rule can still reverse a refit's
+    axis that barely moved (``embsvd.method.svd.svd_flip``)."""
     if center:
         stack = stack - stack.mean(axis=1, keepdims=True)
     _, S, Vt = np.linalg.svd(stack, full_matrices=False)
-    return S, Vt
+    return S, svd_flip(None, Vt)[1]
 
 
 def eigengap_ratio(singular_values: np.ndarray, n_samples: int) -> np.ndarray:

@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from embsvd.method.analysis import MEAN_CORR_VARIANTS, mean_corr_key
-from embsvd.tracking.contract import LoggedRun, Sweep
+from embsvd.tracking.artifacts import NULL_SHARE, Table
+from embsvd.tracking.contract import LoggedRun, Sweep, null_metric, split_pair_metric
 
 N_EXTREMES = 5  # tokens labelled at each end of an axis figure
 WORD_MARKERS = ("Ġ", "▁", "##")  # BPE / SentencePiece word starts, WordPiece continuations
 
-NULL_SHARE = "share"  # null_spectrum.csv's rows of s_k / ||M||_F, each draw by its own norm
 # correlation variant -> metric prefix; decorrelated is not logged for whitened runs
 CORRELATION_VARIANTS = {variant: mean_corr_key(variant) for variant in MEAN_CORR_VARIANTS}
 # row column -> the null metric null/<key>/<suffix> it holds
@@ -69,7 +69,7 @@ def scree_rows(sweep: Sweep) -> list[Row]:
         norm = _frobenius(S)
         null = {
             int(r["component"]): r
-            for r in run.table("null_spectrum.csv")
+            for r in run.table(Table.NULL_SPECTRUM)
             if r["statistic"] == NULL_SHARE
         }
         # logged for the components that have an interval: a series shorter than S
@@ -138,14 +138,14 @@ def correlation_rows(sweep: Sweep, alpha: float) -> dict[str, list[Row]]:
         model = run.model_label + run.space
         for variant, prefix in CORRELATION_VARIANTS.items():
             for key, r in sorted(run.metrics.items()):
-                if not key.startswith(prefix + "/"):
+                if (pair := split_pair_metric(key, prefix)) is None:
                     continue
-                group_a, group_b = key.removeprefix(prefix + "/").split("__")
+                group_a, group_b = pair
                 if (model, variant, group_a, group_b) in seen:
                     continue
                 seen.add((model, variant, group_a, group_b))
                 null = {
-                    column: run.metrics.get(f"null/{key}/{suffix}", "")
+                    column: run.metrics.get(null_metric(key, suffix), "")
                     for column, suffix in NULL_FIELDS.items()
                 }
                 rows.append(
@@ -185,7 +185,7 @@ def top_token_rows(sweep: Sweep, top_k: int) -> list[Row]:
     """The first ``top_k`` tokens at each end of every logged component, per run."""
     rows = []
     for run in sweep.runs:
-        for r in run.table("top_tokens.csv"):
+        for r in run.table(Table.TOP_TOKENS):
             if int(r["rank"]) <= top_k:
                 rows.append(
                     {
@@ -207,14 +207,14 @@ def axis_rows(run: LoggedRun) -> list[Row]:
     the group's words (``group``) and the extremes outside the group (``extreme``)."""
     rows = [
         {**_where(run), "kind": "bin", "label": "", "projection": "", **_bin(r)}
-        for r in run.table("projection_histogram.csv")
+        for r in run.table(Table.PROJECTION_HISTOGRAM)
         if r["component"] == "0"
     ]
     empty_bin = {"bin_left": "", "bin_right": "", "count": ""}
     rows += [
         {**_where(run), "kind": "group", "label": r["word"], "projection": float(r["projection_0"])}
         | empty_bin
-        for r in run.table("group_projections.csv")
+        for r in run.table(Table.GROUP_PROJECTIONS)
     ]
     rows += [
         {
@@ -224,7 +224,7 @@ def axis_rows(run: LoggedRun) -> list[Row]:
             "projection": float(r["projection"]),
         }
         | empty_bin
-        for r in run.table("top_tokens.csv")
+        for r in run.table(Table.TOP_TOKENS)
         if r["component"] == "0" and r["in_group"] != "true" and int(r["rank"]) <= N_EXTREMES
     ]
     return rows
@@ -255,7 +255,7 @@ class _Ends:
 
 def _ends(run: LoggedRun, component: int, top_k: int) -> _Ends:
     sides: dict[str, set[str]] = {"top": set(), "bottom": set()}
-    for r in run.table("top_tokens.csv"):
+    for r in run.table(Table.TOP_TOKENS):
         if int(r["component"]) == component and int(r["rank"]) <= top_k:
             sides[r["side"]].add(normalize_token(r["token"]))
     return _Ends(frozenset(sides["top"]), frozenset(sides["bottom"]))
@@ -308,7 +308,7 @@ def cross_model_overlap_rows(sweep: Sweep, top_k: int) -> list[Row]:
 
 
 def _n_components(run: LoggedRun) -> int:
-    return len({r["component"] for r in run.table("top_tokens.csv")})
+    return len({r["component"] for r in run.table(Table.TOP_TOKENS)})
 
 
 def cross_model_spectra_rows(sweep: Sweep) -> list[Row]:

@@ -25,6 +25,7 @@ import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,19 @@ from embsvd.figures import data as figure_data
 from embsvd.figures import tables as paper_tables
 from embsvd.figures.data import Row
 from embsvd.figures.run_figures import label_above
-from embsvd.tracking.contract import LoggedRun, Sweep, file_safe, write_csv
+from embsvd.tracking.artifacts import Table, write_csv
+from embsvd.tracking.contract import LoggedRun, Sweep, file_safe
+
+
+class FigureFormat(StrEnum):
+    """A file format of the figure set (``formats`` in ``conf/figures.yaml``): one that
+    ``UNDATED`` knows how to write without a timestamp. Members are named as their values
+    because OmegaConf matches and lists an enum by name."""
+
+    pdf = "pdf"
+    png = "png"
+    svg = "svg"
+
 
 # no creation date or software version in the files: drawing again writes the same bytes
 UNDATED = {"pdf": {"CreationDate": None}, "png": {"Software": None}, "svg": {"Date": None}}
@@ -336,7 +349,7 @@ def _correlation_note(rows: list[Row], n_tests: int, style: FigureStyle, width: 
 def _by_model_and_group(sweep: Sweep) -> dict[tuple[str, str], list[LoggedRun]]:
     found: dict[tuple[str, str], list[LoggedRun]] = {}
     for run in sweep.runs:
-        if run.table("projection_histogram.csv"):
+        if run.table(Table.PROJECTION_HISTOGRAM):
             found.setdefault((run.model_label, run.target), []).append(run)
     order = figure_data.variants(sweep)
     return {key: sorted(runs, key=lambda r: order.index(r.variant)) for key, runs in found.items()}

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.io.checkpoint import TokenMatrix
+from embsvd.io.spec import TokenMatrix
 from embsvd.io.weights import file_sha256
 
 INPUT_TENSOR = "token_embd.weight"

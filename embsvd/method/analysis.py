@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from embsvd.groups import TokenGroup
+from embsvd.io.vocabulary import Vocabulary
+from embsvd.method.svd import svd_flip
 
 log = logging.getLogger(__name__)
 PROJECT_BLOCK_ROWS = 8192  # rows of W_E widened to float64 at a time
@@ -159,8 +161,10 @@ def pairwise(vectors: Mapping[str, np.ndarray], statistic: str) -> PairwiseStat:
 def decompose(M: np.ndarray, center: bool, device: str = "cpu") -> GroupSVD:
     """SVD of a group's submatrix ``M`` (``(n, d_model)``), mean-centered or raw.
 
-    Signs follow scikit-learn's ``svd_flip``: the largest-magnitude entry of each left
-    singular vector is positive, so that reruns and other BLAS builds give the same axes.
+    Signs follow :func:`embsvd.method.svd.svd_flip` on both paths: the largest-|.| entry of
+    each row of ``Vt`` is positive, so that reruns, other BLAS builds and torch give the same
+    axes, and a refit on part of the group whose axis keeps its largest entry points it
+    the same way (what the rule cannot promise is said there).
     ``device`` other than ``cpu`` computes it with torch there (``embsvd.method.backend``).
     """
     M = np.asarray(M, dtype=np.float64)
@@ -173,14 +177,6 @@ def decompose(M: np.ndarray, center: bool, device: str = "cpu") -> GroupSVD:
         U, S, Vt = svd_on(M - mean if center else M, device)
     U, Vt = svd_flip(U, Vt)
     return GroupSVD(mean=mean, center=center, U=U, singular_values=S, Vt=Vt)
-
-
-def svd_flip(U: np.ndarray, Vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Make the largest-|.| entry of each column of ``U`` positive, flipping ``Vt`` to match."""
-    biggest = np.argmax(np.abs(U), axis=0)
-    signs = np.sign(U[biggest, np.arange(U.shape[1])])
-    signs[signs == 0] = 1.0
-    return U * signs, Vt * signs[:, None]
 
 
 def effective_rank(singular_values: np.ndarray) -> np.ndarray | float:
@@ -262,41 +258,41 @@ def row_cosine(M: np.ndarray, center: bool) -> np.ndarray:
 
 
 def analyze(
-    W_E: np.ndarray,
+    W: np.ndarray,
     groups: Mapping[str, TokenGroup],
     target: str,
+    vocab: Vocabulary,
     *,
-    center: bool,
-    n_components: int,
-    top_k: int,
-    token_strings: Sequence[str | None],
-    excluded_ids: Collection[int] = (),
+    center: bool = True,
+    n_components: int = 3,
+    top_k: int = 20,
     device: str = "cpu",
     reference: MeanReference | None = None,
 ) -> AnalysisResult:
     """Run the method on ``target``, with every group entering the pairwise statistics.
 
     Args:
-        W_E: Input embeddings, ``(d_vocab, d_model)``.
+        W: The matrix analysed, ``(d_vocab, d_model)``: ``W_E``, ``W_U`` as rows, or either
+            transformed (unit rows, whitened).
         groups: Every group of the run, after the single-token rule.
         target: The group whose submatrix is decomposed and projected on.
+        vocab: The tokens of ``W``'s rows (``Checkpoint.vocabulary``): the top tokens are
+            reported by string, special tokens and unnamed rows never.
         center: Subtract each group's mean before its SVD (and before projecting).
         n_components: How many axes to project the vocabulary on (at most the group's size).
         top_k: Tokens to report at each end of each axis.
-        token_strings: Token string of each row of ``W_E`` (``None`` for unnamed rows).
-        excluded_ids: Token ids never reported as top tokens (special tokens).
         device: ``cpu`` (numpy) or a torch device (``cuda``) for the SVDs and the projection.
         reference: The vocabulary's mean (and top components) for the ``centered`` (and
             ``decorrelated``) group-mean correlations; ``None``: ``raw`` only.
+
+    The defaults are those of ``conf/analysis/default.yaml``.
     """
     if target not in groups:
         raise ValueError(f"target: {target!r} is not one of the groups {sorted(groups)}")
-    if len(token_strings) != W_E.shape[0]:
-        raise ValueError(
-            f"token_strings: {len(token_strings)} strings for {W_E.shape[0]} rows of W_E"
-        )
+    if vocab.d_vocab != W.shape[0]:
+        raise ValueError(f"vocab: {vocab.d_vocab} tokens for {W.shape[0]} rows of W")
     ids = {name: group.token_ids for name, group in groups.items()}
-    svds = {name: decompose(W_E[group_ids], center, device) for name, group_ids in ids.items()}
+    svds = {name: decompose(W[group_ids], center, device) for name, group_ids in ids.items()}
     target_svd = svds[target]
     n_axes = len(target_svd.singular_values)
     if n_components > n_axes:
@@ -307,7 +303,7 @@ def analyze(
             target,
             n_axes,
         )
-    projections = project(W_E, target_svd, min(n_components, n_axes), device)
+    projections = project(W, target_svd, min(n_components, n_axes), device)
     means = {name: svd.mean for name, svd in svds.items()}
     names = sorted(means)
     shifted = {"raw": np.stack([means[name] for name in names])}
@@ -329,6 +325,8 @@ def analyze(
         group_mean_cos=pairwise(means, "cosine"),
         axis_corr=pairwise({name: svd.Vt[0] for name, svd in svds.items()}, "pearson"),
         projections=projections,
-        top_tokens=extreme_tokens(projections, token_strings, ids[target], excluded_ids, top_k),
-        row_cosine=row_cosine(W_E[ids[target]], center),
+        top_tokens=extreme_tokens(
+            projections, vocab.token_strings, ids[target], vocab.special_ids, top_k
+        ),
+        row_cosine=row_cosine(W[ids[target]], center),
     )

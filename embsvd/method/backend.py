@@ -3,7 +3,8 @@
 numpy on the CPU is the default and the reference; torch is imported only when a config
 names another device. On a GPU the vocabulary-sized product (projecting every token on
 the axes) and the group's SVD run there, in float64 like the numpy path, and the
-results come back as numpy arrays with the same sign convention.
+results come back as numpy arrays; ``decompose`` then fixes the SVD's signs with the same
+``svd_flip`` as the numpy path's, so a run on a GPU reports the same axes.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def project_on(W: np.ndarray, offset: np.ndarray, axes: np.ndarray, device: str)
 
 
 def svd_on(M: np.ndarray, device: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``U, S, Vt`` of ``M`` (``full_matrices=False``) computed on ``device``."""
+    """``U, S, Vt`` of ``M`` (``full_matrices=False``) computed on ``device``, with the
+    signs cuSOLVER or LAPACK gave: the caller applies ``embsvd.method.svd.svd_flip``."""
     import torch
 
     U, S, Vt = torch.linalg.svd(

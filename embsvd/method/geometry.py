@@ -17,15 +17,26 @@ import logging
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 from embsvd.io.weights import replaced_atomically
+from embsvd.method.svd import svd_flip
 
 log = logging.getLogger(__name__)
 
 BLOCK_ROWS = 4096
+
+
+class Geometry(StrEnum):
+    """The geometry an analysis runs in (``analysis.geometry``): ``euclidean`` (the rows
+    as they are) or ``whitened`` (``fit_whitening``'s causal inner product). Members are
+    named as their values because OmegaConf matches and lists an enum by name."""
+
+    euclidean = "euclidean"
+    whitened = "whitened"
 
 
 def normalize_rows(W: np.ndarray) -> np.ndarray:
@@ -150,8 +161,8 @@ def global_svd(
     blocks) and its eigendecomposition, so it is exact whatever the spectrum's decay (a
     randomized SVD returns an arbitrary subspace of a flat spectrum and misses the tail of
     a slowly decaying one); ``d_model`` up to 8192 costs at most 0.5 GB. Signs follow
-    scikit-learn's ``svd_flip(u_based_decision=False)``: the largest-|.| entry of each
-    row of ``Vt`` is positive, so that reruns and other BLAS builds give the same axes.
+    :func:`embsvd.method.svd.svd_flip`, as the group SVD's do: the largest-|.| entry of
+    each row of ``Vt`` is positive, so that reruns and other BLAS builds give the same axes.
     """
     A = _Centered(W, rows, block_rows)
     n, d = A.shape
@@ -164,9 +175,7 @@ def global_svd(
     eigenvalues, vectors = np.linalg.eigh(scatter)
     top = np.argsort(eigenvalues)[::-1][:n_components]
     S = np.sqrt(np.clip(eigenvalues[top], 0.0, None))
-    Vt = vectors[:, top].T
-    biggest = Vt[np.arange(n_components), np.argmax(np.abs(Vt), axis=1)]
-    Vt = Vt * np.where(biggest < 0, -1.0, 1.0)[:, None]
+    _, Vt = svd_flip(None, vectors[:, top].T)
     return GlobalSVD(A.mean, S, Vt, float(np.trace(scatter)), n)
 
 

@@ -1,27 +1,37 @@
 """Config schemas, registered in Hydra's ConfigStore (the Hydra side of the library).
 
 ``conf/config.yaml`` lists ``embsvd_schema`` first in its defaults, so every config group
-is typed: a misspelt key (``analysis.centre=false``) or a wrong type
-(``analysis.top_k=many``) fails when the config is composed, before any job starts.
+is typed: a misspelt key (``analysis.centre=false``), a wrong type
+(``analysis.top_k=many``) or a choice that is not one (``analysis.geometry=whitend``:
+choices are ``StrEnum`` fields) fails when the config is composed, before any job starts.
 The model and group schemas are the library's own dataclasses, so config keys equal the
 argument names they feed.
+
+What composition cannot see is checked by ``typed_settings`` (keys that a ``+`` override
+added beside the schema's) and ``validate`` (ranges, the target among the groups, the
+device's form); the pipeline runs both on every job before a sweep launches or a run opens.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, Container, DictConfig, OmegaConf
 
-from embsvd.groups import GroupSpec
-from embsvd.io.checkpoint import CheckpointSpec
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = PROJECT_ROOT / "conf"
+from embsvd.checks.matching import NullMatch
+from embsvd.figures.paper import FigureFormat
+from embsvd.groups import FORMS, ORDERS, GroupSpec
+from embsvd.io.checkpoint import MATRICES
+from embsvd.io.spec import CheckpointSpec
+from embsvd.method.geometry import Geometry
+from embsvd.pipeline.project import project_root
 
 
 @dataclass
@@ -32,12 +42,13 @@ class AnalysisConfig:
     n_components: int = 3  # axes the vocabulary is projected on
     top_k: int = 20  # tokens reported at each end of each axis
     figures: bool = True  # draw the per-run figures
-    device: str = "cpu"  # cpu: numpy; a torch device (cuda) for the SVDs and the projection
+    # cpu: numpy; cuda, cuda:<n> or mps: torch on that device for the SVDs and the projection
+    device: str = "cpu"
     random_state: int = 0  # seeds every random draw of the checks below
     # matched random-group null: random groups per statistic (0: off); raised where Holm
     # over the run's tests needs more draws to reach `alpha`
     n_null: int = 1000
-    null_match: str = "norm_frequency"  # none | norm | frequency | norm_frequency
+    null_match: NullMatch = NullMatch.norm_frequency  # none | norm | frequency | norm_frequency
     null_neighbours: int = 50  # a member is replaced by one of its nearest pool tokens
     alpha: float = 0.05  # the family-wise error rate Holm's correction must reach
     remove_global: int = 1  # global components removed for the decorrelated group-mean r
@@ -46,7 +57,7 @@ class AnalysisConfig:
     precision_k: int = 10  # k of the held-out precision@k
     confounds: bool = True  # Spearman of the axes with token norm, id and length
     confound_threshold: float = 0.3  # |rho| at which an axis is flagged
-    geometry: str = "euclidean"  # or "whitened": (W - mean) Cov^-1/2, shrunk
+    geometry: Geometry = Geometry.euclidean  # or whitened: (W - mean) Cov^-1/2, shrunk
     whitening_shrinkage: float | None = None  # None: Ledoit-Wolf
     normalize_rows: bool = False  # unit-norm embeddings before anything else
     n_global: int = 50  # top components of the whole vocabulary to compare with (0: off)
@@ -102,9 +113,149 @@ class FiguresConfig:
     top_k: int = 10  # tokens per end in the tables and the cross-model overlap
     column_width: float = 3.25  # inches: one column of a two-column paper
     text_width: float = 6.75  # inches: the whole text width
-    formats: list[str] = field(default_factory=lambda: ["pdf", "png"])
+    formats: list[FigureFormat] = field(
+        default_factory=lambda: [FigureFormat.pdf, FigureFormat.png]
+    )
     dpi: int = 300  # of the PNG files
     log_to_parent: bool = True  # also log the figure set to the sweep's parent run
+
+
+# --- checks that composition cannot make -----------------------------------------------------
+
+# an open set (a machine may have several GPUs), so a pattern rather than an enum
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+DEVICES = "cpu (numpy), cuda, cuda:<index> (e.g. cuda:1) or mps"
+
+
+def typed_settings(cfg: DictConfig) -> EmbsvdConfig:
+    """The settings of a composed job config, as the schema's dataclasses.
+
+    ``cfg`` may still hold Hydra's own ``hydra`` node (a sweep's composed job config),
+    which is left out.
+
+    Raises:
+        ValueError: ``cfg`` has a key the schema does not define (see ``unknown_key_messages``).
+    """
+    unknown = list(unknown_key_messages(cfg))
+    if unknown:
+        raise ValueError("\n".join(unknown))
+    values = {}
+    for schema_field in dataclasses.fields(EmbsvdConfig):
+        value = cfg[schema_field.name]
+        values[schema_field.name] = (
+            OmegaConf.to_object(value) if isinstance(value, Container) else value
+        )
+    return EmbsvdConfig(**values)
+
+
+def unknown_key_messages(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
+    """A message for every key of ``cfg`` that its schema does not define, naming the key
+    it is closest to. Hydra's ``+key=value`` adds a key even to a typed config (its own
+    error for a misspelt key suggests it), and nothing would ever read that key: the run
+    would silently use the default of the key that was meant."""
+    schema = OmegaConf.get_type(cfg)
+    # a dataclass node has its fields; a dict node (groups) any keys, each value checked
+    known = [f.name for f in dataclasses.fields(schema)] if is_dataclass(schema) else None
+    where = prefix.rstrip(".") or "the config"
+    for key, value in cfg.items_ex(resolve=False):
+        if not prefix and key == "hydra":  # Hydra's own settings: not the job's
+            continue
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            meant = (
+                f"did you mean {prefix}{close[0]}?" if close else "its keys: " + ", ".join(known)
+            )
+            yield (
+                f"{prefix}{key}: not a key of {where} (given {value!r}, added by a '+' "
+                f"override, and nothing reads it); {meant}"
+            )
+        elif isinstance(value, DictConfig):
+            yield from unknown_key_messages(value, f"{prefix}{key}.")
+
+
+def validate(settings: EmbsvdConfig) -> None:
+    """Refuse settings that would fail a job: ranges, choices, the target among the
+    groups and the form of the device. Composition has checked keys and types (and the
+    choices of configs composed from ``conf/``); this also covers settings built in code.
+
+    ``settings.groups`` must hold the groups of ``group_files`` already
+    (``embsvd.pipeline.job.with_group_files``): the target may be one of them.
+
+    Raises:
+        ValueError: naming the key, the value given and what is allowed.
+    """
+    _check_target(settings)
+    _check_model(settings.model)
+    for name, spec in settings.groups.items():
+        _check_choice(f"groups.{name}.form", spec.form, FORMS)
+        _check_choice(f"groups.{name}.order", spec.order, ORDERS)
+    _check_analysis(settings.analysis)
+
+
+def _check_target(settings: EmbsvdConfig) -> None:
+    target, groups = settings.target, settings.groups
+    if target in groups and not groups[target].words:
+        raise ValueError(
+            f"target: {target!r} has no words; give them, e.g. groups.{target}.words=[w1,w2,w3]"
+        )
+    if target not in groups:
+        named = [name for name, spec in groups.items() if spec.words]  # not an empty slot
+        close = difflib.get_close_matches(target, named, n=1)
+        advice = f"did you mean {close[0]!r}? Else add it" if close else "pick one, or add it"
+        raise ValueError(
+            f"target: {target!r} is not one of the configured groups "
+            f"({', '.join(sorted(named)) or 'none'}); {advice}, "
+            f"e.g. groups=[{','.join([*named, target])}]"
+        )
+
+
+def _check_model(model: CheckpointSpec) -> None:
+    given = [key for key in ("path", "hub_id", "package") if getattr(model, key)]
+    if len(given) != 1:
+        raise ValueError(
+            f"model {model.name}: set exactly one of model.path (a local folder), "
+            "model.hub_id (a Hugging Face Hub id) or model.package (an installed package "
+            f"that ships the weights); got {', '.join(given) if given else 'none'}"
+        )
+    _check_choice("model.matrix", model.matrix, MATRICES)
+
+
+def _check_analysis(analysis: AnalysisConfig) -> None:
+    for key in ("n_components", "top_k", "precision_k", "null_neighbours"):
+        if getattr(analysis, key) < 1:
+            raise ValueError(f"analysis.{key}: must be at least 1, got {getattr(analysis, key)}")
+    for key in ("n_null", "n_resamples"):
+        if getattr(analysis, key) < 0 or getattr(analysis, key) == 1:
+            raise ValueError(
+                f"analysis.{key}: must be 0 (off) or at least 2, got {getattr(analysis, key)}"
+            )
+    for key in ("n_global", "remove_global"):
+        if getattr(analysis, key) < 0:
+            raise ValueError(
+                f"analysis.{key}: must be 0 (off) or more, got {getattr(analysis, key)}"
+            )
+    if not 0 < analysis.alpha < 1:
+        raise ValueError(f"analysis.alpha: a level between 0 and 1, got {analysis.alpha}")
+    if not 0 <= analysis.confound_threshold <= 1:
+        raise ValueError(
+            f"analysis.confound_threshold: a |Spearman rho| between 0 and 1, "
+            f"got {analysis.confound_threshold}"
+        )
+    shrinkage = analysis.whitening_shrinkage
+    if shrinkage is not None and not 0 <= shrinkage <= 1:
+        raise ValueError(
+            f"analysis.whitening_shrinkage: null (Ledoit-Wolf) or a weight between 0 and 1, "
+            f"got {shrinkage}"
+        )
+    _check_choice("analysis.null_match", analysis.null_match, tuple(NullMatch))
+    _check_choice("analysis.geometry", analysis.geometry, tuple(Geometry))
+    if not isinstance(analysis.device, str) or not DEVICE.fullmatch(analysis.device):
+        raise ValueError(f"analysis.device: {analysis.device!r} is not a device; use {DEVICES}")
+
+
+def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
 
 
 def config_hash(settings: EmbsvdConfig) -> str:
@@ -131,7 +282,9 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="embsvd_schema", node=EmbsvdConfig)
     ConfigStore.instance().store(name="figures_schema", node=FiguresConfig)
     if not OmegaConf.has_resolver("project_root"):
-        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+        # the root a resolver sees still has the hydra node where Hydra resolves its own
+        # folders (before a sweep's HydraConfig is set); a job's config does not
+        OmegaConf.register_new_resolver("project_root", lambda *, _root_: str(project_root(_root_)))
 
 
 register_configs()

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
-from embsvd.pipeline.config import PROJECT_ROOT, FiguresConfig
+from embsvd.pipeline.config import FiguresConfig
+from embsvd.pipeline.project import project_root
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
     from embsvd.figures.paper import FigureStyle
@@ -31,7 +32,7 @@ def figures_job(cfg: DictConfig) -> list[Path]:
 
     settings: FiguresConfig = OmegaConf.to_object(cfg)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # it logs every font subset
-    uri = tracking.resolve_tracking_uri(settings.tracking.uri, PROJECT_ROOT)
+    uri = tracking.resolve_tracking_uri(settings.tracking.uri, project_root)
     chosen = settings.sweep
     # a filter searches the experiment run.py logs to unless told otherwise
     experiment = chosen.experiment or (settings.tracking.experiment if chosen.filter else None)

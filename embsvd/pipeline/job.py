@@ -17,8 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import embsvd
-from embsvd.checks.matching import NULL_MATCHES
-from embsvd.checks.run import RigorResult, assess, needs_frequencies
+from embsvd.checks.run import ChecksConfig, run_checks
 from embsvd.groups import (
     GroupSpec,
     TokenForms,
@@ -26,77 +25,79 @@ from embsvd.groups import (
     describe_dropped,
     select_single_tokens,
 )
-from embsvd.io.checkpoint import Checkpoint, CheckpointSpec, default_cache_dir, load_checkpoint
-from embsvd.io.frequency import token_frequencies
+from embsvd.io.checkpoint import default_cache_dir, load_checkpoint
+from embsvd.io.spec import Checkpoint, CheckpointSpec
 from embsvd.method import geometry
 from embsvd.method.analysis import AnalysisResult, MeanReference, analyze
 from embsvd.pipeline.config import (
-    PROJECT_ROOT,
     AnalysisConfig,
     EmbsvdConfig,
     config_hash,
+    typed_settings,
+    validate,
 )
+from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import GitState, git_state, library_versions
 from embsvd.tracking import contract
+from embsvd.tracking.contract import Tag
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
     from embsvd import tracking
 
 
 log = logging.getLogger(__name__)
-GEOMETRIES = ("euclidean", "whitened")
 EXTRA_GROUP = "extra"  # conf/config.yaml's slot for a group given on the command line
 
 
 def run_job(cfg: DictConfig) -> AnalysisResult | None:
     """Analyse ``cfg.target`` on ``cfg.model`` and log it as one MLflow run.
 
-    The run is opened before anything is loaded, so a bad checkpoint or group is
-    recorded as a FAILED run with its error; the exception is logged here (Hydra keeps
-    only the first failure of a sweep, and not in the job's log file) and re-raised.
+    Settings that cannot run (``checked_settings``) are refused first, before the store
+    is touched: no run records a typo. The run is opened before anything is loaded, so a
+    bad checkpoint or group is recorded as a FAILED run with its error; the exception is
+    logged here (Hydra keeps only the first failure of a sweep, and not in the job's log
+    file) and re-raised.
     Inside a multirun the run is a child of the sweep's parent run. With
     ``tracking.skip_existing`` a job whose config hash already has a FINISHED run is
     skipped (returns ``None``).
     """
     from embsvd import tracking
 
-    settings: EmbsvdConfig = OmegaConf.to_object(cfg)
+    try:
+        settings = checked_settings(cfg)
+    except (OSError, ValueError) as error:  # Hydra prints the traceback; the log keeps why
+        log.error("refused before opening a run: %s", error)
+        raise
     store = tracking_store(
-        tracking.resolve_tracking_uri(settings.tracking.uri, PROJECT_ROOT),
+        tracking.resolve_tracking_uri(settings.tracking.uri, project_root),
         settings.tracking.experiment,
         settings.tracking.artifact_root,
     )
     parent_run_id, sweep_id = sweep_membership()
-    try:  # a bad group file fails the run below, once it is open
-        settings, setup_error = with_group_files(settings), None
-    except (OSError, ValueError) as error:
-        setup_error = error
     digest = config_hash(settings)
-    if settings.tracking.skip_existing and setup_error is None:
+    if settings.tracking.skip_existing:
         done = store.find_runs(
-            f"tags.`embsvd.config_hash` = '{digest}' and attributes.status = 'FINISHED'"
+            f"tags.`{Tag.CONFIG_HASH}` = '{digest}' and attributes.status = 'FINISHED'"
         )
         if done:
             log.info("skipping %s: run %s has the same config", run_name(settings), done[0].run_id)
             if parent_run_id is not None:
                 tracking.RunLogger(store.client, parent_run_id).set_tags(
-                    {f"{tracking.SKIPPED_TAG_PREFIX}{HydraConfig.get().job.num}": done[0].run_id}
+                    {contract.skipped_tag(HydraConfig.get().job.num): done[0].run_id}
                 )
             return None
-    git = code_state()
-    tags = {**run_tags(settings, git), "embsvd.config_hash": digest}
+    git = code_state(project_root())
+    tags = {**run_tags(settings, git), Tag.CONFIG_HASH: digest}
     if parent_run_id is not None:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[Tag.PARENT_RUN_ID] = parent_run_id
     if sweep_id is not None:
-        tags[contract.SWEEP_ID_TAG] = sweep_id
+        tags[Tag.SWEEP_ID] = sweep_id
     try:
         with tracking.tracked_run(store, run_name(settings), tags) as run:
             run.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
             run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
             if git is not None and git.dirty:  # the commit alone would not reproduce the run
                 run.log_text(git.diff, "git_diff.patch")
-            if setup_error is not None:
-                raise setup_error
             return _analyse_and_log(settings, run)
     except Exception:
         log.exception("job %s failed", run_name(settings))
@@ -112,10 +113,10 @@ def tracking_store(uri: str, experiment: str, artifact_root: str | None) -> trac
 
 
 @functools.cache
-def code_state() -> GitState | None:
-    """The checkout's commit and diff, read once per process: the code a process runs
-    does not change while it runs."""
-    return git_state(PROJECT_ROOT)
+def code_state(project: Path) -> GitState | None:
+    """The project checkout's commit and diff, read once per process: the code a process
+    runs does not change while it runs."""
+    return git_state(project)
 
 
 versions = functools.cache(library_versions)  # read once per process
@@ -175,27 +176,30 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     _check_settings(settings)
     cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
     (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir)
-    run.set_tags({**checkpoint_tags(checkpoint), "embsvd.checkpoint_cache": cached})
+    run.set_tags({**checkpoint_tags(checkpoint), Tag.CHECKPOINT_CACHE: cached})
     groups = _token_groups(settings, checkpoint, forms, run)
     analysis = settings.analysis
     W, geometry_metrics = analysis_matrix(checkpoint, analysis)
     run.log_metrics(geometry_metrics)
     components = _global_components(W, checkpoint, analysis, cache_dir)
     if components is None and analysis.geometry == "whitened":
-        run.set_tags({"embsvd.global_view": WHITENED_GLOBAL_VIEW})
+        run.set_tags({Tag.GLOBAL_VIEW: WHITENED_GLOBAL_VIEW})
+    vocab = checkpoint.vocabulary  # read once per checkpoint, shared by a sweep's jobs
     result = analyze(
         W,
         groups,
         settings.target,
+        vocab,
         center=analysis.center,
         n_components=analysis.n_components,
         top_k=analysis.top_k,
-        token_strings=checkpoint.token_strings(),
-        excluded_ids=checkpoint.special_ids(),
         device=analysis.device,
         reference=_mean_reference(W, checkpoint, components, analysis),
     )
-    rigor = _checks(W, groups, result, checkpoint, forms, analysis, cache_dir, components)
+    # the confounds read the stored rows' norms (the vocabulary's), whatever the geometry:
+    # a token's norm is what training made of it, not what unit rows or whitening did
+    config = checks_config(analysis)
+    rigor = run_checks(W, groups, result, vocab, config, global_components=components)
     tracking.log_result(run, result, rigor)
     if analysis.figures:
         from embsvd.figures.run_figures import draw_run_figures
@@ -242,59 +246,22 @@ def _token_groups(
     }
     tracking.log_groups(run, groups, settings.target)
     target_forms = sorted({k.form for k in groups[settings.target].kept})  # mixed: a confound
-    run.set_tags({"embsvd.target_forms": "+".join(target_forms)})
+    run.set_tags({Tag.TARGET_FORMS: "+".join(target_forms)})
     incomplete = [g for g in groups.values() if g.incomplete]  # a closed set with a hole
     if incomplete:
         lost = "; ".join(f"{g.name}: {', '.join(g.lost_members)}" for g in incomplete)
-        run.set_tags({"embsvd.warning.incomplete_groups": lost})
+        run.set_tags({Tag.WARNING_INCOMPLETE_GROUPS: lost})
     for group in groups.values():
         if group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
     return groups
 
 
-def _checks(
-    W: np.ndarray,
-    groups: dict[str, TokenGroup],
-    result: AnalysisResult,
-    checkpoint: Checkpoint,
-    forms: TokenForms,
-    analysis: AnalysisConfig,
-    cache_dir: Path | None,
-    components: geometry.GlobalSVD | None,
-) -> RigorResult:
-    """The checks ``analysis`` switches on, for the analysis ``result`` of ``W``."""
-    frequencies = None  # read here to keep them in the cache folder across processes
-    target = groups[result.target]
-    if needs_frequencies(target, analysis.n_null, analysis.null_match, analysis.order):
-        frequencies = token_frequencies(
-            checkpoint.token_strings(),
-            forms.marker,
-            checkpoint.special_ids(),
-            cache_dir or default_cache_dir(),
-        )
-    return assess(
-        W,
-        groups,
-        result,
-        token_strings=checkpoint.token_strings(),
-        excluded_ids=checkpoint.special_ids(),
-        marker=forms.marker,
-        token_norms=np.linalg.norm(checkpoint.W, axis=1) if analysis.confounds else None,
-        random_state=analysis.random_state,
-        n_null=analysis.n_null,
-        null_match=analysis.null_match,
-        null_neighbours=analysis.null_neighbours,
-        alpha=analysis.alpha,
-        frequencies=frequencies,
-        n_resamples=analysis.n_resamples,
-        heldout=analysis.heldout,
-        precision_k=analysis.precision_k,
-        confounds=analysis.confounds,
-        confound_threshold=analysis.confound_threshold,
-        global_svd=components.top(analysis.n_global) if components and analysis.n_global else None,
-        order=analysis.order,
-    )
+def checks_config(analysis: AnalysisConfig) -> ChecksConfig:
+    """The check settings of ``analysis``: ``ChecksConfig``'s fields are named as the
+    ``analysis.*`` keys that set them."""
+    fields = dataclasses.fields(ChecksConfig)
+    return ChecksConfig(**{field.name: getattr(analysis, field.name) for field in fields})
 
 
 def analysis_matrix(
@@ -370,110 +337,85 @@ def _mean_reference(
 def checkpoint_tags(checkpoint: Checkpoint) -> dict[str, Any]:
     """Tags of what was read: the weights, the tensor and how it was stored."""
     tags = {
-        "embsvd.source": checkpoint.source,
-        "embsvd.weights_sha256": checkpoint.weights_sha256,
-        "embsvd.tensor_key": checkpoint.tensor_key,
-        "embsvd.tied_embeddings": {True: "true", False: "false", None: "unknown"}[checkpoint.tied],
-        "embsvd.quantization": checkpoint.quantization,
-        "embsvd.d_vocab": checkpoint.d_vocab,
-        "embsvd.d_model": checkpoint.d_model,
+        Tag.SOURCE: checkpoint.source,
+        Tag.WEIGHTS_SHA256: checkpoint.weights_sha256,
+        Tag.TENSOR_KEY: checkpoint.tensor_key,
+        Tag.TIED_EMBEDDINGS: {True: "true", False: "false", None: "unknown"}[checkpoint.tied],
+        Tag.QUANTIZATION: checkpoint.quantization,
+        Tag.D_VOCAB: checkpoint.d_vocab,
+        Tag.D_MODEL: checkpoint.d_model,
     }
     if checkpoint.matrix == "input":
-        tags["embsvd.embedding_key"] = checkpoint.tensor_key
+        tags[Tag.EMBEDDING_KEY] = checkpoint.tensor_key
     if checkpoint.revision_commit:
-        tags["embsvd.revision_commit"] = checkpoint.revision_commit
+        tags[Tag.REVISION_COMMIT] = checkpoint.revision_commit
     return tags
 
 
+def checked_settings(cfg: DictConfig) -> EmbsvdConfig:
+    """A composed job config as typed settings, its group files read, validated: what a
+    job would fail on before loading anything. A sweep runs this on every job before
+    it launches (``embsvd.pipeline.sweeps``), ``run_job`` before it opens a run.
+
+    Raises:
+        ValueError: a key the schema does not define, a setting out of range or not one
+            of its choices, a target that is not a group, a malformed group file.
+        FileNotFoundError: a group file does not exist.
+    """
+    configured = typed_settings(cfg)
+    settings = with_group_files(configured)
+    # validated with the empty `extra` slot kept, so that target=extra asks for its words
+    validate(dataclasses.replace(settings, groups={**configured.groups, **settings.groups}))
+    return settings
+
+
 def _check_settings(settings: EmbsvdConfig) -> None:
-    if settings.target not in settings.groups:
-        raise ValueError(
-            f"target: {settings.target!r} is not one of the configured groups "
-            f"({', '.join(sorted(settings.groups)) or 'none'}); pick one of them, or add it, "
-            f"e.g. groups=[{','.join([*settings.groups, settings.target])}]"
-        )
-    analysis = settings.analysis
-    for key in ("n_components", "top_k", "precision_k"):
-        if getattr(analysis, key) < 1:
-            raise ValueError(f"analysis.{key}: must be at least 1, got {getattr(analysis, key)}")
-    for key in ("n_null", "n_resamples"):
-        if getattr(analysis, key) < 0 or getattr(analysis, key) == 1:
-            raise ValueError(
-                f"analysis.{key}: must be 0 (off) or at least 2, got {getattr(analysis, key)}"
-            )
-    for key in ("n_global", "remove_global"):
-        if getattr(analysis, key) < 0:
-            raise ValueError(
-                f"analysis.{key}: must be 0 (off) or more, got {getattr(analysis, key)}"
-            )
-    if analysis.null_match not in NULL_MATCHES:
-        raise ValueError(
-            f"analysis.null_match: {analysis.null_match!r} is not one of {', '.join(NULL_MATCHES)}"
-        )
-    if analysis.null_neighbours < 1:
-        raise ValueError(
-            f"analysis.null_neighbours: must be at least 1, got {analysis.null_neighbours}"
-        )
-    if not 0 < analysis.alpha < 1:
-        raise ValueError(f"analysis.alpha: a level between 0 and 1, got {analysis.alpha}")
-    if not 0 <= analysis.confound_threshold <= 1:
-        raise ValueError(
-            f"analysis.confound_threshold: a |Spearman rho| between 0 and 1, "
-            f"got {analysis.confound_threshold}"
-        )
-    if analysis.device != "cpu":
+    """``validate`` again, as a backstop for settings that did not come through
+    ``checked_settings``; and whether this machine has the device, which only the
+    machine that runs the job can tell (a sweep may run its jobs elsewhere)."""
+    validate(settings)
+    if settings.analysis.device != "cpu":
         from embsvd.method.backend import check_device
 
-        check_device(analysis.device)  # fails the run before anything is loaded
-    if analysis.geometry not in GEOMETRIES:
-        raise ValueError(
-            f"analysis.geometry: {analysis.geometry!r} is not one of {', '.join(GEOMETRIES)}"
-        )
+        check_device(settings.analysis.device)  # fails the run before anything is loaded
 
 
 def run_name(settings: EmbsvdConfig) -> str:
-    """``<model>/<target group>/<centered|raw>``; the model part carries ``@<revision>`` for
-    a Hub revision and ``:output`` for the unembedding matrix, the last part
-    ``+unit_rows`` and ``+whitened`` when the analysis ran in another geometry."""
-    analysis = settings.analysis
-    centering = "centered" if analysis.center else "raw"
-    centering += "+unit_rows" if analysis.normalize_rows else ""
-    centering += f"+{analysis.geometry}" if analysis.geometry != "euclidean" else ""
-    return f"{model_label(settings.model)}/{settings.target}/{centering}"
-
-
-def model_label(model: CheckpointSpec) -> str:
-    label = model.name
-    if model.hub_id and model.revision:
-        label += f"@{model.revision}"
-    if model.matrix != "input":
-        label += f":{model.matrix}"
-    return label
+    """The run name of ``settings`` (``contract.run_name``): the model part carries
+    ``@<revision>`` for a Hub revision and ``:output`` for the unembedding matrix."""
+    model, analysis = settings.model, settings.analysis
+    return contract.run_name(
+        contract.model_label(model.name, model.revision if model.hub_id else None, model.matrix),
+        settings.target,
+        analysis.center,
+        normalize_rows=analysis.normalize_rows,
+        geometry=analysis.geometry,
+    )
 
 
 def run_tags(settings: EmbsvdConfig, git: GitState | None) -> dict[str, Any]:
     """Tags known before anything is loaded: what the run is and where its code came from."""
     tags = {
-        "embsvd.model": settings.model.name,
-        "embsvd.matrix": settings.model.matrix,
-        "embsvd.target_group": settings.target,
-        "embsvd.center": str(settings.analysis.center).lower(),
-        "embsvd.geometry": settings.analysis.geometry,
-        "embsvd.normalize_rows": str(settings.analysis.normalize_rows).lower(),
-        "embsvd.version": embsvd.__version__,
-        **{f"embsvd.env.{name}": v for name, v in versions().items()},
+        Tag.MODEL: settings.model.name,
+        Tag.MATRIX: settings.model.matrix,
+        Tag.TARGET_GROUP: settings.target,
+        Tag.CENTER: str(settings.analysis.center).lower(),
+        Tag.GEOMETRY: settings.analysis.geometry,
+        Tag.NORMALIZE_ROWS: str(settings.analysis.normalize_rows).lower(),
+        Tag.VERSION: embsvd.__version__,
+        **{contract.env_tag(name): v for name, v in versions().items()},
     }
     if settings.model.hub_id:
-        tags["embsvd.revision"] = settings.model.revision or "main"
+        tags[Tag.REVISION] = settings.model.revision or "main"
     if git is not None:
-        tags["mlflow.source.git.commit"] = git.commit
-        tags["embsvd.git_dirty"] = str(git.dirty).lower()
+        tags[Tag.GIT_COMMIT] = git.commit
+        tags[Tag.GIT_DIRTY] = str(git.dirty).lower()
     if HydraConfig.initialized():
         hydra = HydraConfig.get()
-        tags["embsvd.overrides"] = " ".join(hydra.overrides.task)
+        tags[Tag.OVERRIDES] = " ".join(hydra.overrides.task)
         if hydra.mode == RunMode.MULTIRUN:
-            tags["embsvd.sweep_dir"] = str(Path(hydra.sweep.dir).resolve())
-            tags["embsvd.job_num"] = hydra.job.num
+            tags[Tag.SWEEP_DIR] = str(Path(hydra.sweep.dir).resolve())
+            tags[Tag.JOB_NUM] = hydra.job.num
     return tags
 
 

@@ -24,10 +24,8 @@ def mlflow_ui_command(tracking_uri: str, port: int = 5000) -> str:
     )
 
 
-def figures_command(tracking_uri: str, sweep_id: str) -> str:
+def figures_command(project: Path, tracking_uri: str, sweep_id: str) -> str:
     """The command that draws a sweep's paper figures (``experiments/figures.py``)."""
-    from embsvd.pipeline.config import PROJECT_ROOT
-
-    script = PROJECT_ROOT / "experiments" / "figures.py"
+    script = project / "experiments" / "figures.py"
     overrides = [f"sweep.sweep_id={sweep_id}", f"tracking.uri={tracking_uri}"]
     return shlex.join([str(Path(sys.executable)), str(script), *overrides])

@@ -1,4 +1,5 @@
-"""Sweeps: each job's config composed once, and the parent MLflow run of a multirun."""
+"""Sweeps: every job's config composed once and checked before any job starts, and the
+parent MLflow run of a multirun."""
 
 from __future__ import annotations
 
@@ -7,46 +8,64 @@ import copy
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException, HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import embsvd
-from embsvd.pipeline.config import (
-    PROJECT_ROOT,
-)
+from embsvd.pipeline.project import project_root
 from embsvd.pipeline.report import figures_command, mlflow_ui_command
 from embsvd.tracking import contract
+from embsvd.tracking.contract import Tag
 
 if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
     from embsvd import tracking
 
-from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, code_state
+from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, checked_settings, code_state
 
 log = logging.getLogger(__name__)
 
 
-# --- sweeps: each job's config composed once -----------------------------------------------
+# --- sweeps: every job composed and checked once, before any starts --------------------------
+
+
+class SweepRefused(CompactHydraException):
+    """A sweep with a job that cannot run, refused before the job starts. Its message
+    names each key, value and what is allowed, and is printed alone: by Hydra, which
+    prints a ``CompactHydraException`` without its traceback, or by
+    ``validate_sweep_or_exit``."""
 
 
 class ComposeOnce:
-    """A Hydra config loader that hands each job's composed config out twice for one
-    composition: a sweeper composes every job to validate the batch, then the launcher
-    composes it again, and composing costs 0.2-0.4 s a job here (OmegaConf merges),
-    more than a job's own work. Everything else goes to the wrapped loader."""
+    """A Hydra config loader that composes each job's config once for all its requests,
+    and checks every composition (``check``, e.g. ``checked_settings``).
 
-    MAX_HELD = 512  # configs kept between the two requests (0.3 MB each); beyond, compose again
+    Composing costs 0.2-0.4 s a job here (OmegaConf merges), more than a job's own work,
+    and Hydra asks twice for each job: the sweeper composes every job to check the batch,
+    then the launcher composes it again. A config composed ahead of the sweep
+    (``compose_ahead``) serves both requests; one composed on request, the next one.
+    Everything else goes to the wrapped loader."""
 
-    def __init__(self, loader: Any):
+    MAX_HELD = 512  # configs held for later requests (0.3 MB each); beyond, compose again
+    REQUESTS = 2  # Hydra's requests for a job's config: the sweeper's, then the launcher's
+
+    def __init__(self, loader: Any, check: Callable[[DictConfig], object] | None = None):
         self._loader = loader
-        self._composed: dict[tuple[str, ...], DictConfig] = {}
-        self.requests = self.compositions = 0
+        self._check = check
+        # overrides -> (config, how many more requests it serves)
+        self._composed: dict[tuple[str, ...], tuple[DictConfig, int]] = {}
+        self.requests = self.compositions = 0  # Hydra's requests; compositions of any kind
+        self.sweep_checked = False  # ``validate_sweep`` composed and checked every job
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_loader", "_composed"):
+        if name.startswith("__") or name in ("_loader", "_composed", "_check"):
             raise AttributeError(name)  # copy and pickle probe instances that have no state
         return getattr(self._loader, name)
 
@@ -57,30 +76,148 @@ class ComposeOnce:
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
         self.requests += 1
         key = tuple(sweep_overrides)
-        if key in self._composed:  # the second request takes the copy made at the first
-            return self._composed.pop(key)
-        self.compositions += 1
-        config = self._loader.load_sweep_config(master_config, sweep_overrides)
+        if key in self._composed:
+            config, left = self._composed.pop(key)
+            if left == 1:
+                return config
+            self._composed[key] = (config, left - 1)  # a later request takes the original
+            return copy.deepcopy(config)  # requesters mutate theirs (hydra.job.num)
+        try:
+            config = self._compose(master_config, sweep_overrides)
+        except (OSError, ValueError) as error:  # a job no sweep-wide check composed ahead
+            raise SweepRefused(f"job {' '.join(sweep_overrides)}: {error}") from error
         if len(self._composed) < self.MAX_HELD:
-            self._composed[key] = copy.deepcopy(config)
+            self._composed[key] = (copy.deepcopy(config), self.REQUESTS - 1)
+        return config
+
+    def compose_ahead(self, master_config: DictConfig, sweep_overrides: list[str]) -> None:
+        """Compose and check a job's config before Hydra asks for it, and hold it for
+        Hydra's requests.
+
+        Raises:
+            hydra.errors.HydraException: the job's config cannot be composed.
+            ValueError, OSError: ``check`` refused it.
+        """
+        config = self._compose(master_config, sweep_overrides)
+        if len(self._composed) < self.MAX_HELD:
+            self._composed[tuple(sweep_overrides)] = (config, self.REQUESTS)
+
+    def _compose(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        self.compositions += 1
+        config = self._loader.load_sweep_config(master_config, list(sweep_overrides))
+        if self._check is not None:
+            self._check(config)
         return config
 
 
+def validate_sweep(config: DictConfig) -> ComposeOnce | None:
+    """Compose every job of the multirun ``config`` and check it (``checked_settings``)
+    before any job starts and before the sweep's parent run opens; refuse the whole
+    sweep, naming every reason and its jobs, when one job cannot run. Idempotent: the
+    callbacks that need it call it in whatever order Hydra runs them.
+
+    Installs a ``ComposeOnce`` as Hydra's config loader (returned; ``None`` outside a
+    Hydra app), so these compositions serve the sweeper and the launcher too. Only the
+    basic sweeper's jobs are known ahead; another sweeper's are checked as it composes
+    them (``ComposeOnce.check``), after the parent run opened.
+
+    Raises:
+        SweepRefused: a job's config cannot be composed or does not validate.
+    """
+    hydra = GlobalHydra.instance().hydra
+    if hydra is None:
+        return None
+    loader = hydra.config_loader
+    if not isinstance(loader, ComposeOnce):
+        loader = hydra.config_loader = ComposeOnce(loader, check=checked_settings)
+    if loader.sweep_checked:
+        return loader
+    jobs = sweep_jobs(config, loader) or []
+    refused: dict[str, list[tuple[int, list[str]]]] = {}
+    for num, overrides in enumerate(jobs):
+        try:
+            loader.compose_ahead(config, overrides)
+        except (HydraException, OmegaConfBaseException, OSError, ValueError) as error:
+            refused.setdefault(_reason(error), []).append((num, overrides))
+    if refused:
+        raise SweepRefused(_refusal(refused, len(jobs)))
+    loader.sweep_checked = True
+    return loader
+
+
+def validate_sweep_or_exit(config: DictConfig) -> ComposeOnce | None:
+    """``validate_sweep`` for a callback: a refusal is printed and ends the process with
+    status 1. Hydra turns an ``Exception`` raised in a callback into a warning and starts
+    the sweep anyway; ``SystemExit`` is not one."""
+    try:
+        return validate_sweep(config)
+    except SweepRefused as refusal:
+        print(refusal, file=sys.stderr, flush=True)
+        raise SystemExit(1) from refusal
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_jobs(config: DictConfig, loader: Any) -> list[list[str]] | None:
+    """Every job's overrides, expanded as Hydra's basic sweeper expands them (the sweep
+    params of the config, then the command line's overrides); ``None`` for another
+    sweeper, which may choose its jobs as results come in."""
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    [jobs] = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    return jobs
+
+
+def _reason(error: Exception) -> str:
+    """Why a job cannot run, naming the key: OmegaConf's first line says what is wrong
+    and what is allowed (the rest lists its node types), Hydra's names the override."""
+    cause = error.__cause__
+    if isinstance(error, HydraException) and isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None)
+        return f"{key + ': ' if key else ''}{str(cause).splitlines()[0]} ({error})"
+    return str(error)
+
+
+def _refusal(refused: dict[str, list[tuple[int, list[str]]]], n_jobs: int) -> str:
+    n_refused = sum(len(jobs) for jobs in refused.values())
+    lines = [
+        f"The sweep was refused before it started; no run was opened. "
+        f"{n_refused} of {n_jobs} jobs cannot run:"
+    ]
+    for reason, jobs in refused.items():
+        first, overrides = jobs[0]
+        if len(jobs) == 1:
+            lines += [reason, f"  job #{first}: {' '.join(overrides)}"]
+        else:
+            numbers = ", ".join(f"#{n}" for n, _ in jobs[:10]) + (", ..." if jobs[10:] else "")
+            lines += [reason, f"  jobs {numbers}; #{first}: {' '.join(overrides)}"]
+    return "\n".join(lines)
+
+
 class ComposeJobsOnce(Callback):
-    """Makes the multirun's sweeper and launcher share one composition per job.
+    """Composes and checks every job of the multirun before it starts
+    (``validate_sweep``), and makes the sweeper and the launcher reuse those
+    compositions.
 
     Hydra 1.3 builds the sweeper's context from ``Hydra.config_loader`` right after
     ``on_multirun_start``, so wrapping that loader here reaches both. Were Hydra to read
-    it earlier, jobs would be composed twice as before: slower, not different.
+    it earlier, jobs would be composed again: slower, not different. ``conf/config.yaml``
+    lists this callback first; ``SweepTracking`` validates too (once: it is idempotent),
+    so no parent run opens for a refused sweep whatever the order.
     """
 
     def __init__(self) -> None:
         self.loader: ComposeOnce | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        hydra = GlobalHydra.instance().hydra
-        if hydra is not None and not isinstance(hydra.config_loader, ComposeOnce):
-            self.loader = hydra.config_loader = ComposeOnce(hydra.config_loader)
+        self.loader = validate_sweep_or_exit(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.loader is not None:
@@ -99,6 +236,7 @@ class SweepTracking(Callback):
     interpreter exit (``atexit``), after a job failure or an interrupt; ``sys.excepthook``
     notes an interrupt, and SIGTERM is turned into one. Closing prints the children's
     table, names the failed jobs and makes the command exit non-zero when any failed.
+    The parent opens only once every job's config validated (``validate_sweep``).
     """
 
     def __init__(self) -> None:
@@ -106,11 +244,14 @@ class SweepTracking(Callback):
         self._parent_run_id: str | None = None
         self._interrupted = False
         self._sweep_id = ""
+        self._project = Path.cwd()  # replaced by the project's folder when the sweep starts
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        validate_sweep_or_exit(config)  # a sweep that cannot run leaves no parent run behind
         from embsvd import tracking
 
-        uri = tracking.resolve_tracking_uri(config.tracking.uri, PROJECT_ROOT)
+        self._project = project_root(config)
+        uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
         # creating the store here runs its migrations once, before parallel workers start
         self._store = tracking.TrackingStore(
             uri, config.tracking.experiment, config.tracking.artifact_root
@@ -118,25 +259,23 @@ class SweepTracking(Callback):
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(config.hydra.overrides.task)
-        git = code_state()
+        git = code_state(self._project)
         name = sweep_run_name(overrides, sweep_dir)
         tags = {
-            "embsvd.role": "sweep",
-            contract.SWEEP_ID_TAG: contract.sweep_id(name),
-            "embsvd.sweep_dir": str(sweep_dir),
-            "embsvd.overrides": " ".join(overrides),
-            "embsvd.launcher": config.hydra.launcher.get("_target_", ""),
-            "embsvd.version": embsvd.__version__,
-            **({"mlflow.source.git.commit": git.commit} if git else {}),
+            Tag.ROLE: contract.SWEEP_ROLE,
+            Tag.SWEEP_ID: contract.sweep_id(name),
+            Tag.SWEEP_DIR: str(sweep_dir),
+            Tag.OVERRIDES: " ".join(overrides),
+            Tag.LAUNCHER: config.hydra.launcher.get("_target_", ""),
+            Tag.VERSION: embsvd.__version__,
+            **({Tag.GIT_COMMIT: git.commit} if git else {}),
         }
         parent = tracking.start_run(self._store, name, tags)
         self._parent_run_id = parent.run_id
-        self._sweep_id = tags[contract.SWEEP_ID_TAG]
+        self._sweep_id = tags[Tag.SWEEP_ID]
         (sweep_dir / PARENT_RUN_FILE).write_text(parent.run_id)
-        (sweep_dir / SWEEP_ID_FILE).write_text(tags[contract.SWEEP_ID_TAG])
-        print(
-            f"Sweep {tags[contract.SWEEP_ID_TAG]}: parent run {parent.run_id} in {uri}", flush=True
-        )
+        (sweep_dir / SWEEP_ID_FILE).write_text(tags[Tag.SWEEP_ID])
+        print(f"Sweep {tags[Tag.SWEEP_ID]}: parent run {parent.run_id} in {uri}", flush=True)
         atexit.register(self._close_at_exit)
         previous_hook = sys.excepthook
 
@@ -186,8 +325,8 @@ class SweepTracking(Callback):
         failed = outcome.with_status("FAILED") + outcome.with_status("KILLED")
         for child in failed:
             print(
-                f"job #{child.tags.get('embsvd.job_num', '?')} {child.status}: {child.name} "
-                f"({child.tags.get('embsvd.overrides', '')}): {child.tags.get('embsvd.error', '')}",
+                f"job #{child.tags.get(Tag.JOB_NUM, '?')} {child.status}: {child.name} "
+                f"({child.tags.get(Tag.OVERRIDES, '')}): {child.tags.get(Tag.ERROR, '')}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -195,7 +334,8 @@ class SweepTracking(Callback):
             f"\nSweep {outcome.status}: {len(outcome.children)} runs under parent run "
             f"{parent_run_id}, {len(failed)} failed or killed, {len(outcome.skipped)} skipped."
             f"\nOpen the MLflow UI on this store:\n  {mlflow_ui_command(store.uri)}"
-            f"\nDraw its paper figures:\n  {figures_command(store.uri, self._sweep_id)}",
+            "\nDraw its paper figures:\n  "
+            + figures_command(self._project, store.uri, self._sweep_id),
             flush=True,
         )
         return outcome

@@ -1,28 +1,15 @@
 """MLflow tracking: the only package that imports mlflow. It writes the run contract and
 reads sweeps back for figures.
 
+- ``contract`` and ``artifacts``: the run contract as plain data, no mlflow: tag keys
+  (``Tag``), the run name and its parser, metrics, result tags, CSV tables, and the
+  records runs are read back as; docs/contract.md describes it for a reader of runs;
 - ``store``: the tracking store and one experiment in it; runs read back as records;
 - ``runs``: one run, written in batches, closed with the status it earned;
 - ``sweeps``: a sweep's parent run and how its children ended;
 - ``reading``: the runs of one sweep (by parent, sweep id or filter) for figures.
 
-The run contract (later tools read runs through it; extend it, don't break it; the full
-list is in README.md):
-
-- experiment ``embsvd`` by default; run name ``<model>/<target group>/<centered|raw>``;
-- tags ``embsvd.model``, ``embsvd.target_group``, ``embsvd.center``, ``embsvd.source``,
-  ``embsvd.weights_sha256``, ``embsvd.version``, ``mlflow.source.git.commit``, ...;
-- params: the resolved config, flattened with dotted keys;
-- metrics, result tags and CSV tables: defined in ``embsvd.tracking.contract`` (the analysis'
-  and the checks'), plus ``n_tokens``;
-- artifacts besides the tables: ``groups.json``, ``config.yaml``, ``figures/``;
-  ``git_diff.patch`` from a checkout with uncommitted changes, ``error.txt`` on failure.
-
-A multirun adds a parent run (tags ``embsvd.role=sweep``, ``embsvd.sweep_id``) whose
-children carry ``mlflow.parentRunId`` and ``embsvd.sweep_id``; when the sweep ends the
-parent gets ``children.csv`` and ``sweep_summary.txt``, the metrics ``n_children``,
-``n_finished``, ``n_failed``, ``n_killed``, ``n_skipped``, and the status its children
-earned.
+Later tools read runs through the contract: extend it, don't break it.
 """
 
 import importlib
@@ -46,8 +33,6 @@ _MODULE_OF = {
     "TrackingStore": "store",
     "default_artifact_root": "store",
     "resolve_tracking_uri": "store",
-    "CHILD_COLUMNS": "sweeps",
-    "SKIPPED_TAG_PREFIX": "sweeps",
     "SweepOutcome": "sweeps",
     "finish_sweep": "sweeps",
     "format_sweep_table": "sweeps",

@@ -1,30 +1,264 @@
 """The run contract: what one analysis becomes in the tracking store, as plain data.
 
-Metric names, tags and CSV tables of a run are defined here and nowhere else, so tools
-that read runs (the sweep table, figures) rely on one list; ``embsvd.tracking`` writes
-them. Step series use ``step = component`` (from 0). The README lists every name.
+Tag keys, the run name and its parser, metric names and a run's tags from its results are
+defined here, the CSV tables in the sibling ``artifacts``; tools that read runs back (the
+sweep table, figures) use the same names and the records at the end of this module.
+``embsvd.tracking`` writes them. No mlflow here: figures import the records.
+docs/contract.md describes every name for a researcher reading runs.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from enum import StrEnum
 
 import numpy as np
 
 from embsvd.checks.null import NullComparison
 from embsvd.checks.order import CyclicOrder, LinearOrder
 from embsvd.checks.run import RigorResult
-from embsvd.method.analysis import AnalysisResult, PairwiseStat, effective_rank, mean_corr_key
+from embsvd.method.analysis import AnalysisResult, effective_rank, mean_corr_key
 
-Metric = tuple[str, float, int]  # (key, value, step)
+Metric = tuple[str, float, int]  # (key, value, step); step series use step = component
 TOP_TOKENS_IN_TAGS = 5  # the first axis' ends, shown as tags in the runs table
-NULL_QUANTILES = (2.5, 50.0, 97.5)  # the band of null spectra: a 95% interval and median
-PROJECTION_BINS = 200  # of the logged histogram of the vocabulary's projections
+
+
+class Tag(StrEnum):
+    """Every tag key embsvd writes or reads. A value ending in ``.`` is a prefix: the key
+    goes on with a variable part (``env_tag``, ``skipped_tag``)."""
+
+    # what the run analysed: known before anything is loaded
+    MODEL = "embsvd.model"
+    MATRIX = "embsvd.matrix"
+    REVISION = "embsvd.revision"
+    TARGET_GROUP = "embsvd.target_group"
+    CENTER = "embsvd.center"
+    GEOMETRY = "embsvd.geometry"
+    NORMALIZE_ROWS = "embsvd.normalize_rows"
+    CONFIG_HASH = "embsvd.config_hash"
+    # the code and the command that made it
+    VERSION = "embsvd.version"
+    ENV = "embsvd.env."
+    GIT_COMMIT = "mlflow.source.git.commit"
+    GIT_DIRTY = "embsvd.git_dirty"
+    OVERRIDES = "embsvd.overrides"
+    # what was read
+    SOURCE = "embsvd.source"
+    WEIGHTS_SHA256 = "embsvd.weights_sha256"
+    TENSOR_KEY = "embsvd.tensor_key"
+    EMBEDDING_KEY = "embsvd.embedding_key"
+    TIED_EMBEDDINGS = "embsvd.tied_embeddings"
+    QUANTIZATION = "embsvd.quantization"
+    D_VOCAB = "embsvd.d_vocab"
+    D_MODEL = "embsvd.d_model"
+    REVISION_COMMIT = "embsvd.revision_commit"
+    CHECKPOINT_CACHE = "embsvd.checkpoint_cache"
+    TARGET_FORMS = "embsvd.target_forms"
+    # the results and the checks' settings
+    AXIS0_TOP = "embsvd.axis0.top"
+    AXIS0_BOTTOM = "embsvd.axis0.bottom"
+    RANDOM_STATE = "embsvd.random_state"
+    NULL_POOL = "embsvd.null_pool"
+    NULL_MATCH = "embsvd.null_match"
+    INTERVAL_METHOD = "embsvd.interval_method"
+    ORDER = "embsvd.order"
+    GLOBAL_VIEW = "embsvd.global_view"
+    # what a reader should not miss
+    WARNING_INCOMPLETE_GROUPS = "embsvd.warning.incomplete_groups"
+    WARNING_DEGENERATE_AXES = "embsvd.warning.degenerate_axes"
+    WARNING_CONFOUNDS = "embsvd.warning.confounds"
+    ERROR = "embsvd.error"
+    # sweeps: the parent run and its children
+    ROLE = "embsvd.role"
+    SWEEP_ID = "embsvd.sweep_id"
+    SWEEP_DIR = "embsvd.sweep_dir"
+    JOB_NUM = "embsvd.job_num"
+    LAUNCHER = "embsvd.launcher"
+    SKIPPED = "embsvd.skipped."
+    PARENT_RUN_ID = "mlflow.parentRunId"
+    # MLflow's own: the run name as a tag, and the experiment's kind (an experiment tag)
+    RUN_NAME = "mlflow.runName"
+    EXPERIMENT_KIND = "mlflow.experimentKind"
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.endswith(".")
+
+
+SWEEP_ROLE = "sweep"  # Tag.ROLE of a sweep's parent run
+
+
+def env_tag(library: str) -> str:
+    """``embsvd.env.<library>``: the version of a library the run used."""
+    return f"{Tag.ENV}{library}"
+
+
+def skipped_tag(job_num: int | str) -> str:
+    """``embsvd.skipped.<job_num>``, on a sweep's parent: the run a skipped job reuses."""
+    return f"{Tag.SKIPPED}{job_num}"
+
+
+def skipped_jobs(tags: Mapping[str, str]) -> dict[int, str]:
+    """A sweep parent's skipped jobs: job number -> the FINISHED run with its config."""
+    return {
+        int(key.removeprefix(Tag.SKIPPED)): run_id
+        for key, run_id in tags.items()
+        if key.startswith(Tag.SKIPPED)
+    }
+
+
+# --- the run name ----------------------------------------------------------------------------
+
+CENTERED, RAW = "centered", "raw"
+UNIT_ROWS = "unit_rows"
+EUCLIDEAN = "euclidean"  # the geometry a run name leaves out
+RUN_NAME_FORM = "<model>/<target group>/<centered|raw>[+unit_rows][+<geometry>]"
+
+
+def model_label(name: str, revision: str | None = None, matrix: str = "input") -> str:
+    """The run name's model part: ``<name>[@<revision>][:<matrix>]``, with the revision of
+    a Hub checkpoint and the matrix when it is not the input embedding. It may hold any
+    character, ``/`` included: the parser takes everything before the name's last two ``/``."""
+    label = name
+    if revision:
+        label += f"@{revision}"
+    if matrix != "input":
+        label += f":{matrix}"
+    return label
+
+
+def run_name(
+    model: str,
+    target: str,
+    center: bool,
+    *,
+    normalize_rows: bool = False,
+    geometry: str = EUCLIDEAN,
+) -> str:
+    """``<model>/<target group>/<centered|raw>[+unit_rows][+<geometry>]``, the geometry
+    left out when euclidean (``gpt2/digits/centered+unit_rows+whitened``).
+
+    ``%`` and ``/`` in the target (and ``+`` in the geometry) are percent-escaped, so that
+    ``parse_run_name`` gives these arguments back exactly; names made of ordinary
+    characters are left as they are.
+
+    Raises:
+        ValueError: ``geometry`` is empty or ``unit_rows``, which the name could not tell
+            apart from another variant.
+    """
+    if geometry in ("", UNIT_ROWS):
+        raise ValueError(f"geometry: {geometry!r} cannot be told apart in a run name")
+    variant = CENTERED if center else RAW
+    variant += f"+{UNIT_ROWS}" if normalize_rows else ""
+    variant += f"+{_escape(geometry, '/+')}" if geometry != EUCLIDEAN else ""
+    return f"{model}/{_escape(target, '/')}/{variant}"
+
+
+@dataclass(frozen=True)
+class RunName:
+    """A run name taken apart; ``str()`` puts it back together."""
+
+    model: str  # the model label, ``<name>[@<revision>][:<matrix>]``
+    target: str
+    center: bool
+    normalize_rows: bool = False
+    geometry: str = EUCLIDEAN
+
+    def __str__(self) -> str:
+        return run_name(
+            self.model,
+            self.target,
+            self.center,
+            normalize_rows=self.normalize_rows,
+            geometry=self.geometry,
+        )
+
+    @property
+    def variant(self) -> str:
+        """The name's last part: ``centered`` or ``raw``, with ``+unit_rows`` and
+        ``+<geometry>`` where they apply."""
+        return str(self).rsplit("/", 1)[1]
+
+    @property
+    def space(self) -> str:
+        """The geometry group means live in (centering does not move them): the variant
+        without ``centered``/``raw``, e.g. ``+whitened``, or ``""``."""
+        return self.variant.removeprefix(CENTERED if self.center else RAW)
+
+
+def parse_run_name(name: str) -> RunName:
+    """The inverse of ``run_name``.
+
+    Raises:
+        ValueError: ``name`` is not of the form ``RUN_NAME_FORM``.
+    """
+    expected = f"run name {name!r}: expected {RUN_NAME_FORM}"
+    parts = name.rsplit("/", 2)
+    if len(parts) != 3:
+        raise ValueError(expected)
+    model, target, variant = parts
+    centering, *suffixes = variant.split("+")
+    normalize_rows = suffixes[:1] == [UNIT_ROWS]
+    geometry = suffixes[1:] if normalize_rows else suffixes
+    if centering not in (CENTERED, RAW) or len(geometry) > 1 or geometry in ([""], [EUCLIDEAN]):
+        raise ValueError(expected)
+    return RunName(
+        model=model,
+        target=_unescape(target),
+        center=centering == CENTERED,
+        normalize_rows=normalize_rows,
+        geometry=_unescape(geometry[0]) if geometry else EUCLIDEAN,
+    )
+
+
+def _escape(text: str, unsafe: str) -> str:
+    for char in "%" + unsafe:  # "%" first: the escapes written after it stay escapes
+        text = text.replace(char, f"%{ord(char):02X}")
+    return text
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m[1], 16)), text)
+
+
+def sweep_id(sweep_name: str) -> str:
+    """A sweep's id, which also names its folder of figures: the parent run's name
+    without ``sweep/``, anything but letters, digits, ``.`` and ``-`` turned into ``_``
+    (``sweep/seed_replication/2026-11-28 07-57-50`` -> ``seed_replication_2026-11-28_07-57-50``)."""
+    return file_safe(sweep_name.removeprefix("sweep/"))
+
+
+def file_safe(name: str) -> str:
+    """``name`` with every run of characters other than letters, digits, ``.`` and ``-``
+    turned into one ``_``: fit for a file or folder name."""
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", name).strip("_")
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+N_TOKENS = "n_tokens"  # the target group's size, logged with groups.json
+NULL_COMPARISON_FIELDS = ("mean", "sd", "percentile", "p_value")  # of each null test, beside p_holm
+SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")  # counted on a sweep's parent
+
+
+def pair_metric(prefix: str, group_a: str, group_b: str) -> str:
+    """``<prefix>/<a>__<b>``: a statistic between two groups, names in sorted order."""
+    return f"{prefix}/{group_a}__{group_b}"
+
+
+def split_pair_metric(key: str, prefix: str) -> tuple[str, str] | None:
+    """The two groups of a ``pair_metric`` key with this prefix; ``None`` for another key."""
+    if not key.startswith(f"{prefix}/"):
+        return None
+    group_a, found, group_b = key.removeprefix(f"{prefix}/").partition("__")
+    return (group_a, group_b) if found else None
+
+
+def null_metric(test: str, field: str) -> str:
+    """``null/<test>/<field>``: a statistic against the null, e.g. ``null/s1_share/p_value``."""
+    return f"null/{test}/{field}"
 
 
 def result_metrics(result: AnalysisResult) -> list[Metric]:
@@ -41,7 +275,7 @@ def result_metrics(result: AnalysisResult) -> list[Metric]:
     pairwise = {mean_corr_key(variant): stat for variant, stat in result.mean_corr.items()}
     pairwise |= {"group_mean_cos": result.group_mean_cos, "axis_corr": result.axis_corr}
     for prefix, stat in pairwise.items():
-        metrics += [(f"{prefix}/{a}__{b}", value, 0) for a, b, value in stat.pairs()]
+        metrics += [(pair_metric(prefix, a, b), value, 0) for a, b, value in stat.pairs()]
     return metrics
 
 
@@ -52,8 +286,8 @@ def rigor_metrics(rigor: RigorResult) -> list[Metric]:
         metrics += [("null/n_null", null.n_null, 0), ("null/n_tests", null.n_tests, 0)]
         metrics += [("null/p_floor", null.p_floor, 0)]
         for name, comparison in null.tests().items():
-            metrics += _comparison(f"null/{name}", comparison)
-            metrics += [(f"null/{name}/p_holm", null.p_holm[name], 0)]
+            metrics += _comparison(name, comparison)
+            metrics += [(null_metric(name, "p_holm"), null.p_holm[name], 0)]
         metrics += [(f"null/{name}", value, 0) for name, value in null.diagnostics.items()]
     if (stability := rigor.stability) is not None:
         metrics += _series("stability/axis_cos", stability.axis_cos)
@@ -110,14 +344,21 @@ def order_metrics(order: CyclicOrder | LinearOrder) -> dict[str, float]:
     return found | {"exact": float(order.exact)}
 
 
+def sweep_metrics(statuses: Sequence[str], n_skipped: int) -> list[Metric]:
+    """A sweep parent's counts: its children, those of each status, the jobs skipped."""
+    metrics: list[Metric] = [("n_children", len(statuses), 0)]
+    metrics += [(f"n_{s.lower()}", statuses.count(s), 0) for s in SWEEP_STATUSES]
+    return [*metrics, ("n_skipped", n_skipped, 0)]
+
+
 def _series(key: str, values: Sequence[float]) -> list[Metric]:
     return [(key, float(v), step) for step, v in enumerate(values)]
 
 
-def _comparison(prefix: str, comparison: NullComparison) -> list[Metric]:
+def _comparison(test: str, comparison: NullComparison) -> list[Metric]:
     return [
-        (f"{prefix}/{field}", getattr(comparison, field), 0)
-        for field in ("mean", "sd", "percentile", "p_value")
+        (null_metric(test, field), getattr(comparison, field), 0)
+        for field in NULL_COMPARISON_FIELDS
     ]
 
 
@@ -125,276 +366,40 @@ def result_tags(result: AnalysisResult, rigor: RigorResult) -> dict[str, str]:
     """Tags a runs table shows: the first axis' ends, and the checks' warnings."""
     first_axis = [t for t in result.top_tokens if t.component == 0]
     tags = {
-        f"embsvd.axis0.{side}": " ".join(
+        key: " ".join(
             t.token for t in first_axis if t.side == side and t.rank <= TOP_TOKENS_IN_TAGS
         )
-        for side in ("top", "bottom")
+        for key, side in ((Tag.AXIS0_TOP, "top"), (Tag.AXIS0_BOTTOM, "bottom"))
     }
-    tags["embsvd.random_state"] = str(rigor.random_state)
+    tags[Tag.RANDOM_STATE] = str(rigor.random_state)
     if rigor.null is not None:
-        tags["embsvd.null_pool"] = rigor.null.pool_rule
-        tags["embsvd.null_match"] = rigor.null.match
+        tags[Tag.NULL_POOL] = rigor.null.pool_rule
+        tags[Tag.NULL_MATCH] = rigor.null.match
     if rigor.stability is not None:
-        tags["embsvd.interval_method"] = rigor.stability.method
+        tags[Tag.INTERVAL_METHOD] = rigor.stability.method
     if rigor.order is not None:
         kind = "cyclic" if isinstance(rigor.order, CyclicOrder) else "linear"
-        tags["embsvd.order"] = f"{kind}: {' '.join(rigor.order.words)}"
+        tags[Tag.ORDER] = f"{kind}: {' '.join(rigor.order.words)}"
     if rigor.stability is not None and rigor.stability.degenerate.any():
-        tags["embsvd.warning.degenerate_axes"] = ",".join(
+        tags[Tag.WARNING_DEGENERATE_AXES] = ",".join(
             str(k) for k in np.flatnonzero(rigor.stability.degenerate)
         )
     if rigor.confounds is not None and rigor.confounds.flagged():
-        tags["embsvd.warning.confounds"] = " ".join(
+        tags[Tag.WARNING_CONFOUNDS] = " ".join(
             f"axis{k}:{name}={rho:+.2f}" for k, name, rho in rigor.confounds.flagged()
         )
     return tags
 
 
-def write_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> None:
-    """Every CSV artifact of a run into ``folder``."""
-    svd = result.svd
-    write_csv(
-        folder / "spectrum.csv",
-        ["component", "singular_value", "explained_variance_ratio"],
-        [
-            [i, s, r]
-            for i, (s, r) in enumerate(
-                zip(svd.singular_values, svd.explained_variance_ratio, strict=True)
-            )
-        ],
-    )
-    _write_square(folder / "group_mean_corr.csv", result.group_mean_corr)
-    write_csv(
-        folder / "top_tokens.csv",
-        ["component", "side", "rank", "token_id", "token", "projection", "in_group"],
-        [
-            [t.component, t.side, t.rank, t.token_id, t.token, t.projection, t.in_group]
-            for t in result.top_tokens
-        ],
-    )
-    _write_projection_tables(result, folder)
-    words = list(result.target_words)
-    write_csv(
-        folder / "row_cosine.csv",
-        ["word", *words],
-        [[w, *row] for w, row in zip(words, result.row_cosine, strict=True)],
-    )
-    _write_rigor_tables(result, rigor, folder)
-
-
-def _write_projection_tables(result: AnalysisResult, folder: Path) -> None:
-    """The vocabulary's projections as a histogram per component, and the target's own
-    projections: enough to redraw the axis figures from the store alone."""
-    rows = []
-    for k in range(result.projections.shape[1]):
-        counts, edges = np.histogram(result.projections[:, k], bins=PROJECTION_BINS)
-        rows += [[k, edges[i], edges[i + 1], int(c)] for i, c in enumerate(counts)]
-    write_csv(
-        folder / "projection_histogram.csv", ["component", "bin_left", "bin_right", "count"], rows
-    )
-    n_components = result.projections.shape[1]
-    write_csv(
-        folder / "group_projections.csv",
-        ["word", "token_id", *(f"projection_{k}" for k in range(n_components))],
-        [
-            [word, token_id, *result.projections[token_id]]
-            for word, token_id in zip(result.target_words, result.target_ids, strict=True)
-        ],
-    )
-
-
-def _write_rigor_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> None:
-    if (null := rigor.null) is not None:
-        write_csv(
-            folder / "null_spectrum.csv",
-            ["component", "statistic", "observed", "null_mean", "null_sd"]
-            + [f"null_q{q:g}" for q in NULL_QUANTILES]
-            + ["percentile"],
-            _band_rows("singular_value", result.svd.singular_values, null.singular_values)
-            + _band_rows(
-                "explained_variance_ratio",
-                result.svd.explained_variance_ratio,
-                null.explained_variance_ratio,
-            )
-            # s_k / ||M||_F, every draw by its own norm: what the scree figures draw
-            + _band_rows(
-                "share",
-                np.sqrt(result.svd.explained_variance_ratio),
-                np.sqrt(null.explained_variance_ratio),
-            ),
-        )
-        write_csv(
-            folder / "null_group_mean_corr.csv",
-            [
-                "variant",
-                "group_a",
-                "group_b",
-                "observed",
-                "null_mean",
-                "null_sd",
-                "percentile",
-                "p_value",
-                "p_holm",
-            ],
-            [
-                [variant, a, b, c.observed, c.mean, c.sd, c.percentile, c.p_value]
-                + [null.p_holm[f"{mean_corr_key(variant)}/{a}__{b}"]]
-                for variant, pairs in null.group_mean_corr.items()
-                for (a, b), c in pairs.items()
-            ],
-        )
-    if (stability := rigor.stability) is not None:
-        write_csv(
-            folder / "stability.csv",
-            [
-                "component",
-                "singular_value",
-                "interval_lo",
-                "interval_hi",
-                "axis_cos",
-                "loo_axis_cos_min",
-                "eigengap_ratio",
-                "degenerate",
-            ],
-            [
-                [
-                    k,
-                    result.svd.singular_values[k],
-                    stability.singular_value_lo[k],  # at least as long as axis_cos
-                    stability.singular_value_hi[k],
-                    stability.axis_cos[k],
-                    stability.loo_axis_cos_min[k],
-                    stability.eigengap_ratio[k],
-                    stability.degenerate[k],
-                ]
-                for k in range(len(stability.axis_cos))
-            ],
-        )
-        write_csv(
-            folder / "stability_loo.csv",
-            ["left_out_word", "component", "abs_cos"],
-            [
-                [word, k, cosine]
-                for word, row in zip(result.target_words, stability.loo_axis_cos, strict=True)
-                for k, cosine in enumerate(row)
-            ],
-        )
-    if (heldout := rigor.heldout) is not None:
-        axes = [f"axis_rank_pct_{k}" for k in range(heldout.n_components)]
-        write_csv(
-            folder / "heldout.csv",
-            ["variant", "word", "token", "token_id", "distance", "subspace_rank_pct", *axes],
-            [
-                [
-                    w.variant,
-                    w.word,
-                    w.token,
-                    w.token_id,
-                    w.distance,
-                    w.subspace_rank_pct,
-                    *w.axis_rank_pct,
-                ]
-                for w in heldout.words
-            ],
-        )
-    if (confounds := rigor.confounds) is not None:
-        write_csv(
-            folder / "confounds.csv",
-            ["component", "property", "spearman", "flagged"],
-            [
-                [k, name, rho[k], bool(abs(rho[k]) >= confounds.threshold)]
-                for name, rho in confounds.spearman.items()
-                for k in range(len(rho))
-            ],
-        )
-    if (order := rigor.order) is not None:
-        write_csv(
-            folder / "order.csv",
-            ["position", "word", "coordinate_1", "coordinate_2"],
-            [
-                [i, w, *xy]
-                for i, (w, xy) in enumerate(zip(order.words, order.coordinates, strict=True))
-            ],
-        )
-    if (view := rigor.global_view) is not None:
-        write_csv(
-            folder / "global_spectrum.csv",
-            ["component", "singular_value", "explained_variance_ratio"],
-            [
-                [k, s, r]
-                for k, (s, r) in enumerate(
-                    zip(view.svd.singular_values, view.svd.explained_variance_ratio, strict=True)
-                )
-            ],
-        )
-
-
-def _band_rows(statistic: str, observed: np.ndarray, draws: np.ndarray) -> list[list[Any]]:
-    """Per component: the observed value, the null's mean, sd and quantiles, and the
-    observed value's percentile (percent of draws strictly below it)."""
-    quantiles = np.percentile(draws, NULL_QUANTILES, axis=0)
-    below = 100.0 * (draws < observed[: draws.shape[1]]).mean(axis=0)
-    return [
-        [k, statistic, observed[k], draws[:, k].mean(), draws[:, k].std(ddof=1), *quantiles[:, k]]
-        + [below[k]]
-        for k in range(draws.shape[1])
-    ]
-
-
-def _write_square(file: Path, stat: PairwiseStat) -> None:
-    names = list(stat.names)
-    write_csv(
-        file, ["group", *names], [[n, *row] for n, row in zip(names, stat.values, strict=True)]
-    )
-
-
-def write_csv(file: Path, header: list[str], rows: list[list[Any]]) -> None:
-    """A CSV with floats at full precision (``repr``) and booleans as ``true``/``false``."""
-    with open(file, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows([[_cell(value) for value in row] for row in rows])
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, bool | np.bool_):
-        return str(bool(value)).lower()
-    if isinstance(value, float | np.floating):
-        return repr(float(value))
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 # --- reading runs back: what figures and tables are drawn from ------------------------------
 
-SWEEP_ID_TAG = "embsvd.sweep_id"  # on a sweep's parent and children: filter a sweep by name
-# step series and CSV artifacts that tools reading a sweep back use
+# step series that tools reading a sweep back use (the tables: artifacts.TABLES_READ)
 SERIES_READ = (
     "singular_value",
     "explained_variance_ratio",
     "interval/singular_value_lo",
     "interval/singular_value_hi",
 )
-TABLES_READ = (
-    "top_tokens.csv",
-    "null_spectrum.csv",
-    "projection_histogram.csv",
-    "group_projections.csv",
-)
-
-
-def sweep_id(sweep_name: str) -> str:
-    """A sweep's id, which also names its folder of figures: the parent run's name
-    without ``sweep/``, anything but letters, digits, ``.`` and ``-`` turned into ``_``
-    (``sweep/seed_replication/2026-11-28 07-57-50`` -> ``seed_replication_2026-11-28_07-57-50``)."""
-    return file_safe(sweep_name.removeprefix("sweep/"))
-
-
-def file_safe(name: str) -> str:
-    """``name`` with every run of characters other than letters, digits, ``.`` and ``-``
-    turned into one ``_``: fit for a file or folder name."""
-    return re.sub(r"[^A-Za-z0-9.\-]+", "_", name).strip("_")
 
 
 @dataclass(frozen=True)
@@ -402,7 +407,9 @@ class LoggedRun:
     """A FINISHED run as read back from a tracking store.
 
     ``series`` holds the step series of ``SERIES_READ`` that the run logged (ordered by
-    step), ``tables`` the CSV artifacts of ``TABLES_READ`` it logged, as rows of strings.
+    step), ``tables`` the CSV artifacts of ``artifacts.TABLES_READ`` it logged, as rows
+    of strings. The name must be a ``run_name``: a run that is not is refused here, when
+    it is read, rather than drawn under a wrong label.
     """
 
     run_id: str
@@ -413,26 +420,33 @@ class LoggedRun:
     series: Mapping[str, tuple[float, ...]]
     tables: Mapping[str, tuple[Mapping[str, str], ...]]
 
+    def __post_init__(self) -> None:
+        parse_run_name(self.name)
+
+    @property
+    def name_parts(self) -> RunName:
+        return parse_run_name(self.name)
+
     @property
     def model_label(self) -> str:
         """The run name's model part: ``<model>[@<revision>][:output]``."""
-        return self.name.rsplit("/", 2)[0]
+        return self.name_parts.model
 
     @property
     def target(self) -> str:
-        return self.tags.get("embsvd.target_group", self.name.rsplit("/", 2)[1])
+        return self.name_parts.target
 
     @property
     def variant(self) -> str:
         """The run name's last part: ``centered`` or ``raw``, with ``+unit_rows`` and
         ``+whitened`` where they apply."""
-        return self.name.rsplit("/", 2)[-1]
+        return self.name_parts.variant
 
     @property
     def space(self) -> str:
         """The geometry the group means live in (centering does not change them): the
         variant without ``centered``/``raw``, e.g. ``+whitened``, or ``""``."""
-        return self.variant.removeprefix("centered").removeprefix("raw")
+        return self.name_parts.space
 
     def table(self, file: str) -> tuple[Mapping[str, str], ...]:
         """The rows of a CSV artifact; empty when the run did not log it."""

@@ -18,13 +18,13 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from embsvd.tracking import contract
-from embsvd.tracking.sweeps import SKIPPED_TAG_PREFIX
+from embsvd.tracking import artifacts, contract
+from embsvd.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
 MAX_RUNS = 5000  # a sweep larger than this is read in part: search_runs' page
 PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-SWEEP_PARENTS = "tags.`embsvd.role` = 'sweep'"
+SWEEP_PARENTS = f"tags.`{Tag.ROLE}` = '{contract.SWEEP_ROLE}'"
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
     scope = _scope(experiments, selection.experiment, tracking_uri)
     if selection.filter_string:
         runs = _search(client, scope, selection.filter_string)
-        runs = [r for r in runs if r.data.tags.get("embsvd.role") != "sweep"]
+        runs = [r for r in runs if r.data.tags.get(Tag.ROLE) != contract.SWEEP_ROLE]
         experiment = experiments[scope[0]]  # the one experiment a filter searches
         digest = hashlib.sha256(selection.filter_string.encode()).hexdigest()[:8]
         name = selection.name or f"{experiment}_filter_{digest}"
@@ -72,9 +72,7 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
     else:
         parent = _parent(client, scope, selection, tracking_uri)
         runs = _children(client, list(experiments), parent)
-        name = parent.data.tags.get(contract.SWEEP_ID_TAG) or contract.sweep_id(
-            parent.info.run_name
-        )
+        name = parent.data.tags.get(Tag.SWEEP_ID) or contract.sweep_id(parent.info.run_name)
         described = f"sweep {name!r} (parent run {parent.info.run_id})"
     if not runs:
         raise ValueError(f"{described} in {tracking_uri}: no runs match; {_hint(client, scope)}")
@@ -148,7 +146,7 @@ def _parent(client: MlflowClient, scope: list[str], selection: SweepSelection, u
         return parent
     filter_string = SWEEP_PARENTS
     if selection.sweep_id:
-        filter_string += f" and tags.`{contract.SWEEP_ID_TAG}` = '{selection.sweep_id}'"
+        filter_string += f" and tags.`{Tag.SWEEP_ID}` = '{selection.sweep_id}'"
     parents = client.search_runs(
         scope, filter_string, max_results=2, order_by=["attributes.start_time DESC"]
     )
@@ -156,7 +154,7 @@ def _parent(client: MlflowClient, scope: list[str], selection: SweepSelection, u
         if selection.sweep_id:
             which = f"sweep.sweep_id={selection.sweep_id!r}: no sweep with this id in {uri}"
         else:
-            which = f"no sweep in {uri} (no run is tagged embsvd.role=sweep)"
+            which = f"no sweep in {uri} (no run is tagged {Tag.ROLE}={contract.SWEEP_ROLE})"
         raise ValueError(f"{which}; {_hint(client, scope)}")
     if len(parents) > 1 and selection.sweep_id:
         log.info("sweep id %s has several parent runs: taking the latest", selection.sweep_id)
@@ -165,12 +163,8 @@ def _parent(client: MlflowClient, scope: list[str], selection: SweepSelection, u
 
 def _children(client: MlflowClient, experiment_ids: list[str], parent: Run) -> list[Run]:
     """The parent's children in any experiment, and the runs a resumed sweep reused."""
-    runs = _search(client, experiment_ids, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    reused = {  # job number -> the FINISHED run with its config
-        int(key.removeprefix(SKIPPED_TAG_PREFIX)): run_id
-        for key, run_id in parent.data.tags.items()
-        if key.startswith(SKIPPED_TAG_PREFIX)
-    }
+    runs = _search(client, experiment_ids, f"tags.`{Tag.PARENT_RUN_ID}` = '{parent.info.run_id}'")
+    reused = contract.skipped_jobs(parent.data.tags)  # job number -> the run with its config
     runs += [client.get_run(run_id) for _, run_id in sorted(reused.items())]
     job = {run_id: job_num for job_num, run_id in reused.items()}
     return sorted(runs, key=lambda r: (_job_num(r, job), r.info.start_time, r.info.run_id))
@@ -179,7 +173,7 @@ def _children(client: MlflowClient, experiment_ids: list[str], parent: Run) -> l
 def _job_num(run: Run, reused: dict[str, int]) -> int:
     if run.info.run_id in reused:
         return reused[run.info.run_id]
-    return int(run.data.tags.get("embsvd.job_num", 10**9))
+    return int(run.data.tags.get(Tag.JOB_NUM, 10**9))
 
 
 def _one_experiment(runs: list[Run], experiments: dict[str, str], described: str) -> None:
@@ -203,7 +197,7 @@ def _hint(client: MlflowClient, scope: list[str]) -> str:
         max_results=5,
         order_by=["attributes.start_time DESC"],
     )
-    ids = [r.data.tags.get(contract.SWEEP_ID_TAG) or r.info.run_id for r in recent]
+    ids = [r.data.tags.get(Tag.SWEEP_ID) or r.info.run_id for r in recent]
     if not ids:
         return (
             "run a sweep with experiments/run.py -m (make run), or choose runs with "
@@ -226,7 +220,7 @@ def _logged_run(
     }
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     tables = {}
-    for file in contract.TABLES_READ:
+    for file in artifacts.TABLES_READ:
         if file in logged:
             local = client.download_artifacts(run.info.run_id, file, str(scratch))
             text = Path(local).read_text(encoding="utf-8")

@@ -25,7 +25,8 @@ from mlflow.utils.validation import (
 from embsvd.checks.run import RigorResult
 from embsvd.groups import TokenGroup
 from embsvd.method.analysis import AnalysisResult
-from embsvd.tracking import contract
+from embsvd.tracking import artifacts, contract
+from embsvd.tracking.contract import Tag
 from embsvd.tracking.store import TrackingStore
 
 
@@ -47,7 +48,8 @@ class RunLogger:
         self._staging: Path | None = None  # artifacts waiting for flush()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        items = {k: RunTag(k, str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()}
+        # str(k): a Tag member becomes the plain string MLflow's entities expect
+        items = {str(k): RunTag(str(k), str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()}
         self._tags.update(items)
         if not self.buffered:
             self.flush()
@@ -111,7 +113,7 @@ def start_run(
 ) -> RunLogger:
     """Create a RUNNING run (a child when ``tags`` has ``mlflow.parentRunId``)."""
     run = store.client.create_run(
-        store.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+        store.experiment_id, run_name=run_name, tags={str(k): str(v) for k, v in tags.items()}
     )
     return RunLogger(store.client, run.info.run_id, buffered)
 
@@ -131,7 +133,7 @@ def tracked_run(
     try:
         yield logger
     except Exception as error:
-        logger.set_tags({"embsvd.error": f"{type(error).__name__}: {error}"})
+        logger.set_tags({Tag.ERROR: f"{type(error).__name__}: {error}"})
         logger.log_text(traceback.format_exc(), "error.txt")
         _end(store, logger, RunStatus.FAILED)
         raise
@@ -154,7 +156,7 @@ def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) ->
     """``groups.json`` and the ``n_tokens`` metric (size of the target group)."""
     payload = {name: group.to_dict() for name, group in groups.items()}
     run.log_text(json.dumps(payload, indent=2, ensure_ascii=False), "groups.json")
-    run.log_metrics([("n_tokens", len(groups[target].kept), 0)])
+    run.log_metrics([(contract.N_TOKENS, len(groups[target].kept), 0)])
 
 
 def log_result(run: RunLogger, result: AnalysisResult, rigor: RigorResult) -> None:
@@ -163,5 +165,5 @@ def log_result(run: RunLogger, result: AnalysisResult, rigor: RigorResult) -> No
     run.set_tags(contract.result_tags(result, rigor))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        contract.write_tables(result, rigor, folder)
+        artifacts.write_tables(result, rigor, folder)
         run.log_folder(folder)

@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from embsvd.tracking.contract import Tag
+
 DEFAULT_EXPERIMENT = "embsvd"
 STORE_FOLDER = "mlruns"  # under the project root: mlflow.db and artifacts/
 # MLflow 3's UI opens an experiment of this kind on its runs table (with the charts and
 # the compare view), not on the GenAI traces overview
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = (EXPERIMENT_KIND_TAG, "custom_model_development")
+EXPERIMENT_KIND = (str(Tag.EXPERIMENT_KIND), "custom_model_development")
 
 
-def resolve_tracking_uri(configured: str | None, project_root: Path) -> str:
+def resolve_tracking_uri(configured: str | None, project_root: Callable[[], Path]) -> str:
     """The tracking URI: the config's, else ``MLFLOW_TRACKING_URI``, else the project's
-    sqlite store ``<project_root>/mlruns/mlflow.db`` (whatever the working directory)."""
+    sqlite store ``<project_root()>/mlruns/mlflow.db`` (whatever the working directory).
+    The project folder is asked for only when needed: a job given a URI needs none."""
     if configured:
         return configured
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    return f"sqlite:///{(project_root / STORE_FOLDER / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(project_root() / STORE_FOLDER / 'mlflow.db').resolve()}"
 
 
 def default_artifact_root(tracking_uri: str) -> Path | None:
@@ -48,7 +51,7 @@ class TrackingStore:
     def _experiment_id(self, name: str, artifact_root: Path | None) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
-            if EXPERIMENT_KIND_TAG not in found.tags:  # a store made by an earlier embsvd
+            if Tag.EXPERIMENT_KIND not in found.tags:  # a store made by an earlier embsvd
                 self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
             return found.experiment_id
         # MLflow's default artifact location is relative to the working directory
@@ -76,7 +79,7 @@ class TrackingStore:
 
     def children(self, parent_run_id: str) -> list[RunRecord]:
         """The runs whose ``mlflow.parentRunId`` is ``parent_run_id``, oldest first."""
-        return self.find_runs(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+        return self.find_runs(f"tags.`{Tag.PARENT_RUN_ID}` = '{parent_run_id}'")
 
     def metric_history(self, run_id: str, key: str) -> list[float]:
         """A step series, ordered by step."""

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 from mlflow.entities import RunStatus
 
+from embsvd.tracking import contract
+from embsvd.tracking.artifacts import COLUMNS, Table
+from embsvd.tracking.contract import Tag
 from embsvd.tracking.runs import RunLogger
 from embsvd.tracking.store import RunRecord, TrackingStore
 
 # --- sweeps: a parent run and its children ------------------------------------------------
-
-SKIPPED_TAG_PREFIX = "embsvd.skipped."  # + job number, on the parent: the run it reuses
-CHILD_COLUMNS = ["job_num", "run_id", "name", "status", "overrides", "error"]
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,11 @@ def finish_sweep(
     for child in store.children(parent_run_id):
         if child.status == "RUNNING":
             logger = RunLogger(store.client, child.run_id)
-            logger.set_tags({"embsvd.error": "still RUNNING when its sweep ended"})
+            logger.set_tags({Tag.ERROR: "still RUNNING when its sweep ended"})
             store.client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.KILLED))
     children = store.children(parent_run_id)
     parent = store.client.get_run(parent_run_id)
-    skipped = {
-        key.removeprefix(SKIPPED_TAG_PREFIX): value
-        for key, value in parent.data.tags.items()
-        if key.startswith(SKIPPED_TAG_PREFIX)
-    }
+    skipped = {str(job): run_id for job, run_id in contract.skipped_jobs(parent.data.tags).items()}
     statuses = [c.status for c in children]
     if interrupted or "KILLED" in statuses:
         status = "KILLED"
@@ -62,15 +58,9 @@ def finish_sweep(
     outcome = SweepOutcome(status, children, skipped)
     logger = RunLogger(store.client, parent_run_id)
     if status == "FAILED" and "FAILED" not in statuses:
-        logger.set_tags({"embsvd.error": "the sweep stopped before its jobs reported"})
-    logger.log_metrics(
-        [
-            ("n_children", len(children), 0),
-            *((f"n_{s.lower()}", statuses.count(s), 0) for s in ("FINISHED", "FAILED", "KILLED")),
-            ("n_skipped", len(skipped), 0),
-        ]
-    )
-    logger.log_text(_children_csv(children), "children.csv")
+        logger.set_tags({Tag.ERROR: "the sweep stopped before its jobs reported"})
+    logger.log_metrics(contract.sweep_metrics(statuses, len(skipped)))
+    logger.log_text(_children_csv(children), Table.CHILDREN)
     logger.log_text(format_sweep_table(children) + "\n", "sweep_summary.txt")
     store.client.set_terminated(parent_run_id, status)
     return outcome
@@ -79,16 +69,16 @@ def finish_sweep(
 def _children_csv(children: list[RunRecord]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CHILD_COLUMNS)
+    writer.writerow(COLUMNS[Table.CHILDREN])
     for child in children:
         writer.writerow(
             [
-                child.tags.get("embsvd.job_num", ""),
+                child.tags.get(Tag.JOB_NUM, ""),
                 child.run_id,
                 child.name,
                 child.status,
-                child.tags.get("embsvd.overrides", ""),
-                child.tags.get("embsvd.error", ""),
+                child.tags.get(Tag.OVERRIDES, ""),
+                child.tags.get(Tag.ERROR, ""),
             ]
         )
     return buffer.getvalue()
@@ -124,13 +114,13 @@ def format_sweep_table(runs: list[RunRecord]) -> str:
 
 def _correlations(run: RunRecord, prefix: str) -> str:
     """``other=+0.016 (15)`` for every metric ``<prefix>/<a>__<b>`` with the target."""
-    target = run.tags.get("embsvd.target_group", "?")
+    target = run.tags.get(Tag.TARGET_GROUP, "?")
     correlations = []
     for key, value in sorted(run.metrics.items()):
-        if key.startswith(f"{prefix}/"):
-            a, b = key.removeprefix(f"{prefix}/").split("__")
+        if (pair := contract.split_pair_metric(key, prefix)) is not None:
+            a, b = pair
             if target in (a, b):
-                percentile = run.metrics.get(f"null/{key}/percentile")
+                percentile = run.metrics.get(contract.null_metric(key, "percentile"))
                 null = f" ({percentile:.0f})" if percentile is not None else ""
                 correlations.append(f"{b if a == target else a}={value:+.3f}{null}")
     return " ".join(correlations) or "-"
@@ -146,6 +136,6 @@ def _row(run: RunRecord) -> list[str]:
         _correlations(run, "group_mean_corr_centered"),
         f"{ratio:.2e}" if ratio is not None else "-",
         f"{stability:.2f}" if stability is not None else "-",
-        run.tags.get("embsvd.axis0.top", "-"),
-        run.tags.get("embsvd.axis0.bottom", "-"),
+        run.tags.get(Tag.AXIS0_TOP, "-"),
+        run.tags.get(Tag.AXIS0_BOTTOM, "-"),
     ]

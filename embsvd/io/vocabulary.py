@@ -1,0 +1,108 @@
+"""What the analysis and its checks need to know about a checkpoint's tokens.
+
+The analysis reports token strings and skips special tokens; the checks also draw random
+groups of real words matched on norm and frequency, and correlate the axes with token
+norm and length. All of it is a property of the vocabulary, not of one run, so it is
+read once per checkpoint (``Checkpoint.vocabulary``) and handed to ``analyze`` and
+``run_checks`` as one value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from embsvd.io.frequency import TokenFrequencies, token_frequencies
+
+NORM_BLOCK_ROWS = 8192  # rows of a (memory-mapped) matrix read at a time for the norms
+
+
+@dataclass(frozen=True, eq=False)
+class Vocabulary:
+    """The tokens of one token matrix: strings, special ids, marker, norms, frequencies.
+
+    Build it with ``Checkpoint.vocabulary`` (or ``Vocabulary.from_matrix`` for a matrix
+    of your own); the word frequencies are read on first use and kept.
+
+    Attributes:
+        token_strings: The token string of every row, ``(d_vocab,)``; ``None`` for rows
+            the tokenizer lacks (padding rows of a rounded-up vocabulary).
+        token_norms: Euclidean norm of every stored row, ``(d_vocab,)``, before any
+            transform of the matrix: the confound the axes are correlated with.
+        special_ids: Ids of the special tokens ([CLS], <s>, ...): never reported, drawn,
+            ranked or correlated.
+        marker: The word-start marker (``Ġ`` byte-level BPE, ``▁`` SentencePiece), or
+            ``None`` for vocabularies without word-initial forms (WordPiece).
+        cache_dir: Where the frequency table is kept between processes (under
+            ``frequency/``); ``None``: computed in memory only.
+    """
+
+    token_strings: tuple[str | None, ...]
+    token_norms: np.ndarray
+    special_ids: frozenset[int] = frozenset()
+    marker: str | None = None
+    cache_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        # frozen: normalise the containers once, so that every reader gets the same types
+        object.__setattr__(self, "token_strings", tuple(self.token_strings))
+        object.__setattr__(self, "special_ids", frozenset(int(i) for i in self.special_ids))
+        if len(self.token_norms) != len(self.token_strings):
+            raise ValueError(
+                f"token_norms: {len(self.token_norms)} norms for {len(self.token_strings)} "
+                "token strings; give one per row of the matrix"
+            )
+        outside = sorted(i for i in self.special_ids if not 0 <= i < len(self.token_strings))
+        if outside:
+            raise ValueError(
+                f"special_ids: {outside} are not rows of a {len(self.token_strings)}-token "
+                "vocabulary"
+            )
+
+    @classmethod
+    def from_matrix(
+        cls,
+        W: np.ndarray,
+        token_strings: Sequence[str | None],
+        special_ids: Collection[int] = (),
+        *,
+        marker: str | None = None,
+        cache_dir: Path | None = None,
+    ) -> Vocabulary:
+        """The vocabulary of a stored matrix ``W`` (``(d_vocab, d_model)``), its norms
+        computed here.
+
+        Raises:
+            ValueError: ``token_strings`` does not have one string per row of ``W``.
+        """
+        if len(token_strings) != W.shape[0]:
+            raise ValueError(
+                f"token_strings: {len(token_strings)} strings for {W.shape[0]} rows of W"
+            )
+        return cls(tuple(token_strings), row_norms(W), frozenset(special_ids), marker, cache_dir)
+
+    @property
+    def d_vocab(self) -> int:
+        return len(self.token_strings)
+
+    @cached_property
+    def frequencies(self) -> TokenFrequencies:
+        """The word frequency of every token (what a matched null matches on); computed
+        on first use (a second or so for a large vocabulary), then kept here and in
+        ``cache_dir``."""
+        return token_frequencies(self.token_strings, self.marker, self.special_ids, self.cache_dir)
+
+
+def row_norms(W: np.ndarray) -> np.ndarray:
+    """``np.linalg.norm(W, axis=1)``, ``(d_vocab,)``, in blocks of rows: a large
+    memory-mapped matrix is read once, without a squared copy of the whole of it."""
+    return np.concatenate(
+        [
+            np.linalg.norm(W[start : start + NORM_BLOCK_ROWS], axis=1)
+            for start in range(0, W.shape[0], NORM_BLOCK_ROWS)
+        ]
+    )
