@@ -53,7 +53,7 @@ _MODULE_OF = {
     "global_svd": "method.geometry",
     "run_checks": "checks.run",
     "ChecksConfig": "checks.run",
-    "RigorResult": "checks.run",
+    "ChecksResult": "checks.run",
 }
 __all__ = [  # _MODULE_OF's names, spelt out for linters and type checkers
     "__version__",
@@ -74,11 +74,11 @@ __all__ = [  # _MODULE_OF's names, spelt out for linters and type checkers
     "global_svd",
     "run_checks",
     "ChecksConfig",
-    "RigorResult",
+    "ChecksResult",
 ]
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
-    from embsvd.checks.run import ChecksConfig, RigorResult, run_checks
+    from embsvd.checks.run import ChecksConfig, ChecksResult, run_checks
     from embsvd.groups import GroupSpec, TokenGroup, select_single_tokens
     from embsvd.io.checkpoint import load_checkpoint
     from embsvd.io.spec import Checkpoint, CheckpointSpec

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from embsvd.checks.run import RigorResult, run_checks
+from embsvd.checks.run import ChecksResult, run_checks
 from embsvd.checks.stability import resample_stability
 from embsvd.groups import TokenForms, TokenGroup, select_single_tokens
 from embsvd.io.checkpoint import load_checkpoint
@@ -35,14 +35,14 @@ class Bundled:
     groups: dict[str, TokenGroup]
     components: GlobalSVD
 
-    def analyse(self, target: str, center: bool = True) -> tuple[AnalysisResult, RigorResult]:
+    def analyse(self, target: str, center: bool = True) -> tuple[AnalysisResult, ChecksResult]:
         """The job's analysis and checks with the defaults of conf/analysis/default.yaml:
         the centered and decorrelated (top global component removed) r, and every check."""
         W, vocab = self.checkpoint.W, self.checkpoint.vocabulary
         reference = MeanReference(self.components.mean, self.components.Vt[:1])
         result = analyze(W, self.groups, target, vocab, center=center, reference=reference)
-        rigor = run_checks(W, self.groups, result, vocab, global_components=self.components)
-        return result, rigor
+        checks = run_checks(W, self.groups, result, vocab, global_components=self.components)
+        return result, checks
 
 
 def bundled(model: str, groups: list[str]) -> Bundled:
@@ -64,12 +64,12 @@ def model(request) -> Bundled:
 
 
 @pytest.fixture(scope="module")
-def digits_run(model: Bundled) -> tuple[Bundled, AnalysisResult, RigorResult]:
+def digits_run(model: Bundled) -> tuple[Bundled, AnalysisResult, ChecksResult]:
     return (model, *model.analyse("digits"))
 
 
-def percentile(rigor: RigorResult, variant: str, pair: tuple[str, str]) -> float:
-    return rigor.null.group_mean_corr[variant][pair].percentile
+def percentile(checks: ChecksResult, variant: str, pair: tuple[str, str]) -> float:
+    return checks.null.group_mean_corr[variant][pair].percentile
 
 
 def test_corrected_correlations_see_the_positive_control_and_not_the_unrelated_pair(
@@ -80,16 +80,16 @@ def test_corrected_correlations_see_the_positive_control_and_not_the_unrelated_p
     enough; on SmolLM2 random real words keep a shared direction after centering
     (their centered means correlate at r ~ 0.6-0.8), which removing the vocabulary's
     first component takes out."""
-    model, result, rigor = digits_run
+    model, result, checks = digits_run
     related, unrelated = ("digits", "number_words"), ("digits", "eu_countries")
-    assert percentile(rigor, "decorrelated", related) >= 95.0
-    assert percentile(rigor, "decorrelated", unrelated) < 95.0
-    assert percentile(rigor, "centered", unrelated) < 95.0
+    assert percentile(checks, "decorrelated", related) >= 95.0
+    assert percentile(checks, "decorrelated", unrelated) < 95.0
+    assert percentile(checks, "centered", unrelated) < 95.0
     if model.checkpoint.name == "all_minilm_l6_v2":
-        assert percentile(rigor, "centered", related) >= 95.0
-        assert percentile(rigor, "raw", related) >= 95.0
+        assert percentile(checks, "centered", related) >= 95.0
+        assert percentile(checks, "raw", related) >= 95.0
     else:
-        null = rigor.null.group_mean_corr["centered"][related]
+        null = checks.null.group_mean_corr["centered"][related]
         assert null.mean > 0.5  # what centering leaves of SmolLM2's anisotropy
     # the observed corrected r: the vocabulary mean and first component taken out
     W = model.checkpoint.W
@@ -97,13 +97,13 @@ def test_corrected_correlations_see_the_positive_control_and_not_the_unrelated_p
     axis = model.components.Vt[0]
     shifted = [m - model.components.mean for m in means]
     shifted = [m - (m @ axis) * axis for m in shifted]
-    observed = rigor.null.group_mean_corr["decorrelated"][related].observed
+    observed = checks.null.group_mean_corr["decorrelated"][related].observed
     assert observed == pytest.approx(np.corrcoef(shifted)[0, 1], abs=1e-12)
 
 
 def test_the_null_is_matched_on_norm_and_frequency_and_holm_can_reach_alpha(digits_run):
-    _, _, rigor = digits_run
-    null = rigor.null
+    _, _, checks = digits_run
+    null = checks.null
     assert null.match.startswith("norm_frequency: each member replaced by one of its 50")
     assert "frequency: wordfreq" in null.match
     assert null.diagnostics["norm_ratio_median"] == pytest.approx(1.0, abs=0.05)

@@ -231,3 +231,23 @@ def test_readme_notebook_example_runs(tmp_path: Path) -> None:
         timeout=900,
     )
     assert done.returncode == 0, f"README's python example failed:\n{done.stderr[-4000:]}"
+
+
+def test_the_module_map_lists_every_module_of_the_package() -> None:
+    """docs/README.md's table names each module once; a module added, moved or removed
+    without the map changing fails here."""
+    package = PROJECT_ROOT / "embsvd"
+    modules = {
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py" and "__pycache__" not in path.parts
+    }
+    table = (DOCS / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    listed = set()
+    for row in rows:
+        first_cell = row.split("|")[1]
+        names = re.findall(r"`([\w/]+\.py)`", first_cell)
+        folder = names[0].rsplit("/", 1)[0] + "/" if "/" in names[0] else ""
+        listed |= {name if "/" in name else folder + name for name in names}
+    assert listed == modules

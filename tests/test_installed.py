@@ -58,6 +58,12 @@ def installed_python(tmp_path_factory):
     return python
 
 
+def bare_environment(home: Path) -> dict[str, str]:
+    """No PYTHONPATH, no store or cache settings of the calling shell: only the venv's
+    own paths decide what ``import embsvd`` finds."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+
+
 def _pycache(folder, names):
     return [n for n in names if n == "__pycache__"]
 
@@ -69,6 +75,7 @@ def test_the_wheel_holds_the_library_and_not_the_checkout(installed_python):
         capture_output=True,
         text=True,
         cwd="/",
+        env=bare_environment(installed_python.parents[1]),
     ).stdout.strip()
     assert str(installed_python.parents[1]) in where
     assert str(PROJECT_ROOT) not in where
@@ -83,7 +90,12 @@ def test_an_installed_embsvd_runs_a_project_from_anywhere(installed_python, tmp_
     run = [installed_python, str(project / "experiments" / "run.py")]
 
     shown = subprocess.run(
-        [*run, "--cfg", "job"], cwd=elsewhere, capture_output=True, text=True, check=True
+        [*run, "--cfg", "job"],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=bare_environment(tmp_path),
     )
     assert "target: digits" in shown.stdout
 
@@ -94,7 +106,7 @@ def test_an_installed_embsvd_runs_a_project_from_anywhere(installed_python, tmp_
         cwd=elsewhere,
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
+        env={**bare_environment(tmp_path), "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (project / "mlruns" / "mlflow.db").is_file()  # the project's own store

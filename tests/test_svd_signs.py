@@ -97,7 +97,7 @@ def test_the_torch_path_gives_numpys_axes_and_signs(monkeypatch, center):
         calls.append(device)
         return svd_on(M, device)
 
-    # decompose imports svd_on when it runs: the spy proves the torch path was taken
+    # decompose calls backend.svd_on: the spy proves the torch path was taken
     monkeypatch.setattr("embsvd.method.backend.svd_on", spied_svd_on)
     M = np.random.default_rng(6).normal(size=(10, 24)) + 0.5
     numpy_svd = decompose(M, center)

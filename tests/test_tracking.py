@@ -16,11 +16,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
-from embsvd.checks.run import RigorResult
+from embsvd.checks.run import ChecksResult
 from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import analyze
 from tests.conftest import token_group, with_ctrl_c
-from tests.test_rigor import checked, world
+from tests.test_checks import checked, world
 
 
 def make_store(uri: str, name: str, artifact_root: Path | None = None) -> tracking.TrackingStore:
@@ -157,7 +157,7 @@ def test_log_result_writes_the_contract(session_store):
     result, groups = small_result()
     with tracking.tracked_run(store, "m/b_group/centered", {}) as run:
         tracking.log_groups(run, groups, "b_group")
-        tracking.log_result(run, result, RigorResult(random_state=0))
+        tracking.log_result(run, result, ChecksResult(random_state=0))
     client = store.client
     data = client.get_run(run.run_id).data
     assert data.metrics["n_tokens"] == 4
@@ -233,7 +233,7 @@ def test_log_result_writes_the_contract(session_store):
     }
 
 
-# the names the rigor issue promises to tools that read runs
+# the names the checks issue promises to tools that read runs
 CHECK_METRICS = [
     "s1_share",
     *(f"null/s1_share/{s}" for s in ("mean", "sd", "percentile", "p_value")),
@@ -262,13 +262,13 @@ CHECK_METRICS = [
 def test_log_result_writes_the_checks_contract(session_store):
     store = make_store(session_store, "checks-contract")
     W, groups = world(planted=True)
-    result, rigor = checked(W, groups)
+    result, checks = checked(W, groups)
     with tracking.tracked_run(store, "m/ordered/centered", {}) as run:
-        tracking.log_result(run, result, rigor)
+        tracking.log_result(run, result, checks)
     client = store.client
     data = client.get_run(run.run_id).data
     assert set(CHECK_METRICS) <= set(data.metrics)
-    null = rigor.null
+    null = checks.null
     assert data.metrics["null/s1_share/percentile"] == null.s1_share.percentile == 100.0
     p_holm = data.metrics["null/group_mean_corr/ordered__other/p_holm"]
     assert p_holm == pytest.approx(null.p_holm["group_mean_corr/ordered__other"])
@@ -278,14 +278,14 @@ def test_log_result_writes_the_checks_contract(session_store):
         history = sorted(client.get_metric_history(run.run_id, key), key=lambda m: m.step)
         return [m.value for m in history]
 
-    np.testing.assert_allclose(series("stability/axis_cos"), rigor.stability.axis_cos)
+    np.testing.assert_allclose(series("stability/axis_cos"), checks.stability.axis_cos)
     np.testing.assert_allclose(
-        series("interval/singular_value_lo"), rigor.stability.singular_value_lo
+        series("interval/singular_value_lo"), checks.stability.singular_value_lo
     )
-    assert data.tags["embsvd.interval_method"] == rigor.stability.method
-    assert data.metrics["stability/axis0_cos"] == pytest.approx(rigor.stability.axis_cos[0])
+    assert data.tags["embsvd.interval_method"] == checks.stability.method
+    assert data.metrics["stability/axis0_cos"] == pytest.approx(checks.stability.axis_cos[0])
     assert data.metrics["confound/spearman_norm"] == pytest.approx(
-        rigor.confounds.spearman["norm"][0]
+        checks.confounds.spearman["norm"][0]
     )
     assert data.tags["embsvd.random_state"] == "0"
     assert "ASCII letters or digits" in data.tags["embsvd.null_pool"]
@@ -309,11 +309,11 @@ def test_log_result_writes_the_checks_contract(session_store):
     assert pair["variant"] == "raw"
     assert float(pair["p_holm"]) == null.p_holm["group_mean_corr/ordered__other"]
     stability = table("stability.csv")
-    assert [float(r["axis_cos"]) for r in stability] == list(rigor.stability.axis_cos)
+    assert [float(r["axis_cos"]) for r in stability] == list(checks.stability.axis_cos)
     assert {r["degenerate"] for r in stability} <= {"true", "false"}
     heldout = table("heldout.csv")
-    assert len(heldout) == len(rigor.heldout.words) == 16
-    assert float(heldout[0]["subspace_rank_pct"]) == rigor.heldout.words[0].subspace_rank_pct
+    assert len(heldout) == len(checks.heldout.words) == 16
+    assert float(heldout[0]["subspace_rank_pct"]) == checks.heldout.words[0].subspace_rank_pct
     confounds = table("confounds.csv")
     assert len(confounds) == 3 * 3  # three properties, three components
     assert len(table("stability_loo.csv")) == 10 * 3

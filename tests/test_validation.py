@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from embsvd.checks.matching import NULL_MATCHES, NullMatch
-from embsvd.figures.paper import FigureFormat
+from embsvd.figures.style import FigureFormat
 from embsvd.groups import FORMS, ORDERS, Form, GroupSpec, Order
 from embsvd.io.checkpoint import MATRICES
 from embsvd.io.spec import CheckpointSpec, Matrix

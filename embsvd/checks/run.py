@@ -102,7 +102,7 @@ class ChecksConfig:
 
 
 @dataclass(frozen=True)
-class RigorResult:
+class ChecksResult:
     """What the checks found; ``None`` for a check that is switched off."""
 
     random_state: int
@@ -147,7 +147,7 @@ def run_checks(
     config: ChecksConfig | None = None,
     *,
     global_components: GlobalSVD | None = None,
-) -> RigorResult:
+) -> ChecksResult:
     """Run the checks ``config`` switches on for ``result``, the analysis of ``W``.
 
     Args:
@@ -231,7 +231,7 @@ def run_checks(
             frequencies=frequencies.zipf[target.token_ids],
             rng=order_rng,
         )
-    return RigorResult(random_state=config.random_state, **checks)
+    return ChecksResult(random_state=config.random_state, **checks)
 
 
 def _null(

@@ -24,67 +24,28 @@ import shutil
 import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from enum import StrEnum
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import seaborn as sns
 
 from embsvd.figures import data as figure_data
 from embsvd.figures import tables as paper_tables
 from embsvd.figures.data import Row
 from embsvd.figures.run_figures import label_above
+from embsvd.figures.style import RC, UNDATED, FigureStyle
 from embsvd.tracking.artifacts import Table, write_csv
 from embsvd.tracking.contract import LoggedRun, Sweep, file_safe
 
-
-class FigureFormat(StrEnum):
-    """A file format of the figure set (``formats`` in ``conf/figures.yaml``): one that
-    ``UNDATED`` knows how to write without a timestamp. Members are named as their values
-    because OmegaConf matches and lists an enum by name."""
-
-    pdf = "pdf"
-    png = "png"
-    svg = "svg"
-
-
-# no creation date or software version in the files: drawing again writes the same bytes
-UNDATED = {"pdf": {"CreationDate": None}, "png": {"Software": None}, "svg": {"Date": None}}
 LABEL_FONT_SIZE = 6  # points: token labels on the axis figures
 LABEL_GAP = LABEL_FONT_SIZE * 1.6 / 72  # inches between rotated labels: a line and a bit
-RC = {
-    "pdf.fonttype": 42,  # TrueType, embedded: journals reject Type 3 fonts
-    "ps.fonttype": 42,
-    "font.family": "DejaVu Sans",  # ships with matplotlib, so every machine draws the same
-    "font.size": 7,
-    "axes.titlesize": 7,
-    "axes.labelsize": 7,
-    "xtick.labelsize": 6,
-    "ytick.labelsize": 6,
-    "legend.fontsize": 6,
-    "axes.linewidth": 0.6,
-    "lines.linewidth": 1.0,
-    "lines.markersize": 3,
-    "svg.hashsalt": "embsvd",
-}
 
 
-@dataclass(frozen=True)
-class FigureStyle:
-    """How the figure set is drawn: widths in inches (defaults: a two-column paper's
-    column and text widths), formats, PNG resolution, the significance level marked on
-    the correlation heatmaps and the tokens per end in tables and overlaps."""
-
-    column_width: float = 3.25
-    text_width: float = 6.75
-    formats: tuple[str, ...] = ("pdf", "png")
-    dpi: int = 300
-    alpha: float = 0.05
-    top_k: int = 10
-
-
-def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle = FigureStyle()) -> list[Path]:
+def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle | None = None) -> list[Path]:
     """Write the sweep's figures and tables into ``folder`` (replacing what was there)
     and return the files written, sorted.
 
@@ -100,6 +61,7 @@ def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle = FigureStyl
     - ``top_tokens`` (.csv, .md, .tex);
     - with more than one model, ``cross_model_spectra`` and ``cross_model_overlap``.
     """
+    style = style or FigureStyle()
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -137,27 +99,18 @@ def _draw_all(sweep: Sweep, staging: Path, style: FigureStyle) -> None:
 @contextmanager
 def _theme() -> Iterator[None]:
     """seaborn's paper theme for the block only: rcParams are restored after it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
+    matplotlib.use("Agg")  # files only: no window, whatever the environment's default
     with plt.rc_context():
         sns.set_theme(context="paper", style="ticks", palette="colorblind", rc=RC)
         yield
 
 
 def _palette(n: int) -> list:
-    import seaborn as sns
-
     return sns.color_palette("colorblind", max(n, 1))
 
 
 def _save(fig, rows: Sequence[Row], stem: Path, style: FigureStyle) -> None:
     """The figure in every format, and the rows it plots as ``<stem>.csv``."""
-    import matplotlib.pyplot as plt
-
     for fmt in style.formats:
         fig.savefig(stem.with_suffix(f".{fmt}"), dpi=style.dpi, metadata=UNDATED[fmt])
     plt.close(fig)
@@ -177,8 +130,6 @@ def scree_figure(sweep: Sweep, style: FigureStyle) -> tuple[Any, list[Row]]:
     models and columns of groups, every variant overlaid, one y axis for all. Points are
     shares ``s_k / ||M||_F``; the band, where the null ran, is the 95% range of the
     shares of random matched groups; bars are the jackknife intervals that were logged."""
-    import matplotlib.pyplot as plt
-
     rows = figure_data.scree_rows(sweep)
     models, groups = figure_data.models(sweep), figure_data.targets(sweep)
     variants = figure_data.variants(sweep)
@@ -261,8 +212,6 @@ def _spectrum(ax, series: list[Row], color, label: str) -> None:
 
 
 def _despine(ax) -> None:
-    import seaborn as sns
-
     sns.despine(ax=ax)
 
 
@@ -273,8 +222,6 @@ def correlation_figure(
     variant (raw, centered, decorrelated where logged) on one colour scale, and the rows
     drawn. A cell shows r, beneath it the null percentile, and ``*`` where ``q_bh <
     style.alpha``; ``n_tests``, the sweep's number of tests, is named in the note."""
-    import matplotlib.pyplot as plt
-
     names = sorted({r["group_a"] for r in rows} | {r["group_b"] for r in rows})
     panels = [v for v in figure_data.CORRELATION_VARIANTS if any(r["variant"] == v for r in rows)]
     cell = 0.42  # inches
@@ -296,8 +243,6 @@ def correlation_figure(
 
 
 def _correlation_panel(ax, rows: list[Row], names: list[str], first: bool) -> None:
-    import seaborn as sns
-
     index = {name: i for i, name in enumerate(names)}
     values = np.full((len(names), len(names)), np.nan)
     np.fill_diagonal(values, 1.0)
@@ -362,8 +307,6 @@ def axis_figure(
     (variant), each with a band above it for its token labels, sized to the longest
     label so that labels never reach the panel above. One column wide while the labels
     fit side by side, else the text width. Labels carry the gid ``token-label``."""
-    import matplotlib.pyplot as plt
-
     rows_by_run = [figure_data.axis_rows(run) for run in runs]
     longest = max((len(r["label"]) for rows in rows_by_run for r in rows), default=1)
     band = 0.12 + longest * LABEL_FONT_SIZE * 0.6 / 72  # inches of labels above a panel
@@ -409,8 +352,6 @@ def _axis_panel(ax, rows: list[Row], colors: list, width_in: float) -> None:
 
 
 def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
-    import matplotlib.pyplot as plt
-
     rows = figure_data.cross_model_spectra_rows(sweep)
     groups = list(dict.fromkeys(r["group"] for r in rows))
     models = figure_data.models(sweep)
@@ -458,9 +399,6 @@ def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
 
 
 def _cross_model_overlap(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
     rows = figure_data.cross_model_overlap_rows(sweep, style.top_k)
     pairs = list(dict.fromkeys((r["model_a"], r["model_b"]) for r in rows))
     fig, axes = plt.subplots(

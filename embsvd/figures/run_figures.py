@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from embsvd.checks.order import CyclicOrder, LinearOrder
-from embsvd.checks.run import RigorResult
+from embsvd.checks.run import ChecksResult
 from embsvd.method.analysis import AnalysisResult, PairwiseStat
 
 N_EXTREMES_LABELLED = 5  # tokens named at each end of the projection figure
@@ -29,28 +31,24 @@ THEME = {  # small paper-like figures, a colour-blind-safe cycle (seaborn's "col
 
 
 def draw_run_figures(
-    result: AnalysisResult, model_name: str, folder: Path, rigor: RigorResult | None = None
+    result: AnalysisResult, model_name: str, folder: Path, checks: ChecksResult | None = None
 ) -> list[Path]:
     """Write the run's four figures as PNG into ``folder`` and return their paths:
     scree plot (with the matched null's 95% band and the jackknife intervals when
-    ``rigor`` has them), group-mean correlation heatmap, the target's row cosine heatmap,
+    ``checks`` has them), group-mean correlation heatmap, the target's row cosine heatmap,
     the distribution of the vocabulary's projections on component 1, and the members on
     their top plane when the group declares an order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    matplotlib.use("Agg")  # files only: no window, whatever the environment's default
     plt.rcParams.update({**THEME, "axes.prop_cycle": matplotlib.cycler(color=COLORBLIND)})
     title = f"{model_name} · {result.target} · {'centered' if result.center else 'raw'}"
     drawers = {
-        "scree.png": functools.partial(_scree, rigor=rigor),
+        "scree.png": functools.partial(_scree, checks=checks),
         "group_mean_corr.png": _group_mean_corr,
         "row_cosine.png": _row_cosine,
         "projection_component0.png": _projection,
     }
-    if rigor is not None and rigor.order is not None:
-        drawers["order.png"] = lambda _, plt: order_figure(rigor.order, plt)
+    if checks is not None and checks.order is not None:
+        drawers["order.png"] = lambda _, plt: order_figure(checks.order, plt)
     paths = []
     for file_name, draw in drawers.items():
         fig = draw(result, plt)
@@ -62,7 +60,7 @@ def draw_run_figures(
     return paths
 
 
-def _scree(result: AnalysisResult, plt, rigor: RigorResult | None = None):
+def _scree(result: AnalysisResult, plt, checks: ChecksResult | None = None):
     """Each component's share ``s_k / ||M||_F``, against the matched null's shares (every
     random group divided by its own norm, so the band says what ``null/s1_share`` says)
     and the jackknife intervals (over the observed norm) where a component has one."""
@@ -72,15 +70,15 @@ def _scree(result: AnalysisResult, plt, rigor: RigorResult | None = None):
     components = np.arange(1, len(S) + 1)
     fig, (linear, log) = plt.subplots(1, 2, figsize=(6.5, 2.6))
     for ax, scale in ((linear, "linear"), (log, "log")):
-        if rigor is not None and rigor.null is not None:
-            null_shares = np.sqrt(rigor.null.explained_variance_ratio)
+        if checks is not None and checks.null is not None:
+            null_shares = np.sqrt(checks.null.explained_variance_ratio)
             low, high = np.percentile(null_shares, [2.5, 97.5], axis=0)
-            label = f"{rigor.null.n_null} matched random groups, 95%"
+            label = f"{checks.null.n_null} matched random groups, 95%"
             ax.fill_between(components[: len(low)], low, high, color="0.8", label=label)
-        if rigor is not None and rigor.stability is not None and scale == "linear":
+        if checks is not None and checks.stability is not None and scale == "linear":
             lo, hi = (
-                rigor.stability.singular_value_lo / norm,
-                rigor.stability.singular_value_hi / norm,
+                checks.stability.singular_value_lo / norm,
+                checks.stability.singular_value_hi / norm,
             )
             k = len(lo)  # later components have no interval: no bar rather than a zero
             ax.errorbar(

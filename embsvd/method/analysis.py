@@ -15,6 +15,7 @@ import numpy as np
 
 from embsvd.groups import TokenGroup
 from embsvd.io.vocabulary import Vocabulary
+from embsvd.method import backend
 from embsvd.method.svd import svd_flip
 
 log = logging.getLogger(__name__)
@@ -172,9 +173,7 @@ def decompose(M: np.ndarray, center: bool, device: str = "cpu") -> GroupSVD:
     if device == "cpu":
         U, S, Vt = np.linalg.svd(M - mean if center else M, full_matrices=False)
     else:
-        from embsvd.method.backend import svd_on
-
-        U, S, Vt = svd_on(M - mean if center else M, device)
+        U, S, Vt = backend.svd_on(M - mean if center else M, device)
     U, Vt = svd_flip(U, Vt)
     return GroupSVD(mean=mean, center=center, U=U, singular_values=S, Vt=Vt)
 
@@ -199,9 +198,7 @@ def project(W_E: np.ndarray, svd: GroupSVD, n_components: int, device: str = "cp
     """
     axes = svd.Vt[:n_components].T
     if device != "cpu":
-        from embsvd.method.backend import project_on
-
-        return project_on(W_E, svd.offset, axes, device)
+        return backend.project_on(W_E, svd.offset, axes, device)
     shift = svd.offset @ axes
     projections = np.empty((W_E.shape[0], axes.shape[1]))
     for start in range(0, W_E.shape[0], PROJECT_BLOCK_ROWS):

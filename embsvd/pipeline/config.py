@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, Container, DictConfig, OmegaConf
 
 from embsvd.checks.matching import NullMatch
-from embsvd.figures.paper import FigureFormat
+from embsvd.figures.style import FigureFormat
 from embsvd.groups import FORMS, ORDERS, GroupSpec
 from embsvd.io.checkpoint import MATRICES
 from embsvd.io.spec import CheckpointSpec

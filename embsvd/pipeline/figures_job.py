@@ -5,19 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
+from embsvd import figures, tracking
+from embsvd.figures.style import FigureFormat
 from embsvd.pipeline.config import FiguresConfig
 from embsvd.pipeline.project import project_root
 
-if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
-    from embsvd.figures.paper import FigureStyle
-
-
 FIGURES_ARTIFACT_PATH = "figures/paper"  # on the sweep's parent run
-FIGURE_FORMATS = ("pdf", "png", "svg")
+FIGURE_FORMATS = tuple(FigureFormat)
 
 
 def figures_job(cfg: DictConfig) -> list[Path]:
@@ -27,9 +24,6 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     A selection that matches nothing, or runs of several experiments, ends the command
     with the reason on stderr and exit status 1; nothing is written then.
     """
-    from embsvd import tracking
-    from embsvd.figures.paper import write_figure_set
-
     settings: FiguresConfig = OmegaConf.to_object(cfg)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # it logs every font subset
     uri = tracking.resolve_tracking_uri(settings.tracking.uri, project_root)
@@ -52,7 +46,7 @@ def figures_job(cfg: DictConfig) -> list[Path]:
         print(f"figures: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from error
     folder = Path(settings.output_dir).expanduser().resolve() / sweep.name
-    files = write_figure_set(sweep, folder, style)
+    files = figures.write_figure_set(sweep, folder, style)
     if settings.log_to_parent and sweep.parent_run_id is not None:
         tracking.log_figures(uri, sweep.parent_run_id, folder, FIGURES_ARTIFACT_PATH)
     left_out = ", ".join(f"{name} ({status})" for name, status in sweep.left_out)
@@ -64,10 +58,8 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     return files
 
 
-def figure_style(settings: FiguresConfig) -> FigureStyle:
+def figure_style(settings: FiguresConfig) -> figures.FigureStyle:
     """The figure settings, checked: ``ValueError`` names the setting and what is allowed."""
-    from embsvd.figures.paper import FigureStyle
-
     if not 0 < settings.alpha < 1:
         raise ValueError(f"alpha={settings.alpha}: a significance level between 0 and 1")
     if settings.top_k < 1:
@@ -77,7 +69,7 @@ def figure_style(settings: FiguresConfig) -> FigureStyle:
     unknown = sorted(set(settings.formats) - set(FIGURE_FORMATS))
     if unknown or not settings.formats:
         raise ValueError(f"formats={settings.formats}: choose from {list(FIGURE_FORMATS)}")
-    return FigureStyle(
+    return figures.FigureStyle(
         column_width=settings.column_width,
         text_width=settings.text_width,
         formats=tuple(settings.formats),

@@ -9,14 +9,14 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import embsvd
+from embsvd import figures, tracking
 from embsvd.checks.run import ChecksConfig, run_checks
 from embsvd.groups import (
     GroupSpec,
@@ -29,6 +29,7 @@ from embsvd.io.checkpoint import default_cache_dir, load_checkpoint
 from embsvd.io.spec import Checkpoint, CheckpointSpec
 from embsvd.method import geometry
 from embsvd.method.analysis import AnalysisResult, MeanReference, analyze
+from embsvd.method.backend import check_device
 from embsvd.pipeline.config import (
     AnalysisConfig,
     EmbsvdConfig,
@@ -37,13 +38,9 @@ from embsvd.pipeline.config import (
     validate,
 )
 from embsvd.pipeline.project import project_root
-from embsvd.pipeline.provenance import GitState, git_state, library_versions
+from embsvd.pipeline.provenance import GitState, git_state, library_versions, package_version
 from embsvd.tracking import contract
 from embsvd.tracking.contract import Tag
-
-if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
-    from embsvd import tracking
-
 
 log = logging.getLogger(__name__)
 EXTRA_GROUP = "extra"  # conf/config.yaml's slot for a group given on the command line
@@ -61,8 +58,6 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     ``tracking.skip_existing`` a job whose config hash already has a FINISHED run is
     skipped (returns ``None``).
     """
-    from embsvd import tracking
-
     try:
         settings = checked_settings(cfg)
     except (OSError, ValueError) as error:  # Hydra prints the traceback; the log keeps why
@@ -107,8 +102,6 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
 @functools.cache
 def tracking_store(uri: str, experiment: str, artifact_root: str | None) -> tracking.TrackingStore:
     """One store (client and experiment) per process and place, shared by its jobs."""
-    from embsvd import tracking
-
     return tracking.TrackingStore(uri, experiment, artifact_root)
 
 
@@ -171,8 +164,6 @@ def read_group_file(file: Path) -> dict[str, GroupSpec]:
 
 
 def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> AnalysisResult:
-    from embsvd import tracking
-
     _check_settings(settings)
     cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
     (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir)
@@ -199,13 +190,11 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     # the confounds read the stored rows' norms (the vocabulary's), whatever the geometry:
     # a token's norm is what training made of it, not what unit rows or whitening did
     config = checks_config(analysis)
-    rigor = run_checks(W, groups, result, vocab, config, global_components=components)
-    tracking.log_result(run, result, rigor)
+    checks = run_checks(W, groups, result, vocab, config, global_components=components)
+    tracking.log_result(run, result, checks)
     if analysis.figures:
-        from embsvd.figures.run_figures import draw_run_figures
-
         with tempfile.TemporaryDirectory() as scratch:
-            draw_run_figures(result, settings.model.name, Path(scratch), rigor)
+            figures.draw_run_figures(result, settings.model.name, Path(scratch), checks)
             run.log_folder(Path(scratch), "figures")
     return result
 
@@ -236,8 +225,6 @@ def _token_groups(
     settings: EmbsvdConfig, checkpoint: Checkpoint, forms: TokenForms, run: tracking.RunLogger
 ) -> dict[str, TokenGroup]:
     """Every configured group after the single-token rule, logged with the run."""
-    from embsvd import tracking
-
     groups = {
         name: select_single_tokens(
             name, spec, checkpoint.tokenizer, settings.model.name, forms=forms
@@ -375,8 +362,6 @@ def _check_settings(settings: EmbsvdConfig) -> None:
     machine that runs the job can tell (a sweep may run its jobs elsewhere)."""
     validate(settings)
     if settings.analysis.device != "cpu":
-        from embsvd.method.backend import check_device
-
         check_device(settings.analysis.device)  # fails the run before anything is loaded
 
 
@@ -402,7 +387,7 @@ def run_tags(settings: EmbsvdConfig, git: GitState | None) -> dict[str, Any]:
         Tag.CENTER: str(settings.analysis.center).lower(),
         Tag.GEOMETRY: settings.analysis.geometry,
         Tag.NORMALIZE_ROWS: str(settings.analysis.normalize_rows).lower(),
-        Tag.VERSION: embsvd.__version__,
+        Tag.VERSION: package_version(),
         **{contract.env_tag(name): v for name, v in versions().items()},
     }
     if settings.model.hub_id:

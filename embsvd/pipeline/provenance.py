@@ -36,6 +36,14 @@ def git_state(folder: Path) -> GitState | None:
         return None  # not a git checkout (an installed copy) or git missing
 
 
+def package_version() -> str:
+    """embsvd's installed version (``0+unknown`` from a source tree never installed)."""
+    try:
+        return version("embsvd")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def library_versions() -> dict[str, str]:
     """``{"python": "3.11.7", "numpy": "2.4.6", ...}``; absent libraries are left out."""
     versions = {"python": platform.python_version()}

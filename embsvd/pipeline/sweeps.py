@@ -10,8 +10,9 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException, HydraException
@@ -19,16 +20,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-import embsvd
+from embsvd import tracking
+from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, checked_settings, code_state
 from embsvd.pipeline.project import project_root
+from embsvd.pipeline.provenance import package_version
 from embsvd.pipeline.report import figures_command, mlflow_ui_command
 from embsvd.tracking import contract
 from embsvd.tracking.contract import Tag
-
-if TYPE_CHECKING:  # imported where used: mlflow alone takes seconds to import
-    from embsvd import tracking
-
-from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, checked_settings, code_state
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +163,6 @@ def sweep_jobs(config: DictConfig, loader: Any) -> list[list[str]] | None:
     sweeper, which may choose its jobs as results come in."""
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()]
     arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
@@ -248,8 +244,6 @@ class SweepTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         validate_sweep_or_exit(config)  # a sweep that cannot run leaves no parent run behind
-        from embsvd import tracking
-
         self._project = project_root(config)
         uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
         # creating the store here runs its migrations once, before parallel workers start
@@ -267,7 +261,7 @@ class SweepTracking(Callback):
             Tag.SWEEP_DIR: str(sweep_dir),
             Tag.OVERRIDES: " ".join(overrides),
             Tag.LAUNCHER: config.hydra.launcher.get("_target_", ""),
-            Tag.VERSION: embsvd.__version__,
+            Tag.VERSION: package_version(),
             **({Tag.GIT_COMMIT: git.commit} if git else {}),
         }
         parent = tracking.start_run(self._store, name, tags)
@@ -309,8 +303,6 @@ class SweepTracking(Callback):
         self._close(completed=False)
 
     def _close(self, completed: bool) -> tracking.SweepOutcome | None:
-        from embsvd import tracking
-
         if self._store is None or self._parent_run_id is None:
             return None
         store, parent_run_id = self._store, self._parent_run_id

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.checks.run import RigorResult
+from embsvd.checks.run import ChecksResult
 from embsvd.method.analysis import AnalysisResult, PairwiseStat, mean_corr_key
 from embsvd.tracking.contract import pair_metric
 
@@ -96,7 +96,7 @@ def header(table: Table, values: Sequence[Any] = ()) -> list[str]:
     ]
 
 
-def write_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> None:
+def write_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> None:
     """Every CSV artifact of a run into ``folder``."""
     svd = result.svd
     write_csv(
@@ -125,8 +125,8 @@ def write_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> No
         header(Table.ROW_COSINE, words),
         [[w, *row] for w, row in zip(words, result.row_cosine, strict=True)],
     )
-    _write_null_tables(result, rigor, folder)
-    _write_check_tables(result, rigor, folder)
+    _write_null_tables(result, checks, folder)
+    _write_check_tables(result, checks, folder)
 
 
 def _write_projection_tables(result: AnalysisResult, folder: Path) -> None:
@@ -147,8 +147,8 @@ def _write_projection_tables(result: AnalysisResult, folder: Path) -> None:
     )
 
 
-def _write_null_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> None:
-    if (null := rigor.null) is None:
+def _write_null_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> None:
+    if (null := checks.null) is None:
         return
     svd = result.svd
     write_csv(
@@ -177,8 +177,8 @@ def _write_null_tables(result: AnalysisResult, rigor: RigorResult, folder: Path)
     )
 
 
-def _write_check_tables(result: AnalysisResult, rigor: RigorResult, folder: Path) -> None:
-    if (stability := rigor.stability) is not None:
+def _write_check_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> None:
+    if (stability := checks.stability) is not None:
         write_csv(
             folder / Table.STABILITY,
             header(Table.STABILITY),
@@ -205,7 +205,7 @@ def _write_check_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
                 for k, cosine in enumerate(row)
             ],
         )
-    if (heldout := rigor.heldout) is not None:
+    if (heldout := checks.heldout) is not None:
         write_csv(
             folder / Table.HELDOUT,
             header(Table.HELDOUT, range(heldout.n_components)),
@@ -215,7 +215,7 @@ def _write_check_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
                 for w in heldout.words
             ],
         )
-    if (confounds := rigor.confounds) is not None:
+    if (confounds := checks.confounds) is not None:
         write_csv(
             folder / Table.CONFOUNDS,
             header(Table.CONFOUNDS),
@@ -225,7 +225,7 @@ def _write_check_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
                 for k in range(len(rho))
             ],
         )
-    if (order := rigor.order) is not None:
+    if (order := checks.order) is not None:
         write_csv(
             folder / Table.ORDER,
             header(Table.ORDER),
@@ -234,7 +234,7 @@ def _write_check_tables(result: AnalysisResult, rigor: RigorResult, folder: Path
                 for i, (w, xy) in enumerate(zip(order.words, order.coordinates, strict=True))
             ],
         )
-    if (view := rigor.global_view) is not None:
+    if (view := checks.global_view) is not None:
         spectrum = zip(view.svd.singular_values, view.svd.explained_variance_ratio, strict=True)
         write_csv(
             folder / Table.GLOBAL_SPECTRUM,

@@ -18,7 +18,7 @@ import numpy as np
 
 from embsvd.checks.null import NullComparison
 from embsvd.checks.order import CyclicOrder, LinearOrder
-from embsvd.checks.run import RigorResult
+from embsvd.checks.run import ChecksResult
 from embsvd.method.analysis import AnalysisResult, effective_rank, mean_corr_key
 
 Metric = tuple[str, float, int]  # (key, value, step); step series use step = component
@@ -279,17 +279,17 @@ def result_metrics(result: AnalysisResult) -> list[Metric]:
     return metrics
 
 
-def rigor_metrics(rigor: RigorResult) -> list[Metric]:
+def checks_metrics(checks: ChecksResult) -> list[Metric]:
     """The checks' metrics; a check that did not run logs none."""
     metrics: list[Metric] = []
-    if (null := rigor.null) is not None:
+    if (null := checks.null) is not None:
         metrics += [("null/n_null", null.n_null, 0), ("null/n_tests", null.n_tests, 0)]
         metrics += [("null/p_floor", null.p_floor, 0)]
         for name, comparison in null.tests().items():
             metrics += _comparison(name, comparison)
             metrics += [(null_metric(name, "p_holm"), null.p_holm[name], 0)]
         metrics += [(f"null/{name}", value, 0) for name, value in null.diagnostics.items()]
-    if (stability := rigor.stability) is not None:
+    if (stability := checks.stability) is not None:
         metrics += _series("stability/axis_cos", stability.axis_cos)
         metrics += [("stability/axis0_cos", stability.axis_cos[0], 0)]
         metrics += _series("stability/loo_axis_cos_min", stability.loo_axis_cos_min)
@@ -299,7 +299,7 @@ def rigor_metrics(rigor: RigorResult) -> list[Metric]:
         metrics += [("stability/n_resamples", stability.n_resamples, 0)]
         metrics += _series("interval/singular_value_lo", stability.singular_value_lo)
         metrics += _series("interval/singular_value_hi", stability.singular_value_hi)
-    if (heldout := rigor.heldout) is not None:
+    if (heldout := checks.heldout) is not None:
         for variant, prefix in (("leave_one_out", "heldout/"), ("remainder", "heldout/remainder_")):
             median = heldout.subspace_rank_pct_median(variant)
             if median is not None:
@@ -313,18 +313,18 @@ def rigor_metrics(rigor: RigorResult) -> list[Metric]:
             metrics += [("heldout/k", heldout.precision_k, 0)]
         if heldout.pool_rank_pct_median is not None:
             metrics += [("heldout/pool_rank_pct_median", heldout.pool_rank_pct_median, 0)]
-    if (confounds := rigor.confounds) is not None:
+    if (confounds := checks.confounds) is not None:
         # component 1 only: a step series would show its last component in run tables
         metrics += [
             (f"confound/spearman_{name}", rho[0], 0) for name, rho in confounds.spearman.items()
         ]
         metrics += [("confound/n_flagged", len(confounds.flagged()), 0)]
-    if (view := rigor.global_view) is not None:
+    if (view := checks.global_view) is not None:
         metrics += [("global/n_global", view.n_global, 0)]
         metrics += [("global/group_variance_share", view.group_variance_share, 0)]
         metrics += _series("global/axis_max_cos", view.axis_max_cos)
         metrics += _series("global/axis_share", view.axis_share)
-    if (order := rigor.order) is not None:
+    if (order := checks.order) is not None:
         metrics += [(f"order/{name}", value, 0) for name, value in order_metrics(order).items()]
     # nan (a constant property, a zero spectrum) is logged as nan: the name is always there
     return [(key, float(value), step) for key, value, step in metrics]
@@ -362,7 +362,7 @@ def _comparison(test: str, comparison: NullComparison) -> list[Metric]:
     ]
 
 
-def result_tags(result: AnalysisResult, rigor: RigorResult) -> dict[str, str]:
+def result_tags(result: AnalysisResult, checks: ChecksResult) -> dict[str, str]:
     """Tags a runs table shows: the first axis' ends, and the checks' warnings."""
     first_axis = [t for t in result.top_tokens if t.component == 0]
     tags = {
@@ -371,22 +371,22 @@ def result_tags(result: AnalysisResult, rigor: RigorResult) -> dict[str, str]:
         )
         for key, side in ((Tag.AXIS0_TOP, "top"), (Tag.AXIS0_BOTTOM, "bottom"))
     }
-    tags[Tag.RANDOM_STATE] = str(rigor.random_state)
-    if rigor.null is not None:
-        tags[Tag.NULL_POOL] = rigor.null.pool_rule
-        tags[Tag.NULL_MATCH] = rigor.null.match
-    if rigor.stability is not None:
-        tags[Tag.INTERVAL_METHOD] = rigor.stability.method
-    if rigor.order is not None:
-        kind = "cyclic" if isinstance(rigor.order, CyclicOrder) else "linear"
-        tags[Tag.ORDER] = f"{kind}: {' '.join(rigor.order.words)}"
-    if rigor.stability is not None and rigor.stability.degenerate.any():
+    tags[Tag.RANDOM_STATE] = str(checks.random_state)
+    if checks.null is not None:
+        tags[Tag.NULL_POOL] = checks.null.pool_rule
+        tags[Tag.NULL_MATCH] = checks.null.match
+    if checks.stability is not None:
+        tags[Tag.INTERVAL_METHOD] = checks.stability.method
+    if checks.order is not None:
+        kind = "cyclic" if isinstance(checks.order, CyclicOrder) else "linear"
+        tags[Tag.ORDER] = f"{kind}: {' '.join(checks.order.words)}"
+    if checks.stability is not None and checks.stability.degenerate.any():
         tags[Tag.WARNING_DEGENERATE_AXES] = ",".join(
-            str(k) for k in np.flatnonzero(rigor.stability.degenerate)
+            str(k) for k in np.flatnonzero(checks.stability.degenerate)
         )
-    if rigor.confounds is not None and rigor.confounds.flagged():
+    if checks.confounds is not None and checks.confounds.flagged():
         tags[Tag.WARNING_CONFOUNDS] = " ".join(
-            f"axis{k}:{name}={rho:+.2f}" for k, name, rho in rigor.confounds.flagged()
+            f"axis{k}:{name}={rho:+.2f}" for k, name, rho in checks.confounds.flagged()
         )
     return tags
 

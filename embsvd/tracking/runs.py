@@ -22,7 +22,7 @@ from mlflow.utils.validation import (
     MAX_TAG_VAL_LENGTH,
 )
 
-from embsvd.checks.run import RigorResult
+from embsvd.checks.run import ChecksResult
 from embsvd.groups import TokenGroup
 from embsvd.method.analysis import AnalysisResult
 from embsvd.tracking import artifacts, contract
@@ -159,11 +159,11 @@ def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) ->
     run.log_metrics([(contract.N_TOKENS, len(groups[target].kept), 0)])
 
 
-def log_result(run: RunLogger, result: AnalysisResult, rigor: RigorResult) -> None:
+def log_result(run: RunLogger, result: AnalysisResult, checks: ChecksResult) -> None:
     """The contract's metrics, tags and CSV tables of one analysis and its checks."""
-    run.log_metrics(contract.result_metrics(result) + contract.rigor_metrics(rigor))
-    run.set_tags(contract.result_tags(result, rigor))
+    run.log_metrics(contract.result_metrics(result) + contract.checks_metrics(checks))
+    run.set_tags(contract.result_tags(result, checks))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        artifacts.write_tables(result, rigor, folder)
+        artifacts.write_tables(result, checks, folder)
         run.log_folder(folder)

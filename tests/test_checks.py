@@ -64,36 +64,36 @@ def checked(W, groups, global_components=True, **settings):
         ChecksConfig(n_null=500, null_match="none", precision_k=6, n_global=8), **settings
     )
     components = global_svd(W, 8) if global_components else None
-    rigor = run_checks(W, groups, result, vocab, config, global_components=components)
-    return result, rigor
+    checks = run_checks(W, groups, result, vocab, config, global_components=components)
+    return result, checks
 
 
 def test_planted_structure_is_extreme_in_the_null_recovered_and_stable():
     W, groups = world(planted=True)
-    result, rigor = checked(W, groups)
+    result, checks = checked(W, groups)
     assert abs(result.svd.Vt[0] @ AXIS) > 0.99
-    assert rigor.null.s1_share.percentile == 100.0 and rigor.null.s1_share.p_value < 0.01
-    pair = rigor.null.group_mean_corr["raw"]["ordered", "other"]
+    assert checks.null.s1_share.percentile == 100.0 and checks.null.s1_share.p_value < 0.01
+    pair = checks.null.group_mean_corr["raw"]["ordered", "other"]
     assert pair.observed > 0.6 and pair.percentile == 100.0
-    assert rigor.null.p_holm["group_mean_corr/ordered__other"] < 0.05  # Holm over 4 tests
-    assert rigor.stability.axis_cos[0] > 0.99 and rigor.stability.loo_axis_cos_min[0] > 0.99
-    assert not rigor.stability.degenerate[0]  # one strong axis, the rest noise
-    assert rigor.heldout.subspace_rank_pct_median("leave_one_out") < 1.0
-    assert rigor.heldout.subspace_rank_pct_median("remainder") < 1.0
-    assert rigor.heldout.precision_at_k == 1.0  # the 6 closest tokens are the 6 held out
+    assert checks.null.p_holm["group_mean_corr/ordered__other"] < 0.05  # Holm over 4 tests
+    assert checks.stability.axis_cos[0] > 0.99 and checks.stability.loo_axis_cos_min[0] > 0.99
+    assert not checks.stability.degenerate[0]  # one strong axis, the rest noise
+    assert checks.heldout.subspace_rank_pct_median("leave_one_out") < 1.0
+    assert checks.heldout.subspace_rank_pct_median("remainder") < 1.0
+    assert checks.heldout.precision_at_k == 1.0  # the 6 closest tokens are the 6 held out
     # the ends of the ordered axis are extreme on it, its middle is not
-    ranks = {w.word: w.axis_rank_pct[0] for w in rigor.heldout.of("leave_one_out")}
+    ranks = {w.word: w.axis_rank_pct[0] for w in checks.heldout.of("leave_one_out")}
     assert ranks[TOKENS[0]] < 1.0 and ranks[TOKENS[5]] > 10.0
 
 
 def test_without_the_plant_the_statistics_fall_inside_the_null():
     W, groups = world(planted=False)
-    _, rigor = checked(W, groups)
-    assert 2.5 < rigor.null.s1_share.percentile < 97.5
-    assert 2.5 < rigor.null.effective_rank.percentile < 97.5
-    assert rigor.null.group_mean_corr["raw"]["ordered", "other"].p_value > 0.05
-    assert rigor.stability.axis_cos[0] < 0.9  # noise has no stable axis
-    assert rigor.heldout.subspace_rank_pct_median("remainder") > 20.0
+    _, checks = checked(W, groups)
+    assert 2.5 < checks.null.s1_share.percentile < 97.5
+    assert 2.5 < checks.null.effective_rank.percentile < 97.5
+    assert checks.null.group_mean_corr["raw"]["ordered", "other"].p_value > 0.05
+    assert checks.stability.axis_cos[0] < 0.9  # noise has no stable axis
+    assert checks.heldout.subspace_rank_pct_median("remainder") > 20.0
 
 
 def test_seeded_checks_repeat_and_another_seed_changes_only_the_draws():
@@ -221,8 +221,8 @@ def test_global_view_against_a_known_global_basis():
 def test_switched_off_checks_are_absent():
     W, groups = world(planted=True)
     off = dict(n_null=0, n_resamples=0, heldout=False, confounds=False, n_global=0)
-    _, rigor = checked(W, groups, **off)
-    assert dataclasses.astuple(rigor) == (0, None, None, None, None, None, None)
+    _, checks = checked(W, groups, **off)
+    assert dataclasses.astuple(checks) == (0, None, None, None, None, None, None)
 
 
 def test_the_null_draws_what_holm_needs_to_reach_alpha():
@@ -231,8 +231,8 @@ def test_the_null_draws_what_holm_needs_to_reach_alpha():
     W, _ = world(planted=True)
     groups = {f"g{k}": group(f"g{k}", range(100 * k, 100 * k + 10)) for k in range(1, 8)}
     groups["ordered"] = world(planted=True)[1]["ordered"]
-    _, rigor = checked(W, groups, global_components=False, n_resamples=0, heldout=False)
-    null = rigor.null
+    _, checks = checked(W, groups, global_components=False, n_resamples=0, heldout=False)
+    null = checks.null
     assert null.n_tests == 2 + 28 == len(null.p_holm)
     assert null.n_null == required_draws(30, 0.05) == 1200 > 500
     assert null.n_tests * null.p_floor < 0.05
