@@ -18,12 +18,10 @@ from omegaconf import OmegaConf
 from embsvd.checks.matching import NULL_MATCHES, NullMatch
 from embsvd.figures.style import FigureFormat
 from embsvd.groups import FORMS, ORDERS, Form, GroupSpec, Order
-from embsvd.io.checkpoint import MATRICES
-from embsvd.io.spec import CheckpointSpec, Matrix
+from embsvd.io.spec import MATRICES, CheckpointSpec, Matrix
 from embsvd.method.geometry import Geometry
 from embsvd.pipeline import run_job
-from embsvd.pipeline.config import EmbsvdConfig, config_hash, validate
-from embsvd.pipeline.job import checked_settings
+from embsvd.pipeline.config import EmbsvdConfig, checked_settings, config_hash, validate
 from embsvd.pipeline.sweeps import ComposeOnce, SweepRefused, sweep_jobs
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT
 from tests.test_config import OPTIONS, compose_config
@@ -358,3 +356,19 @@ def test_the_parent_run_waits_for_validation_whatever_the_callback_order(tmp_pat
     done = run_refused_sweep(tmp_path, "~hydra.callbacks.compose_once", "analysis.n_components=2,0")
     assert "analysis.n_components: must be at least 1, got 0" in done.stderr
     assert "job #1: " in done.stderr
+
+
+def test_the_figures_command_refuses_a_key_added_with_plus(tmp_path, capsys):
+    from embsvd.pipeline import figures_job
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "figures", overrides=[f"output_dir={tmp_path}", "+sweep.sweepid=abc", "+dpi2=3"]
+        )
+    with pytest.raises(SystemExit) as exit_info:
+        figures_job(cfg)
+    assert exit_info.value.code == 1
+    message = capsys.readouterr().err
+    assert "sweep.sweepid: not a key of sweep" in message and "sweep.sweep_id" in message
+    assert "dpi2" in message
+    assert not list(tmp_path.iterdir())  # nothing drawn

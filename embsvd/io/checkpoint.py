@@ -133,13 +133,7 @@ def _gguf_file(folder: Path, name: str | None) -> Path | None:
 def resolve_folder(spec: CheckpointSpec) -> Path:
     """The local folder that holds the checkpoint, downloading (or reading the Hub cache)
     for ``hub_id``."""
-    given = [field for field in ("path", "hub_id", "package") if getattr(spec, field)]
-    if len(given) != 1:
-        raise ValueError(
-            f"model {spec.name}: set exactly one of model.path (a local folder), "
-            "model.hub_id (a Hugging Face Hub id) or model.package (an installed package "
-            f"that ships the weights); got {', '.join(given) if given else 'none'}"
-        )
+    spec.check_source()
     if spec.path:
         folder = Path(spec.path).expanduser().resolve()
         if not folder.is_dir():

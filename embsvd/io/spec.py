@@ -67,6 +67,16 @@ class CheckpointSpec:
     output_key: str | None = None
     allow_pickle: bool = False
 
+    def check_source(self) -> None:
+        """Refuse a spec that names no place, or more than one, to read the checkpoint from."""
+        given = [key for key in ("path", "hub_id", "package") if getattr(self, key)]
+        if len(given) != 1:
+            raise ValueError(
+                f"model {self.name}: set exactly one of model.path (a local folder), "
+                "model.hub_id (a Hugging Face Hub id) or model.package (an installed package "
+                f"that ships the weights); got {', '.join(given) if given else 'none'}"
+            )
+
 
 @dataclass(frozen=True)
 class Checkpoint:

@@ -1,21 +1,18 @@
 """The Hydra side of embsvd: the only package that reads a ``DictConfig``; everything it
 calls takes typed arguments.
 
+- ``config``: the schemas, group files and ``validate``: every job checked before a run opens;
 - ``job``: one job = one MLflow run (``experiments/run.py``);
-- ``sweeps``: the multirun callbacks (each job composed once; the parent run);
-- ``figures``: a finished sweep's paper figures (``experiments/figures.py``).
+- ``sweeps``: the multirun callbacks (every job composed and checked before launch; the
+  parent run);
+- ``figures_job``: a finished sweep's paper figures (``experiments/figures.py``);
+- ``project``: the project folder (where ``mlruns/`` and ``figures/`` go);
+- ``provenance``, ``report``: git state and versions; the commands a sweep prints.
 """
 
+from embsvd.pipeline.config import read_group_file, validate, with_group_files
 from embsvd.pipeline.figures_job import FIGURES_ARTIFACT_PATH, figure_style, figures_job
-from embsvd.pipeline.job import (
-    PARENT_RUN_FILE,
-    SWEEP_ID_FILE,
-    flatten,
-    read_group_file,
-    run_job,
-    run_name,
-    with_group_files,
-)
+from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, flatten, run_job, run_name
 from embsvd.pipeline.sweeps import ComposeJobsOnce, ComposeOnce, SweepTracking
 
 __all__ = [
@@ -31,5 +28,6 @@ __all__ = [
     "read_group_file",
     "run_job",
     "run_name",
+    "validate",
     "with_group_files",
 ]

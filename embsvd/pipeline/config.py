@@ -21,6 +21,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, Container, DictConfig, OmegaConf
@@ -28,8 +29,7 @@ from omegaconf import MISSING, Container, DictConfig, OmegaConf
 from embsvd.checks.matching import NullMatch
 from embsvd.figures.style import FigureFormat
 from embsvd.groups import FORMS, ORDERS, GroupSpec
-from embsvd.io.checkpoint import MATRICES
-from embsvd.io.spec import CheckpointSpec
+from embsvd.io.spec import MATRICES, CheckpointSpec
 from embsvd.method.geometry import Geometry
 from embsvd.pipeline.project import project_root
 
@@ -179,7 +179,7 @@ def validate(settings: EmbsvdConfig) -> None:
     choices of configs composed from ``conf/``); this also covers settings built in code.
 
     ``settings.groups`` must hold the groups of ``group_files`` already
-    (``embsvd.pipeline.job.with_group_files``): the target may be one of them.
+    (``with_group_files``): the target may be one of them.
 
     Raises:
         ValueError: naming the key, the value given and what is allowed.
@@ -210,13 +210,7 @@ def _check_target(settings: EmbsvdConfig) -> None:
 
 
 def _check_model(model: CheckpointSpec) -> None:
-    given = [key for key in ("path", "hub_id", "package") if getattr(model, key)]
-    if len(given) != 1:
-        raise ValueError(
-            f"model {model.name}: set exactly one of model.path (a local folder), "
-            "model.hub_id (a Hugging Face Hub id) or model.package (an installed package "
-            f"that ships the weights); got {', '.join(given) if given else 'none'}"
-        )
+    model.check_source()
     _check_choice("model.matrix", model.matrix, MATRICES)
 
 
@@ -275,6 +269,74 @@ def config_hash(settings: EmbsvdConfig) -> str:
         spec.pop("description")
     encoded = json.dumps(decisive, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(encoded).hexdigest()
+
+
+EXTRA_GROUP = "extra"  # conf/config.yaml's slot for a group given on the command line
+
+
+def checked_settings(cfg: DictConfig) -> EmbsvdConfig:
+    """A composed job config as typed settings, its group files read, validated: what a
+    job would fail on before loading anything. A sweep runs this on every job before
+    it launches (``embsvd.pipeline.sweeps``), ``run_job`` before it opens a run.
+
+    Raises:
+        ValueError: a key the schema does not define, a setting out of range or not one
+            of its choices, a target that is not a group, a malformed group file.
+        FileNotFoundError: a group file does not exist.
+    """
+    configured = typed_settings(cfg)
+    settings = with_group_files(configured)
+    # validated with the empty `extra` slot kept, so that target=extra asks for its words
+    validate(dataclasses.replace(settings, groups={**configured.groups, **settings.groups}))
+    return settings
+
+
+def with_group_files(settings: EmbsvdConfig) -> EmbsvdConfig:
+    """The settings with the groups of ``group_files`` added and an unused ``extra``
+    slot (no words) removed.
+
+    Raises:
+        FileNotFoundError: a group file does not exist.
+        ValueError: a group file is not a mapping of group specs, or names a group that
+            is already configured.
+    """
+    groups = {
+        name: spec
+        for name, spec in settings.groups.items()
+        if not (name == EXTRA_GROUP and not spec.words)
+    }
+    for file in settings.group_files:
+        for name, spec in read_group_file(Path(file)).items():
+            if name in groups:
+                raise ValueError(
+                    f"group_files: {file} defines group {name!r}, which is already configured; "
+                    "rename it in the file"
+                )
+            groups[name] = spec
+    return dataclasses.replace(settings, groups=groups)
+
+
+def read_group_file(file: Path) -> dict[str, GroupSpec]:
+    """``{name: GroupSpec}`` from a YAML file in the format of ``conf/groups/*.yaml``."""
+    path = file.expanduser()
+    if not path.is_absolute():  # relative to where the command started, not a job folder
+        path = Path.cwd() / path
+    if not path.is_file():
+        raise FileNotFoundError(f"group_files: {file} is not a file (resolved to {path})")
+    node = OmegaConf.load(path)
+    if not isinstance(node, DictConfig) or not node:
+        raise ValueError(
+            f"group_files: {file} must map group names to specs, e.g. "
+            "'animals: {words: [dog, cat, horse], size: 10}'"
+        )
+    groups = {}
+    for name, spec in node.items():
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(GroupSpec), spec)
+        except Exception as error:  # omegaconf's errors name the key and the bad value
+            raise ValueError(f"group_files: group {name!r} in {file}: {error}") from error
+        groups[str(name)] = OmegaConf.to_object(typed)
+    return groups
 
 
 def register_configs() -> None:

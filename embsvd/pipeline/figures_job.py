@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from embsvd import figures, tracking
 from embsvd.figures.style import FigureFormat
-from embsvd.pipeline.config import FiguresConfig
+from embsvd.pipeline.config import FiguresConfig, unknown_key_messages
 from embsvd.pipeline.project import project_root
 
 FIGURES_ARTIFACT_PATH = "figures/paper"  # on the sweep's parent run
@@ -24,6 +24,10 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     A selection that matches nothing, or runs of several experiments, ends the command
     with the reason on stderr and exit status 1; nothing is written then.
     """
+    unknown = list(unknown_key_messages(cfg))
+    if unknown:  # a key added with '+' that nothing reads would be silently ignored
+        print("figures: " + "\n".join(unknown), file=sys.stderr, flush=True)
+        raise SystemExit(1)
     settings: FiguresConfig = OmegaConf.to_object(cfg)
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # it logs every font subset
     uri = tracking.resolve_tracking_uri(settings.tracking.uri, project_root)

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from embsvd import figures, tracking
 from embsvd.checks.run import ChecksConfig, run_checks
 from embsvd.groups import (
-    GroupSpec,
     TokenForms,
     TokenGroup,
     describe_dropped,
@@ -33,8 +32,8 @@ from embsvd.method.backend import check_device
 from embsvd.pipeline.config import (
     AnalysisConfig,
     EmbsvdConfig,
+    checked_settings,
     config_hash,
-    typed_settings,
     validate,
 )
 from embsvd.pipeline.project import project_root
@@ -43,7 +42,6 @@ from embsvd.tracking import contract
 from embsvd.tracking.contract import Tag
 
 log = logging.getLogger(__name__)
-EXTRA_GROUP = "extra"  # conf/config.yaml's slot for a group given on the command line
 
 
 def run_job(cfg: DictConfig) -> AnalysisResult | None:
@@ -113,54 +111,6 @@ def code_state(project: Path) -> GitState | None:
 
 
 versions = functools.cache(library_versions)  # read once per process
-
-
-def with_group_files(settings: EmbsvdConfig) -> EmbsvdConfig:
-    """The settings with the groups of ``group_files`` added and an unused ``extra``
-    slot (no words) removed.
-
-    Raises:
-        FileNotFoundError: a group file does not exist.
-        ValueError: a group file is not a mapping of group specs, or names a group that
-            is already configured.
-    """
-    groups = {
-        name: spec
-        for name, spec in settings.groups.items()
-        if not (name == EXTRA_GROUP and not spec.words)
-    }
-    for file in settings.group_files:
-        for name, spec in read_group_file(Path(file)).items():
-            if name in groups:
-                raise ValueError(
-                    f"group_files: {file} defines group {name!r}, which is already configured; "
-                    "rename it in the file"
-                )
-            groups[name] = spec
-    return dataclasses.replace(settings, groups=groups)
-
-
-def read_group_file(file: Path) -> dict[str, GroupSpec]:
-    """``{name: GroupSpec}`` from a YAML file in the format of ``conf/groups/*.yaml``."""
-    path = file.expanduser()
-    if not path.is_absolute():  # relative to where the command started, not a job folder
-        path = Path.cwd() / path
-    if not path.is_file():
-        raise FileNotFoundError(f"group_files: {file} is not a file (resolved to {path})")
-    node = OmegaConf.load(path)
-    if not isinstance(node, DictConfig) or not node:
-        raise ValueError(
-            f"group_files: {file} must map group names to specs, e.g. "
-            "'animals: {words: [dog, cat, horse], size: 10}'"
-        )
-    groups = {}
-    for name, spec in node.items():
-        try:
-            typed = OmegaConf.merge(OmegaConf.structured(GroupSpec), spec)
-        except Exception as error:  # omegaconf's errors name the key and the bad value
-            raise ValueError(f"group_files: group {name!r} in {file}: {error}") from error
-        groups[str(name)] = OmegaConf.to_object(typed)
-    return groups
 
 
 def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> AnalysisResult:
@@ -337,23 +287,6 @@ def checkpoint_tags(checkpoint: Checkpoint) -> dict[str, Any]:
     if checkpoint.revision_commit:
         tags[Tag.REVISION_COMMIT] = checkpoint.revision_commit
     return tags
-
-
-def checked_settings(cfg: DictConfig) -> EmbsvdConfig:
-    """A composed job config as typed settings, its group files read, validated: what a
-    job would fail on before loading anything. A sweep runs this on every job before
-    it launches (``embsvd.pipeline.sweeps``), ``run_job`` before it opens a run.
-
-    Raises:
-        ValueError: a key the schema does not define, a setting out of range or not one
-            of its choices, a target that is not a group, a malformed group file.
-        FileNotFoundError: a group file does not exist.
-    """
-    configured = typed_settings(cfg)
-    settings = with_group_files(configured)
-    # validated with the empty `extra` slot kept, so that target=extra asks for its words
-    validate(dataclasses.replace(settings, groups={**configured.groups, **settings.groups}))
-    return settings
 
 
 def _check_settings(settings: EmbsvdConfig) -> None:

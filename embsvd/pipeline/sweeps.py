@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from embsvd import tracking
-from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, checked_settings, code_state
+from embsvd.pipeline.config import checked_settings
+from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, code_state
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import package_version
 from embsvd.pipeline.report import figures_command, mlflow_ui_command
