@@ -37,10 +37,11 @@ Each kept token records the form it was found in.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
+
+from embsvd.io.tokenizer import word_start_marker
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -72,10 +73,6 @@ class Order(StrEnum):
 
 FORMS = tuple(Form)
 ORDERS = tuple(Order)
-
-# Prefixes that mark a word-initial token: byte-level BPE's space, SentencePiece's.
-WORD_START_MARKERS = ("Ġ", "▁")
-MARKER_MIN_SHARE = 0.05  # of the vocabulary, for the marker to count as the tokenizer's
 
 
 @dataclass
@@ -348,14 +345,6 @@ class TokenForms:
 
     def _is_marked(self, token: str) -> bool:
         return self.marker is not None and token.startswith(self.marker) and token != self.marker
-
-
-def word_start_marker(vocab: Collection[str]) -> str | None:
-    """``Ġ`` (byte-level BPE) or ``▁`` (SentencePiece) when at least 5% of the vocabulary
-    starts with it; ``None`` for vocabularies without word-initial forms (WordPiece)."""
-    counts = {m: sum(token.startswith(m) for token in vocab) for m in WORD_START_MARKERS}
-    marker = max(counts, key=counts.__getitem__)
-    return marker if counts[marker] >= MARKER_MIN_SHARE * len(vocab) else None
 
 
 def describe_dropped(group: TokenGroup) -> str:

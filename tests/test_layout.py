@@ -2,8 +2,8 @@
 
 The stages, lowest first; a module may import its own stage and the stages below it:
 
-    groups   words -> single-token groups (a tokenizer is all it needs)
     io       checkpoint -> token matrix, tokenizer, Vocabulary
+    groups   words -> single-token groups (a tokenizer is all it needs)
     method   the analysis of method.md on arrays: SVD, projections, geometry, backend
     checks   null, stability, held-out, confounds, global view, order
     tracking the run contract and MLflow (the only mlflow importer)
@@ -27,7 +27,7 @@ from pathlib import Path
 from tests.conftest import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "embsvd"
-STAGES = ["groups", "io", "method", "checks", "tracking", "figures", "pipeline"]
+STAGES = ["io", "groups", "method", "checks", "tracking", "figures", "pipeline"]
 # third-party libraries a stage may import; the rest of the package must not
 OWNERS = {
     "mlflow": {"tracking"},

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from embsvd.groups import GroupSpec, TokenForms, select_single_tokens, word_start_marker
+from embsvd.groups import GroupSpec, TokenForms, select_single_tokens
 from embsvd.io.checkpoint import load_tokenizer
+from embsvd.io.tokenizer import word_start_marker
 from tests.conftest import VOCAB, write_tiny_bpe, write_tokenizer
 
 

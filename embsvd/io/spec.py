@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embsvd.groups import word_start_marker
-from embsvd.io.tokenizer import FastTokenizer
+from embsvd.io.tokenizer import FastTokenizer, word_start_marker
 from embsvd.io.vocabulary import Vocabulary
 
 if TYPE_CHECKING:

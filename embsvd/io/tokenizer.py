@@ -11,10 +11,16 @@ bare ``vocab.txt``) still load through ``transformers``.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from functools import cached_property
 from pathlib import Path
 
 TOKENIZER_FILE = "tokenizer.json"
+
+
+# Prefixes that mark a word-initial token: byte-level BPE's space, SentencePiece's.
+WORD_START_MARKERS = ("Ġ", "▁")
+MARKER_MIN_SHARE = 0.05  # of the vocabulary, for the marker to count as the tokenizer's
 
 
 class FastTokenizer:
@@ -95,3 +101,11 @@ def fast_tokenizer(folder: Path) -> FastTokenizer | None:
     """The folder's ``tokenizer.json`` as a :class:`FastTokenizer`, or ``None`` without one."""
     file = folder / TOKENIZER_FILE
     return FastTokenizer(file) if file.is_file() else None
+
+
+def word_start_marker(vocab: Collection[str]) -> str | None:
+    """``Ġ`` (byte-level BPE) or ``▁`` (SentencePiece) when at least 5% of the vocabulary
+    starts with it; ``None`` for vocabularies without word-initial forms (WordPiece)."""
+    counts = {m: sum(token.startswith(m) for token in vocab) for m in WORD_START_MARKERS}
+    marker = max(counts, key=counts.__getitem__)
+    return marker if counts[marker] >= MARKER_MIN_SHARE * len(vocab) else None
