@@ -15,8 +15,7 @@ from omegaconf import OmegaConf
 import embsvd
 from embsvd.checks.matching import NullMatch
 from embsvd.pipeline import run_job, with_group_files
-from embsvd.pipeline.config import AnalysisConfig
-from embsvd.pipeline.job import checks_config
+from embsvd.pipeline.config import AnalysisConfig, checks_config
 from embsvd.tracking import contract
 from tests.conftest import CONFIG_DIR, SPECIAL, VOCAB, write_tiny_bpe
 
@@ -167,3 +166,22 @@ def test_the_readme_notebook_example_on_the_bundled_checkpoint():
     assert checks.confounds is not None
     assert checks.global_view is None  # no global_components given
     assert checks.order is None  # the GroupSpec declares no order
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"n_null": 1}, r"n_null: must be 0 \(off\) or at least 2, got 1"),
+        ({"n_resamples": -3}, r"n_resamples: must be 0 \(off\) or at least 2, got -3"),
+        ({"precision_k": 0}, "precision_k: must be at least 1, got 0"),
+        ({"null_neighbours": 0}, "null_neighbours: must be at least 1, got 0"),
+        ({"n_global": -1}, r"n_global: must be 0 \(off\) or more, got -1"),
+        ({"alpha": 1.0}, "alpha: a level between 0 and 1, got 1.0"),
+        ({"confound_threshold": 2.0}, r"confound_threshold: a \|Spearman rho\| between 0 and 1"),
+    ],
+)
+def test_checks_config_refuses_what_no_check_can_run_with(setting, message):
+    """A notebook's ChecksConfig gets the messages a run's analysis.* keys get (without the
+    prefix): the ranges are written once, here."""
+    with pytest.raises(ValueError, match=message):
+        embsvd.ChecksConfig(**setting)

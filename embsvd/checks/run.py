@@ -94,6 +94,24 @@ class ChecksConfig:
     order: bool = True
 
     def __post_init__(self) -> None:
+        """Refuse settings no check can run with, naming the field, the value and what is
+        allowed: the one place these ranges are written (a run's ``analysis.*`` keys are
+        checked through here before the run opens)."""
+        for key in ("precision_k", "null_neighbours"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be at least 1, got {getattr(self, key)}")
+        for key in ("n_null", "n_resamples"):  # one draw has no spread
+            if getattr(self, key) < 0 or getattr(self, key) == 1:
+                raise ValueError(f"{key}: must be 0 (off) or at least 2, got {getattr(self, key)}")
+        if self.n_global < 0:
+            raise ValueError(f"n_global: must be 0 (off) or more, got {self.n_global}")
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha: a level between 0 and 1, got {self.alpha}")
+        if not 0 <= self.confound_threshold <= 1:
+            raise ValueError(
+                f"confound_threshold: a |Spearman rho| between 0 and 1, "
+                f"got {self.confound_threshold}"
+            )
         if self.null_match not in tuple(NullMatch):  # a notebook passes a plain string
             raise ValueError(
                 f"null_match: {self.null_match!r} is not one of {', '.join(NullMatch)}"

@@ -27,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, Container, DictConfig, OmegaConf
 
 from embsvd.checks.matching import NullMatch
+from embsvd.checks.run import ChecksConfig
 from embsvd.figures.style import FigureFormat
 from embsvd.groups import FORMS, ORDERS, GroupSpec
 from embsvd.io.spec import MATRICES, CheckpointSpec
@@ -215,36 +216,33 @@ def _check_model(model: CheckpointSpec) -> None:
 
 
 def _check_analysis(analysis: AnalysisConfig) -> None:
-    for key in ("n_components", "top_k", "precision_k", "null_neighbours"):
+    for key in ("n_components", "top_k"):
         if getattr(analysis, key) < 1:
             raise ValueError(f"analysis.{key}: must be at least 1, got {getattr(analysis, key)}")
-    for key in ("n_null", "n_resamples"):
-        if getattr(analysis, key) < 0 or getattr(analysis, key) == 1:
-            raise ValueError(
-                f"analysis.{key}: must be 0 (off) or at least 2, got {getattr(analysis, key)}"
-            )
-    for key in ("n_global", "remove_global"):
-        if getattr(analysis, key) < 0:
-            raise ValueError(
-                f"analysis.{key}: must be 0 (off) or more, got {getattr(analysis, key)}"
-            )
-    if not 0 < analysis.alpha < 1:
-        raise ValueError(f"analysis.alpha: a level between 0 and 1, got {analysis.alpha}")
-    if not 0 <= analysis.confound_threshold <= 1:
+    if analysis.remove_global < 0:
         raise ValueError(
-            f"analysis.confound_threshold: a |Spearman rho| between 0 and 1, "
-            f"got {analysis.confound_threshold}"
+            f"analysis.remove_global: must be 0 (off) or more, got {analysis.remove_global}"
         )
+    try:  # the checks' own settings: ChecksConfig holds their ranges
+        checks_config(analysis)
+    except ValueError as error:
+        raise ValueError(f"analysis.{error}") from error
     shrinkage = analysis.whitening_shrinkage
     if shrinkage is not None and not 0 <= shrinkage <= 1:
         raise ValueError(
             f"analysis.whitening_shrinkage: null (Ledoit-Wolf) or a weight between 0 and 1, "
             f"got {shrinkage}"
         )
-    _check_choice("analysis.null_match", analysis.null_match, tuple(NullMatch))
     _check_choice("analysis.geometry", analysis.geometry, tuple(Geometry))
     if not isinstance(analysis.device, str) or not DEVICE.fullmatch(analysis.device):
         raise ValueError(f"analysis.device: {analysis.device!r} is not a device; use {DEVICES}")
+
+
+def checks_config(analysis: AnalysisConfig) -> ChecksConfig:
+    """The check settings of ``analysis``: ``ChecksConfig``'s fields are named as the
+    ``analysis.*`` keys that set them."""
+    fields = dataclasses.fields(ChecksConfig)
+    return ChecksConfig(**{field.name: getattr(analysis, field.name) for field in fields})
 
 
 def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from embsvd import figures, tracking
-from embsvd.checks.run import ChecksConfig, run_checks
+from embsvd.checks.run import run_checks
 from embsvd.groups import (
     TokenForms,
     TokenGroup,
@@ -33,6 +33,7 @@ from embsvd.pipeline.config import (
     AnalysisConfig,
     EmbsvdConfig,
     checked_settings,
+    checks_config,
     config_hash,
     validate,
 )
@@ -192,13 +193,6 @@ def _token_groups(
         if group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
     return groups
-
-
-def checks_config(analysis: AnalysisConfig) -> ChecksConfig:
-    """The check settings of ``analysis``: ``ChecksConfig``'s fields are named as the
-    ``analysis.*`` keys that set them."""
-    fields = dataclasses.fields(ChecksConfig)
-    return ChecksConfig(**{field.name: getattr(analysis, field.name) for field in fields})
 
 
 def analysis_matrix(
