@@ -35,7 +35,6 @@ from embsvd.pipeline.config import (
     checked_settings,
     checks_config,
     config_hash,
-    validate,
 )
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import GitState, git_state, library_versions, package_version
@@ -115,7 +114,10 @@ versions = functools.cache(library_versions)  # read once per process
 
 
 def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> AnalysisResult:
-    _check_settings(settings)
+    # run_job validated the settings; whether this machine has the device only the machine
+    # that runs the job can tell (a sweep may run its jobs elsewhere): a FAILED run says so
+    if settings.analysis.device != "cpu":
+        check_device(settings.analysis.device)
     cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
     (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir)
     run.set_tags({**checkpoint_tags(checkpoint), Tag.CHECKPOINT_CACHE: cached})
@@ -281,15 +283,6 @@ def checkpoint_tags(checkpoint: Checkpoint) -> dict[str, Any]:
     if checkpoint.revision_commit:
         tags[Tag.REVISION_COMMIT] = checkpoint.revision_commit
     return tags
-
-
-def _check_settings(settings: EmbsvdConfig) -> None:
-    """``validate`` again, as a backstop for settings that did not come through
-    ``checked_settings``; and whether this machine has the device, which only the
-    machine that runs the job can tell (a sweep may run its jobs elsewhere)."""
-    validate(settings)
-    if settings.analysis.device != "cpu":
-        check_device(settings.analysis.device)  # fails the run before anything is loaded
 
 
 def run_name(settings: EmbsvdConfig) -> str:
