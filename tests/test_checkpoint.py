@@ -296,22 +296,27 @@ def test_bf16_pickle_tensor_is_widened_to_float32(tmp_path: Path) -> None:
     as_bf16 = torch.from_numpy(tiny_embeddings()).to(torch.bfloat16)
     torch.save({BERT_KEY: as_bf16}, tmp_path / "pytorch_model.bin")
 
-    W_E = read_tensor(tmp_path / "pytorch_model.bin", BERT_KEY)
+    W_E = read_tensor(tmp_path / "pytorch_model.bin", BERT_KEY, allow_pickle=True)
 
     assert W_E.dtype == np.float32
     np.testing.assert_array_equal(W_E, as_bf16.float().numpy())
 
 
 def test_pickle_with_code_is_refused_by_weights_only(tmp_path: Path) -> None:
-    import pickle
-
     import torch
 
     # an object torch.load(weights_only=True) may not build: unpickling it would run code
     torch.save({BERT_KEY: Path("not a tensor")}, tmp_path / "pytorch_model.bin")
 
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        read_tensor(tmp_path / "pytorch_model.bin", BERT_KEY)
+    with pytest.raises(
+        ValueError,
+        match=r"model: .*pytorch_model\.bin could not be read with "
+        r"torch\.load\(weights_only=True\), which refuses anything but tensors .*"
+        r"Weights only load failed",
+    ):
+        read_tensor(tmp_path / "pytorch_model.bin", BERT_KEY, allow_pickle=True)
+    with pytest.raises(ValueError, match=r"model\.allow_pickle: tensor .* is in .*a pickle file"):
+        read_tensor(tmp_path / "pytorch_model.bin", BERT_KEY, allow_pickle=False)
 
 
 # --- where the folder comes from -------------------------------------------------------

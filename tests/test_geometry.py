@@ -212,7 +212,10 @@ def test_cached_global_svd_writes_then_reuses_the_file(low_rank, tmp_path, monke
     cache_file = tmp_path / "cache" / "global_svd.npz"
     first = cached_global_svd(low_rank, 5, cache_file)
     assert cache_file.is_file()
-    assert [path.name for path in cache_file.parent.iterdir()] == ["global_svd.npz"]
+    assert sorted(path.name for path in cache_file.parent.iterdir()) == [
+        "global_svd.npz",
+        "global_svd.npz.checksum",  # its checksum record (embsvd.io.cache)
+    ]
     assert_same_svd(first, global_svd(low_rank, 5))
     monkeypatch.setattr(embsvd.method.geometry, "global_svd", refuse_to_compute)
     assert_same_svd(cached_global_svd(low_rank, 5, cache_file), first)
@@ -228,9 +231,29 @@ def test_cached_global_svd_recomputes_a_stale_or_corrupt_file(
     rows = np.arange(100)
     assert cached_global_svd(low_rank, 3, cache_file, rows=rows).n_rows == 100
     cache_file.write_bytes(b"not an npz file")
-    with caplog.at_level(logging.WARNING, logger="embsvd.method.geometry"):
+    with caplog.at_level(logging.WARNING):
         recomputed = cached_global_svd(low_rank, 3, cache_file)
-    assert "unreadable" in caplog.text
+    assert f"cache entry {cache_file} is damaged (15 bytes, its checksum record says" in (
+        caplog.text
+    )
     assert_same_svd(recomputed, three)
     monkeypatch.setattr(embsvd.method.geometry, "global_svd", refuse_to_compute)
     assert_same_svd(cached_global_svd(low_rank, 3, cache_file), three)
+
+
+def test_cached_global_svd_recomputes_a_file_edited_in_place(low_rank, tmp_path, caplog):
+    """Values changed inside the .npz (same size, still a valid file) are caught by the
+    checksum, not served as the global SVD."""
+    cache_file = tmp_path / "global_svd.npz"
+    first = cached_global_svd(low_rank, 3, cache_file)
+    size = cache_file.stat().st_size
+    with np.load(cache_file) as stored:
+        arrays = dict(stored)
+    arrays["singular_values"] = arrays["singular_values"] * 2
+    with open(cache_file, "r+b") as handle:  # np.savez stores arrays uncompressed
+        np.savez(handle, **arrays)
+    assert cache_file.stat().st_size == size
+    with caplog.at_level(logging.WARNING):
+        again = cached_global_svd(low_rank, 3, cache_file)
+    assert f"cache entry {cache_file} is damaged" in caplog.text
+    assert_same_svd(again, first)

@@ -35,6 +35,53 @@ def matrix(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(D_VOCAB, D_MODEL)).astype(np.float32)
 
 
+# A byte-level BPE vocabulary in GGUF metadata: the end-of-text token, the 256 byte
+# symbols, and the tokens these words merge into.
+GGUF_WORDS = ["ĠFrance", "Ġthe"]
+
+
+def gguf_vocabulary() -> tuple[list[str], list[str]]:
+    """``(tokens, merges)`` of a tiny byte-level BPE, as GGUF stores them."""
+    from tokenizers import pre_tokenizers
+
+    tokens = ["<|endoftext|>", *sorted(pre_tokenizers.ByteLevel.alphabet())]
+    merges = []
+    for word in GGUF_WORDS:
+        for end in range(2, len(word) + 1):
+            if word[:end] not in tokens:
+                tokens.append(word[:end])
+                merges.append(f"{word[: end - 1]} {word[end - 1]}")
+    return tokens, merges
+
+
+def write_gguf_lm(file: Path, W_E: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """A tiny Llama GGUF file with a tokenizer in its metadata (what transformers converts),
+    so that it loads like a real one; returns its W_E (float32, one row per token)."""
+    tokens, merges = gguf_vocabulary()
+    if W_E is None:
+        W_E = np.random.default_rng(seed).normal(size=(len(tokens), D_MODEL)).astype(np.float32)
+    writer = GGUFWriter(file, "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(D_MODEL)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(64)
+    writer.add_head_count(1)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types([1] * len(tokens))
+    writer.add_bos_token_id(0)
+    writer.add_eos_token_id(0)
+    writer.add_tensor("token_embd.weight", W_E)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return W_E
+
+
 def test_f32_embedding_without_output_is_tied(tmp_path):
     W_E = matrix(0)
     write_gguf(tmp_path / "m.gguf", {"token_embd.weight": W_E, "blk.0.attn_norm.weight": W_E[0]})
@@ -98,6 +145,16 @@ def test_gguf_file_missing_from_the_folder_lists_those_there(tmp_path):
         load_checkpoint(spec, tmp_path / "cache")
 
 
+@pytest.mark.parametrize("name", ["../a.gguf", "/tmp/a.gguf", "sub/a.gguf", ".."])
+def test_gguf_file_must_name_a_file_of_the_folder(tmp_path, name):
+    """A name that leads out of the checkpoint folder is refused before anything is read."""
+    (tmp_path / "model").mkdir()
+    write_gguf(tmp_path / "a.gguf", {"token_embd.weight": matrix(0)})
+    spec = CheckpointSpec(name="g", path=str(tmp_path / "model"), gguf_file=name)
+    with pytest.raises(ValueError, match=r"model.gguf_file: .* is not a file name; name a file"):
+        load_checkpoint(spec, tmp_path / "cache")
+
+
 def test_folder_with_two_gguf_files_needs_a_name(tmp_path):
     for name in ("a.gguf", "b.gguf"):
         write_gguf(tmp_path / name, {"token_embd.weight": matrix(0)})
@@ -115,6 +172,34 @@ def test_gguf_without_tokenizer_metadata_says_so_and_caches_nothing(tmp_path):
     ):
         load_checkpoint(CheckpointSpec(name="g", path=str(tmp_path)), cache)
     assert list((cache / "gguf").iterdir()) == []  # no half-written entry
+
+
+def test_a_gguf_file_with_tokenizer_metadata_loads_and_is_cached(tmp_path):
+    W_E = write_gguf_lm(tmp_path / "lm.gguf")
+    cache = tmp_path / "cache"
+
+    checkpoint = load_checkpoint(CheckpointSpec(name="g", path=str(tmp_path)), cache)
+
+    np.testing.assert_array_equal(checkpoint.W, W_E)
+    assert checkpoint.quantization == "F32" and checkpoint.tied is True
+    assert len(checkpoint.tokenizer) == len(W_E)
+    assert checkpoint.tokenizer.encode(" France") == [checkpoint.tokenizer.get_vocab()["ĠFrance"]]
+    entry = cache / "gguf" / checkpoint.weights_sha256
+    meta = json.loads((entry / "meta.json").read_text())
+    assert "token_embd.weight.npy" in meta["files"] and "tokenizer/tokenizer.json" in meta["files"]
+    for name in [*meta["files"], "meta.json"]:  # every file carries its checksum record
+        assert (entry / f"{name}.checksum").is_file()
+
+
+def test_an_integer_gguf_embedding_is_refused(tmp_path):
+    write_gguf(tmp_path / "m.gguf", {"token_embd.weight": np.ones((D_VOCAB, D_MODEL), np.int8)})
+    with pytest.raises(
+        ValueError,
+        match=r"model\.gguf_file: tensor 'token_embd\.weight' in .*m\.gguf is stored as I8, "
+        r"integer codes without scales, so it cannot be analysed; use a GGUF file with a "
+        r"float or a quantized type",
+    ):
+        write_token_matrices(tmp_path / "m.gguf", tmp_path)
 
 
 def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +84,46 @@ def test_a_non_float_tensor_is_refused(tmp_path):
         read_safetensors(tmp_path / "b.safetensors", "mask")
 
 
-def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
-    file = tmp_path / "weights.bin"
-    file.write_bytes(b"abc" * 1000)
-    calls = []
+def settled(monkeypatch) -> None:
+    """Hash as if files were written long ago (as real checkpoints are), so that their
+    hashes are remembered; a file changed in the last ``RACY_NS`` is hashed every time."""
+    monkeypatch.setattr(weights, "_now_ns", lambda: time.time_ns() + 2 * weights.RACY_NS)
+
+
+def counted_hashes(monkeypatch) -> list[Path]:
+    calls: list[Path] = []
     real = weights.sha256_of
     monkeypatch.setattr(weights, "sha256_of", lambda f: calls.append(f) or real(f))
+    return calls
+
+
+def same_size_and_mtime(file: Path, content: bytes, *, in_place: bool) -> None:
+    """Replace ``file``'s bytes by ``content`` (of the same size) and give it its old
+    mtime: in place (same inode), or by renaming a new file over it (a new inode). Only
+    the change time, which no user can set, tells it apart; wait (on the clock, not a
+    sleep) until it has moved past the old one, which a coarse file-system tick may delay."""
+    before = file.stat()
+    if in_place:
+        with open(file, "r+b") as handle:
+            handle.write(content)
+    else:
+        new = file.with_name(file.name + ".new")
+        new.write_bytes(content)
+        os.utime(new, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(new, file)
+    os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    while file.stat().st_ctime_ns == before.st_ctime_ns:
+        os.utime(file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = file.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert (after.st_ino == before.st_ino) is in_place
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
+    settled(monkeypatch)
+    file = tmp_path / "weights.bin"
+    file.write_bytes(b"abc" * 1000)
+    calls = counted_hashes(monkeypatch)
     cache = tmp_path / "cache"
     digest = file_sha256(file, cache)
     assert digest == hashlib.sha256(b"abc" * 1000).hexdigest()
@@ -96,6 +132,62 @@ def test_a_file_is_hashed_once_until_it_changes(tmp_path, monkeypatch):
     os.utime(file, ns=(1, 1))
     assert file_sha256(file, cache) == hashlib.sha256(b"abd" * 1000).hexdigest()
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["same-inode", "renamed-over"])
+def test_a_file_replaced_with_the_same_size_and_mtime_is_hashed_again(
+    tmp_path, monkeypatch, in_place
+):
+    settled(monkeypatch)
+    file, cache = tmp_path / "weights.bin", tmp_path / "cache"
+    file.write_bytes(b"abc" * 1000)
+    assert file_sha256(file, cache) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert list((cache / "sha256").glob("*.json"))  # remembered: the test reads the memo
+
+    same_size_and_mtime(file, b"xyz" * 1000, in_place=in_place)
+
+    assert file_sha256(file, cache) == hashlib.sha256(b"xyz" * 1000).hexdigest()
+
+
+def test_a_file_changed_moments_ago_is_not_remembered(tmp_path, monkeypatch):
+    """Two writes within one time stamp tick leave size, mtime and ctime alike: a hash
+    taken right after a write is not trusted for the next call."""
+    file = tmp_path / "weights.bin"
+    file.write_bytes(b"abc" * 1000)
+    calls = counted_hashes(monkeypatch)
+    for _ in range(2):
+        assert file_sha256(file, tmp_path / "cache") == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert len(calls) == 2 and not (tmp_path / "cache" / "sha256").exists()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["edited", "truncated", "flipped", "no-record"],
+)
+def test_a_damaged_widened_matrix_is_rebuilt_with_a_warning(tmp_path, damage, caplog):
+    values = np.random.default_rng(4).normal(size=(37, 6)).astype(np.float32)
+    file = bf16_file(tmp_path, values)
+    expected = ((values.view(np.uint32) >> 16) << 16).view(np.float32)
+    cache = tmp_path / "cache"
+    read_safetensors(file, "embed", cache)
+    [entry] = (cache / "matrices").glob("*/embed.npy")
+    if damage == "edited":  # a valid .npy with other values
+        np.save(entry, np.zeros_like(expected))
+    elif damage == "truncated":
+        entry.write_bytes(entry.read_bytes()[:-24])
+    elif damage == "flipped":
+        raw = bytearray(entry.read_bytes())
+        raw[-5] ^= 0x40
+        entry.write_bytes(bytes(raw))
+    else:
+        Path(f"{entry}.checksum").unlink()
+
+    with caplog.at_level(logging.WARNING):
+        again = read_safetensors(file, "embed", cache)
+
+    np.testing.assert_array_equal(again, expected)
+    assert f"cache entry {entry} is damaged" in caplog.text
+    assert "rebuilding it" in caplog.text
 
 
 def test_a_hub_blob_is_named_by_its_hash_and_not_read(tmp_path, monkeypatch):

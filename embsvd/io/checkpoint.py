@@ -13,36 +13,53 @@ Two weight formats: Hugging Face folders (safetensors, single file or sharded; p
 only when ``allow_pickle`` is set, and then with ``torch.load(weights_only=True)``) and
 GGUF files (``embsvd.io.gguf_file``: dequantized once and cached, with the tokenizer converted
 from the file's metadata). Only the requested matrix is read; the model is never built
-and remote code is never enabled.
+and remote code is never enabled. Files are checked before use (``embsvd.io.weights``,
+``embsvd.io.gguf_file``), and a matrix with NaN or infinite rows is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from embsvd.io.tokenizer import FastTokenizer, fast_tokenizer
-from embsvd.io.weights import file_sha256, sha256_of
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
 
 from embsvd.io.gguf_file import convert_once
 from embsvd.io.hf_folder import (
     OUTPUT_KEYS,
     SAFETENSORS_INDEX,
     guess_embedding_key,
+    matrix_files,
     read_index,
     read_token_matrix,
 )
 from embsvd.io.spec import MATRICES, Checkpoint, CheckpointSpec
+from embsvd.io.tokenizer import FastTokenizer, fast_tokenizer
+from embsvd.io.weights import check_finite, file_sha256, sha256_of
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # What a Hub download needs: configs and tokenizer files, then the weights.
 HUB_METADATA = ["*.json", "vocab.txt", "merges.txt", "*.model", "*.tiktoken"]
 HUB_WEIGHTS = ["*.safetensors"]
+# Files of a Hugging Face folder that decide its tokenizer (and config.json, the tie).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "config.json",
+)
 
 
 def default_cache_dir() -> Path:
@@ -91,6 +108,8 @@ def load_checkpoint(spec: CheckpointSpec, cache_dir: Path | None = None) -> Chec
             f"{read.tensor_key!r} has only {read.W.shape[0]} rows; tokenizer and weights do "
             "not belong together"
         )
+    where = f"tensor {read.tensor_key!r} in {read.weights_file}"
+    check_finite(read.W, where, weights_sha256, read.tensor_key, cache_dir)
     return Checkpoint(
         name=spec.name,
         W=read.W,
@@ -107,11 +126,36 @@ def load_checkpoint(spec: CheckpointSpec, cache_dir: Path | None = None) -> Chec
     )
 
 
+def content_digest(spec: CheckpointSpec, cache_dir: Path | None = None) -> str:
+    """Hex SHA-256 of the checkpoint files that decide the numbers besides the config:
+    the weight files the matrix ``spec.matrix`` is read from (the GGUF file, or the
+    safetensors file or shard that holds the tensor, and its index) and the tokenizer
+    files (a GGUF file holds its own). The matrix is not read, and each file's hash is
+    remembered in ``cache_dir`` (``None``: ``default_cache_dir()``), so a repeat costs a
+    ``stat`` per file; replacing a file at the same path changes the digest.
+    """
+    folder = resolve_folder(spec)
+    cache_dir = cache_dir or default_cache_dir()
+    gguf_file = _gguf_file(folder, spec.gguf_file)
+    if gguf_file is not None:
+        files = [gguf_file]
+    else:
+        tokenizer_files = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+        files = [*matrix_files(folder, spec), *tokenizer_files]
+    content = {file.relative_to(folder).as_posix(): file_sha256(file, cache_dir) for file in files}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def _gguf_file(folder: Path, name: str | None) -> Path | None:
     """The GGUF file to read: the one named, else the folder's only ``.gguf`` file when
     the folder has no safetensors weights; ``None`` for a Hugging Face folder."""
     if name:
         file = folder / name
+        if Path(name).name != name or name in (".", ".."):
+            raise ValueError(
+                f"model.gguf_file: {name!r} is not a file name; name a file of {folder} "
+                "(a GGUF file elsewhere: set model.path to its folder)"
+            )
         if not file.is_file():
             found = sorted(p.name for p in folder.glob("*.gguf"))
             raise FileNotFoundError(
@@ -223,7 +267,8 @@ def load_tokenizer(folder: Path) -> FastTokenizer | PreTrainedTokenizerBase:
         tokenizer = fast_tokenizer(folder) or _transformers_tokenizer(folder)
     except Exception as error:  # tokenizers raises plain Exceptions for a bad file
         raise ValueError(
-            f"model: no tokenizer could be loaded from {folder} ({error}); the folder needs {needs}"
+            f"model: no tokenizer could be loaded from {folder} ({error}); "
+            f"{_custom_code(folder)}the folder needs {needs}"
         ) from error
     # without its vocabulary file transformers still builds a tokenizer from config.json,
     # one that knows only the special tokens and turns every word into the unknown token
@@ -235,10 +280,27 @@ def load_tokenizer(folder: Path) -> FastTokenizer | PreTrainedTokenizerBase:
     return tokenizer
 
 
+def _custom_code(folder: Path) -> str:
+    """What the folder's tokenizer_config.json names as custom code (``auto_map``), as a
+    clause for an error message; empty when it names none."""
+    try:
+        auto_map = json.loads((folder / "tokenizer_config.json").read_text()).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not auto_map:
+        return ""
+    named = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else auto_map
+    names = sorted({n for n in (named if isinstance(named, list) else [named]) if n})
+    return (
+        f"its tokenizer_config.json names custom code (auto_map: {', '.join(map(str, names))}), "
+        "which embsvd never runs; "
+    )
+
+
 def _transformers_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
 
 
 sha256_file = sha256_of  # the file's hash, read now (file_sha256 remembers it)

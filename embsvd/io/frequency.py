@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embsvd.io.weights import replaced_atomically
+from embsvd.io.cache import replaced_atomically
 
 log = logging.getLogger(__name__)
 

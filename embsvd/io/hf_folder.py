@@ -1,21 +1,23 @@
 """A Hugging Face folder's tensors: find the input (and output) matrix among the
 folder's files, read only that tensor (safetensors, single or sharded; pickle only when
-allowed, with ``torch.load(weights_only=True)``), and tell whether the two are tied."""
+allowed, with ``torch.load(weights_only=True)``), and tell whether the two are tied.
+
+An index (``model.safetensors.index.json``) only names files inside the folder, and a
+safetensors index only safetensors files: whatever it says, nothing is unpickled unless
+``model.allow_pickle`` is set.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from embsvd.io.weights import read_safetensors, safetensors_header
-
-if TYPE_CHECKING:
-    pass
-
 from embsvd.io.spec import CheckpointSpec, TokenMatrix
+from embsvd.io.weights import HUB_BLOB, check_float_dtype, read_safetensors, safetensors_header
 
 # Tensor names of the input embedding in common architectures, tried in this order.
 EMBEDDING_KEYS = (
@@ -49,6 +51,9 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_FILE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
+# torch's names of dtypes as safetensors names them (a token matrix must be a float)
+PICKLE_DTYPES = {"float32": "F32", "float64": "F64", "bfloat16": "BF16", "float16": "F16"}
+PICKLE_DTYPES |= {f"{t}{n}": f"{t[0].upper()}{n}" for t in ("int", "uint") for n in (8, 16, 32, 64)}
 
 
 def read_token_matrix(
@@ -56,7 +61,7 @@ def read_token_matrix(
 ) -> TokenMatrix:
     """The input or output matrix of a Hugging Face folder, and whether the two are tied
     (bfloat16 and float16 widened once into ``cache_dir`` when given)."""
-    weight_map = _weight_map(folder, spec.allow_pickle)
+    weight_map, index = _weight_map(folder, spec.allow_pickle)
     in_file, in_key = find_embedding(folder, spec.embedding_key, spec.allow_pickle, weight_map)
     out_key = _find_output_key(weight_map, spec.output_key, folder)
     declared = _declared_tie(folder)
@@ -65,7 +70,9 @@ def read_token_matrix(
     elif declared is not None:  # what transformers ties; no need to open the output's shard
         tied = declared
     elif weight_map[out_key].is_file():
-        tied = _same_tensor(in_file, in_key, weight_map[out_key], out_key)
+        _check_shard(index, in_file, in_key)
+        _check_shard(index, weight_map[out_key], out_key)
+        tied = _same_tensor(in_file, in_key, weight_map[out_key], out_key, spec.allow_pickle)
     else:  # a Hub download of an input matrix fetches only the embedding's shard
         tied = None
     if spec.matrix == "input" or tied:
@@ -78,8 +85,47 @@ def read_token_matrix(
             f"{', '.join(OUTPUT_KEYS)}, and config.json names no language-model architecture "
             "that would reuse W_E; set model.output_key, or analyse model.matrix=input"
         )
-    W = read_tensor(file, key, cache_dir)
-    return TokenMatrix(W, file, key, tied, _stored_dtype(file, key))
+    _check_shard(index, file, key)
+    W, dtype = _read_matrix(file, key, cache_dir, spec.allow_pickle)
+    return TokenMatrix(W, file, key, tied, dtype)
+
+
+def matrix_files(folder: Path, spec: CheckpointSpec) -> list[Path]:
+    """The weight files that decide the matrix ``spec.matrix``, found without reading a
+    tensor: the input matrix's file, and for ``output`` the output matrix's too (which
+    of the two is read depends on their tie), and the index that maps names to files."""
+    weight_map, index = _weight_map(folder, spec.allow_pickle)
+    in_file, _ = find_embedding(folder, spec.embedding_key, spec.allow_pickle, weight_map)
+    files = [in_file] if index is None else [index, in_file]
+    out_key = _find_output_key(weight_map, spec.output_key, folder)
+    if spec.matrix == "output" and out_key is not None and weight_map[out_key].is_file():
+        files.append(weight_map[out_key])
+    return sorted(set(files))
+
+
+def _check_shard(index: Path | None, file: Path, key: str) -> None:
+    """A shard that an index names exists and is valid safetensors holding ``key``; the
+    error names the index and the shard."""
+    if index is None:
+        return
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"model: {index} puts tensor {key!r} in {file.name}, which is not in "
+            f"{index.parent}; download that shard again (or fix the index)"
+        )
+    if file.suffix != ".safetensors":
+        return
+    try:
+        _, header = safetensors_header(file)
+    except ValueError as error:
+        raise ValueError(
+            f"model: {index} puts tensor {key!r} in shard {file.name}, which is damaged: {error}"
+        ) from error
+    if key not in header:
+        raise ValueError(
+            f"model: {index} puts tensor {key!r} in shard {file.name}, which holds no such "
+            "tensor; download the checkpoint again (the index and its shards disagree)"
+        )
 
 
 def _find_output_key(weight_map: dict[str, Path], key: str | None, folder: Path) -> str | None:
@@ -113,7 +159,9 @@ def _has_lm_head(folder: Path) -> bool:
     return bool(tied) and any(a.endswith(LM_HEAD_SUFFIXES) for a in architectures)
 
 
-def _same_tensor(file_a: Path, key_a: str, file_b: Path, key_b: str) -> bool:
+def _same_tensor(
+    file_a: Path, key_a: str, file_b: Path, key_b: str, allow_pickle: bool = False
+) -> bool:
     """Whether two stored tensors hold the same values (tied weights saved twice)."""
     if file_a.suffix == ".safetensors" and file_b.suffix == ".safetensors":
         a, b = _raw_bytes(file_a, key_a), _raw_bytes(file_b, key_b)
@@ -124,7 +172,12 @@ def _same_tensor(file_a: Path, key_a: str, file_b: Path, key_b: str) -> bool:
             np.array_equal(a[1][i : i + chunk], b[1][i : i + chunk])
             for i in range(0, a[1].size, chunk)
         )
-    return bool(np.array_equal(read_tensor(file_a, key_a), read_tensor(file_b, key_b)))
+    return bool(
+        np.array_equal(
+            read_tensor(file_a, key_a, allow_pickle=allow_pickle),
+            read_tensor(file_b, key_b, allow_pickle=allow_pickle),
+        )
+    )
 
 
 def _raw_bytes(file: Path, key: str) -> tuple[tuple, np.ndarray] | None:
@@ -136,13 +189,6 @@ def _raw_bytes(file: Path, key: str) -> tuple[tuple, np.ndarray] | None:
         return None
     raw = np.memmap(file, dtype=np.uint8, mode="r", offset=data_start + start, shape=(end - start,))
     return (entry["dtype"], tuple(entry["shape"])), raw
-
-
-def _stored_dtype(file: Path, key: str) -> str:
-    """``F32``, ``BF16``, ... as safetensors names it (torch's name for a pickle)."""
-    if file.suffix == ".safetensors":
-        return safetensors_header(file)[1][key]["dtype"]
-    return str(_load_pickle(file)[key].dtype).removeprefix("torch.")
 
 
 def find_embedding(
@@ -159,7 +205,7 @@ def find_embedding(
             (the message lists the tensors that exist).
     """
     if weight_map is None:
-        weight_map = _weight_map(folder, allow_pickle)
+        weight_map, _ = _weight_map(folder, allow_pickle)
     if key is None:
         key = guess_embedding_key(list(weight_map), folder)
     elif key not in weight_map:
@@ -170,17 +216,17 @@ def find_embedding(
     return weight_map[key], key
 
 
-def _weight_map(folder: Path, allow_pickle: bool) -> dict[str, Path]:
-    """Tensor name -> file for the checkpoint's weights (safetensors preferred)."""
+def _weight_map(folder: Path, allow_pickle: bool) -> tuple[dict[str, Path], Path | None]:
+    """Tensor name -> file for the checkpoint's weights (safetensors preferred), and the
+    index file that says so (``None`` for a single file)."""
     if (folder / SAFETENSORS_INDEX).is_file():
-        return read_index(folder / SAFETENSORS_INDEX)
+        return read_index(folder / SAFETENSORS_INDEX), folder / SAFETENSORS_INDEX
     if (folder / SAFETENSORS_FILE).is_file():
-        return dict.fromkeys(
-            _safetensors_keys(folder / SAFETENSORS_FILE), folder / SAFETENSORS_FILE
-        )
+        file = folder / SAFETENSORS_FILE
+        return dict.fromkeys(_safetensors_keys(file), file), None
     others = sorted(folder.glob("*.safetensors"))
     if len(others) == 1:
-        return dict.fromkeys(_safetensors_keys(others[0]), others[0])
+        return dict.fromkeys(_safetensors_keys(others[0]), others[0]), None
     pickles = [folder / name for name in (PICKLE_INDEX, PICKLE_FILE) if (folder / name).is_file()]
     if pickles and not allow_pickle:
         raise ValueError(
@@ -189,9 +235,9 @@ def _weight_map(folder: Path, allow_pickle: bool) -> dict[str, Path]:
             "model.allow_pickle=true to read it with torch.load(weights_only=True)"
         )
     if pickles and pickles[0].name == PICKLE_INDEX:
-        return read_index(pickles[0])
+        return read_index(pickles[0]), pickles[0]
     if pickles:
-        return dict.fromkeys(_load_pickle(pickles[0]), pickles[0])
+        return dict.fromkeys(_load_pickle(pickles[0]), pickles[0]), None
     contents = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     raise FileNotFoundError(
         f"model: no weights in {folder} (looked for {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, "
@@ -200,15 +246,60 @@ def _weight_map(folder: Path, allow_pickle: bool) -> dict[str, Path]:
 
 
 def read_index(index_file: Path) -> dict[str, Path]:
-    weight_map = json.loads(index_file.read_text())["weight_map"]
-    return {name: index_file.parent / shard for name, shard in weight_map.items()}
+    """Tensor name -> shard of an index file, every shard a file inside the index's folder
+    (a safetensors index: a ``.safetensors`` file).
+
+    Raises:
+        ValueError: the index is not JSON with a ``weight_map`` of names to file names, or
+            names a file outside its folder (absolute, ``..``, a link that leaves it) or,
+            for a safetensors index, one that is not ``.safetensors``.
+    """
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+        valid = isinstance(weight_map, dict) and all(
+            isinstance(shard, str) and shard for shard in weight_map.values()
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(
+            f"model: {index_file} is not a valid index ({error!r}); it needs a weight_map "
+            "of tensor names to file names; download the checkpoint again"
+        ) from error
+    if not valid:
+        raise ValueError(
+            f"model: {index_file}'s weight_map must map tensor names to file names; "
+            "download the checkpoint again"
+        )
+    return {name: _shard_path(index_file, name, shard) for name, shard in weight_map.items()}
+
+
+def _shard_path(index_file: Path, key: str, shard: str) -> Path:
+    """The file an index names for ``key``, refused unless it lies inside the index's
+    folder (a Hub snapshot's links into the repository's blobs are inside)."""
+    folder = index_file.parent
+    path = folder / shard
+    escapes = Path(shard).is_absolute() or ".." in Path(shard).parts
+    inside = Path(os.path.normpath(path)).is_relative_to(os.path.normpath(folder))
+    real = path.resolve()
+    # huggingface_hub links a snapshot's files (and older --local-dir downloads) to blobs
+    # named by their hash: such a link stays inside what was downloaded
+    linked_blob = real.parent.name == "blobs" and HUB_BLOB.fullmatch(real.name)
+    if escapes or not inside or not (real.is_relative_to(folder.resolve()) or linked_blob):
+        raise ValueError(
+            f"model: {index_file} puts tensor {key!r} in {shard!r}, outside the checkpoint "
+            f"folder {folder}; an index may only name files in its folder: fix the index, "
+            "or copy the shard into the folder"
+        )
+    if index_file.name == SAFETENSORS_INDEX and path.suffix != ".safetensors":
+        raise ValueError(
+            f"model: {index_file} puts tensor {key!r} in {shard!r}, not a .safetensors "
+            "file; a safetensors index names only safetensors shards (and a pickle is "
+            "never read through it, whatever model.allow_pickle says)"
+        )
+    return path
 
 
 def _safetensors_keys(file: Path) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(file, framework="numpy") as handle:
-        return list(handle.keys())
+    return [key for key in safetensors_header(file)[1] if key != "__metadata__"]
 
 
 def guess_embedding_key(keys: list[str], folder: Path) -> str:
@@ -232,20 +323,47 @@ def _describe_keys(keys: list[str], limit: int = 40) -> str:
     return f"{len(keys)} tensors: {shown}{more}"
 
 
-def read_tensor(file: Path, key: str, cache_dir: Path | None = None) -> np.ndarray:
-    """One tensor of a safetensors or (opt-in) pickle file as a numpy array.
+def read_tensor(
+    file: Path, key: str, cache_dir: Path | None = None, *, allow_pickle: bool
+) -> np.ndarray:
+    """One float tensor of a safetensors or (with ``allow_pickle``) pickle file as a
+    numpy array.
 
     safetensors: memory-mapped when numpy has the dtype; bfloat16 and float16 are widened
     to float32 exactly, once into ``cache_dir`` when given (``embsvd.io.weights``).
     """
-    if file.suffix != ".safetensors":
-        tensor = _load_pickle(file)[key]
-        return tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
-    return read_safetensors(file, key, cache_dir)
+    return _read_matrix(file, key, cache_dir, allow_pickle)[0]
+
+
+def _read_matrix(
+    file: Path, key: str, cache_dir: Path | None, allow_pickle: bool
+) -> tuple[np.ndarray, str]:
+    """The tensor and its stored dtype (``F32``, ``BF16``, ...; torch's name for a pickle)."""
+    if file.suffix == ".safetensors":
+        return read_safetensors(file, key, cache_dir), safetensors_header(file)[1][key]["dtype"]
+    if not allow_pickle:
+        raise ValueError(
+            f"model.allow_pickle: tensor {key!r} is in {file}, a pickle file, and unpickling "
+            "can run arbitrary code; convert the checkpoint to safetensors, or set "
+            "model.allow_pickle=true to read it with torch.load(weights_only=True)"
+        )
+    tensor = _load_pickle(file)[key]
+    torch_name = str(tensor.dtype).removeprefix("torch.")
+    dtype = PICKLE_DTYPES.get(torch_name, torch_name)
+    check_float_dtype(file, key, dtype)
+    # float64 as stored, like a safetensors F64; the narrower floats widened to float32
+    return (tensor.numpy() if dtype == "F64" else tensor.float().numpy()), dtype
 
 
 def _load_pickle(file: Path) -> dict:
     import torch
 
     # weights_only=True refuses anything but tensors and plain containers
-    return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise ValueError(
+            f"model: {file} could not be read with torch.load(weights_only=True), which "
+            "refuses anything but tensors and plain containers (unpickling other objects "
+            f"could run code), or it is damaged: {str(error).splitlines()[0]}"
+        ) from error

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embsvd.io.weights import replaced_atomically
+from embsvd.io.cache import intact, written_with_checksum
 from embsvd.method.svd import svd_flip
 
 log = logging.getLogger(__name__)
@@ -184,19 +184,20 @@ def cached_global_svd(
 ) -> GlobalSVD:
     """``global_svd`` read from or written to ``cache_file`` (``.npz``).
 
-    A cache is used only when its ``n_components``, ``d_vocab``, ``d_model`` and row count
-    match; the file name must encode anything else the result depends on (checkpoint,
-    which rows). A stale or unreadable file is recomputed and replaced atomically.
+    A cache is used only when it matches its checksum record (``embsvd.io.cache``) and
+    its ``n_components``, ``d_vocab``, ``d_model`` and row count match; the file name must
+    encode anything else the result depends on (checkpoint, which rows). A stale, damaged
+    or unreadable file is recomputed and replaced atomically.
     """
     cache_file, W = Path(cache_file), _matrix(W)
     n_rows = len(W) if rows is None else len(_row_index(W, rows))
     key = dict(n_components=n_components, d_vocab=len(W), d_model=W.shape[1], n_rows=n_rows)
-    if cache_file.exists():
+    if intact(cache_file):
         cached = _load_svd(cache_file, key)
         if cached is not None:
             return cached
     svd = global_svd(W, n_components, rows=rows)
-    with replaced_atomically(cache_file) as stream:
+    with written_with_checksum(cache_file) as stream:
         arrays = {name: getattr(svd, name) for name in ("mean", "singular_values", "Vt")}
         np.savez(stream, **arrays, total_variance=svd.total_variance, **key)
     return svd
