@@ -37,6 +37,8 @@ Each kept token records the form it was found in.
 from __future__ import annotations
 
 import logging
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,24 @@ log = logging.getLogger(__name__)
 
 MIN_GROUP_SIZE = 2  # an SVD of fewer rows has nothing to compare
 DEFAULT_SIZE = 10  # members of an open group whose size is not given
+# Caps far above any real group (the shipped ones have at most 27 words; every country is
+# ~200), so that a mistyped or hostile config fails at once instead of running for hours:
+# each member is one more refit of the leave-one-out check, and every draw of the null an
+# SVD of a random group of `size` rows.
+MAX_SIZE = 1000  # members a group keeps (`size`)
+MAX_WORDS = 10_000  # candidate words of a group, `words` and `held_out` together
+
+# A group name is a key of the run's metrics (``group_mean_corr/<a>__<b>``), of its CSV
+# tables and of figure file names. ``__`` separates the two groups of a pair metric (and a
+# name ending in ``_`` would make a third ``_`` beside it), so neither may occur in a name;
+# ASCII letters, digits and ``-`` are what every metric store and file system takes.
+GROUP_NAME_MAX = 64
+GROUP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*(?:_[A-Za-z0-9-]+)*", re.ASCII)
+GROUP_NAME_RULE = (
+    f"ASCII letters, digits, '_' and '-', starting with a letter, at most {GROUP_NAME_MAX} "
+    "characters, no '__' and no '_' at the end ('__' separates the two groups of a pair "
+    "metric, group_mean_corr/<a>__<b>)"
+)
 
 
 # Members of the choice enums are named as their values: OmegaConf matches a config value
@@ -219,7 +239,7 @@ def select_single_tokens(
     Raises:
         ValueError: the spec is malformed, or fewer than 2 words survive.
     """
-    _check_spec(name, spec)
+    check_group_spec(name, spec)
     forms = forms or TokenForms(tokenizer)
     owner: dict[int, str] = {}
     single, dropped = _single_tokens(spec.words, spec.form, forms, owner)
@@ -358,7 +378,61 @@ def _describe(dropped: DroppedWord) -> str:
     return f"{dropped.word!r} ({', '.join(repr(t) for t in dropped.tokens)}): {dropped.reason}"
 
 
-def _check_spec(name: str, spec: GroupSpec) -> None:
+def check_group_name(name: object) -> None:
+    """Refuse a group name that could not be a metric key and a file name (``GROUP_NAME_RULE``).
+
+    Raises:
+        ValueError: naming the group, the rule and a name that follows it.
+    """
+    text = str(name)
+    if len(text) <= GROUP_NAME_MAX and GROUP_NAME.fullmatch(text):
+        return
+    raise ValueError(
+        f"groups: {text[:100]!r}{'...' if len(text) > 100 else ''} is not a group name: "
+        f"{GROUP_NAME_RULE}; rename it, e.g. to {group_name_like(text)!r}"
+    )
+
+
+def group_name_like(name: str) -> str:
+    """A name that follows ``GROUP_NAME_RULE``, made from ``name``: accents dropped, runs of
+    other characters turned into one ``_``, cut to the length allowed."""
+    ascii_text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    words = re.findall(r"[A-Za-z0-9-]+", ascii_text)
+    text = "_".join(words).lstrip("0123456789-_")[:GROUP_NAME_MAX].rstrip("_")
+    return text or "group"
+
+
+def check_group_bounds(name: str, spec: GroupSpec) -> None:
+    """Refuse a group larger than any real one (``MAX_WORDS`` candidates, ``MAX_SIZE``
+    members): the checks' cost grows with both.
+
+    Raises:
+        ValueError: naming the key, the count and the cap.
+    """
+    n_words = len(spec.words) + len(spec.held_out)
+    if n_words > MAX_WORDS:
+        raise ValueError(
+            f"groups.{name}.words: {len(spec.words)} words and {len(spec.held_out)} held_out "
+            f"alternates; at most {MAX_WORDS} together (the checks rank every candidate): "
+            "split the group or shorten its lists"
+        )
+    if spec.n_members > MAX_SIZE:  # a closed group without a size keeps all its words
+        key = "size" if spec.size is not None else "words"
+        raise ValueError(
+            f"groups.{name}.{key}: the group keeps {spec.n_members} members; at most "
+            f"{MAX_SIZE} (each member is one more refit of the leave-one-out check): choose "
+            "a smaller size"
+        )
+
+
+def check_group_spec(name: str, spec: GroupSpec) -> None:
+    """Refuse a malformed group spec (no words, a size out of range, a choice that is not
+    one, polysemous or held-out words that contradict ``words``), naming the key.
+
+    Raises:
+        ValueError: naming the key, the value and what is allowed.
+    """
+    check_group_bounds(name, spec)
     if not spec.words:
         raise ValueError(f"groups.{name}.words: the group has no words; list at least 2")
     if spec.closed and spec.size is not None and spec.size != len(spec.words):

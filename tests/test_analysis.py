@@ -160,7 +160,10 @@ def test_analyze_clamps_components_to_the_group_size_and_checks_inputs():
     tokens = [str(i) for i in range(12)]
     vocab = Vocabulary.from_matrix(W_E, tokens)
     result = analyze(W_E, groups, "g", vocab, n_components=10, top_k=2)
-    assert result.projections.shape == (12, 3)
+    # 3 centered rows span 2 directions: a third axis would be rounding noise
+    assert result.projections.shape == (12, 2)
+    raw = analyze(W_E, groups, "g", vocab, center=False, n_components=10, top_k=2)
+    assert raw.projections.shape == (12, 3)
     with pytest.raises(ValueError, match=r"target: 'h' is not one of the groups \['g'\]"):
         analyze(W_E, groups, "h", vocab)
     with pytest.raises(ValueError, match="vocab: 12 tokens for 11 rows of W"):
@@ -175,4 +178,4 @@ def test_clamping_components_is_logged(caplog):
     with caplog.at_level("WARNING", logger="embsvd.method.analysis"):
         vocab = Vocabulary.from_matrix(W_E, tokens)
         analyze(W_E, {"g": token_group("g", [1, 2, 3])}, "g", vocab, n_components=4, top_k=1)
-    assert "analysis.n_components=4 exceeds the 3 axes of g; projecting on 3" in caplog.text
+    assert "analysis.n_components=4 exceeds the 2 axes of g; projecting on 2" in caplog.text

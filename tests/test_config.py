@@ -13,7 +13,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from embsvd.groups import GroupSpec
+from embsvd.groups import GroupSpec, check_group_name
 from embsvd.io.checkpoint import resolve_folder
 from embsvd.io.spec import CheckpointSpec
 from embsvd.pipeline.config import (
@@ -126,6 +126,9 @@ def test_the_figures_config_composes_typed_with_the_run_config_tracking():
         cfg = compose("figures", overrides=["sweep.sweep_id=abc", "tracking.uri=sqlite:///x.db"])
         settings: FiguresConfig = OmegaConf.to_object(cfg)
         assert settings.sweep.sweep_id == "abc" and settings.sweep.filter is None
+        assert settings.sweep.include_running is False  # RUNNING runs refused unless asked
+        included = compose("figures", overrides=["sweep.include_running=true"])
+        assert OmegaConf.to_object(included).sweep.include_running is True
         assert settings.tracking.uri == "sqlite:///x.db"
         assert settings.tracking.experiment == "embsvd"  # conf/tracking/local.yaml
         assert settings.output_dir == str(PROJECT_ROOT / "figures")
@@ -136,6 +139,19 @@ def test_the_figures_config_composes_typed_with_the_run_config_tracking():
         with pytest.raises(ConfigCompositionException) as raised:
             compose("figures", overrides=["top_k=many"])
         assert "top_k" in str(raised.value.__cause__)
+
+
+def test_every_shipped_group_name_follows_the_group_name_rule():
+    for name in OPTIONS["groups"] + ["extra"]:
+        check_group_name(name)
+    assert all(len(GroupSpec(**spec).words) <= 1000 for spec in shipped_group_specs())
+
+
+def shipped_group_specs() -> list[dict]:
+    return [
+        next(iter(yaml.safe_load((CONFIG_DIR / "groups" / f"{name}.yaml").read_text()).values()))
+        for name in OPTIONS["groups"]
+    ]
 
 
 def test_configs_have_no_stray_files():

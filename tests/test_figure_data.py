@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import numpy as np
@@ -180,11 +181,33 @@ def test_a_figure_set_that_fails_leaves_the_previous_one_alone(tmp_path):
     folder = tmp_path / "figures" / "s"
     folder.mkdir(parents=True)
     (folder / "scree_grid.csv").write_text("earlier\n")
+    (folder / "sweep.json").write_text('{"embsvd_figure_set": 1}')  # a set drawn before
     broken = logged_run("m/g/centered", **{"projection_histogram.csv": ({"component": "0"},)})
     with pytest.raises(KeyError, match="bin_left"):
-        write_figure_set(Sweep("s", "", None, (broken,)), folder, FigureStyle(formats=("png",)))
-    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["s"]  # no .partial left
+        write_figure_set(
+            Sweep("s", "", None, (broken,)), tmp_path / "figures", FigureStyle(formats=("png",))
+        )
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == ["s"]  # no scratch left
     assert (folder / "scree_grid.csv").read_text() == "earlier\n"
+
+
+def test_a_figure_set_replaces_its_own_folder_and_refuses_another(tmp_path):
+    runs = (logged_run("m/g/centered", top={0: (["a"], ["b"])}),)
+    style = FigureStyle(formats=("png",), dpi=40)
+    files = write_figure_set(Sweep("s", "", None, runs), tmp_path, style)
+    folder = tmp_path / "s"
+    assert {f.name for f in files} >= {"scree_grid.png", "sweep.json", "top_tokens.md"}
+    assert json.loads((folder / "sweep.json").read_text())["embsvd_figure_set"] == 1
+    (folder / "stale.csv").write_text("from an older set\n")
+    write_figure_set(Sweep("s", "", None, runs), tmp_path, style)  # its own: replaced
+    assert not (folder / "stale.csv").exists() and (folder / "scree_grid.png").is_file()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine\n")
+    with pytest.raises(ValueError, match=r"notes exists and is not a figure set this command"):
+        write_figure_set(Sweep("notes", "", None, runs), tmp_path, style)
+    assert (notes / "todo.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "s"]
 
 
 def test_scree_panels_share_one_axis_that_shows_every_value():

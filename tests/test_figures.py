@@ -390,6 +390,7 @@ def test_runs_of_mixed_experiments_or_none_finished_are_refused(swept):
             store, "m/digits/centered", {"mlflow.parentRunId": parent.run_id}
         ):
             pass
+    swept.client.set_terminated(parent.run_id)  # a parent still RUNNING would be refused first
     with pytest.raises(
         ValueError,
         match=r"holds runs of several experiments: 'mixed_a' \(1 runs\), 'mixed_b' \(1 runs\)"
@@ -402,6 +403,7 @@ def test_runs_of_mixed_experiments_or_none_finished_are_refused(swept):
         tracking.tracked_run(a, "m/digits/raw", {"mlflow.parentRunId": lonely.run_id}),
     ):
         raise RuntimeError("boom")
+    swept.client.set_terminated(lonely.run_id, "FAILED")
     with pytest.raises(ValueError, match=r"no FINISHED run to draw \(m/digits/raw FAILED\)"):
         read_sweep(swept.uri, SweepSelection(parent_run_id=lonely.run_id))
 

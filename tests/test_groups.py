@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from typing import TYPE_CHECKING
 
@@ -12,11 +13,16 @@ from omegaconf import OmegaConf
 
 from embsvd.groups import (
     DEFAULT_SIZE,
+    GROUP_NAME,
+    MAX_SIZE,
+    MAX_WORDS,
     DroppedWord,
     GroupSpec,
     KeptToken,
     TokenGroup,
+    check_group_name,
     describe_dropped,
+    group_name_like,
     select_single_tokens,
 )
 from embsvd.io.checkpoint import load_checkpoint, load_tokenizer
@@ -177,6 +183,44 @@ def test_group_without_words_is_refused(tokenizer: PreTrainedTokenizerBase) -> N
 def test_size_below_two_is_refused(tokenizer: PreTrainedTokenizerBase, size: int) -> None:
     with pytest.raises(ValueError, match=rf"groups\.digits\.size: must be at least 2, got {size}$"):
         select(tokenizer, DIGITS, size=size, name="digits")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            GroupSpec(words=DIGITS, size=MAX_SIZE + 1),
+            rf"groups\.g\.size: the group keeps {MAX_SIZE + 1} members; at most {MAX_SIZE} ",
+        ),
+        (
+            GroupSpec(words=DIGITS, held_out=[f"w{i}" for i in range(MAX_WORDS)]),
+            rf"groups\.g\.words: 10 words and {MAX_WORDS} held_out alternates; at most "
+            f"{MAX_WORDS} together",
+        ),
+    ],
+)
+def test_a_group_beyond_the_caps_is_refused_before_any_word_is_tokenized(
+    tokenizer: PreTrainedTokenizerBase, spec: GroupSpec, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        select_single_tokens("g", spec, tokenizer, MODEL)
+
+
+@pytest.mark.parametrize("name", ["../evil", "café", "x" * 300, "a__b", "b_", "9", "", "é_é"])
+def test_a_name_outside_the_rule_is_refused_with_a_name_inside_it(name: str) -> None:
+    suggestion = group_name_like(name)
+    assert GROUP_NAME.fullmatch(suggestion) and len(suggestion) <= 64
+    with pytest.raises(ValueError, match=rf"rename it, e\.g\. to '{suggestion}'$"):
+        check_group_name(name)
+
+
+def test_group_name_like_always_follows_the_rule() -> None:
+    rng = random.Random(0)
+    for _ in range(2000):
+        name = "".join(rng.choices("aZ9_-./ é\x00", k=rng.randint(0, 80)))
+        like = group_name_like(name)
+        assert GROUP_NAME.fullmatch(like) and len(like) <= 64, (name, like)
+        check_group_name(like)
 
 
 def test_group_spec_defaults() -> None:

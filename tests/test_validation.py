@@ -5,6 +5,8 @@ parent run opens, and before a single run opens."""
 from __future__ import annotations
 
 import os
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +19,22 @@ from omegaconf import OmegaConf
 
 from embsvd.checks.matching import NULL_MATCHES, NullMatch
 from embsvd.figures.style import FigureFormat
-from embsvd.groups import FORMS, ORDERS, Form, GroupSpec, Order
+from embsvd.groups import FORMS, GROUP_NAME, ORDERS, Form, GroupSpec, Order
 from embsvd.io.spec import MATRICES, CheckpointSpec, Matrix
 from embsvd.method.geometry import Geometry
 from embsvd.pipeline import run_job
-from embsvd.pipeline.config import EmbsvdConfig, checked_settings, config_hash, validate
+from embsvd.pipeline.config import (
+    EmbsvdConfig,
+    checked_settings,
+    config_hash,
+    read_group_file,
+    validate,
+)
 from embsvd.pipeline.sweeps import ComposeOnce, SweepRefused, sweep_jobs
+from embsvd.tracking import contract
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT
 from tests.test_config import OPTIONS, compose_config
+from tests.test_pipeline import job_config, runs_of
 
 # --- choices: StrEnum fields, refused when the config is composed ---------------------------
 
@@ -148,6 +158,23 @@ def refusal(*overrides: str) -> str:
             "(e.g. cuda:1) or mps",
         ),
         ("analysis.device=cuda:x", "analysis.device: 'cuda:x' is not a device; use cpu"),
+        ("analysis.device=cuda:1234", "analysis.device: 'cuda:1234' is not a device; use cpu"),
+        ("analysis.device=CPU", "analysis.device: 'CPU' is not a device; use cpu"),
+        ("analysis.device=cuda:", "analysis.device: 'cuda:' is not a device; use cpu"),
+        (
+            "analysis.top_k=1001",
+            "analysis.top_k: at most 1000 tokens at each end of an axis, got 1001",
+        ),
+        (
+            "groups.digits.size=1001",
+            "groups.digits.size: the group keeps 1001 members; at most 1000",
+        ),
+        (
+            "analysis.n_components=10",
+            "analysis.n_components: 10 axes of target 'digits', which keeps at most 10 tokens, "
+            "one axis fewer when centered: at most 9; set analysis.n_components=9",
+        ),
+        ("groups.digits.size=1", "groups.digits.size: 1 for a closed set of 10 words"),
         ("model=local", "model local: set exactly one of model.path (a local folder)"),
         ("group_files=[/no/such/groups.yaml]", "group_files: /no/such/groups.yaml is not a file"),
     ],
@@ -177,7 +204,9 @@ def test_devices_of_the_accepted_forms_validate(device):
 def test_a_target_defined_in_a_group_file_validates(tmp_path):
     groups = tmp_path / "groups.yaml"
     groups.write_text("pets:\n  words: [cat, dog]\n")
-    settings = checked_settings(compose_config(f"group_files=[{groups}]", "target=pets"))
+    settings = checked_settings(
+        compose_config(f"group_files=[{groups}]", "target=pets", "analysis.n_components=1")
+    )
     assert settings.target == "pets" and "extra" not in settings.groups  # the empty slot
 
 
@@ -194,6 +223,162 @@ def test_validate_checks_the_choices_of_settings_built_in_code():
     )
     with pytest.raises(ValueError, match="model.matrix: 'both' is not one of input, output"):
         validate(built)
+
+
+# --- group names, sizes and group files: what becomes a metric key, a bounded input ------------
+
+
+def built(groups: dict[str, GroupSpec], target: str, **analysis) -> EmbsvdConfig:
+    settings = EmbsvdConfig(model=CheckpointSpec(name="m", path="/m"), groups=groups, target=target)
+    for key, value in analysis.items():
+        setattr(settings.analysis, key, value)
+    return settings
+
+
+WORDS = ["w1", "w2", "w3", "w4", "w5"]
+
+
+@pytest.mark.parametrize(
+    ("name", "suggestion"),
+    [
+        ("../evil", "evil"),
+        ("café", "cafe"),
+        ("x" * 300, "x" * 64),
+        ("a__b", "a_b"),
+        ("pets_", "pets"),
+        ("1st", "st"),
+        ("_x", "x"),
+        ("two words", "two_words"),
+        ("", "group"),
+    ],
+)
+def test_a_group_name_that_could_not_be_a_metric_key_is_refused(name, suggestion):
+    with pytest.raises(ValueError) as raised:
+        validate(built({"ok": GroupSpec(words=WORDS), name: GroupSpec(words=WORDS)}, "ok"))
+    message = str(raised.value)
+    assert message.startswith(f"groups: {name[:100]!r}")
+    assert "ASCII letters, digits, '_' and '-', starting with a letter, at most 64 characters" in (
+        message
+    )
+    assert "no '__'" in message and f"rename it, e.g. to {suggestion!r}" in message
+
+
+@pytest.mark.parametrize("name", ["digits", "eu_countries", "my-group2", "a", "A" * 64])
+def test_group_names_within_the_rule_validate(name):
+    validate(built({name: GroupSpec(words=WORDS)}, name))
+
+
+def test_every_name_the_rule_takes_splits_back_out_of_a_pair_metric():
+    # why '__' and a trailing '_' are refused: the pair key must give both names back
+    rng = random.Random(0)
+    names = [
+        "".join(rng.choices("ab_-1", k=rng.randint(0, 8))).join(rng.choices("xyz", k=2))
+        for _ in range(400)
+    ]
+    valid = [n for n in names if GROUP_NAME.fullmatch(n)]
+    assert len(valid) > 100
+    for a, b in zip(valid, reversed(valid), strict=True):
+        a, b = sorted((a, b))
+        assert contract.split_pair_metric(contract.pair_metric("p", a, b), "p") == (a, b)
+
+
+def test_a_group_name_on_the_command_line_is_refused_at_composition():
+    message = refusal("+groups={bad__name:{words:[a,b,c,d]}}")
+    assert "groups: 'bad__name' is not a group name" in message
+    assert "rename it, e.g. to 'bad_name'" in message
+
+
+def test_groups_beyond_the_caps_are_refused():
+    many_words = GroupSpec(words=[f"w{i}" for i in range(10_001)])
+    with pytest.raises(ValueError, match=r"groups.big.words: 10001 words and 0 held_out "):
+        validate(built({"ok": GroupSpec(words=WORDS), "big": many_words}, "ok"))
+    closed = GroupSpec(words=[f"w{i}" for i in range(1001)], closed=True)
+    with pytest.raises(ValueError, match=r"groups.big.words: the group keeps 1001 members; at"):
+        validate(built({"ok": GroupSpec(words=WORDS), "big": closed}, "ok"))
+    groups = {f"g{i}": GroupSpec(words=WORDS) for i in range(101)}
+    with pytest.raises(ValueError, match=r"groups: 101 groups; at most 100 \(every pair"):
+        validate(built(groups, "g0"))
+
+
+@pytest.mark.parametrize("device", ["cuda:\u0661", "cuda:\uff11", "cuda:0x1", " cpu", "cpu\n"])
+def test_a_device_in_other_digits_or_with_spaces_is_refused(device):
+    # \d would take any script's digits; torch takes ASCII ones only
+    with pytest.raises(ValueError, match=r"analysis.device: .* is not a device; use cpu"):
+        validate(built({"g": GroupSpec(words=WORDS)}, "g", device=device))
+
+
+@pytest.mark.parametrize(
+    ("center", "size", "n_components", "refused"),
+    [(True, None, 4, False), (True, None, 5, True), (False, None, 5, False), (True, 3, 3, True)],
+)
+def test_n_components_beyond_the_targets_rank_is_refused(center, size, n_components, refused):
+    spec = GroupSpec(words=WORDS, size=size)  # open: keeps min(size or 10, 5 words) tokens
+    settings = built({"g": spec}, "g", center=center, n_components=n_components)
+    if not refused:
+        validate(settings)
+        return
+    with pytest.raises(ValueError, match=r"analysis.n_components: \d+ axes of target 'g', which"):
+        validate(settings)
+
+
+def group_file(tmp_path: Path, content: str | bytes) -> Path:
+    file = tmp_path / "groups.yaml"
+    if isinstance(content, bytes):
+        file.write_bytes(content)
+    else:
+        file.write_text(content, encoding="utf-8")
+    return file
+
+
+BOMB = "".join(  # 9^7 words from ~360 bytes: OmegaConf expands every alias into nodes
+    f"{level}: &{level} [{','.join([f'*{previous}'] * 9)}]\n"
+    for previous, level in zip("abcdef", "bcdefg", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + BOMB,
+            r"groups.yaml is not valid YAML for a group file: line 2, column 8: an alias \(\*a\)"
+            ": write the words out",
+        ),
+        (
+            "g:\n  words: [a, b]\n  words: [c, d]\n",
+            r"groups.yaml is not valid YAML for a group file: line 3, column 3: the key 'words' "
+            "appears twice",
+        ),
+        ("g:\n  words: [caf\xe9, b]\n".encode("latin-1"), r"groups.yaml is not UTF-8 text \("),
+        ("[" * 50_000, r"groups.yaml nests too deeply to be a group file"),
+        (
+            "g:\n  words: ['${oc.env:HOME}', b]\n",
+            r"group 'g' in .*groups.yaml: '\$\{oc.env:HOME\}' is an OmegaConf interpolation",
+        ),
+        (
+            "../evil:\n  words: [a, b, c]\n",
+            r"group_files: .*groups.yaml: groups: '../evil' is not a group name: .* e.g. to 'evil'",
+        ),
+        ("g:\n  words: [" + "w, " * 400_000 + "]\n", r"groups.yaml is larger than 1,000,000 bytes"),
+    ],
+)
+def test_a_hostile_group_file_is_refused_naming_the_file(tmp_path, content, message):
+    file = group_file(tmp_path, content)
+    with pytest.raises(ValueError) as raised:
+        read_group_file(file)
+    assert str(raised.value).startswith(f"group_files: {file}") or f" in {file}: " in str(
+        raised.value
+    )
+    assert re.search(message, str(raised.value)), str(raised.value)
+
+
+def test_a_group_file_reads_as_conf_groups_does(tmp_path):
+    file = group_file(
+        tmp_path,
+        "\ufeffdates:\n  words: [2020-01-01, 1e3, 7, May]\n  size: 3\n  closed: false\n",
+    )
+    [(name, spec)] = read_group_file(file).items()  # a BOM is taken, dates stay words
+    assert (name, spec.words, spec.size) == ("dates", ["2020-01-01", "1e3", "7", "May"], 3)
 
 
 # --- keys that `+` added beside the schema's ------------------------------------------------
@@ -372,3 +557,40 @@ def test_the_figures_command_refuses_a_key_added_with_plus(tmp_path, capsys):
     assert "sweep.sweepid: not a key of sweep" in message and "sweep.sweep_id" in message
     assert "dpi2" in message
     assert not list(tmp_path.iterdir())  # nothing drawn
+
+
+@pytest.mark.slow
+def test_a_sweep_with_a_bad_group_name_in_a_group_file_is_refused_before_any_run(tmp_path):
+    file = group_file(tmp_path, "../evil:\n  words: [cat, dog, horse]\n")
+    done = run_refused_sweep(tmp_path, f"group_files=[{file}]", "target=digits,eu_countries")
+    assert f"group_files: {file}: groups: '../evil' is not a group name" in done.stderr
+    assert "rename it, e.g. to 'evil'" in done.stderr
+    assert "jobs #0, #1" in done.stderr  # every job names the same reason once
+
+
+# --- where the rank is known only once the single-token rule ran: flagged in the run ---------
+
+
+def test_a_run_whose_target_lost_words_below_n_components_is_flagged(
+    tiny_bert, session_store, caplog
+):
+    # 4 words allow 3 centered axes at composition; the tiny vocabulary has no 'Mercury'
+    cfg = job_config(
+        tiny_bert,
+        session_store,
+        "clamped-components",
+        "groups.extra.words=[cat,dog,red,Mercury]",
+        "target=extra",
+        "analysis=fast",
+        "analysis.n_components=3",
+        "analysis.figures=false",
+    )
+    with caplog.at_level("WARNING", logger="embsvd.method.analysis"):
+        result = run_job(cfg)
+    assert result.n_components == 2 and result.components_clamped
+    assert "analysis.n_components=3 exceeds the 2 axes of extra; projecting on 2" in caplog.text
+    _, [run] = runs_of(session_store, "clamped-components")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["embsvd.warning.n_components"] == (
+        "n_components=3 but extra has 3 tokens (centered): projected on 2"
+    )

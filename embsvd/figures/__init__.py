@@ -14,6 +14,8 @@ import importlib
 _MODULE_OF = {
     "draw_run_figures": "run_figures",
     "write_figure_set": "paper",
+    "figure_folder": "paper",
+    "check_replaceable": "paper",
     "FigureStyle": "style",
     "FigureFormat": "style",
 }

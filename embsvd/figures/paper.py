@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 import textwrap
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -39,15 +40,81 @@ from embsvd.figures.data import Row
 from embsvd.figures.run_figures import label_above
 from embsvd.figures.style import RC, UNDATED, FigureStyle
 from embsvd.tracking.artifacts import Table, write_csv
-from embsvd.tracking.contract import LoggedRun, Sweep, file_safe
+from embsvd.tracking.contract import LoggedRun, Sweep, file_safe, is_plain_name
 
+MANIFEST = "sweep.json"
+# sweep.json's key that marks a folder this module wrote: the only kind it replaces
+MARKER = "embsvd_figure_set"
+MARKER_VERSION = 1
+# the keys of sweep.json as written before it carried the marker: those folders are ours too
+UNMARKED_MANIFEST = frozenset({"sweep", "selection", "parent_run_id", "runs", "left_out", "style"})
+MANIFEST_MAX_BYTES = 50_000_000  # a manifest of 5000 runs is ~0.5 MB; larger is not ours
 LABEL_FONT_SIZE = 6  # points: token labels on the axis figures
 LABEL_GAP = LABEL_FONT_SIZE * 1.6 / 72  # inches between rotated labels: a line and a bit
 
 
-def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle | None = None) -> list[Path]:
-    """Write the sweep's figures and tables into ``folder`` (replacing what was there)
-    and return the files written, sorted.
+def figure_folder(output_dir: Path, sweep_name: str) -> Path:
+    """The folder of a sweep's figure set: ``<output_dir>/<sweep_name>``, resolved.
+
+    Raises:
+        ValueError: ``sweep_name`` is not one plain name (``contract.file_safe`` makes
+            one), or the folder is a link or does not lie directly in ``output_dir``.
+    """
+    root = Path(output_dir).expanduser().resolve()
+    if not is_plain_name(sweep_name):
+        raise ValueError(
+            f"the sweep name {sweep_name!r} is not one plain folder name; "
+            f"e.g. {file_safe(sweep_name)!r}"
+        )
+    folder = root / sweep_name
+    if folder.is_symlink() or folder.resolve().parent != root:
+        raise ValueError(
+            f"{folder} is a link or leads out of output_dir {root}; figures are "
+            "written only into a folder of output_dir itself: remove the link or choose "
+            "another output_dir"
+        )
+    return folder
+
+
+def check_replaceable(folder: Path) -> None:
+    """Refuse to write a figure set over ``folder`` unless it is absent or a figure set
+    (its ``sweep.json`` has ``MARKER``, or the keys it had before the marker).
+
+    Raises:
+        ValueError: naming the folder and what to do.
+    """
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink() and _is_figure_set(folder):
+        return
+    raise ValueError(
+        f"{folder} exists and is not a figure set this command wrote (no "
+        f"{MANIFEST} with {MARKER!r}); it is left as it is: move it away, or choose "
+        "another output_dir (or sweep.name for a filter)"
+    )
+
+
+def _is_figure_set(folder: Path) -> bool:
+    manifest = folder / MANIFEST
+    try:
+        if not manifest.is_file() or manifest.stat().st_size > MANIFEST_MAX_BYTES:
+            return False
+        found = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(found, dict) and (MARKER in found or set(found) == UNMARKED_MANIFEST)
+
+
+def write_figure_set(
+    sweep: Sweep, output_dir: Path, style: FigureStyle | None = None
+) -> list[Path]:
+    """Write the sweep's figures and tables into ``<output_dir>/<sweep.name>``
+    (``figure_folder``) and return the files written, sorted.
+
+    The set is drawn in a fresh folder made inside ``output_dir`` and then takes the
+    figure folder's place, which must be absent or a figure set written here before
+    (``check_replaceable``): nothing else is ever removed, and a set that fails to draw
+    leaves the previous one as it was.
 
     - ``scree_grid``: a panel per (model, target group), every variant of the group
       overlaid: each component's share ``s_k / ||M||_F``, the 95% band of the shares of
@@ -62,17 +129,40 @@ def write_figure_set(sweep: Sweep, folder: Path, style: FigureStyle | None = Non
     - with more than one model, ``cross_model_spectra`` and ``cross_model_overlap``.
     """
     style = style or FigureStyle()
-    staging = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    folder = figure_folder(output_dir, sweep.name)
+    check_replaceable(folder)  # before drawing: a refusal costs nothing
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent)
+    )
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would keep the figures from whoever shares them
         _draw_all(sweep, staging, style)
+        _replace(folder, staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
     return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _replace(folder: Path, staging: Path) -> None:
+    """Put ``staging`` in ``folder``'s place; a previous figure set is moved into a folder
+    made for it, then removed: only folders made here or sets written here are removed."""
+    check_replaceable(folder)  # again: something may have appeared while drawing
+    if not folder.exists():
+        staging.rename(folder)  # fails, removing nothing, if a folder appeared since
+        return
+    previous = Path(
+        tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".previous", dir=folder.parent)
+    )
+    folder.rename(previous / folder.name)
+    try:
+        staging.rename(folder)
+    except BaseException:
+        (previous / folder.name).rename(folder)
+        previous.rmdir()
+        raise
+    shutil.rmtree(previous)
 
 
 def _draw_all(sweep: Sweep, staging: Path, style: FigureStyle) -> None:
@@ -82,15 +172,23 @@ def _draw_all(sweep: Sweep, staging: Path, style: FigureStyle) -> None:
         n_tests = figure_data.n_tests(correlations)
         for model, rows in correlations.items():
             fig, rows = correlation_figure(model, rows, n_tests, style)
-            _save(fig, rows, staging / f"group_mean_corr__{file_safe(model)}", style)
+            _save(fig, rows, _stem(staging, "group_mean_corr", model), style)
         for (model, group), runs in _by_model_and_group(sweep).items():
             fig, rows = axis_figure(model, group, runs, style)
-            _save(fig, rows, staging / f"axis__{file_safe(model)}__{file_safe(group)}", style)
+            _save(fig, rows, _stem(staging, "axis", model, group), style)
         if len(figure_data.models(sweep)) > 1:
             _cross_model_spectra(sweep, staging / "cross_model_spectra", style)
             _cross_model_overlap(sweep, staging / "cross_model_overlap", style)
     _top_token_tables(sweep, staging, style)
     _manifest(sweep, staging, style)
+
+
+def _stem(folder: Path, kind: str, *names: str) -> Path:
+    """``<folder>/<kind>__<name>__...``, each name made ``file_safe``: model labels and
+    group names come from runs in the store, and may hold any character."""
+    stem = folder / "__".join([kind, *(file_safe(name) for name in names)])
+    assert stem.parent == folder, stem  # file_safe leaves no separator, '.' or '..'
+    return stem
 
 
 # --- theme and saving ------------------------------------------------------------------------
@@ -443,6 +541,7 @@ def _top_token_tables(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
 def _manifest(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
     """``sweep.json``: which runs the figures show, and with which settings."""
     manifest = {
+        MARKER: MARKER_VERSION,  # what lets a later figures command replace this folder
         "sweep": sweep.name,
         "selection": sweep.selection,
         "parent_run_id": sweep.parent_run_id,
@@ -450,4 +549,4 @@ def _manifest(sweep: Sweep, folder: Path, style: FigureStyle) -> None:
         "left_out": [{"name": name, "status": status} for name, status in sweep.left_out],
         "style": {**asdict(style), "formats": list(style.formats)},
     }
-    (folder / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -137,9 +137,22 @@ class AnalysisResult:
     reference: MeanReference | None
     group_mean_cos: PairwiseStat
     axis_corr: PairwiseStat
-    projections: np.ndarray  # (d_vocab, n_components)
+    projections: np.ndarray  # (d_vocab, n_components), n_components at most the rank
     top_tokens: tuple[ProjectedToken, ...]
     row_cosine: np.ndarray  # (n, n)
+    # the axes asked for; more than projected where the group's rank has fewer
+    n_components_requested: int | None = None
+
+    @property
+    def n_components(self) -> int:
+        """The axes the vocabulary was projected on: ``min(requested, group_rank)``."""
+        return self.projections.shape[1]
+
+    @property
+    def components_clamped(self) -> bool:
+        """Fewer axes projected than asked for: the target's rank has fewer."""
+        requested = self.n_components_requested
+        return requested is not None and requested > self.n_components
 
 
 def group_means(W_E: np.ndarray, groups: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
@@ -176,6 +189,14 @@ def decompose(M: np.ndarray, center: bool, device: str = "cpu") -> GroupSVD:
         U, S, Vt = backend.svd_on(M - mean if center else M, device)
     U, Vt = svd_flip(U, Vt)
     return GroupSVD(mean=mean, center=center, U=U, singular_values=S, Vt=Vt)
+
+
+def group_rank(n_tokens: int, d_model: int, center: bool) -> int:
+    """The most axes a group's submatrix has: ``min(n - 1, d_model)`` centered (its rows
+    minus their mean sum to zero), ``min(n, d_model)`` raw. The SVD returns
+    ``min(n, d_model)`` singular values either way; centered, the last is 0 up to rounding
+    and its direction is whatever rounding chose: no axis to project on."""
+    return max(0, min(n_tokens - int(center), d_model))
 
 
 def effective_rank(singular_values: np.ndarray) -> np.ndarray | float:
@@ -276,7 +297,9 @@ def analyze(
         vocab: The tokens of ``W``'s rows (``Checkpoint.vocabulary``): the top tokens are
             reported by string, special tokens and unnamed rows never.
         center: Subtract each group's mean before its SVD (and before projecting).
-        n_components: How many axes to project the vocabulary on (at most the group's size).
+        n_components: How many axes to project the vocabulary on; at most the target's
+            rank (``group_rank``): beyond it the projection stops, with a warning, and
+            ``AnalysisResult.components_clamped`` says so.
         top_k: Tokens to report at each end of each axis.
         device: ``cpu`` (numpy) or a torch device (``cuda``) for the SVDs and the projection.
         reference: The vocabulary's mean (and top components) for the ``centered`` (and
@@ -291,14 +314,19 @@ def analyze(
     ids = {name: group.token_ids for name, group in groups.items()}
     svds = {name: decompose(W[group_ids], center, device) for name, group_ids in ids.items()}
     target_svd = svds[target]
-    n_axes = len(target_svd.singular_values)
+    n_tokens = len(ids[target])
+    n_axes = group_rank(n_tokens, W.shape[1], center)
     if n_components > n_axes:
         log.warning(
-            "analysis.n_components=%d exceeds the %d axes of %s; projecting on %d",
+            "analysis.n_components=%d exceeds the %d axes of %s; projecting on %d "
+            "(%d tokens%s in %d dimensions)",
             n_components,
             n_axes,
             target,
             n_axes,
+            n_tokens,
+            ", centered," if center else "",
+            W.shape[1],
         )
     projections = project(W, target_svd, min(n_components, n_axes), device)
     means = {name: svd.mean for name, svd in svds.items()}
@@ -326,4 +354,5 @@ def analyze(
             projections, vocab.token_strings, ids[target], vocab.special_ids, top_k
         ),
         row_cosine=row_cosine(W[ids[target]], center),
+        n_components_requested=n_components,
     )

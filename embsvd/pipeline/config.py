@@ -22,17 +22,26 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
+from typing import Any
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, Container, DictConfig, OmegaConf
 
 from embsvd.checks.matching import NullMatch
 from embsvd.checks.run import ChecksConfig
 from embsvd.figures.style import FigureFormat
-from embsvd.groups import FORMS, ORDERS, GroupSpec
+from embsvd.groups import (
+    FORMS,
+    ORDERS,
+    GroupSpec,
+    check_group_name,
+    check_group_spec,
+)
 from embsvd.io.spec import MATRICES, CheckpointSpec
 from embsvd.method.geometry import Geometry
 from embsvd.pipeline.project import project_root
+from embsvd.pipeline.secrets import is_secret_key, redact_config, secret_key_message
 
 
 @dataclass
@@ -101,6 +110,8 @@ class SweepConfig:
     experiment: str | None = None  # None: any (a filter: tracking.experiment)
     filter: str | None = None  # an MLflow filter string over runs of `experiment`
     name: str | None = None  # the folder name for a filter's figures
+    # draw the FINISHED runs of a selection that still has RUNNING ones (else refused)
+    include_running: bool = False
 
 
 @dataclass
@@ -123,9 +134,15 @@ class FiguresConfig:
 
 # --- checks that composition cannot make -----------------------------------------------------
 
-# an open set (a machine may have several GPUs), so a pattern rather than an enum
-DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+# an open set (a machine may have several GPUs), so a pattern rather than an enum; ASCII
+# digits only (\d takes any script's, which torch does not), an index of up to 3 of them
+DEVICE = re.compile(r"cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
 DEVICES = "cpu (numpy), cuda, cuda:<index> (e.g. cuda:1) or mps"
+# Caps no real use comes near, so that a typo or a hostile config fails at once instead of
+# running for hours or filling the store: the top tokens are read by eye (tens at an end),
+# and every pair of groups is a metric of the run (100 groups: 4950 pairs per statistic).
+MAX_TOP_K = 1000
+MAX_GROUPS = 100
 
 
 def typed_settings(cfg: DictConfig) -> EmbsvdConfig:
@@ -161,14 +178,17 @@ def unknown_key_messages(cfg: DictConfig, prefix: str = "") -> Iterator[str]:
     for key, value in cfg.items_ex(resolve=False):
         if not prefix and key == "hydra":  # Hydra's own settings: not the job's
             continue
-        if known is not None and key not in known:
+        if known is not None and key not in known and is_secret_key(str(key)):
+            yield secret_key_message(f"{prefix}{key}")  # never echoes the secret
+        elif known is not None and key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             meant = (
                 f"did you mean {prefix}{close[0]}?" if close else "its keys: " + ", ".join(known)
             )
+            plain = OmegaConf.to_container(value) if isinstance(value, Container) else value
             yield (
-                f"{prefix}{key}: not a key of {where} (given {value!r}, added by a '+' "
-                f"override, and nothing reads it); {meant}"
+                f"{prefix}{key}: not a key of {where} (given {redact_config(plain)!r}, added "
+                f"by a '+' override, and nothing reads it); {meant}"
             )
         elif isinstance(value, DictConfig):
             yield from unknown_key_messages(value, f"{prefix}{key}.")
@@ -185,12 +205,44 @@ def validate(settings: EmbsvdConfig) -> None:
     Raises:
         ValueError: naming the key, the value given and what is allowed.
     """
+    _check_groups(settings.groups)
     _check_target(settings)
     _check_model(settings.model)
-    for name, spec in settings.groups.items():
+    _check_analysis(settings.analysis)
+    _check_rank(settings)
+
+
+def _check_groups(groups: dict[str, GroupSpec]) -> None:
+    """Names that can be metric keys and file names; each spec as the single-token rule
+    will check it (``check_group_spec``: words, sizes, choices), before anything loads."""
+    if len(groups) > MAX_GROUPS:
+        raise ValueError(
+            f"groups: {len(groups)} groups; at most {MAX_GROUPS} (every pair of groups is a "
+            "metric of the run): split them over several sweeps"
+        )
+    for name, spec in groups.items():
+        check_group_name(name)
         _check_choice(f"groups.{name}.form", spec.form, FORMS)
         _check_choice(f"groups.{name}.order", spec.order, ORDERS)
-    _check_analysis(settings.analysis)
+        if name != EXTRA_GROUP or spec.words:  # the empty slot: _check_target asks for words
+            check_group_spec(name, spec)
+
+
+def _check_rank(settings: EmbsvdConfig) -> None:
+    """``n_components`` within the rank the target's words allow: it keeps at most
+    ``min(n_members, len(words))`` tokens, one axis fewer when centered. The single-token
+    rule may keep fewer still; the run then projects on what there is and says so
+    (the tag ``embsvd.warning.n_components``)."""
+    spec, analysis = settings.groups[settings.target], settings.analysis
+    n_tokens = min(spec.n_members, len(spec.words))
+    rank = n_tokens - int(analysis.center)
+    if analysis.n_components > rank:
+        centered = ", one axis fewer when centered" if analysis.center else ""
+        raise ValueError(
+            f"analysis.n_components: {analysis.n_components} axes of target "
+            f"{settings.target!r}, which keeps at most {n_tokens} tokens{centered}: at most "
+            f"{rank}; set analysis.n_components={max(rank, 1)} or give the group more words"
+        )
 
 
 def _check_target(settings: EmbsvdConfig) -> None:
@@ -219,6 +271,11 @@ def _check_analysis(analysis: AnalysisConfig) -> None:
     for key in ("n_components", "top_k"):
         if getattr(analysis, key) < 1:
             raise ValueError(f"analysis.{key}: must be at least 1, got {getattr(analysis, key)}")
+    if analysis.top_k > MAX_TOP_K:
+        raise ValueError(
+            f"analysis.top_k: at most {MAX_TOP_K} tokens at each end of an axis, got "
+            f"{analysis.top_k}; the whole projection is logged as a histogram already"
+        )
     if analysis.remove_global < 0:
         raise ValueError(
             f"analysis.remove_global: must be 0 (off) or more, got {analysis.remove_global}"
@@ -250,13 +307,16 @@ def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
 
 
-def config_hash(settings: EmbsvdConfig) -> str:
-    """SHA-256 of what decides a run's numbers: the checkpoint spec, every group's words,
-    size and form (group files included), the target and the analysis settings; not
-    where it is logged or cached, nor whether figures are drawn. Jobs with equal hashes
-    compute the same analysis (of the same weights when ``model.revision`` pins a commit)."""
+def config_hash(settings: EmbsvdConfig, content: str | None = None) -> str:
+    """SHA-256 of what decides a run's numbers: the checkpoint spec and ``content``, the
+    checkpoint's content digest (``embsvd.io.checkpoint.content_digest``: the weights
+    and tokenizer files, so a file replaced at the same path is a new config), every
+    group's words, size and form (group files included), the target and the analysis
+    settings; not where it is logged or cached, nor whether figures are drawn. Jobs with
+    equal hashes compute the same analysis."""
     decisive = {
         "model": asdict(settings.model),
+        "content": content,
         "groups": {name: asdict(spec) for name, spec in sorted(settings.groups.items())},
         "target": settings.target,
         "analysis": asdict(settings.analysis),
@@ -314,15 +374,57 @@ def with_group_files(settings: EmbsvdConfig) -> EmbsvdConfig:
     return dataclasses.replace(settings, groups=groups)
 
 
+GROUP_FILE_MAX_BYTES = 1_000_000  # 1 MB: ~100,000 words, far more than any set of groups
+
+
+class GroupFileLoader(yaml.SafeLoader):
+    """YAML as ``conf/groups/`` is read (no timestamps, no duplicate keys), without
+    aliases: a group file lists words and needs none, and an alias expands into a copy
+    of what it names, so a few hundred bytes of nested aliases become billions of nodes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"an alias (*{event.anchor}): write the words out", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key.value!r} appears twice", key.start_mark
+                )
+            seen.add(key.value if isinstance(key, yaml.ScalarNode) else None)
+        return super().construct_mapping(node, deep=deep)
+
+
+GroupFileLoader.yaml_implicit_resolvers = {  # dates stay strings, as in OmegaConf's loader
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def read_group_file(file: Path) -> dict[str, GroupSpec]:
-    """``{name: GroupSpec}`` from a YAML file in the format of ``conf/groups/*.yaml``."""
+    """``{name: GroupSpec}`` from a YAML file in the format of ``conf/groups/*.yaml``.
+
+    The file is data: at most ``GROUP_FILE_MAX_BYTES``, UTF-8, YAML without aliases,
+    no OmegaConf interpolations (``${...}`` would read the environment into the words),
+    group names that ``check_group_name`` takes.
+
+    Raises:
+        FileNotFoundError: ``file`` is not a file.
+        ValueError: naming the file and what is wrong with it.
+    """
     path = file.expanduser()
     if not path.is_absolute():  # relative to where the command started, not a job folder
         path = Path.cwd() / path
     if not path.is_file():
         raise FileNotFoundError(f"group_files: {file} is not a file (resolved to {path})")
-    node = OmegaConf.load(path)
-    if not isinstance(node, DictConfig) or not node:
+    node = _load_group_yaml(file, path)
+    if not isinstance(node, dict) or not node:
         raise ValueError(
             f"group_files: {file} must map group names to specs, e.g. "
             "'animals: {words: [dog, cat, horse], size: 10}'"
@@ -330,11 +432,68 @@ def read_group_file(file: Path) -> dict[str, GroupSpec]:
     groups = {}
     for name, spec in node.items():
         try:
+            check_group_name(name)
+        except ValueError as error:
+            raise ValueError(f"group_files: {file}: {error}") from error
+        _refuse_interpolations(file, str(name), spec)
+        try:
             typed = OmegaConf.merge(OmegaConf.structured(GroupSpec), spec)
         except Exception as error:  # omegaconf's errors name the key and the bad value
             raise ValueError(f"group_files: group {name!r} in {file}: {error}") from error
         groups[str(name)] = OmegaConf.to_object(typed)
     return groups
+
+
+def _load_group_yaml(file: Path, path: Path) -> object:
+    """The YAML of a group file, read within the bounds ``read_group_file`` names."""
+    with path.open("rb") as handle:  # read no more than the cap, whatever the file claims
+        data = handle.read(GROUP_FILE_MAX_BYTES + 1)
+    if len(data) > GROUP_FILE_MAX_BYTES:
+        raise ValueError(
+            f"group_files: {file} is larger than {GROUP_FILE_MAX_BYTES:,} bytes, the most "
+            "a group file may hold; split it, or keep only the words the groups need"
+        )
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"group_files: {file} is not UTF-8 text (byte {data[error.start]:#04x} at offset "
+            f"{error.start}); save it as UTF-8"
+        ) from error
+    try:
+        return yaml.load(text, Loader=GroupFileLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as error:
+        raise ValueError(
+            f"group_files: {file} is not valid YAML for a group file: {_yaml_problem(error)}"
+        ) from error
+    except RecursionError as error:
+        raise ValueError(f"group_files: {file} nests too deeply to be a group file") from error
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """``line 2, column 8: <problem>``: where in the file, and what."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + problem
+
+
+def _refuse_interpolations(file: Path, group: str, spec: object) -> None:
+    """OmegaConf would resolve ``${...}`` in a word (``${oc.env:HOME}`` reads the
+    environment): a group file's words are taken as written, so none may hold one."""
+    pending = [spec]
+    while pending:  # iterative: the nesting is the file's, however deep
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending += value.values()
+        elif isinstance(value, list):
+            pending += value
+        elif isinstance(value, str) and "${" in value:
+            raise ValueError(
+                f"group_files: group {group!r} in {file}: {value[:80]!r} is an OmegaConf "
+                "interpolation; a group file holds words as they are written: write the "
+                "word itself"
+            )
 
 
 def register_configs() -> None:

@@ -12,6 +12,7 @@ from embsvd import figures, tracking
 from embsvd.figures.style import FigureFormat
 from embsvd.pipeline.config import FiguresConfig, unknown_key_messages
 from embsvd.pipeline.project import project_root
+from embsvd.pipeline.secrets import redact_text
 
 FIGURES_ARTIFACT_PATH = "figures/paper"  # on the sweep's parent run
 FIGURE_FORMATS = tuple(FigureFormat)
@@ -21,7 +22,9 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     """Write the paper figures and tables of the selected sweep (``conf/figures.yaml``)
     into ``<output_dir>/<sweep id>/`` and log them to the sweep's parent run.
 
-    A selection that matches nothing, or runs of several experiments, ends the command
+    A selection that matches nothing, runs of several experiments, runs still RUNNING
+    (unless ``sweep.include_running``), a ``sweep.sweep_id`` or ``sweep.name`` that is not a
+    plain name, or a figure folder that exists and is not a figure set end the command
     with the reason on stderr and exit status 1; nothing is written then.
     """
     unknown = list(unknown_key_messages(cfg))
@@ -36,27 +39,33 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     experiment = chosen.experiment or (settings.tracking.experiment if chosen.filter else None)
     try:
         style = figure_style(settings)
-        sweep = tracking.read_sweep(
-            uri,
-            tracking.SweepSelection(
-                parent_run_id=chosen.parent_run_id,
-                sweep_id=chosen.sweep_id,
-                experiment=experiment,
-                filter_string=chosen.filter,
-                name=chosen.name,
-            ),
+        selection = tracking.SweepSelection(
+            parent_run_id=chosen.parent_run_id,
+            sweep_id=chosen.sweep_id,
+            experiment=experiment,
+            filter_string=chosen.filter,
+            name=chosen.name,
+            include_running=chosen.include_running,
         )
+        sweep = tracking.read_sweep(uri, selection)
+        # the sweep's name is file-safe (a stored tag is anyone's text); the folder must
+        # still lie in output_dir, and be absent or a figure set this command wrote
+        output_dir = Path(settings.output_dir).expanduser().resolve()
+        folder = figures.figure_folder(output_dir, sweep.name)
+        figures.check_replaceable(folder)
     except ValueError as error:
-        print(f"figures: {error}", file=sys.stderr, flush=True)
+        # a selection error names the store: a password in its URI stays out of the console
+        print(f"figures: {redact_text(str(error))}", file=sys.stderr, flush=True)
         raise SystemExit(1) from error
-    folder = Path(settings.output_dir).expanduser().resolve() / sweep.name
-    files = figures.write_figure_set(sweep, folder, style)
+    files = figures.write_figure_set(sweep, output_dir, style)
     if settings.log_to_parent and sweep.parent_run_id is not None:
         tracking.log_figures(uri, sweep.parent_run_id, folder, FIGURES_ARTIFACT_PATH)
     left_out = ", ".join(f"{name} ({status})" for name, status in sweep.left_out)
     print(
-        f"{len(files)} files from {len(sweep.runs)} runs of {sweep.selection} in {folder}"
-        + (f"\nleft out: {left_out}" if left_out else ""),
+        redact_text(
+            f"{len(files)} files from {len(sweep.runs)} runs of {sweep.selection} in {folder}"
+            + (f"\nleft out: {left_out}" if left_out else "")
+        ),
         flush=True,
     )
     return files

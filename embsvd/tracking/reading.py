@@ -25,26 +25,42 @@ log = logging.getLogger(__name__)
 MAX_RUNS = 5000  # a sweep larger than this is read in part: search_runs' page
 PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 SWEEP_PARENTS = f"tags.`{Tag.ROLE}` = '{contract.SWEEP_ROLE}'"
+UNENDED = ("RUNNING", "SCHEDULED")  # statuses of runs that may still log
 
 
 @dataclass(frozen=True)
 class SweepSelection:
     """Which runs to read: at most one of ``parent_run_id``, ``sweep_id`` and
     ``filter_string``; none of them means the most recent sweep. ``experiment`` narrows
-    the search (a filter needs one). ``name`` names a filter's folder of figures."""
+    the search (a filter needs one). ``name`` names a filter's folder of figures.
+    ``include_running``: draw the FINISHED runs of a selection that still has RUNNING ones.
+
+    Raises:
+        ValueError: ``sweep_id`` or ``name`` is not a plain name (``contract.PLAIN_NAME_RULE``):
+            a name becomes a folder, and an id is matched in a filter string.
+    """
 
     parent_run_id: str | None = None
     sweep_id: str | None = None
     experiment: str | None = None
     filter_string: str | None = None
     name: str | None = None
+    include_running: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("sweep_id", "name"):
+            if getattr(self, key) is not None:
+                contract.check_plain_name(f"sweep.{key}", getattr(self, key))
 
 
 def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
     """The FINISHED runs of the selected sweep, with the series and tables figures need.
+    The sweep's name (its id tag, or the filter's name) is made ``contract.file_safe``:
+    a tag in a shared store is anyone's text, and the name becomes a folder.
 
     Raises ``ValueError`` naming the selection when it matches no run, no FINISHED run,
-    or runs of more than one experiment.
+    or runs of more than one experiment; and, unless ``selection.include_running``, when
+    a run of it (the sweep's parent too) is still RUNNING, naming those runs.
     """
     client = MlflowClient(tracking_uri)
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
@@ -66,17 +82,20 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
         runs = [r for r in runs if r.data.tags.get(Tag.ROLE) != contract.SWEEP_ROLE]
         experiment = experiments[scope[0]]  # the one experiment a filter searches
         digest = hashlib.sha256(selection.filter_string.encode()).hexdigest()[:8]
-        name = selection.name or f"{experiment}_filter_{digest}"
+        name = selection.name or contract.file_safe(f"{experiment}_filter_{digest}")
         described = f"runs of experiment {experiment!r} matching {selection.filter_string!r}"
         parent = None
     else:
         parent = _parent(client, scope, selection, tracking_uri)
         runs = _children(client, list(experiments), parent)
-        name = parent.data.tags.get(Tag.SWEEP_ID) or contract.sweep_id(parent.info.run_name)
+        tagged = parent.data.tags.get(Tag.SWEEP_ID)
+        name = contract.file_safe(tagged) if tagged else contract.sweep_id(parent.info.run_name)
         described = f"sweep {name!r} (parent run {parent.info.run_id})"
     if not runs:
         raise ValueError(f"{described} in {tracking_uri}: no runs match; {_hint(client, scope)}")
     _one_experiment(runs, experiments, described)
+    if not selection.include_running:
+        _refuse_running([parent, *runs] if parent else runs, described)
     finished = [r for r in runs if r.info.status == "FINISHED"]  # the same Run objects
     if not finished:
         statuses = ", ".join(f"{r.info.run_name} {r.info.status}" for r in runs)
@@ -106,6 +125,26 @@ def _no_progress_bars() -> Iterator[None]:
             del os.environ[PROGRESS_BAR_VARIABLE]
         else:
             os.environ[PROGRESS_BAR_VARIABLE] = previous
+
+
+def _refuse_running(runs: list[Run], described: str) -> None:
+    """Figures of a selection whose runs still log would leave out, or half-read, what
+    they are about to log; a run whose process died stays RUNNING until it is marked."""
+    running = [r for r in runs if r.info.status in UNENDED]
+    if not running:
+        return
+    listed = ", ".join(
+        f"{r.info.run_name} (run {r.info.run_id}"
+        + (", the sweep's parent" if r.data.tags.get(Tag.ROLE) == contract.SWEEP_ROLE else "")
+        + f", {r.info.status})"
+        for r in running[:10]
+    ) + (f" and {len(running) - 10} more" if len(running) > 10 else "")
+    raise ValueError(
+        f"{described}: {len(running)} of its runs have not ended: {listed}. Wait until they "
+        "end; if their processes are gone (killed, a lost node), mark them with "
+        "`embsvd runs reconcile`; or set sweep.include_running=true to draw the finished "
+        "runs now, leaving those out"
+    )
 
 
 def _scope(experiments: dict[str, str], experiment: str | None, uri: str) -> list[str]:
