@@ -11,15 +11,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.pipeline import PARENT_RUN_FILE
+from embsvd.pipeline.job import sweep_membership
 from embsvd.tracking.contract import Tag
+from tests.blocking import wait_for_file
 from tests.conftest import PROJECT_ROOT, tiny_embeddings, with_ctrl_c, write_tiny_bert
 from tests.test_checkpoint import write_hub_cache
 from tests.test_pipeline import CONTRACT_ARTIFACTS, FIGURES, artifact_names
@@ -230,38 +234,99 @@ def test_resume_runs_only_what_is_missing(tiny_bert, tmp_path):
 
 
 def test_interrupted_sweep_closes_every_run(tiny_bert, tmp_path):
+    """Ctrl-C while job 1 of 8 has its run open (tests/blocking.py holds the job there
+    until the signal is sent): the job's run and the parent end KILLED, job 0's run is
+    kept FINISHED, and no other job starts."""
+    folder = tmp_path / "block"
     process = subprocess.Popen(
         sweep_command(
-            tmp_path, *tiny_model(tiny_bert), "target=digits,eu_countries", "analysis.top_k=1,2,3,4"
+            tmp_path,
+            *tiny_model(tiny_bert),
+            "analysis.figures=false",
+            "target=digits,eu_countries",
+            "analysis.top_k=1,2,3,4",
+            *blocked_at(folder, "before_close", job=1),
         ),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+        env={**os.environ, "MLFLOW_TRACKING_URI": "", "PYTHONPATH": str(PROJECT_ROOT)},
         preexec_fn=with_ctrl_c,
     )
-    uri = store_uri(tmp_path)
-    deadline = time.monotonic() + 120
-    finished = []
-    while not finished and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.5)
-        if Path(uri.removeprefix("sqlite:///")).exists():
-            try:
-                finished = tracking.TrackingStore(uri, "embsvd").find_runs(
-                    "attributes.status = 'FINISHED'"
-                )
-            except Exception:  # the store is still being created
-                finished = []
-    assert finished, "no job finished within 120 s"
+    wait_for_file(folder / "before_close.1", 240, process)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
 
     assert process.returncode != 0, out[-3000:] + err[-3000:]
     store, [parent], children = parents_and_children(tmp_path)
     assert parent.status == "KILLED"
-    assert 1 <= len(children) < 8
+    assert [(c.tags["embsvd.job_num"], c.status) for c in children] == [
+        ("0", "FINISHED"),
+        ("1", "KILLED"),
+    ]
+    assert children[1].tags["embsvd.error"] == "KeyboardInterrupt: signal SIGINT"
+    assert parent.metrics["n_finished"] == 1 and parent.metrics["n_killed"] == 1
     assert not [r for r in store.find_runs() if r.status == "RUNNING"]
+
+
+def blocked_at(folder: Path, point: str, job: int = 0) -> list[str]:
+    """The overrides that pause the sweep at ``point`` of job ``job`` (tests/blocking.py;
+    the subprocess needs the project root on PYTHONPATH)."""
+    return [
+        "+hydra.callbacks.block._target_=tests.blocking.BlockUntilReleased",
+        f"+hydra.callbacks.block.folder={folder}",
+        f"+hydra.callbacks.block.point={point}",
+        f"+hydra.callbacks.block.job={job}",
+    ]
+
+
+def test_a_sweep_whose_parent_cannot_be_opened_stops_before_any_job(tiny_bert, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    uri = f"sqlite:///{tmp_path / 'a_file' / 'mlflow.db'}"  # a folder that cannot be made
+
+    done = run_sweep(
+        tmp_path, *tiny_model(tiny_bert), "analysis.center=true,false", f"tracking.uri={uri}"
+    )
+
+    assert done.returncode == 1
+    assert (
+        f"The sweep did not start: its parent run could not be opened in {uri}: "
+        f"FileExistsError: [Errno 17] File exists: '{tmp_path / 'a_file'}'. No job was run"
+    ) in done.stderr
+    assert not (tmp_path / "sweep" / PARENT_RUN_FILE).exists()
+    assert not (tmp_path / "sweep" / "0").exists()  # no job was launched
+
+
+@pytest.fixture
+def in_multirun(tmp_path):
+    """Enter the Hydra state of a job of a multirun whose folder is ``tmp_path/sweep``,
+    composed with the given overrides."""
+
+    def enter(*overrides: str) -> None:
+        with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+            config = compose("config", overrides=list(overrides), return_hydra_config=True)
+        config.hydra.mode = RunMode.MULTIRUN
+        config.hydra.sweep.dir = str(tmp_path / "sweep")
+        (tmp_path / "sweep").mkdir(exist_ok=True)
+        HydraConfig.instance().set_config(config)
+
+    yield enter
+    HydraConfig.instance().cfg = None
+
+
+def test_a_job_of_a_sweep_without_its_parent_run_refuses_to_run(in_multirun, tmp_path):
+    in_multirun()
+    with pytest.raises(FileNotFoundError, match="mlflow_parent_run_id is missing: this job") as e:
+        sweep_membership()
+    assert "leave the callback out with ~hydra.callbacks.sweep_tracking" in str(e.value)
+    (tmp_path / "sweep" / PARENT_RUN_FILE).write_text("abc")
+    assert sweep_membership() == ("abc", None)
+
+
+def test_a_multirun_without_the_sweep_callback_is_a_plain_one(in_multirun):
+    in_multirun("~hydra.callbacks.sweep_tracking")
+    assert sweep_membership() == (None, None)
 
 
 def test_joblib_sweep_over_both_bundled_checkpoints(tmp_path, smollm2):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +23,17 @@ from embsvd import tracking
 from embsvd.checks.run import ChecksResult
 from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import analyze
-from tests.conftest import token_group, with_ctrl_c
+from embsvd.pipeline import cli
+from embsvd.tracking.contract import Tag
+from embsvd.tracking.recovery import keep, process_running, process_start
+from tests.conftest import PROJECT_ROOT, token_group, with_ctrl_c
 from tests.test_checks import checked, world
 
 
-def make_store(uri: str, name: str, artifact_root: Path | None = None) -> tracking.TrackingStore:
-    return tracking.TrackingStore(uri, name, artifact_root)
+def make_store(
+    uri: str, name: str, artifact_root: Path | None = None, **options
+) -> tracking.TrackingStore:
+    return tracking.TrackingStore(uri, name, artifact_root, **options)
 
 
 def read_artifact(client: MlflowClient, run_id: str, path: str) -> str:
@@ -406,3 +415,259 @@ def test_sweep_that_stopped_before_its_jobs_reported_fails_its_parent(session_st
     [run] = store.find_runs("tags.`embsvd.role` = 'sweep'")
     assert run.status == "FAILED" and run.metrics["n_children"] == 0
     assert run.tags["embsvd.error"] == "the sweep stopped before its jobs reported"
+
+
+# --- faults: signals, final writes the store refuses, runs whose process is gone ----------
+
+
+def test_signals_that_arrive_while_a_run_closes_wait_until_it_is_closed():
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        with tracking.deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # a handler that was not held would run here
+            assert received == []
+        assert received == [signal.SIGTERM]  # delivered to the handler it would have met
+        assert signal.getsignal(signal.SIGTERM) is not None and received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sighup_ends_a_run_killed_and_names_the_signal(session_store):
+    store = make_store(session_store, "sighup")
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a fresh process
+    try:
+        with (
+            pytest.raises(tracking.Terminated) as raised,
+            tracking.signals_end_runs(),
+            tracking.tracked_run(store, "m/g/raw", {}) as run,
+        ):
+            run.log_metrics([("n_tokens", 3, 0)])
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(30)  # the signal's exception ends the block at once
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert raised.value.code == 128 + signal.SIGHUP  # the exit status a shell reports
+    ended = store.client.get_run(run.run_id)
+    assert ended.info.status == "KILLED"
+    assert ended.data.tags["embsvd.error"] == "Terminated: SIGHUP"
+    assert ended.data.metrics["n_tokens"] == 3  # what it logged is kept
+
+
+def test_runs_carry_the_process_that_writes_them(session_store):
+    store = make_store(session_store, "process-tags")
+    with tracking.tracked_run(store, "m/g/raw", {}) as run:
+        pass
+    tags = store.client.get_run(run.run_id).data.tags
+    assert tags[Tag.HOST] == socket.gethostname() and tags[Tag.PID] == str(os.getpid())
+    boot, ticks = tags[Tag.PROCESS_START].split(":")
+    assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert int(ticks) > 0
+
+
+def ended_process() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_process_is_running_only_while_its_pid_and_start_match():
+    me = os.getpid()
+    assert process_running(me, process_start(me))
+    assert not process_running(me, "another-boot:1")  # the pid, reused by a later process
+    assert not process_running(ended_process(), None)
+
+
+def reconcile_fixture(store: tracking.TrackingStore):
+    """Runs as processes leave them: RUNNING, with the tags of a process that is gone,
+    of this one, of another host, of an older embsvd (none)."""
+    gone = {Tag.PID: str(ended_process()), Tag.PROCESS_START: "x:1"}
+    runs = {
+        "gone": tracking.start_run(store, "gone", gone),
+        "alive": tracking.start_run(store, "alive", {}),
+        "elsewhere": tracking.start_run(store, "elsewhere", {Tag.HOST: "node042"}),
+    }
+    untagged = tracking.start_run(store, "untagged", {})
+    for tag in (Tag.HOST, Tag.PID, Tag.PROCESS_START):
+        store.client.delete_tag(untagged.run_id, tag)
+    runs["untagged"] = untagged
+    # a sweep killed with its last job: the parent and the job's process are gone
+    parent = tracking.start_run(store, "sweep/x", {"embsvd.role": "sweep", **gone})
+    child = {"mlflow.parentRunId": parent.run_id, **gone}
+    with tracking.tracked_run(store, "job0", {**child, "embsvd.job_num": 0}):
+        pass
+    runs["job1"] = tracking.start_run(store, "job1", {**child, "embsvd.job_num": 1})
+    runs["parent"] = parent
+    return runs
+
+
+def test_reconcile_closes_runs_whose_process_is_gone_and_lists_the_others(tmp_path):
+    store = make_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "reconcile")
+    runs = reconcile_fixture(store)
+
+    changes = {c.name: c for c in tracking.reconcile_runs(store)}
+
+    status = {name: store.client.get_run(r.run_id).info.status for name, r in runs.items()}
+    assert status == {
+        "gone": "KILLED",
+        "alive": "RUNNING",
+        "elsewhere": "RUNNING",
+        "untagged": "RUNNING",
+        "job1": "KILLED",
+        "parent": "KILLED",
+    }
+    assert list(changes)[-1] == "sweep/x"  # parents after their children
+    error = store.client.get_run(runs["gone"].run_id).data.tags["embsvd.error"]
+    assert error.startswith("left RUNNING, closed by embsvd runs reconcile: its process (pid")
+    assert "is gone" in error
+    assert "is still running" in changes["alive"].reason
+    assert "ran on node042" in changes["elsewhere"].reason
+    assert "--host-gone node042" in changes["elsewhere"].reason
+    assert "no process tags" in changes["untagged"].reason
+    parent = store.client.get_run(runs["parent"].run_id)
+    assert parent.data.metrics["n_finished"] == 1 and parent.data.metrics["n_killed"] == 1
+    assert str(changes["sweep/x"]).startswith(f"closed KILLED: run {runs['parent'].run_id}")
+
+    # the host the user says is gone, and '*' for runs without process tags
+    again = {c.name: c.status for c in tracking.reconcile_runs(store, ["node042"])}
+    assert again == {"alive": "RUNNING", "elsewhere": "KILLED", "untagged": "RUNNING"}
+    last = {c.name: c.status for c in tracking.reconcile_runs(store, ["*"])}
+    assert last == {"alive": "RUNNING", "untagged": "KILLED"}
+
+
+def test_reconcile_leaves_a_run_whose_final_write_waits_for_its_replay(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = make_store(uri, "reconcile-pending")
+    gone = {Tag.PID: str(ended_process()), Tag.PROCESS_START: "x:1"}
+    run = tracking.start_run(store, "locked out", gone)
+    folder = keep(uri, run.run_id, "locked out", "FINISHED", [], [], None, "database is locked")
+
+    [change] = tracking.reconcile_runs(store)  # this store replayed when it opened, not since
+
+    assert change.status == "RUNNING"
+    assert change.reason == f"its final write waits in {folder} (database is locked)"
+    assert store.client.get_run(run.run_id).info.status == "RUNNING"
+
+
+def test_a_parent_waits_for_its_children_on_another_host(tmp_path):
+    store = make_store(f"sqlite:///{tmp_path / 'mlflow.db'}", "reconcile-parent")
+    gone = {Tag.PID: str(ended_process()), Tag.PROCESS_START: "x:1"}
+    parent = tracking.start_run(store, "sweep/y", {"embsvd.role": "sweep", **gone})
+    tracking.start_run(store, "job", {"mlflow.parentRunId": parent.run_id, Tag.HOST: "node7"})
+
+    [child, closing] = tracking.reconcile_runs(store)
+
+    assert (child.status, closing.status) == ("RUNNING", "RUNNING")
+    assert "left until its children end (1 RUNNING: job)" in closing.reason
+
+
+def mount_tmpfs(folder: Path) -> None:
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+
+
+def remount(folder: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_artifacts(tmp_path):
+    """A store whose artifact folder is a tmpfs mounted read-only (root ignores file
+    permissions, not a read-only mount)."""
+    folder = tmp_path / "artifacts"
+    mount_tmpfs(folder)
+    remount(folder, "ro")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_read_only_artifact_folder_fails_runs_with_the_reason_until_replayed(
+    tmp_path, read_only_artifacts, capsys
+):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = make_store(uri, "read-only", read_only_artifacts)
+    with (
+        pytest.raises(tracking.FinalWriteError, match="its final write to sqlite:///") as raised,
+        tracking.tracked_run(store, "m/g/finished", {}) as finished,
+    ):
+        finished.log_metrics([("singular_value", 2.0, 0), ("singular_value", 1.0, 1)])
+        finished.log_text("a table", "spectrum.csv")
+    with (
+        pytest.raises(RuntimeError, match="checkpoint exploded"),  # its own error, not the write's
+        tracking.tracked_run(store, "m/g/failed", {}) as failed,
+    ):
+        raise RuntimeError("checkpoint exploded")
+
+    # one folder per failed write, named <run id>.<time>: in the order they were kept
+    folders = sorted((tmp_path / "pending").iterdir(), key=lambda f: int(f.suffix[1:]))
+    assert len(folders) == 2
+    assert f"are kept in {folders[0]}" in str(raised.value)
+    assert "Read-only file system" in str(raised.value)
+    assert f"are kept in {folders[1]}" in capsys.readouterr().err  # printed, for both
+    first = store.client.get_run(finished.run_id)
+    assert first.info.status == "FAILED"  # the database took the status and the reason
+    assert first.data.tags["embsvd.error"].startswith("final write failed (OSError: [Errno 30]")
+    second = store.client.get_run(failed.run_id)
+    assert second.data.tags["embsvd.error"].startswith(
+        "RuntimeError: checkpoint exploded; final write failed"
+    )
+    assert (folders[1] / "artifacts" / "error.txt").is_file()  # the traceback waits too
+
+    remount(read_only_artifacts, "rw")
+    replayed = []
+    make_store(uri, "read-only", report=replayed.append)  # the next command's store
+
+    assert len(replayed) == 2 and all("wrote the results" in line for line in replayed)
+    assert [f.name for f in (tmp_path / "pending").iterdir()] == [".lock"]
+    first = store.client.get_run(finished.run_id)
+    assert first.info.status == "FINISHED" and "embsvd.error" not in first.data.tags
+    assert "Read-only file system" in first.data.tags[Tag.RECOVERED]
+    assert store.metric_history(finished.run_id, "singular_value") == [2.0, 1.0]
+    assert read_artifact(store.client, finished.run_id, "spectrum.csv") == "a table"
+    second = store.client.get_run(failed.run_id)
+    assert second.info.status == "FAILED"
+    assert second.data.tags["embsvd.error"] == "RuntimeError: checkpoint exploded"
+    assert "checkpoint exploded" in read_artifact(store.client, failed.run_id, "error.txt")
+
+
+def test_a_pending_write_of_a_deleted_run_is_dropped_with_a_note(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = make_store(uri, "deleted")
+    logger = tracking.start_run(store, "gone", {})
+    folder = keep(uri, "0" * 32, "gone", "FINISHED", [], [], None, "a test")
+    messages = []
+
+    make_store(uri, "deleted", report=messages.append)
+
+    assert messages == [
+        f"run {'0' * 32} (gone) no longer exists in the store; removed its pending results {folder}"
+    ]
+    assert not folder.exists()
+    assert store.client.get_run(logger.run_id).info.status == "RUNNING"
+
+
+def test_reconcile_command_refuses_a_missing_store_or_experiment(tmp_path, capsys):
+    missing = f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"
+    assert cli.main(["runs", "reconcile", "--tracking-uri", missing]) == 1
+    assert "no such sqlite database" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()  # nothing created
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    make_store(uri, "present")
+    assert cli.main(["runs", "reconcile", "--tracking-uri", uri, "--experiment", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "--experiment nope: experiment 'nope': the store" in err
+    assert "it has: Default, present" in err
+
+
+def test_the_embsvd_command_is_the_reconcile_cli():
+    scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["embsvd"].split(":")
+    assert getattr(importlib.import_module(module), function) is cli.main

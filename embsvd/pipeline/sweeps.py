@@ -8,6 +8,7 @@ import copy
 import logging
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, code_state
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import package_version
 from embsvd.pipeline.report import figures_command, mlflow_ui_command
+from embsvd.pipeline.secrets import redact_overrides, redact_text
 from embsvd.tracking import contract
 from embsvd.tracking.contract import Tag
 
@@ -151,7 +153,7 @@ def validate_sweep_or_exit(config: DictConfig) -> ComposeOnce | None:
     try:
         return validate_sweep(config)
     except SweepRefused as refusal:
-        print(refusal, file=sys.stderr, flush=True)
+        print(redact_text(str(refusal)), file=sys.stderr, flush=True)  # it lists overrides
         raise SystemExit(1) from refusal
 
 
@@ -231,9 +233,14 @@ class SweepTracking(Callback):
     Hydra calls ``on_multirun_end`` only when every job succeeded: a failed job makes
     the sweeper raise, and Ctrl-C aborts the sweep. So the parent is also closed at
     interpreter exit (``atexit``), after a job failure or an interrupt; ``sys.excepthook``
-    notes an interrupt, and SIGTERM is turned into one. Closing prints the children's
-    table, names the failed jobs and makes the command exit non-zero when any failed.
-    The parent opens only once every job's config validated (``validate_sweep``).
+    notes an interrupt, and SIGTERM and SIGHUP are turned into one. Closing prints the
+    children's table, names the failed jobs and makes the command exit non-zero when any
+    failed. The parent opens only once every job's config validated (``validate_sweep``).
+
+    Nothing here lets a sweep go on unseen: a parent that cannot be opened ends the
+    command (status 1) before any job starts, and the close never raises (a crash in it
+    closes the parent FAILED with the error, and the command exits 1). Signals that
+    arrive while the parent closes are delivered once it is closed.
     """
 
     def __init__(self) -> None:
@@ -242,11 +249,36 @@ class SweepTracking(Callback):
         self._interrupted = False
         self._sweep_id = ""
         self._project = Path.cwd()  # replaced by the project's folder when the sweep starts
+        self._close_failed = False  # the close raised: the command exits 1
+        self._uri = ""  # the store's, once resolved
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Open the parent run, or end the command with status 1 before any job starts:
+        Hydra turns an exception raised in a callback into a warning and would launch the
+        jobs without a parent."""
+        try:
+            self._open(config)
+        except Exception as error:
+            print(
+                redact_text(
+                    "The sweep did not start: its parent run could not be opened in "
+                    f"{self._uri or 'the tracking store'}: {tracking.describe(error)}. No job "
+                    "was run: make the store reachable and writable (tracking.uri), then "
+                    "start the sweep again."
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+            self._abandon(error)
+            raise SystemExit(1) from error
+        except BaseException as error:  # Ctrl-C while it opened
+            self._abandon(error, "KILLED")
+            raise
+
+    def _open(self, config: DictConfig) -> None:
         validate_sweep_or_exit(config)  # a sweep that cannot run leaves no parent run behind
         self._project = project_root(config)
-        uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
+        uri = self._uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
         # creating the store here runs its migrations once, before parallel workers start
         self._store = tracking.TrackingStore(
             uri, config.tracking.experiment, config.tracking.artifact_root
@@ -260,7 +292,7 @@ class SweepTracking(Callback):
             Tag.ROLE: contract.SWEEP_ROLE,
             Tag.SWEEP_ID: contract.sweep_id(name),
             Tag.SWEEP_DIR: str(sweep_dir),
-            Tag.OVERRIDES: " ".join(overrides),
+            Tag.OVERRIDES: " ".join(redact_overrides(overrides)),
             Tag.LAUNCHER: config.hydra.launcher.get("_target_", ""),
             Tag.VERSION: package_version(),
             **({Tag.GIT_COMMIT: git.commit} if git else {}),
@@ -270,7 +302,10 @@ class SweepTracking(Callback):
         self._sweep_id = tags[Tag.SWEEP_ID]
         (sweep_dir / PARENT_RUN_FILE).write_text(parent.run_id)
         (sweep_dir / SWEEP_ID_FILE).write_text(tags[Tag.SWEEP_ID])
-        print(f"Sweep {tags[Tag.SWEEP_ID]}: parent run {parent.run_id} in {uri}", flush=True)
+        print(
+            f"Sweep {tags[Tag.SWEEP_ID]}: parent run {parent.run_id} in {redact_text(uri)}",
+            flush=True,
+        )
         atexit.register(self._close_at_exit)
         previous_hook = sys.excepthook
 
@@ -279,7 +314,7 @@ class SweepTracking(Callback):
             previous_hook(kind, value, traceback)
 
         sys.excepthook = note_interrupt
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._interrupt)
 
     def _interrupt(self, signum: int, frame: Any) -> None:
@@ -295,7 +330,8 @@ class SweepTracking(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         outcome = self._close(completed=True)
-        if self._interrupted or (outcome is not None and outcome.status != "FINISHED"):
+        failed = outcome is not None and outcome.status != "FINISHED"
+        if self._interrupted or self._close_failed or failed:
             raise SystemExit(1)
 
     def _close_at_exit(self) -> None:
@@ -304,14 +340,68 @@ class SweepTracking(Callback):
         self._close(completed=False)
 
     def _close(self, completed: bool) -> tracking.SweepOutcome | None:
+        """Close the parent (``finish_sweep``) and report; never raises. SIGINT, SIGTERM
+        and SIGHUP wait until the parent is closed. When the close raises, the parent is
+        closed FAILED with the error instead (``_abandon``) and the command exits 1."""
         if self._store is None or self._parent_run_id is None:
             return None
         store, parent_run_id = self._store, self._parent_run_id
+        with tracking.deferred_signals():
+            try:
+                outcome = tracking.finish_sweep(
+                    store, parent_run_id, interrupted=self._interrupted, completed=completed
+                )
+            except tracking.FinalWriteError:  # printed; kept pending with the status earned
+                self._close_failed, self._parent_run_id = True, None
+                atexit.unregister(self._close_at_exit)
+                return None
+            except Exception as error:
+                self._close_failed = True
+                print(
+                    f"The sweep's close failed:\n{redact_text(traceback.format_exc())}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._abandon(error)
+                return None
+            self._parent_run_id = None
+            atexit.unregister(self._close_at_exit)
+            try:
+                self._report(store, parent_run_id, outcome)
+            except Exception:
+                self._close_failed = True
+                print(
+                    f"The sweep's report failed:\n{redact_text(traceback.format_exc())}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        return outcome
+
+    def _abandon(self, error: BaseException, status: str = "FAILED") -> None:
+        """Close the parent ``status`` with ``error``, its children still RUNNING KILLED:
+        the fallback when the sweep could not start or its close raised. Never raises."""
+        store, parent_run_id = self._store, self._parent_run_id
         self._parent_run_id = None
         atexit.unregister(self._close_at_exit)
-        outcome = tracking.finish_sweep(
-            store, parent_run_id, interrupted=self._interrupted, completed=completed
-        )
+        if store is None or parent_run_id is None:
+            return
+        try:
+            tracking.abandon_sweep(store, parent_run_id, error, status)
+        except tracking.FinalWriteError:
+            pass  # printed, and kept pending for the next command that opens the store
+        except Exception as again:
+            print(
+                f"Could not close the sweep's parent run {parent_run_id} either "
+                f"({redact_text(tracking.describe(again))}); `embsvd runs reconcile` closes "
+                "it once this process is gone",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _report(
+        self, store: tracking.TrackingStore, parent_run_id: str, outcome: tracking.SweepOutcome
+    ) -> None:
+        """The children's table, the failed jobs, and the commands that show the sweep."""
         print(f"\n{tracking.format_sweep_table(outcome.children)}", flush=True)
         for job_num, run_id in sorted(outcome.skipped.items(), key=lambda kv: int(kv[0])):
             print(f"job #{job_num}: skipped, run {run_id} has its config", flush=True)
@@ -331,7 +421,6 @@ class SweepTracking(Callback):
             + figures_command(self._project, store.uri, self._sweep_id),
             flush=True,
         )
-        return outcome
 
 
 def sweep_run_name(overrides: list[str], sweep_dir: Path) -> str:

@@ -5,8 +5,12 @@ reads sweeps back for figures.
   (``Tag``), the run name and its parser, metrics, result tags, CSV tables, and the
   records runs are read back as; docs/contract.md describes it for a reader of runs;
 - ``store``: the tracking store and one experiment in it; runs read back as records;
-- ``runs``: one run, written in batches, closed with the status it earned;
+- ``runs``: one run, written in batches, closed with the status it earned (signals held
+  while it closes);
+- ``recovery``: the process that writes a run (its tags), and final writes the store
+  refused, kept on disk and written by the next command that opens it;
 - ``sweeps``: a sweep's parent run and how its children ended;
+- ``reconcile``: runs left RUNNING by a process that is gone, closed;
 - ``reading``: the runs of one sweep (by parent, sweep id or filter) for figures.
 
 Later tools read runs through the contract: extend it, don't break it.
@@ -21,9 +25,15 @@ _MODULE_OF = {
     "SweepSelection": "reading",
     "log_figures": "reading",
     "read_sweep": "reading",
+    "FinalWriteError": "runs",
     "RunLogger": "runs",
+    "Terminated": "runs",
+    "close_run": "runs",
+    "deferred_signals": "runs",
+    "describe": "runs",
     "log_groups": "runs",
     "log_result": "runs",
+    "signals_end_runs": "runs",
     "start_run": "runs",
     "tracked_run": "runs",
     "DEFAULT_EXPERIMENT": "store",
@@ -33,7 +43,13 @@ _MODULE_OF = {
     "TrackingStore": "store",
     "default_artifact_root": "store",
     "resolve_tracking_uri": "store",
+    "Change": "reconcile",
+    "reconcile_runs": "reconcile",
+    "PendingWrite": "recovery",
+    "pending_writes": "recovery",
+    "process_tags": "recovery",
     "SweepOutcome": "sweeps",
+    "abandon_sweep": "sweeps",
     "finish_sweep": "sweeps",
     "format_sweep_table": "sweeps",
 }

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
-    MAX_METRICS_PER_BATCH,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
@@ -25,7 +26,7 @@ from mlflow.utils.validation import (
 from embsvd.checks.run import ChecksResult
 from embsvd.groups import TokenGroup
 from embsvd.method.analysis import AnalysisResult
-from embsvd.tracking import artifacts, contract
+from embsvd.tracking import artifacts, contract, recovery
 from embsvd.tracking.contract import Tag
 from embsvd.tracking.store import TrackingStore
 
@@ -39,9 +40,12 @@ class RunLogger:
     fails early still shows its configuration.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, buffered: bool = False):
+    def __init__(
+        self, client: MlflowClient, run_id: str, buffered: bool = False, run_name: str = ""
+    ):
         self.client = client
         self.run_id = run_id
+        self.run_name = run_name
         self.buffered = buffered
         self._tags: dict[str, RunTag] = {}
         self._metrics: list[Metric] = []
@@ -56,7 +60,7 @@ class RunLogger:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
-        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+        for chunk in recovery.chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
 
     def log_metrics(self, metrics: Sequence[tuple[str, float, int]]) -> None:
@@ -85,71 +89,235 @@ class RunLogger:
             self._staging = Path(tempfile.mkdtemp(prefix="embsvd-artifacts-"))
         return self._staging / relative
 
+    @property
+    def unwritten(self) -> tuple[list[RunTag], list[Metric], Path | None]:
+        """What :meth:`flush` has not written yet: tags, metrics and the staged artifacts."""
+        return list(self._tags.values()), list(self._metrics), self._staging
+
     def flush(self) -> None:
         """Write what is buffered: tags and metrics in as few batches as the limits allow
-        (at most 100 tags and 1000 items a batch), artifacts in one upload."""
-        tags, metrics = list(self._tags.values()), self._metrics
+        (at most 100 tags and 1000 items a batch), artifacts in one upload. What a failed
+        write did not store stays buffered (``unwritten``)."""
+        tags, metrics, staging = self.unwritten
+        recovery.write_batches(self.client, self.run_id, tags, metrics)
         self._tags, self._metrics = {}, []
-        metric_chunk = MAX_METRICS_PER_BATCH - MAX_PARAMS_TAGS_PER_BATCH
-        tag_chunks = list(_chunks(tags, MAX_PARAMS_TAGS_PER_BATCH))
-        metric_chunks = list(_chunks(metrics, metric_chunk))
-        for tag_chunk, metric_chunk_ in itertools.zip_longest(tag_chunks, metric_chunks):
-            self.client.log_batch(self.run_id, metrics=metric_chunk_ or [], tags=tag_chunk or [])
+        if staging is not None:
+            self.client.log_artifacts(self.run_id, str(staging))
+            self.discard_staging()
+
+    def discard_staging(self) -> None:
         if self._staging is not None:
-            staging, self._staging = self._staging, None
-            try:
-                self.client.log_artifacts(self.run_id, str(staging))
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
 
 
 def start_run(
     store: TrackingStore, run_name: str, tags: Mapping[str, Any], buffered: bool = False
 ) -> RunLogger:
-    """Create a RUNNING run (a child when ``tags`` has ``mlflow.parentRunId``)."""
+    """Create a RUNNING run (a child when ``tags`` has ``mlflow.parentRunId``), tagged with
+    the process that writes it (``recovery.process_tags``: what ``embsvd runs
+    reconcile`` checks when the run is left RUNNING)."""
+    tags = {**recovery.process_tags(), **tags}
     run = store.client.create_run(
         store.experiment_id, run_name=run_name, tags={str(k): str(v) for k, v in tags.items()}
     )
-    return RunLogger(store.client, run.info.run_id, buffered)
+    return RunLogger(store.client, run.info.run_id, buffered, run_name)
 
 
 @contextmanager
 def tracked_run(
-    store: TrackingStore, run_name: str, tags: Mapping[str, Any]
+    store: TrackingStore,
+    run_name: str,
+    tags: Mapping[str, Any],
+    redact: Callable[[str], str] = str,
 ) -> Iterator[RunLogger]:
     """Open a run and close it with the status it earned.
 
     FINISHED when the block completes; FAILED on an exception, with the message in the
     tag ``embsvd.error`` and the traceback as the artifact ``error.txt``; KILLED on
-    Ctrl-C (``KeyboardInterrupt``) or ``SystemExit``. What the block logged is written
-    in every case (the logger is buffered); the exception propagates.
+    Ctrl-C (``KeyboardInterrupt``), ``SystemExit`` or a termination signal the caller
+    turned into one, with the exception in ``embsvd.error``. What the block logged is
+    written in every case (the logger is buffered), or kept pending when the store
+    refuses it (``close_run``); the exception propagates. ``redact`` is applied to the
+    error and the traceback before they are stored (an exception may quote a URI with
+    its password).
     """
     logger = start_run(store, run_name, tags, buffered=True)
     try:
         yield logger
     except Exception as error:
-        logger.set_tags({Tag.ERROR: f"{type(error).__name__}: {error}"})
-        logger.log_text(traceback.format_exc(), "error.txt")
-        _end(store, logger, RunStatus.FAILED)
+        logger.set_tags({Tag.ERROR: redact(describe(error))})
+        logger.log_text(redact(traceback.format_exc()), "error.txt")
+        _close_after(store, logger, RunStatus.FAILED)
         raise
-    except BaseException:
-        _end(store, logger, RunStatus.KILLED)
+    except BaseException as error:
+        logger.set_tags({Tag.ERROR: redact(describe(error))})
+        _close_after(store, logger, RunStatus.KILLED)
         raise
-    _end(store, logger, RunStatus.FINISHED)
+    close_run(store, logger, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def _end(store: TrackingStore, logger: RunLogger, status: int) -> None:
+def describe(error: BaseException) -> str:
+    """``<ExceptionType>: <message>``, or the type alone when it has no message."""
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def _close_after(store: TrackingStore, logger: RunLogger, status: int) -> None:
+    """Close a run whose block raised: the block's exception is what the caller sees, so a
+    close that could not write (printed and kept pending by ``close_run``) does not
+    replace it."""
+    with suppress(FinalWriteError):
+        close_run(store, logger, RunStatus.to_string(status))
+
+
+class FinalWriteError(RuntimeError):
+    """A run's final write failed; its message names where its results wait."""
+
+
+def close_run(store: TrackingStore, logger: RunLogger, status: str) -> None:
+    """Write what ``logger`` holds and end the run with ``status``, with SIGINT, SIGTERM
+    and SIGHUP held until it is done (``deferred_signals``): a signal does not cut the
+    last writes in half.
+
+    When a write fails, what the run logged and ``status`` are kept pending
+    (``recovery.keep``) for the next command that opens the store, the error is printed
+    naming that folder, and ``FinalWriteError`` is raised. The run is marked FAILED with the
+    reason at once when only its artifacts failed (the database still takes writes); it
+    stays RUNNING until the replay when the database refused.
+
+    Raises:
+        FinalWriteError: the final write failed (chained from the store's error).
+    """
+    with deferred_signals():
+        tags, metrics, staging = logger.unwritten
+        try:
+            logger.flush()
+            store.client.set_terminated(logger.run_id, status)
+            return
+        except Exception as error:
+            failure = error
+        # tags and metrics written but the staged artifacts not: only the artifact store
+        # refused, and the database takes the reason now; else the database refused
+        left_tags, left_metrics, left_staging = logger.unwritten
+        database_failed = bool(left_tags or left_metrics) or left_staging is None
+        reason = describe(failure)
+        try:
+            folder = recovery.keep(
+                store.uri, logger.run_id, logger.run_name, status, tags, metrics, staging, reason
+            )
+            kept, where = True, f"kept in {folder}"
+        except OSError as keep_error:
+            kept, where = False, f"could not be kept either: {keep_error}"
+        finally:
+            logger.discard_staging()
+        earlier = {t.key: t.value for t in tags}.get(Tag.ERROR)
+        note = f"final write failed ({reason}); the run's results {where}"
+        if not database_failed:  # the database takes writes: say why at once
+            _mark_failed(store, logger.run_id, f"{earlier}; {note}" if earlier else note)
+        message = (
+            f"run {logger.run_id} ({logger.run_name}): its final write to "
+            f"{recovery.display_uri(store.uri)} failed: {reason}. "
+            + (
+                f"Its results and its status {status} are kept in {folder}: the next command "
+                f"that opens this store writes them, or `{recovery.RECONCILE_HINT}`."
+                if kept
+                else f"Its results {where}; they are lost."
+            )
+        )
+        print(message, file=sys.stderr, flush=True)
+        raise FinalWriteError(message) from failure
+
+
+def _mark_failed(store: TrackingStore, run_id: str, error: str) -> None:
+    """FAILED with ``error``, best effort: the pending record keeps the rest."""
     try:
-        logger.flush()
-    except Exception:  # a run whose last writes failed is closed FAILED, not left RUNNING
-        store.client.set_terminated(logger.run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    store.client.set_terminated(logger.run_id, RunStatus.to_string(status))
+        store.client.set_tag(run_id, Tag.ERROR, error[:MAX_TAG_VAL_LENGTH])
+        store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+    except Exception as error_again:  # the record names the run's status for the replay
+        print(f"run {run_id}: could not mark it FAILED: {error_again}", file=sys.stderr)
+
+
+class Terminated(SystemExit):
+    """A termination signal as an exception: the run it cuts off ends KILLED with the
+    signal's name in ``embsvd.error``, and the process exits with 128 + the signal's
+    number, as a shell reports a process the signal ended."""
+
+    def __init__(self, signum: int):
+        self.signal = signal.Signals(signum)
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return self.signal.name
+
+
+TERMINATING_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextmanager
+def signals_end_runs() -> Iterator[None]:
+    """Turn SIGTERM (``kill``, ``timeout``, ``scancel``) and SIGHUP (the terminal closed)
+    into ``Terminated`` while the block runs, so that a ``tracked_run`` inside it ends
+    KILLED instead of being left RUNNING by a process that just vanished.
+
+    A signal that already has a handler (a sweep's ``SweepTracking``, submitit's) or is
+    ignored (``nohup``) is left as it is; so is a block outside the main thread. When the
+    exception was swallowed where it was raised (inside a ``__del__`` or a weakref
+    callback Python prints it and goes on), it is raised again when the block ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def terminate(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise Terminated(signum)
+
+    previous = {
+        signum: signal.signal(signum, terminate)
+        for signum in TERMINATING_SIGNALS
+        if signal.getsignal(signum) is signal.SIG_DFL
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise Terminated(received[0])
+
+
+# SIGINT is Ctrl-C; SIGTERM what kill, timeout and scancel send; SIGHUP a closed terminal
+HELD_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Hold SIGINT, SIGTERM and SIGHUP while the block runs, then deliver them to the
+    handlers they would have met: closing a run (or a sweep's parent) is a few writes
+    that a signal must not cut in half. Only the main thread sets signal handlers; in
+    another, and for a signal whose handler Python did not install, the block runs as
+    it is. SIGKILL cannot be held: ``embsvd runs reconcile`` closes what it leaves."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+    previous = {}
+    for signum in HELD_SIGNALS:
+        handler = signal.getsignal(signum)
+        if handler is not None:
+            previous[signum] = signal.signal(signum, lambda s, frame: noted.append(s))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)  # runs its handler here, which may raise
 
 
 def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) -> None:

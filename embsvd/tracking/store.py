@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from embsvd.tracking import recovery
 from embsvd.tracking.contract import Tag
 
 DEFAULT_EXPERIMENT = "embsvd"
@@ -37,23 +40,56 @@ def default_artifact_root(tracking_uri: str) -> Path | None:
 
 
 class TrackingStore:
-    """An MLflow tracking store and one experiment in it."""
+    """An MLflow tracking store and one experiment in it.
 
-    def __init__(self, uri: str, experiment: str, artifact_root: str | Path | None = None):
+    Opening it also writes what earlier runs could not (``recovery.replay``): their
+    pending final writes are reported through ``report`` (stderr by default), written,
+    and removed.
+
+    Args:
+        uri: The tracking URI (``resolve_tracking_uri``).
+        experiment: The experiment's name; created unless ``create`` is false.
+        artifact_root: Where a new experiment keeps its artifacts (default
+            ``default_artifact_root``).
+        create: Create the experiment when the store has none of that name.
+        report: Receives one line per pending write replayed.
+
+    Raises:
+        ValueError: ``create`` is false and the store has no such experiment.
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        artifact_root: str | Path | None = None,
+        *,
+        create: bool = True,
+        report: Callable[[str], None] = recovery.report_to_stderr,
+    ):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
         root = Path(artifact_root) if artifact_root else default_artifact_root(uri)
         if uri.startswith("sqlite:///"):
             # sqlite creates the database file, not its folder
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.experiment_id = self._experiment_id(experiment, root)
+        with schema_lock(uri):  # MLflow creates a new database's tables on first use
+            self.client = MlflowClient(tracking_uri=uri)
+            self.experiment_id = self._experiment_id(experiment, root, create)
+        self.replayed = recovery.replay(self.client, uri, report)
 
-    def _experiment_id(self, name: str, artifact_root: Path | None) -> str:
+    def _experiment_id(self, name: str, artifact_root: Path | None, create: bool) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             if Tag.EXPERIMENT_KIND not in found.tags:  # a store made by an earlier embsvd
                 self.client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
             return found.experiment_id
+        if not create:
+            names = sorted(e.name for e in self.client.search_experiments())
+            raise ValueError(
+                f"experiment {name!r}: the store {recovery.display_uri(self.uri)} has no "
+                f"experiment of that name (it has: {', '.join(names) or 'none'}); pass one "
+                "of these"
+            )
         # MLflow's default artifact location is relative to the working directory
         location = (artifact_root / name).resolve().as_uri() if artifact_root else None
         return self.client.create_experiment(
@@ -85,6 +121,29 @@ class TrackingStore:
         """A step series, ordered by step."""
         history = self.client.get_metric_history(run_id, key)
         return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+@contextmanager
+def schema_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` beside a sqlite store while the block
+    runs: processes that open a new store at once (two sweeps, parallel workers) would
+    otherwise race in MLflow's schema setup and experiment creation, and all but one
+    fail. Other stores (a server) serialize this themselves: no lock. Where the lock
+    file cannot be written (a read-only folder) nobody can set the schema up: no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        handle = open(uri.removeprefix("sqlite:///") + ".lock", "a")  # noqa: SIM115
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

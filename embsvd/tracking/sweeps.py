@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
+import traceback
 from dataclasses import dataclass
 
 from mlflow.entities import RunStatus
 
-from embsvd.tracking import contract
+from embsvd.tracking import contract, recovery
 from embsvd.tracking.artifacts import COLUMNS, Table
 from embsvd.tracking.contract import Tag
-from embsvd.tracking.runs import RunLogger
+from embsvd.tracking.runs import RunLogger, close_run, describe
 from embsvd.tracking.store import RunRecord, TrackingStore
 
 # --- sweeps: a parent run and its children ------------------------------------------------
@@ -34,17 +36,19 @@ def finish_sweep(
 ) -> SweepOutcome:
     """Close a sweep's parent run with the status its children earned.
 
-    Children still RUNNING (a worker that died, a job cut off by Ctrl-C) are closed as
-    KILLED first, so no run is left RUNNING. The parent is KILLED when the sweep was
-    interrupted or any child was killed, FAILED when any child failed or the sweep did
-    not complete (it raised before every job reported), else FINISHED.
-    It logs ``children.csv``, the children's table as ``sweep_summary.txt`` and counts.
+    Pending final writes of the store are written first (a child whose last write met a
+    locked store gets its status back). Children still RUNNING (a worker that died, a job
+    cut off by Ctrl-C) are closed as KILLED, so no run is left RUNNING. The parent is
+    KILLED when the sweep was interrupted or any child was killed, FAILED when any child
+    failed or the sweep did not complete (it raised before every job reported), else
+    FINISHED. It logs ``children.csv``, the children's table as ``sweep_summary.txt`` and
+    counts, and is closed by ``close_run`` (kept pending when the store refuses).
+
+    Raises:
+        FinalWriteError: the parent's final write failed (its results are kept pending).
     """
-    for child in store.children(parent_run_id):
-        if child.status == "RUNNING":
-            logger = RunLogger(store.client, child.run_id)
-            logger.set_tags({Tag.ERROR: "still RUNNING when its sweep ended"})
-            store.client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.KILLED))
+    recovery.replay(store.client, store.uri, recovery.report_to_stderr)
+    close_running_children(store, parent_run_id, "still RUNNING when its sweep ended")
     children = store.children(parent_run_id)
     parent = store.client.get_run(parent_run_id)
     skipped = {str(job): run_id for job, run_id in contract.skipped_jobs(parent.data.tags).items()}
@@ -56,14 +60,43 @@ def finish_sweep(
     else:
         status = "FINISHED"
     outcome = SweepOutcome(status, children, skipped)
-    logger = RunLogger(store.client, parent_run_id)
+    logger = RunLogger(store.client, parent_run_id, buffered=True, run_name=parent.info.run_name)
     if status == "FAILED" and "FAILED" not in statuses:
         logger.set_tags({Tag.ERROR: "the sweep stopped before its jobs reported"})
     logger.log_metrics(contract.sweep_metrics(statuses, len(skipped)))
     logger.log_text(_children_csv(children), Table.CHILDREN)
     logger.log_text(format_sweep_table(children) + "\n", "sweep_summary.txt")
-    store.client.set_terminated(parent_run_id, status)
+    close_run(store, logger, status)
     return outcome
+
+
+def close_running_children(store: TrackingStore, parent_run_id: str, reason: str) -> None:
+    """Close the parent's children still RUNNING as KILLED, with ``reason`` as their error."""
+    for child in store.children(parent_run_id):
+        if child.status == "RUNNING":
+            store.client.set_tag(child.run_id, Tag.ERROR, reason)
+            store.client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
+def abandon_sweep(
+    store: TrackingStore, parent_run_id: str, error: BaseException, status: str = "FAILED"
+) -> None:
+    """Close a sweep whose close raised (``finish_sweep`` or its table), or that stopped
+    while it opened: children still RUNNING are closed KILLED, the parent ``status``
+    (FAILED; KILLED for an interrupt) with ``error`` (the tag and ``error.txt``), kept
+    pending where the store refuses.
+
+    Raises:
+        FinalWriteError: the parent could not be written (its results are kept pending).
+    """
+    try:
+        close_running_children(store, parent_run_id, "still RUNNING when its sweep's close failed")
+    except Exception as children_error:  # the parent is closed all the same
+        print(f"could not close the sweep's running children: {children_error}", file=sys.stderr)
+    logger = RunLogger(store.client, parent_run_id, buffered=True, run_name="the sweep's parent")
+    logger.set_tags({Tag.ERROR: f"the sweep's close failed: {describe(error)}"})
+    logger.log_text("".join(traceback.format_exception(error)), "error.txt")
+    close_run(store, logger, status)
 
 
 def _children_csv(children: list[RunRecord]) -> str:
