@@ -7,12 +7,15 @@ calls takes typed arguments.
   parent run);
 - ``figures_job``: a finished sweep's paper figures (``experiments/figures.py``);
 - ``project``: the project folder (where ``mlruns/`` and ``figures/`` go);
-- ``provenance``, ``report``: git state and versions; the commands a sweep prints.
+- ``provenance``, ``report``: git state and versions; the commands a sweep prints;
+- ``secrets``: the redaction rule that keeps tokens and passwords out of runs, Hydra's
+  files and the console (the ``RedactSecrets`` callback).
 """
 
 from embsvd.pipeline.config import read_group_file, validate, with_group_files
 from embsvd.pipeline.figures_job import FIGURES_ARTIFACT_PATH, figure_style, figures_job
 from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, flatten, run_job, run_name
+from embsvd.pipeline.secrets import RedactSecrets
 from embsvd.pipeline.sweeps import ComposeJobsOnce, ComposeOnce, SweepTracking
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "SWEEP_ID_FILE",
     "ComposeJobsOnce",
     "ComposeOnce",
+    "RedactSecrets",
     "SweepTracking",
     "figure_style",
     "figures_job",

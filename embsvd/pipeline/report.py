@@ -1,4 +1,8 @@
-"""Console output of a sweep: the commands that open its runs and draw its figures."""
+"""Console output of a sweep: the commands that open its runs and draw its figures.
+
+Both show the tracking URI with its credentials redacted (``embsvd.pipeline.secrets``):
+what a sweep prints ends up in terminals, job logs and shared screens.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,23 @@ import shlex
 import sys
 from pathlib import Path
 
+from embsvd.pipeline.secrets import redact_text
+
+SERVER_SCHEMES = ("http://", "https://")
+
 
 def mlflow_ui_command(tracking_uri: str, port: int = 5000) -> str:
-    """The command that opens the MLflow UI on ``tracking_uri`` (this environment's mlflow)."""
+    """The command that opens the MLflow UI on ``tracking_uri`` (this environment's mlflow),
+    or, for a tracking server, the server's address: it serves its own UI."""
+    if tracking_uri.startswith(SERVER_SCHEMES):
+        return redact_text(tracking_uri)
     mlflow = Path(sys.prefix) / "bin" / "mlflow"
     return shlex.join(
         [
             str(mlflow),
             "ui",
             "--backend-store-uri",
-            tracking_uri,
+            redact_text(tracking_uri),
             "--host",
             "127.0.0.1",
             "--port",
@@ -25,7 +36,9 @@ def mlflow_ui_command(tracking_uri: str, port: int = 5000) -> str:
 
 
 def figures_command(project: Path, tracking_uri: str, sweep_id: str) -> str:
-    """The command that draws a sweep's paper figures (``experiments/figures.py``)."""
+    """The command that draws a sweep's paper figures (``experiments/figures.py``). A
+    password in the URI shows as ``***``: a server's credentials belong in the
+    environment (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD)."""
     script = project / "experiments" / "figures.py"
-    overrides = [f"sweep.sweep_id={sweep_id}", f"tracking.uri={tracking_uri}"]
+    overrides = [f"sweep.sweep_id={sweep_id}", f"tracking.uri={redact_text(tracking_uri)}"]
     return shlex.join([str(Path(sys.executable)), str(script), *overrides])
