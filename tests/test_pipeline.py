@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.pipeline import SweepTracking, flatten, run_job
-from tests.conftest import CONFIG_DIR
+from tests.conftest import CONFIG_DIR, tiny_embeddings, write_tiny_bert
 from tests.test_tracking import read_artifact
 
 CONTRACT_ARTIFACTS = {
@@ -106,6 +106,7 @@ def test_bad_group_fails_the_run_with_the_reason_and_keeps_the_params(tiny_bert,
         session_store,
         "bad-group",
         "groups.digits.words=[Mercury,Venus,Mars]",
+        "analysis.n_components=2",  # 3 centered words have 2 axes
     )
     with pytest.raises(ValueError, match="groups.digits: only 0 of 3 words are single tokens"):
         run_job(cfg)
@@ -304,6 +305,7 @@ def test_group_file_adds_its_groups(tiny_bert, session_store, tmp_path):
         "group-file",
         f"group_files=[{groups}]",
         "target=capitals",
+        "analysis.n_components=2",  # 3 centered words have 2 axes
         "analysis.figures=false",
     )
     run_job(cfg)
@@ -380,3 +382,35 @@ def test_an_interrupt_dropped_where_it_was_raised_still_stops_the_sweep():
         callback._interrupt(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt, match="interrupted"):
         callback.on_job_start(config=None)
+
+
+def test_skip_existing_reruns_a_job_whose_weights_were_replaced(tiny_bert, session_store):
+    """The config hash holds the checkpoint's content: new weights at the same path are a
+    new config, so a resumed sweep does not reuse the run of the old ones."""
+    settings = ["tracking.skip_existing=true", "analysis.figures=false"]
+    cfg = job_config(tiny_bert, session_store, "replaced-weights", *settings)
+    assert run_job(cfg) is not None
+    assert run_job(cfg) is None  # the same weights: skipped
+    write_tiny_bert(tiny_bert, tiny_embeddings(seed=5))  # same path, same size, new values
+    assert run_job(cfg) is not None
+    client, runs = runs_of(session_store, "replaced-weights")
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    first, second = (r.data.tags for r in runs)
+    assert first["embsvd.config_hash"] != second["embsvd.config_hash"]
+    assert first["embsvd.weights_sha256"] != second["embsvd.weights_sha256"]
+
+
+def test_a_failed_run_stores_its_error_without_the_secret_it_quotes(tmp_path, session_store):
+    """An exception may quote a URI with its password: the error tag and error.txt keep
+    the message, with the secret as ***."""
+    missing = tmp_path / "weights?token=hunter2"
+    quoted = f"model.path='{missing}'"  # quoted: the value holds '='
+    cfg = job_config(tmp_path, session_store, "secret-error", quoted, "analysis.figures=false")
+    with pytest.raises(FileNotFoundError, match="hunter2"):  # the caller sees it as raised
+        run_job(cfg)
+    client, [run] = runs_of(session_store, "secret-error")
+    assert run.info.status == "FAILED"
+    assert "token=***" in run.data.tags["embsvd.error"]
+    assert "hunter2" not in run.data.tags["embsvd.error"]
+    error_txt = read_artifact(client, run.info.run_id, "error.txt")
+    assert "token=***" in error_txt and "hunter2" not in error_txt

@@ -24,7 +24,7 @@ from embsvd.groups import (
     describe_dropped,
     select_single_tokens,
 )
-from embsvd.io.checkpoint import default_cache_dir, load_checkpoint
+from embsvd.io.checkpoint import content_digest, default_cache_dir, load_checkpoint
 from embsvd.io.spec import Checkpoint, CheckpointSpec
 from embsvd.method import geometry
 from embsvd.method.analysis import AnalysisResult, MeanReference, analyze
@@ -38,6 +38,7 @@ from embsvd.pipeline.config import (
 )
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import GitState, git_state, library_versions, package_version
+from embsvd.pipeline.secrets import redact_config, redact_overrides, redact_text
 from embsvd.tracking import contract
 from embsvd.tracking.contract import Tag
 
@@ -61,13 +62,14 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     except (OSError, ValueError) as error:  # Hydra prints the traceback; the log keeps why
         log.error("refused before opening a run: %s", error)
         raise
+    parent_run_id, sweep_id = sweep_membership()
     store = tracking_store(
         tracking.resolve_tracking_uri(settings.tracking.uri, project_root),
         settings.tracking.experiment,
         settings.tracking.artifact_root,
     )
-    parent_run_id, sweep_id = sweep_membership()
-    digest = config_hash(settings)
+    content = checkpoint_content(settings)
+    digest = config_hash(settings, content)
     if settings.tracking.skip_existing:
         done = store.find_runs(
             f"tags.`{Tag.CONFIG_HASH}` = '{digest}' and attributes.status = 'FINISHED'"
@@ -86,12 +88,18 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     if sweep_id is not None:
         tags[Tag.SWEEP_ID] = sweep_id
     try:
-        with tracking.tracked_run(store, run_name(settings), tags) as run:
-            run.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
-            run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+        # SIGTERM and SIGHUP end the run KILLED (a sweep's SweepTracking handles its own)
+        with (
+            tracking.signals_end_runs(),
+            tracking.tracked_run(store, run_name(settings), tags, redact_text) as run,
+        ):
+            # the run records no secret given on the command line (a password in tracking.uri)
+            config = redact_config(OmegaConf.to_container(cfg, resolve=True))
+            run.log_params(flatten(config))
+            run.log_text(OmegaConf.to_yaml(config), "config.yaml")
             if git is not None and git.dirty:  # the commit alone would not reproduce the run
                 run.log_text(git.diff, "git_diff.patch")
-            return _analyse_and_log(settings, run)
+            return _analyse_and_log(settings, run, content)
     except Exception:
         log.exception("job %s failed", run_name(settings))
         raise
@@ -113,13 +121,15 @@ def code_state(project: Path) -> GitState | None:
 versions = functools.cache(library_versions)  # read once per process
 
 
-def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> AnalysisResult:
+def _analyse_and_log(
+    settings: EmbsvdConfig, run: tracking.RunLogger, content: str | None
+) -> AnalysisResult:
     # run_job validated the settings; whether this machine has the device only the machine
     # that runs the job can tell (a sweep may run its jobs elsewhere): a FAILED run says so
     if settings.analysis.device != "cpu":
         check_device(settings.analysis.device)
-    cache_dir = Path(settings.cache_dir).expanduser() if settings.cache_dir else None
-    (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir)
+    cache_dir = job_cache_dir(settings)
+    (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir, content)
     run.set_tags({**checkpoint_tags(checkpoint), Tag.CHECKPOINT_CACHE: cached})
     groups = _token_groups(settings, checkpoint, forms, run)
     analysis = settings.analysis
@@ -152,6 +162,21 @@ def _analyse_and_log(settings: EmbsvdConfig, run: tracking.RunLogger) -> Analysi
     return result
 
 
+def job_cache_dir(settings: EmbsvdConfig) -> Path | None:
+    return Path(settings.cache_dir).expanduser() if settings.cache_dir else None
+
+
+def checkpoint_content(settings: EmbsvdConfig) -> str | None:
+    """The checkpoint's content digest (its weights and tokenizer files, hashed once and
+    remembered), part of the config hash: weights replaced at the same path make a new
+    config, so ``skip_existing`` never reuses a run of the old ones. ``None`` where the
+    checkpoint cannot be read: the run then opens and records why."""
+    try:
+        return content_digest(settings.model, job_cache_dir(settings))
+    except Exception:  # noqa: BLE001 (loading it inside the run reports the error)
+        return None
+
+
 # The checkpoints this process has read, most recent last: the jobs of a sweep on the
 # basic launcher, and those a joblib worker runs in turn, read a checkpoint once.
 _LOADED: dict[str, tuple[Checkpoint, TokenForms]] = {}
@@ -159,11 +184,12 @@ LOADED_MAX = 2  # checkpoints kept in memory (W is memory-mapped where it can be
 
 
 def loaded_checkpoint(
-    spec: CheckpointSpec, cache_dir: Path | None
+    spec: CheckpointSpec, cache_dir: Path | None, content: str | None = None
 ) -> tuple[tuple[Checkpoint, TokenForms], str]:
-    """The checkpoint and its token forms, read once per process; and ``"memory"`` when
+    """The checkpoint and its token forms, read once per process and content
+    (``checkpoint_content``: files replaced since are read again); and ``"memory"`` when
     this process had read it already, else ``"none"``."""
-    key = json.dumps([dataclasses.asdict(spec), str(cache_dir)], sort_keys=True)
+    key = json.dumps([dataclasses.asdict(spec), str(cache_dir), content], sort_keys=True)
     if key in _LOADED:
         _LOADED[key] = _LOADED.pop(key)  # most recently used last
         return _LOADED[key], "memory"
@@ -317,7 +343,7 @@ def run_tags(settings: EmbsvdConfig, git: GitState | None) -> dict[str, Any]:
         tags[Tag.GIT_DIRTY] = str(git.dirty).lower()
     if HydraConfig.initialized():
         hydra = HydraConfig.get()
-        tags[Tag.OVERRIDES] = " ".join(hydra.overrides.task)
+        tags[Tag.OVERRIDES] = " ".join(redact_overrides(hydra.overrides.task))
         if hydra.mode == RunMode.MULTIRUN:
             tags[Tag.SWEEP_DIR] = str(Path(hydra.sweep.dir).resolve())
             tags[Tag.JOB_NUM] = hydra.job.num
@@ -341,11 +367,32 @@ SWEEP_ID_FILE = "embsvd_sweep_id"
 
 def sweep_membership() -> tuple[str | None, str | None]:
     """The parent run id and the sweep id of the multirun this job belongs to
-    (``None, None`` outside a multirun)."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    (``None, None`` outside a multirun).
+
+    A multirun without the ``SweepTracking`` callback (``~hydra.callbacks.sweep_tracking``)
+    is a plain one: its jobs are runs without a parent.
+
+    Raises:
+        FileNotFoundError: the sweep has the callback but its folder has no parent-run
+            file (the parent was never opened): its runs would be orphans.
+    """
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is None or hydra.mode != RunMode.MULTIRUN:
         return None, None
-    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    sweep_dir = Path(hydra.sweep.dir)
+    parent_file = sweep_dir / PARENT_RUN_FILE
+    tracked = any(
+        str(callback.get("_target_", "")).rsplit(".", 1)[-1] == "SweepTracking"
+        for callback in (hydra.callbacks or {}).values()
+    )
+    if tracked and not parent_file.is_file():
+        raise FileNotFoundError(
+            f"{parent_file} is missing: this job's sweep has no parent run (the sweep's "
+            "SweepTracking callback did not open one, or the sweep folder was moved), so "
+            "no run was opened for it. Start the sweep again; for a multirun without a "
+            "parent run, leave the callback out with ~hydra.callbacks.sweep_tracking"
+        )
     return tuple(  # type: ignore[return-value]
         file.read_text().strip() if file.is_file() else None
-        for file in (sweep_dir / PARENT_RUN_FILE, sweep_dir / SWEEP_ID_FILE)
+        for file in (parent_file, sweep_dir / SWEEP_ID_FILE)
     )

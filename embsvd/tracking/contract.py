@@ -9,6 +9,7 @@ docs/contract.md describes every name for a researcher reading runs.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ class Tag(StrEnum):
     GIT_COMMIT = "mlflow.source.git.commit"
     GIT_DIRTY = "embsvd.git_dirty"
     OVERRIDES = "embsvd.overrides"
+    # the process that writes the run: how `embsvd runs reconcile` tells whether it is gone
+    HOST = "embsvd.host"
+    PID = "embsvd.pid"
+    PROCESS_START = "embsvd.process_start"
     # what was read
     SOURCE = "embsvd.source"
     WEIGHTS_SHA256 = "embsvd.weights_sha256"
@@ -69,7 +74,9 @@ class Tag(StrEnum):
     WARNING_INCOMPLETE_GROUPS = "embsvd.warning.incomplete_groups"
     WARNING_DEGENERATE_AXES = "embsvd.warning.degenerate_axes"
     WARNING_CONFOUNDS = "embsvd.warning.confounds"
+    WARNING_N_COMPONENTS = "embsvd.warning.n_components"
     ERROR = "embsvd.error"
+    RECOVERED = "embsvd.recovered"
     # sweeps: the parent run and its children
     ROLE = "embsvd.role"
     SWEEP_ID = "embsvd.sweep_id"
@@ -225,15 +232,57 @@ def _unescape(text: str) -> str:
 
 def sweep_id(sweep_name: str) -> str:
     """A sweep's id, which also names its folder of figures: the parent run's name
-    without ``sweep/``, anything but letters, digits, ``.`` and ``-`` turned into ``_``
+    without ``sweep/``, made ``file_safe``
     (``sweep/seed_replication/2026-11-28 07-57-50`` -> ``seed_replication_2026-11-28_07-57-50``)."""
     return file_safe(sweep_name.removeprefix("sweep/"))
 
 
+# A name that becomes one file or folder name (a sweep id, a figure's model or group part).
+# Figure files join two of them (axis__<model>__<group>.<ext>): 2 x 100 stays within the
+# 255 bytes a file name may have.
+NAME_MAX = 100
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*", re.ASCII)
+PLAIN_NAME_RULE = (
+    f"ASCII letters, digits, '.', '_' and '-', starting with a letter or digit, at most "
+    f"{NAME_MAX} characters"
+)
+
+
 def file_safe(name: str) -> str:
-    """``name`` with every run of characters other than letters, digits, ``.`` and ``-``
-    turned into one ``_``: fit for a file or folder name."""
-    return re.sub(r"[^A-Za-z0-9.\-]+", "_", name).strip("_")
+    """``name`` made one file or folder name (a ``plain_name``): every run of characters
+    other than ASCII letters, digits, ``.`` and ``-`` turned into one ``_``, and ``.``,
+    ``_`` and ``-`` taken off both ends, so that it is never ``''``, ``.`` or ``..``, never
+    hidden, and holds no separator and no NUL. A name with nothing left is
+    ``unnamed_<hash>``; one longer than ``NAME_MAX`` is cut and ends in a hash of the whole
+    name, so that long names which differ late stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9.\-]+", "_", name).strip("._-")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    if not safe:
+        return f"unnamed_{digest}"
+    if len(safe) > NAME_MAX:
+        return f"{safe[: NAME_MAX - len(digest) - 1].rstrip('._-')}_{digest}"
+    return safe
+
+
+def is_plain_name(name: object) -> bool:
+    """Whether ``name`` may name a file or folder as it is (``PLAIN_NAME_RULE``)."""
+    return isinstance(name, str) and len(name) <= NAME_MAX and bool(PLAIN_NAME.fullmatch(name))
+
+
+def check_plain_name(key: str, name: str) -> str:
+    """``name``, when it is a plain name; a name given by a user that becomes a folder
+    (``sweep.name``) or is matched against a stored one (``sweep.sweep_id``).
+
+    Raises:
+        ValueError: naming the key, the value, the rule and a plain name made from it.
+    """
+    if is_plain_name(name):
+        return name
+    shown = repr(name) if len(str(name)) <= 120 else f"{str(name)[:120]!r}..."
+    raise ValueError(
+        f"{key}={shown}: not a plain name ({PLAIN_NAME_RULE}); it names a folder of "
+        f"figures, so nothing else is taken: e.g. {key}={file_safe(str(name))}"
+    )
 
 
 # --- metrics -----------------------------------------------------------------------------------
@@ -383,6 +432,12 @@ def result_tags(result: AnalysisResult, checks: ChecksResult) -> dict[str, str]:
     if checks.stability is not None and checks.stability.degenerate.any():
         tags[Tag.WARNING_DEGENERATE_AXES] = ",".join(
             str(k) for k in np.flatnonzero(checks.stability.degenerate)
+        )
+    if result.components_clamped:  # the run projected on fewer axes than it was asked
+        tags[Tag.WARNING_N_COMPONENTS] = (
+            f"n_components={result.n_components_requested} but {result.target} has "
+            f"{len(result.target_ids)} tokens{' (centered)' if result.center else ''}: "
+            f"projected on {result.n_components}"
         )
     if checks.confounds is not None and checks.confounds.flagged():
         tags[Tag.WARNING_CONFOUNDS] = " ".join(
