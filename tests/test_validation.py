@@ -23,6 +23,7 @@ from embsvd.groups import FORMS, GROUP_NAME, ORDERS, Form, GroupSpec, Order
 from embsvd.io.spec import MATRICES, CheckpointSpec, Matrix
 from embsvd.method.geometry import Geometry
 from embsvd.pipeline import run_job
+from embsvd.pipeline.compose import ComposeOnce, SweepRefused, sweep_jobs
 from embsvd.pipeline.config import (
     EmbsvdConfig,
     checked_settings,
@@ -30,7 +31,6 @@ from embsvd.pipeline.config import (
     read_group_file,
     validate,
 )
-from embsvd.pipeline.sweeps import ComposeOnce, SweepRefused, sweep_jobs
 from embsvd.tracking import contract
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT
 from tests.test_config import OPTIONS, compose_config

@@ -335,7 +335,7 @@ EXTRA_GROUP = "extra"  # conf/config.yaml's slot for a group given on the comman
 def checked_settings(cfg: DictConfig) -> EmbsvdConfig:
     """A composed job config as typed settings, its group files read, validated: what a
     job would fail on before loading anything. A sweep runs this on every job before
-    it launches (``embsvd.pipeline.sweeps``), ``run_job`` before it opens a run.
+    it launches (``embsvd.pipeline.compose``), ``run_job`` before it opens a run.
 
     Raises:
         ValueError: a key the schema does not define, a setting out of range or not one
