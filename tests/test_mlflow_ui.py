@@ -123,42 +123,41 @@ def free_port() -> int:
 def ui(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
     """``mlflow server`` over the sweep's store, on a free local port; ended afterwards."""
     folder = tmp_path_factory.mktemp("mlflow_server")
+    with mlflow_server(folder, "--backend-store-uri", sweep.store_uri) as base_url:
+        yield Ui(base_url, sweep)
+
+
+# no usage reports; no job runner (its worker processes only slow start and stop)
+QUIET_SERVER = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+}
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``mlflow server <options>`` on a free 127.0.0.1 port; yields its base URL (with a
+    trailing ``/``) once it answers, and ends it afterwards. It runs in ``folder`` (what it
+    writes relative to its working directory stays there; its log is ``server.log``) and
+    in its own process group, so the uvicorn process it starts is ended with it."""
     port = free_port()
     log_path = folder / "server.log"
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        sweep.store_uri,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    env = {
-        **os.environ,
-        # no usage reports; no job runner (its worker processes only slow start and stop)
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", *options]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with open(log_path, "wb") as log:
-        # cwd: anything the server writes relative to it stays out of the project;
-        # its own process group: the uvicorn process it starts is ended with it
         server = subprocess.Popen(
             command,
             cwd=folder,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**(os.environ if env is None else env), **QUIET_SERVER},
             start_new_session=True,
         )
     try:
         base_url = f"http://127.0.0.1:{port}/"
         wait_for_health(server, base_url, log_path)
-        yield Ui(base_url, sweep)
+        yield base_url
     finally:
         stop_server(server)
 

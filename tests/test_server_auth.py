@@ -9,19 +9,16 @@ import base64
 import json
 import os
 import secrets
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests.test_mlflow_ui import free_port, stop_server, wait_for_health
+from tests.test_mlflow_ui import mlflow_server
 from tests.test_secrets import (
     FAST,
     assert_nowhere,
@@ -75,45 +72,20 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     auth_config.chmod(0o600)
-    port = free_port()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--app-name",
-        "basic-auth",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(folder / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
     env = {
         **{k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES},
         "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # signs the UI's CSRF tokens
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "DO_NOT_TRACK": "true",
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    log_path = folder / "server.log"
-    with open(log_path, "wb") as log:
-        # its own process group: the uvicorn process it starts is ended with it
-        server = subprocess.Popen(
-            command,
-            cwd=folder,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_health(server, url + "/", log_path)
+    options = [
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+    ]
+    options += ["--artifacts-destination", str(folder / "artifacts")]
+    with mlflow_server(folder, *options, env=env) as base_url:
+        url = base_url.rstrip("/")
         user, password = "alice", secrets.token_urlsafe(18)
         status, body = request(
             url + "/api/2.0/mlflow/users/create",
@@ -122,8 +94,6 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
         )
         assert status == 200, body
         yield AuthServer(url, user, password)
-    finally:
-        stop_server(server)
 
 
 @pytest.fixture
