@@ -98,7 +98,8 @@ def damage(entry: Path) -> str | None:
         record = json.loads(record_of(entry).read_text())
         size, head, whole = record["size"], record["head_sha256"], record["sha256"]
     except FileNotFoundError:
-        return f"no checksum record {record_of(entry).name}"
+        # an entry an older embsvd wrote, or whose record was lost: it cannot be checked
+        return f"no checksum record {record_of(entry).name}: written by an older embsvd?"
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"unreadable checksum record {record_of(entry).name}: {error!r}"
     stamp = _stamp(entry)
