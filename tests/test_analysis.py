@@ -112,12 +112,15 @@ def test_pairwise_statistics_match_numpy():
 
 def test_extreme_tokens_skip_special_and_unnamed_rows_and_mark_the_group():
     projections = np.array([[9.0], [5.0], [4.0], [-1.0], [-7.0], [8.0], [0.0]])
-    tokens = ["[CLS]", "five", "four", "minus", "low", None, "zero"]
-    found = extreme_tokens(projections, tokens, group_ids=[1, 4], excluded_ids=[0], top_k=2)
-    top = [(t.rank, t.token, t.in_group) for t in found if t.side == "top"]
-    bottom = [(t.rank, t.token, t.in_group) for t in found if t.side == "bottom"]
-    assert top == [(1, "five", True), (2, "four", False)]  # [CLS] and the unnamed row skipped
-    assert bottom == [(1, "low", True), (2, "minus", False)]
+    # byte-level BPE strings (marker Ġ): each is reported raw and as the text people read
+    tokens = ["<|endoftext|>", "Ġfive", "four", "ĠĠ", "Ã¶m", None, "Ċ"]
+    vocab = Vocabulary(tuple(tokens), np.ones(7), special_ids=frozenset([0]), marker="Ġ")
+    found = extreme_tokens(projections, vocab, group_ids=[1, 4], top_k=2)
+    top = [(t.rank, t.token, t.text, t.in_group) for t in found if t.side == "top"]
+    bottom = [(t.rank, t.token, t.text, t.in_group) for t in found if t.side == "bottom"]
+    # the special token and the unnamed row are skipped
+    assert top == [(1, "Ġfive", "␣five", True), (2, "four", "four", False)]
+    assert bottom == [(1, "Ã¶m", "öm", True), (2, "ĠĠ", "␣␣", False)]
     assert {t.projection for t in found} == {5.0, 4.0, -7.0, -1.0}
 
 

@@ -1,7 +1,11 @@
 """The top projected tokens as Markdown and LaTeX (booktabs) tables.
 
-One table per run (model, group, variant): a row per rank, and for each component the
-tokens at its positive and negative end. The group's own tokens are set in bold.
+One table per run (model, group, variant): a row per rank, and for each component
+(numbered from 1) the tokens at its positive and negative end. The group's own tokens are
+set in bold. Tokens are shown as people read them (a row's ``text``, from
+``embsvd.io.display``: ``␣`` for a space, ``\\n`` for a newline; see docs/contract.md);
+rows without it, from runs logged before ``top_tokens.csv`` had a ``text`` column, show
+the raw ``token``. The CSV beside these tables keeps both.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ LATEX_SPECIAL = {
     "^": r"\textasciicircum{}",
     "<": r"\textless{}",
     ">": r"\textgreater{}",
+    "␣": r"\textvisiblespace{}",
 }
 SIDES = (("top", "+"), ("bottom", "−"))
 
@@ -44,7 +49,10 @@ def _shape(cells: dict) -> tuple[list[int], int]:
 def markdown_tables(rows: Sequence[Row], top_k: int) -> str:
     """GitHub-flavoured Markdown: a heading and a table per run."""
     out = [f"# Top {top_k} tokens at each end of each component\n"]
-    out.append("Tokens of the group itself are **bold**; `+`/`−`: the axis' two ends.\n")
+    out.append(
+        "Tokens of the group itself are **bold**; `+`/`−`: the axis' two ends; "
+        "`␣`: a space (a token that starts a word).\n"
+    )
     for (model, group, variant), cells in _tables(rows):
         components, n_ranks = _shape(cells)
         out.append(f"## {model} · {group} · {variant}\n")
@@ -63,8 +71,8 @@ def markdown_tables(rows: Sequence[Row], top_k: int) -> str:
 def _markdown_token(row: Row | None) -> str:
     if row is None:
         return ""
-    # a code span shows the token as stored (spaces, Ġ, ##); | must be escaped even there
-    text = row["token"].replace("|", "\\|")
+    # a code span shows the text exactly (␣, \n escapes); | must be escaped even there
+    text = shown(row).replace("|", "\\|")
     fence = "``" if "`" in text else "`"
     span = f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
     return f"**{span}**" if row["in_group"] else span
@@ -75,7 +83,8 @@ def latex_tables(rows: Sequence[Row], top_k: int) -> str:
     tokens are set in ``\\texttt``; non-ASCII tokens need a Unicode-capable engine or
     ``\\usepackage[T1]{fontenc}``)."""
     out = [
-        f"% Top {top_k} tokens at each end of each component; bold: tokens of the group.",
+        f"% Top {top_k} tokens at each end of each component; bold: tokens of the group;",
+        "% \\textvisiblespace{}: a space (a token that starts a word).",
         "% Requires \\usepackage{booktabs}.",
         "",
     ]
@@ -115,8 +124,13 @@ def latex_escape(text: str) -> str:
 def _latex_token(row: Row | None) -> str:
     if row is None:
         return ""
-    token = f"\\texttt{{{latex_escape(row['token'])}}}"
+    token = f"\\texttt{{{latex_escape(shown(row))}}}"
     return f"\\textbf{{{token}}}" if row["in_group"] else token
+
+
+def shown(row: Row) -> str:
+    """The token as the tables show it: the row's display ``text``, else its raw ``token``."""
+    return row.get("text") or row["token"]
 
 
 def _label(*parts: str) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from embsvd.io.display import token_decoding
 from embsvd.io.tokenizer import FastTokenizer, word_start_marker
 from embsvd.io.vocabulary import Vocabulary
 
@@ -52,6 +53,9 @@ class CheckpointSpec:
         embedding_key: Tensor name of the input embedding; ``None`` tries the usual names.
         output_key: Tensor name of the output matrix; ``None`` tries the usual names.
         allow_pickle: Read ``pytorch_model.bin`` when there is no safetensors file.
+        display_name: How figures and tables name the model (``all-MiniLM-L6-v2``);
+            ``None``: the Hub repository's name for a ``hub_id``, else ``name``. Changes
+            no number, so it is not part of the config hash.
     """
 
     name: str
@@ -65,6 +69,17 @@ class CheckpointSpec:
     embedding_key: str | None = None
     output_key: str | None = None
     allow_pickle: bool = False
+    display_name: str | None = None
+
+    @property
+    def display(self) -> str:
+        """The name people read: ``display_name``, else the Hub repository's name
+        (``google-bert/bert-base-uncased`` -> ``bert-base-uncased``), else ``name``."""
+        if self.display_name:
+            return self.display_name
+        if self.hub_id:
+            return self.hub_id.rstrip("/").rsplit("/", 1)[-1] or self.name
+        return self.name
 
     def check_source(self) -> None:
         """Refuse a spec that names no place, or more than one, to read the checkpoint from."""
@@ -154,6 +169,7 @@ class Checkpoint:
             # the same marker the token forms of the groups found (embsvd.groups.TokenForms)
             marker=word_start_marker(self.tokenizer.get_vocab()),
             cache_dir=self.cache_dir,
+            decoding=token_decoding(self.tokenizer),  # how its tokens read as text
         )
 
 

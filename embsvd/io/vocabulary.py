@@ -1,10 +1,10 @@
 """What the analysis and its checks need to know about a checkpoint's tokens.
 
-The analysis reports token strings and skips special tokens; the checks also draw random
-groups of real words matched on norm and frequency, and correlate the axes with token
-norm and length. All of it is a property of the vocabulary, not of one run, so it is
-read once per checkpoint (``Checkpoint.vocabulary``) and handed to ``analyze`` and
-``run_checks`` as one value.
+The analysis reports token strings (and the text people read for them) and skips
+special tokens; the checks also draw random groups of real words matched on norm and
+frequency, and correlate the axes with token norm and length. All of it is a property
+of the vocabulary, not of one run, so it is read once per checkpoint
+(``Checkpoint.vocabulary``) and handed to ``analyze`` and ``run_checks`` as one value.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embsvd.io.display import TokenDecoding, display_text, guess_decoding
 from embsvd.io.frequency import TokenFrequencies, token_frequencies
 
 NORM_BLOCK_ROWS = 8192  # rows of a (memory-mapped) matrix read at a time for the norms
@@ -23,7 +24,8 @@ NORM_BLOCK_ROWS = 8192  # rows of a (memory-mapped) matrix read at a time for th
 
 @dataclass(frozen=True, eq=False)
 class Vocabulary:
-    """The tokens of one token matrix: strings, special ids, marker, norms, frequencies.
+    """The tokens of one token matrix: strings, special ids, marker, norms, frequencies
+    and the text people read for each token.
 
     Build it with ``Checkpoint.vocabulary`` (or ``Vocabulary.from_matrix`` for a matrix
     of your own); the word frequencies are read on first use and kept.
@@ -39,6 +41,9 @@ class Vocabulary:
             ``None`` for vocabularies without word-initial forms (WordPiece).
         cache_dir: Where the frequency table is kept between processes (under
             ``frequency/``); ``None``: computed in memory only.
+        decoding: How the checkpoint's tokenizer decodes a token
+            (``embsvd.io.display.token_decoding``); ``None``: guessed from ``marker`` and
+            the strings (``embsvd.io.display.guess_decoding``).
     """
 
     token_strings: tuple[str | None, ...]
@@ -46,6 +51,7 @@ class Vocabulary:
     special_ids: frozenset[int] = frozenset()
     marker: str | None = None
     cache_dir: Path | None = None
+    decoding: TokenDecoding | None = None
 
     def __post_init__(self) -> None:
         # frozen: normalise the containers once, so that every reader gets the same types
@@ -72,6 +78,7 @@ class Vocabulary:
         *,
         marker: str | None = None,
         cache_dir: Path | None = None,
+        decoding: TokenDecoding | None = None,
     ) -> Vocabulary:
         """The vocabulary of a stored matrix ``W`` (``(d_vocab, d_model)``), its norms
         computed here.
@@ -83,7 +90,9 @@ class Vocabulary:
             raise ValueError(
                 f"token_strings: {len(token_strings)} strings for {W.shape[0]} rows of W"
             )
-        return cls(tuple(token_strings), row_norms(W), frozenset(special_ids), marker, cache_dir)
+        return cls(
+            tuple(token_strings), row_norms(W), frozenset(special_ids), marker, cache_dir, decoding
+        )
 
     @property
     def d_vocab(self) -> int:
@@ -95,6 +104,26 @@ class Vocabulary:
         on first use (a second or so for a large vocabulary), then kept here and in
         ``cache_dir``."""
         return token_frequencies(self.token_strings, self.marker, self.special_ids, self.cache_dir)
+
+    @cached_property
+    def token_decoding(self) -> TokenDecoding:
+        """``decoding``, or the one the strings and marker imply; decided once."""
+        if self.decoding is not None:
+            return self.decoding
+        special = [self.token_strings[i] for i in self.special_ids]
+        return guess_decoding(self.token_strings, self.marker, [t for t in special if t])
+
+    def display_text(self, token_id: int) -> str:
+        """The text people read for row ``token_id`` (``embsvd.io.display.display_text``:
+        decoded, a space shown as ``␣``, control characters and stray bytes escaped);
+        ``""`` for a row the tokenizer lacks. Microseconds a token: computed when asked."""
+        return display_text(self.token_strings[token_id], self.token_decoding)
+
+    @cached_property
+    def display_texts(self) -> tuple[str, ...]:
+        """:meth:`display_text` of every row, ``(d_vocab,)``, computed once on first use."""
+        decoding = self.token_decoding
+        return tuple(display_text(token, decoding) for token in self.token_strings)
 
 
 def row_norms(W: np.ndarray) -> np.ndarray:

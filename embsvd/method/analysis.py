@@ -56,13 +56,19 @@ class GroupSVD:
 
 @dataclass(frozen=True)
 class ProjectedToken:
-    """A token at one end of a component's projection of the vocabulary."""
+    """A token at one end of a component's projection of the vocabulary.
+
+    ``token`` is the tokenizer's raw string (``Ġstrugg``), ``text`` what people read
+    (``␣strugg``: ``embsvd.io.display.display_text``). ``component`` counts from 0, as the
+    tables and metric steps do; people read it from 1.
+    """
 
     component: int
     side: str  # "top" (largest projections) or "bottom" (smallest)
     rank: int  # from 1, counted from that end
     token_id: int
     token: str
+    text: str
     projection: float
     in_group: bool
 
@@ -230,18 +236,18 @@ def project(W_E: np.ndarray, svd: GroupSVD, n_components: int, device: str = "cp
 
 def extreme_tokens(
     projections: np.ndarray,
-    token_strings: Sequence[str | None],
+    vocab: Vocabulary,
     group_ids: Collection[int],
-    excluded_ids: Collection[int],
     top_k: int,
 ) -> tuple[ProjectedToken, ...]:
     """The ``top_k`` largest and smallest projections of every component.
 
-    Tokens in ``excluded_ids`` (special tokens) and rows without a token string are
-    skipped; ``in_group`` marks members of the group whose axes these are.
+    ``projections`` is ``(d_vocab, n_components)``. The vocabulary's special tokens and
+    rows without a token string are skipped; ``in_group`` marks members of the group
+    whose axes these are. Only the tokens reported are decoded for display.
     """
-    eligible = np.array([s is not None for s in token_strings])
-    eligible[list(excluded_ids)] = False
+    eligible = np.array([s is not None for s in vocab.token_strings])
+    eligible[list(vocab.special_ids)] = False
     candidates = np.flatnonzero(eligible)
     members = set(group_ids)
     found = []
@@ -256,7 +262,8 @@ def extreme_tokens(
                     side=side,
                     rank=rank,
                     token_id=int(i),
-                    token=token_strings[i],
+                    token=vocab.token_strings[i],
+                    text=vocab.display_text(int(i)),
                     projection=float(projections[i, component]),
                     in_group=int(i) in members,
                 )
@@ -295,7 +302,7 @@ def analyze(
         groups: Every group of the run, after the single-token rule.
         target: The group whose submatrix is decomposed and projected on.
         vocab: The tokens of ``W``'s rows (``Checkpoint.vocabulary``): the top tokens are
-            reported by string, special tokens and unnamed rows never.
+            reported by string and display text, special tokens and unnamed rows never.
         center: Subtract each group's mean before its SVD (and before projecting).
         n_components: How many axes to project the vocabulary on; at most the target's
             rank (``group_rank``): beyond it the projection stops, with a warning, and
@@ -350,9 +357,7 @@ def analyze(
         group_mean_cos=pairwise(means, "cosine"),
         axis_corr=pairwise({name: svd.Vt[0] for name, svd in svds.items()}, "pearson"),
         projections=projections,
-        top_tokens=extreme_tokens(
-            projections, vocab.token_strings, ids[target], vocab.special_ids, top_k
-        ),
+        top_tokens=extreme_tokens(projections, vocab, ids[target], top_k),
         row_cosine=row_cosine(W[ids[target]], center),
         n_components_requested=n_components,
     )

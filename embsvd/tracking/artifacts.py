@@ -51,7 +51,9 @@ _SPECTRUM = ("component", "singular_value", "explained_variance_ratio")
 COLUMNS: dict[Table, tuple[str, ...]] = {
     Table.SPECTRUM: _SPECTRUM,
     Table.GROUP_MEAN_CORR: ("group", "<group>"),
-    Table.TOP_TOKENS: ("component", "side", "rank", "token_id", "token", "projection", "in_group"),
+    Table.TOP_TOKENS: (
+        *("component", "side", "rank", "token_id", "token", "text", "projection", "in_group"),
+    ),
     Table.PROJECTION_HISTOGRAM: ("component", "bin_left", "bin_right", "count"),
     Table.GROUP_PROJECTIONS: ("word", "token_id", "projection_<k>"),
     Table.ROW_COSINE: ("word", "<word>"),
@@ -114,7 +116,7 @@ def write_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> 
         folder / Table.TOP_TOKENS,
         header(Table.TOP_TOKENS),
         [
-            [t.component, t.side, t.rank, t.token_id, t.token, t.projection, t.in_group]
+            [t.component, t.side, t.rank, t.token_id, t.token, t.text, t.projection, t.in_group]
             for t in result.top_tokens
         ],
     )
