@@ -113,6 +113,11 @@ class GroupSpec:
         polysemous: Members whose token has another common sense (May, Mars); each one of
             ``words``. They stay members and are flagged in ``groups.json``.
         order: The declared order of ``words``: ``none``, ``linear`` or ``cyclic``.
+        min_size: The fewest members the group may keep; fewer is an error naming the
+            kept and dropped words. ``None``: a group that keeps fewer than ``size`` is
+            analysed, with a warning and the run tagged ``embsvd.warning.short_group``.
+        display_name: How figures name the group (``EU countries``); ``None``: the
+            name with ``_`` as spaces (``group_display_name``).
     """
 
     words: list[str] = field(default_factory=list)
@@ -123,6 +128,8 @@ class GroupSpec:
     held_out: list[str] = field(default_factory=list)
     polysemous: list[str] = field(default_factory=list)
     order: Order = Order.none
+    min_size: int | None = None
+    display_name: str | None = None  # changes no number: not part of the config hash
 
     @property
     def n_members(self) -> int:
@@ -165,6 +172,14 @@ class TokenGroup:
     order: str = "none"
     closed: bool = False
     polysemous: tuple[str, ...] = ()
+    size: int = 0  # the members it was to keep (``GroupSpec.n_members``); 0: unknown
+    display_name: str = ""  # how figures name it (``group_display_name``); "": the default
+
+    @property
+    def short(self) -> bool:
+        """The tokenizer split or lacks some of its words, and it keeps fewer than its
+        ``size`` (a group of fewer words than ``size`` that keeps them all is not short)."""
+        return len(self.kept) < min(self.size, len(self.words))
 
     @property
     def token_ids(self) -> list[int]:
@@ -200,6 +215,7 @@ class TokenGroup:
                 {"word": d.word, "tokens": list(d.tokens), "reason": d.reason} for d in self.dropped
             ],
             "held_out": [_token_dict(k) for k in self.held_out],
+            "display_name": self.display_name or default_display_name(self.name),
         }
 
 
@@ -254,6 +270,8 @@ def select_single_tokens(
         order=spec.order,
         closed=spec.closed,
         polysemous=tuple(spec.polysemous),
+        size=size,
+        display_name=group_display_name(name, spec),
     )
     if len(group.kept) < MIN_GROUP_SIZE:
         # the form matters only where the vocabulary has word-initial tokens
@@ -265,8 +283,20 @@ def select_single_tokens(
             f"dropped: {describe_dropped(group)}; add words that the tokenizer keeps whole"
             f"{other_form}"
         )
+    if spec.min_size is not None and len(group.kept) < spec.min_size:
+        raise ValueError(
+            f"groups.{name}: keeps {describe_short(group)} for model {model_name}, fewer "
+            f"than groups.{name}.min_size={spec.min_size}; kept: "
+            f"{', '.join(group.kept_words)}; dropped: {describe_dropped(group)}; add words "
+            f"that the tokenizer keeps whole, or lower groups.{name}.min_size"
+        )
     _log_members(group, model_name)
     return group
+
+
+def describe_short(group: TokenGroup) -> str:
+    """``6 of its 8 words (size 8)``: what a short group kept, for messages and tags."""
+    return f"{len(group.kept)} of its {len(group.words)} words (size {group.size})"
 
 
 def _single_tokens(
@@ -402,6 +432,16 @@ def group_name_like(name: str) -> str:
     return text or "group"
 
 
+def default_display_name(name: str) -> str:
+    """A group name as people read it: ``_`` as spaces (``first_names`` -> ``first names``)."""
+    return name.replace("_", " ")
+
+
+def group_display_name(name: str, spec: GroupSpec) -> str:
+    """How figures name the group: its ``display_name``, else ``default_display_name``."""
+    return spec.display_name or default_display_name(name)
+
+
 def check_group_bounds(name: str, spec: GroupSpec) -> None:
     """Refuse a group larger than any real one (``MAX_WORDS`` candidates, ``MAX_SIZE``
     members): the checks' cost grows with both.
@@ -443,6 +483,14 @@ def check_group_spec(name: str, spec: GroupSpec) -> None:
     if spec.n_members < MIN_GROUP_SIZE:
         raise ValueError(
             f"groups.{name}.size: must be at least {MIN_GROUP_SIZE}, got {spec.n_members}"
+        )
+    most = min(spec.n_members, len(spec.words))
+    if spec.min_size is not None and not MIN_GROUP_SIZE <= spec.min_size <= most:
+        raise ValueError(
+            f"groups.{name}.min_size: {spec.min_size} is not between {MIN_GROUP_SIZE} and "
+            f"{most}, the most the group can keep (size {spec.n_members}, "
+            f"{len(spec.words)} words); set it to the fewest members the analysis may keep, "
+            "or leave it unset"
         )
     if spec.form not in FORMS:
         raise ValueError(

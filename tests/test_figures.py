@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -18,19 +19,32 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
+from embsvd.figures import data as figure_data
+from embsvd.figures.paper import (
+    _by_model_and_group,
+    _theme,
+    axis_figure,
+    correlation_figure,
+    scree_figure,
+)
+from embsvd.figures.selection import Names
+from embsvd.figures.style import FigureStyle
 from embsvd.figures.tables import latex_escape
 from embsvd.pipeline import figure_style
 from embsvd.pipeline.config import FiguresConfig
 from embsvd.tracking import contract
 from embsvd.tracking.reading import SweepSelection, read_sweep
 from tests.conftest import PROJECT_ROOT, write_tiny_bert, write_tiny_bpe
+from tests.test_figure_data import drawn_texts
 from tests.test_sweeps import run_sweep, store_uri
 
 pytestmark = pytest.mark.slow
 
 MODELS = ("tiny_bert", "tiny_bpe")
 GROUPS = ("digits", "eu_countries")
+DISPLAY = {"tiny_bert": "Tiny-BERT", "tiny_bpe": "tiny_bpe", "eu_countries": "EU countries"}
 TOP_K = 3
+SWEEP_OVERRIDES = ("analysis.n_null=40", "analysis.n_resamples=20", "analysis.n_global=4")
 
 
 @dataclass(frozen=True)
@@ -88,15 +102,16 @@ def swept(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -
     models.mkdir(parents=True)
     for name, folder in zip(MODELS, ("tiny-bert", "tiny-bpe"), strict=True):
         (models / f"{name}.yaml").write_text(f"name: {name}\npath: {root / folder}\n")
+    # a display name for one model; the other's is its name (figures read the tags)
+    with open(models / "tiny_bert.yaml", "a") as handle:
+        handle.write(f"display_name: {DISPLAY['tiny_bert']}\n")
     sweep = run_sweep(
         root,
         f"hydra.searchpath=[file://{root / 'conf'}]",
         f"model={','.join(MODELS)}",
         f"target={','.join(GROUPS)}",
         "analysis.center=true,false",
-        "analysis.n_null=40",
-        "analysis.n_resamples=20",
-        "analysis.n_global=4",
+        *SWEEP_OVERRIDES,
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     parent_run_id = (root / "sweep" / "mlflow_parent_run_id").read_text().strip()
@@ -266,8 +281,9 @@ def test_tables_hold_the_top_tokens_of_every_run(swept):
     assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
     table = read_rows(swept.figures / "top_tokens.csv")
     for child in swept.children():
-        name = child.info.run_name
-        model, group, variant = name.rsplit("/", 2)
+        tags = child.data.tags
+        model, group = tags["embsvd.model"], tags["embsvd.target_group"]
+        variant = "centered" if tags["embsvd.center"] == "true" else "raw"
         assert f"## {model} · {group} · {variant}" in markdown
         logged = logged_rows(swept.client, child.info.run_id, "top_tokens.csv")
         top = [r for r in logged if int(r["rank"]) <= TOP_K]
@@ -276,8 +292,8 @@ def test_tables_hold_the_top_tokens_of_every_run(swept):
             (r["component"], r["side"], r["token"], float(r["projection"])) for r in top
         ]
         for r in top:
-            assert f"`{r['token']}`" in markdown
-            assert f"\\texttt{{{latex_escape(r['token'])}}}" in latex
+            assert f"`{r['text']}`" in markdown  # as people read it: ␣france, ia
+            assert f"\\texttt{{{latex_escape(r['text'])}}}" in latex
 
 
 def test_cross_model_comparison_matches_words_across_vocabularies(swept):
@@ -433,3 +449,94 @@ def test_latex_escape_handles_every_special_character():
         r"\#\#ia\_\$\&\%\{\}\textasciitilde{}\textasciicircum{}\textbackslash{}"
         r"\textless{}\textgreater{}"
     )
+
+
+def test_display_names_are_logged_with_the_run_and_drawn(swept):
+    client = swept.client
+    for child in swept.children():
+        tags = child.data.tags
+        assert tags["embsvd.model_display"] == DISPLAY[tags["embsvd.model"]]
+        assert tags["embsvd.group_display.eu_countries"] == "EU countries"
+        assert tags["embsvd.group_display.digits"] == "digits"
+        groups = json.loads(
+            Path(client.download_artifacts(child.info.run_id, "groups.json")).read_text()
+        )
+        assert groups["eu_countries"]["display_name"] == "EU countries"
+    rows = read_rows(swept.figures / "scree_grid.csv")
+    assert {(r["model"], r["model_display"]) for r in rows} == {(m, DISPLAY[m]) for m in MODELS}
+    assert {r["group_display"] for r in rows} == {"digits", "EU countries"}
+    # the figures as drawn: display names in every text, identifiers in none
+    sweep = read_sweep(swept.uri, SweepSelection(parent_run_id=swept.parent_run_id))
+    style = FigureStyle()
+    with _theme():
+        correlations = figure_data.correlation_rows(sweep, style.alpha)
+        names = Names.of(sweep)
+        figs = [scree_figure(sweep, style)[0]]
+        figs += [correlation_figure(rows, 12, style)[0] for rows in correlations.values()]
+        figs += [axis_figure(runs, names, style)[0] for runs in _by_model_and_group(sweep).values()]
+        texts = [t for fig in figs for t in drawn_texts(fig)]
+    assert "EU countries" in texts and any("Tiny-BERT" in t for t in texts)
+    assert not any("eu_countries" in t or "tiny_bert" in t for t in texts)
+
+
+def test_a_configuration_run_again_is_drawn_once_with_a_warning(swept):
+    """A filter that picks a run and its rerun (same config hash) draws the rerun alone."""
+    rerun = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "experiments" / "run.py"),
+            f"hydra.searchpath=[file://{swept.root / 'conf'}]",
+            f"tracking.uri={swept.uri}",
+            f"hydra.run.dir={swept.root / 'rerun'}",
+            "model=tiny_bert",
+            "target=digits",
+            "analysis.center=true",
+            *SWEEP_OVERRIDES,
+        ],
+        cwd=swept.root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    runs = swept.client.search_runs(
+        [e.experiment_id for e in swept.client.search_experiments()],
+        "tags.`embsvd.model` = 'tiny_bert' and tags.`embsvd.target_group` = 'digits' "
+        "and tags.`embsvd.center` = 'true'",
+        order_by=["attributes.start_time ASC"],
+    )
+    first, latest = runs[0], runs[-1]
+    assert len(runs) == 2
+    assert first.data.tags["embsvd.config_hash"] == latest.data.tags["embsvd.config_hash"]
+    made = figures(
+        swept.root,
+        swept.uri,
+        'sweep.filter=\'tags.embsvd.model = "tiny_bert" and tags.embsvd.target_group = "digits"\'',
+        "sweep.name=digits_again",
+        out="again",
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    said = made.stdout + made.stderr
+    assert "1 runs repeat the configuration of a later run" in said
+    assert f"(run {first.info.run_id}) -> " in said and f"(run {latest.info.run_id})" in said
+    folder = swept.root / "again" / "digits_again"
+    rows = read_rows(folder / "scree_grid.csv")
+    centered = {r["run_id"] for r in rows if r["variant"] == "centered"}
+    assert centered == {latest.info.run_id}
+    manifest = json.loads((folder / "sweep.json").read_text())
+    assert [r["run_id"] for r in manifest["repeats"]] == [first.info.run_id]
+
+
+def test_drawing_other_formats_keeps_the_files_drawn_before(swept):
+    first = figures(swept.root, swept.uri, f"sweep.sweep_id={swept.sweep_id}", out="formats")
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = swept.root / "formats" / swept.sweep_id
+    pngs = {p.name: p.read_bytes() for p in folder.glob("*.png")}
+    assert "scree_grid.png" in pngs
+    again = figures(
+        swept.root, swept.uri, f"sweep.sweep_id={swept.sweep_id}", "formats=[pdf]", out="formats"
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in folder.glob("*.png")} == pngs
+    assert sorted(json.loads((folder / "sweep.json").read_text())["kept"]) == sorted(pngs)

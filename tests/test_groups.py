@@ -22,6 +22,7 @@ from embsvd.groups import (
     TokenGroup,
     check_group_name,
     describe_dropped,
+    describe_short,
     group_name_like,
     select_single_tokens,
 )
@@ -144,6 +145,7 @@ def test_to_dict_holds_words_kept_dropped_and_held_out(tokenizer: PreTrainedToke
         "order": "none",
         "closed": False,
         "incomplete": False,
+        "display_name": "g",  # no display_name configured: the name, '_' as spaces
     }
     assert json.loads(json.dumps(as_dict)) == as_dict  # groups.json needs plain JSON types
 
@@ -479,3 +481,58 @@ def test_bundled_minilm_keeps_the_closed_sets_whole_and_in_order() -> None:
     # the abbreviations are only ever held out, and bert-base-uncased keeps them all
     assert [k.word for k in months.held_out] == MONTH_ABBREVIATIONS
     assert {"Mon", "Sun"} <= {k.word for k in weekdays.held_out}
+
+
+# --- groups that keep fewer words than their size, and min_size --------------------------
+
+
+def test_a_group_that_keeps_fewer_words_than_its_size_is_short(
+    calendar: PreTrainedTokenizerBase,
+) -> None:
+    planets = select_spec(calendar, "planets", words=PLANETS)  # Uranus is two tokens
+    months = select_spec(calendar, "months", words=MONTHS, size=8)  # 8 of 12: full
+    all_planets = select_spec(calendar, "planets", words=PLANETS[:6])  # 6 words, size 10
+
+    assert planets.short and planets.size == 10
+    assert describe_short(planets) == "7 of its 8 words (size 10)"
+    assert not months.short and not all_planets.short  # every word it could keep
+    assert not select_spec(calendar, "planets", words=PLANETS, size=7).short
+
+
+def test_min_size_turns_a_short_group_into_an_error_naming_kept_and_dropped_words(
+    calendar: PreTrainedTokenizerBase,
+) -> None:
+    kept = ", ".join(p for p in PLANETS if p != "Uranus")
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"groups.planets: keeps 7 of its 8 words (size 8) for model {MODEL}, fewer than "
+            f"groups.planets.min_size=8; kept: {kept}; dropped: 'Uranus' ('ur', '##anus'): "
+            "2 tokens; add words that the tokenizer keeps whole, or lower "
+            "groups.planets.min_size"
+        ),
+    ):
+        select_spec(calendar, "planets", words=PLANETS, size=8, min_size=8)
+
+    # a minimum the group meets: kept and short as before
+    assert select_spec(calendar, "planets", words=PLANETS, size=8, min_size=7).short
+
+
+@pytest.mark.parametrize(("min_size", "size"), [(1, 8), (9, 8), (9, None)])
+def test_a_min_size_the_group_could_never_meet_is_refused(
+    calendar: PreTrainedTokenizerBase, min_size: int, size: int | None
+) -> None:
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"groups.planets.min_size: {min_size} is not between 2 and 8, the most the group "
+            f"can keep (size {size or 10}, 8 words); set it to the fewest members"
+        ),
+    ):
+        select_spec(calendar, "planets", words=PLANETS, size=size, min_size=min_size)
+
+
+def test_min_size_is_a_config_key_of_every_group() -> None:
+    settings = OmegaConf.to_object(compose_config("groups.eu_countries.min_size=9"))
+    assert settings.groups["eu_countries"].min_size == 9
+    assert settings.groups["digits"].min_size is None

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.checks.run import ChecksResult
+from embsvd.figures.folder import MARKER_VERSION, set_files
 from embsvd.figures.paper import (
     MANIFEST,
     MARKER,
@@ -162,6 +163,48 @@ def test_only_an_absent_folder_or_a_figure_set_may_be_replaced(tmp_path):
         check_replaceable(tmp_path / "a_file")
 
 
+def test_a_manifest_removes_only_plain_files_of_the_formats_drawn_again():
+    """sweep.json is anyone's text in a shared folder: what it lists is removed only when
+    it is a plain name of the folder itself, of a format just drawn, and not drawn again."""
+    earlier = {
+        "files": ["scree_grid.png", "old.png", "old.csv", "../x.png", "a/b.png", MANIFEST],
+        "kept": ["scree_grid.pdf", "..", "/etc/passwd.png", ".hidden.png", 7],
+    }
+    kept, stale = set_files(earlier, ["scree_grid.png", "scree_grid.csv", MANIFEST])
+    assert stale == ["old.png", "old.csv"]
+    assert kept == ["scree_grid.pdf"]
+    assert set_files({"files": "not a list"}, ["x.png"]) == ([], [])
+    assert set_files({}, ["x.png"]) == ([], [])  # a set drawn before manifests listed files
+
+
+def test_a_planted_manifest_cannot_remove_anything_outside_its_folder(tmp_path):
+    folder = tmp_path / "out" / "s"
+    folder.mkdir(parents=True)
+    sentinel = tmp_path / "out" / "keep.png"
+    sentinel.write_text("mine\n")
+    listed = ["../keep.png", str(sentinel), "sub/x.png"]
+    (folder / MANIFEST).write_text(json.dumps({MARKER: 2, "files": listed, "kept": []}))
+    (folder / "sub").mkdir()
+    (folder / "sub" / "x.png").write_text("mine too\n")
+    run = LoggedRun(
+        run_id="r",
+        name="m/g/centered",
+        experiment="embsvd",
+        tags={},
+        metrics={},
+        series={"singular_value": (2.0, 1.0)},
+        tables={},
+    )
+    write_figure_set(
+        contract.Sweep("s", "", None, (run,)),
+        tmp_path / "out",
+        FigureStyle(formats=("png",), dpi=40),
+    )
+    assert sentinel.read_text() == "mine\n"
+    assert (folder / "sub" / "x.png").read_text() == "mine too\n"
+    assert (folder / "scree_grid.png").is_file()
+
+
 # --- a real store with a planted sweep id ----------------------------------------------------
 
 
@@ -243,7 +286,7 @@ def test_a_planted_sweep_id_draws_into_a_file_safe_folder_inside_output_dir(plan
     files = draw(uri, work / "out", f"sweep.parent_run_id={parent_run_id}")
     folder = work / "out" / "x"  # '../x' made file-safe
     assert files and all(f.parent == folder for f in files)
-    assert json.loads((folder / MANIFEST).read_text())[MARKER] == 1
+    assert json.loads((folder / MANIFEST).read_text())[MARKER] == MARKER_VERSION
     assert outside(work) == before  # the sentinel and work/x untouched
     assert [p.name for p in (work / "out").iterdir()] == ["x"]  # no scratch folder left
     # drawn again over its own set: replaced, still nothing outside changes

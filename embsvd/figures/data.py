@@ -16,6 +16,12 @@ the observed norm: an interval of ``s_k`` at the observed scale, drawn on the sh
 
 Group-mean correlations are tested against the same random groups; their significance
 is Benjamini-Hochberg over every test of the sweep (``benjamini_hochberg``).
+
+Rows name their run by identifiers (joining the store) and display names
+(``selection.Names``), with the ``setting`` that sets it apart from other runs of its
+model, group and variant; tokens as people read them (top_tokens.csv's ``text`` where
+the run logged it). A CSV's ``component`` counts from 0, as the runs' metric steps do;
+a figure's from 1.
 """
 
 from __future__ import annotations
@@ -29,24 +35,29 @@ from typing import Any
 
 import numpy as np
 
+from embsvd.figures.selection import Names, Row, model_of, setting_labels, space_slot
 from embsvd.method.analysis import MEAN_CORR_VARIANTS, mean_corr_key
 from embsvd.tracking.artifacts import NULL_SHARE, Table
 from embsvd.tracking.contract import LoggedRun, Sweep, null_metric, split_pair_metric
 
 N_EXTREMES = 5  # tokens labelled at each end of an axis figure
 WORD_MARKERS = ("Ġ", "▁", "##")  # BPE / SentencePiece word starts, WordPiece continuations
+TEXT = "text"  # top_tokens.csv's token as people read it; runs logged before it have none
 
 # correlation variant -> metric prefix; decorrelated is not logged for whitened runs
 CORRELATION_VARIANTS = {variant: mean_corr_key(variant) for variant in MEAN_CORR_VARIANTS}
 # row column -> the null metric null/<key>/<suffix> it holds
 NULL_FIELDS = {"null_mean": "mean", "percentile": "percentile", "p_value": "p_value"}
 
-Row = dict[str, Any]
+
+def token_text(row: Mapping[str, str]) -> str:
+    """A top_tokens.csv row's token as people read it (``␣the``), else its raw string."""
+    return row.get(TEXT) or row["token"]
 
 
 def models(sweep: Sweep) -> list[str]:
     """Model labels in the order their runs came."""
-    return list(dict.fromkeys(run.model_label for run in sweep.runs))
+    return list(dict.fromkeys(model_of(run) for run in sweep.runs))
 
 
 def targets(sweep: Sweep) -> list[str]:
@@ -59,10 +70,16 @@ def variants(sweep: Sweep) -> list[str]:
     return sorted(found, key=lambda v: (not v.startswith("centered"), list(found).index(v)))
 
 
+def series_label(row: Mapping[str, Any]) -> str:
+    """A run's line or panel as a figure names it: its variant, and its setting if any."""
+    return " · ".join(filter(None, [row["variant"], row["setting"]]))
+
+
 def scree_rows(sweep: Sweep) -> list[Row]:
     """Per run and component: the singular value, its Frobenius norm and share
     (``normalized``), its jackknife interval (nan where none was logged) and the null's
     95% band of shares with the observed share's null percentile (nan without a null)."""
+    names = Names.of(sweep)
     rows = []
     for run in sweep.runs:
         S = run.series.get("singular_value", ())
@@ -81,7 +98,7 @@ def scree_rows(sweep: Sweep) -> list[Row]:
             band = null.get(k, {})
             rows.append(
                 {
-                    **_where(run),
+                    **names.where(run),
                     "component": k,
                     "singular_value": s,
                     "frobenius_norm": norm,
@@ -124,26 +141,32 @@ def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
     return q_values
 
 
-def correlation_rows(sweep: Sweep, alpha: float) -> dict[str, list[Row]]:
-    """Group-mean r per model and geometry (``model`` + ``space``: centering does not
-    move group means), per correlation ``variant`` (``raw``, ``centered``: the
-    vocabulary's mean subtracted, ``decorrelated``: also its top global components
-    removed) and pair, each from the first run that logged it, with its null mean and
-    percentile, its permutation p-value, the Benjamini-Hochberg ``q_bh`` over every row
-    of the sweep with a p-value, and whether ``q_bh < alpha`` (``""`` for all four
-    where the run's null was off). Keyed by model (+ space), in run order."""
+HeatmapKey = tuple[str, str]  # (model label + space, setting)
+
+
+def correlation_rows(sweep: Sweep, alpha: float) -> dict[HeatmapKey, list[Row]]:
+    """Group-mean r per heatmap: model and geometry (``model`` + ``space``: centering
+    does not move group means) and ``setting`` (what sets the heatmap's runs apart from
+    other runs of that model and geometry, ``""`` where nothing does); per correlation
+    ``variant`` (``raw``, ``centered``: the vocabulary's mean subtracted,
+    ``decorrelated``: also its top global components removed) and pair, each from the
+    first run that logged it, with its null mean and percentile, its permutation
+    p-value, the Benjamini-Hochberg ``q_bh`` over every row of the sweep with a p-value,
+    and whether ``q_bh < alpha`` (``""`` for all four where the run's null was off).
+    Keyed by (model + space, setting), in run order; pairs no run logged have no row."""
+    names = Names.of(sweep)
+    settings = setting_labels(sweep.runs, space_slot, by_hash=False)
     rows: list[Row] = []
-    seen: set[tuple[str, str, str, str]] = set()
+    seen: set[tuple[str, ...]] = set()
     for run in sweep.runs:
-        model = run.model_label + run.space
+        model, setting = model_of(run) + run.space, settings[run.run_id]
         for variant, prefix in CORRELATION_VARIANTS.items():
             for key, r in sorted(run.metrics.items()):
                 if (pair := split_pair_metric(key, prefix)) is None:
                     continue
-                group_a, group_b = pair
-                if (model, variant, group_a, group_b) in seen:
+                if (model, setting, variant, *pair) in seen:
                     continue
-                seen.add((model, variant, group_a, group_b))
+                seen.add((model, setting, variant, *pair))
                 null = {
                     column: run.metrics.get(null_metric(key, suffix), "")
                     for column, suffix in NULL_FIELDS.items()
@@ -151,9 +174,15 @@ def correlation_rows(sweep: Sweep, alpha: float) -> dict[str, list[Row]]:
                 rows.append(
                     {
                         "model": model,
+                        "model_display": " · ".join(
+                            [names.models[model_of(run)], *filter(None, run.space.split("+"))]
+                        ),
+                        "setting": setting,
                         "variant": variant,
-                        "group_a": group_a,
-                        "group_b": group_b,
+                        "group_a": pair[0],
+                        "group_b": pair[1],
+                        "group_a_display": names.group(pair[0]),
+                        "group_b_display": names.group(pair[1]),
                         "r": r,
                         **null,
                         "q_bh": "",
@@ -162,10 +191,10 @@ def correlation_rows(sweep: Sweep, alpha: float) -> dict[str, list[Row]]:
                     }
                 )
     _mark_significance(rows, alpha)
-    spaces: dict[str, list[Row]] = {}
+    heatmaps: dict[HeatmapKey, list[Row]] = {}
     for row in rows:
-        spaces.setdefault(row["model"], []).append(row)
-    return spaces
+        heatmaps.setdefault((row["model"], row["setting"]), []).append(row)
+    return heatmaps
 
 
 def _mark_significance(rows: list[Row], alpha: float) -> None:
@@ -176,24 +205,33 @@ def _mark_significance(rows: list[Row], alpha: float) -> None:
         row["q_bh"], row["significant"] = float(q), bool(q < alpha)
 
 
-def n_tests(correlations: Mapping[str, Sequence[Row]]) -> int:
+def n_tests(correlations: Mapping[Any, Sequence[Row]]) -> int:
     """How many group-mean correlations the sweep tested: the m of Benjamini-Hochberg."""
     return sum(r["q_bh"] != "" for rows in correlations.values() for r in rows)
 
 
+def is_marked(row: Mapping[str, Any]) -> bool:
+    """Whether a heatmap cell gets ``*``: significant, and its null mean and percentile
+    known, so that the cell shows what r was tested against."""
+    return row["significant"] is True and row["null_mean"] != "" and row["percentile"] != ""
+
+
 def top_token_rows(sweep: Sweep, top_k: int) -> list[Row]:
-    """The first ``top_k`` tokens at each end of every logged component, per run."""
+    """The first ``top_k`` tokens at each end of every logged component, per run:
+    ``token`` as stored, ``text`` as people read it."""
+    names = Names.of(sweep)
     rows = []
     for run in sweep.runs:
         for r in run.table(Table.TOP_TOKENS):
             if int(r["rank"]) <= top_k:
                 rows.append(
                     {
-                        **_where(run),
+                        **names.where(run),
                         "component": int(r["component"]),
                         "side": r["side"],
                         "rank": int(r["rank"]),
                         "token": r["token"],
+                        "text": token_text(r),
                         "token_id": int(r["token_id"]),
                         "projection": float(r["projection"]),
                         "in_group": r["in_group"] == "true",
@@ -202,27 +240,26 @@ def top_token_rows(sweep: Sweep, top_k: int) -> list[Row]:
     return rows
 
 
-def axis_rows(run: LoggedRun) -> list[Row]:
-    """Component 1 of one run: the histogram of the vocabulary's projections (``bin``),
-    the group's words (``group``) and the extremes outside the group (``extreme``)."""
+def axis_rows(run: LoggedRun, names: Names) -> list[Row]:
+    """Component 0 (axis 1) of one run: the histogram of the vocabulary's projections
+    (``bin``), the group's words (``group``) and the extremes outside the group
+    (``extreme``); ``label`` is the text drawn, ``token`` the stored token."""
+    where = names.where(run)
+    empty_bin = {"bin_left": "", "bin_right": "", "count": ""}
     rows = [
-        {**_where(run), "kind": "bin", "label": "", "projection": "", **_bin(r)}
+        {**where, "kind": "bin", "label": "", "token": "", "projection": "", **_bin(r)}
         for r in run.table(Table.PROJECTION_HISTOGRAM)
         if r["component"] == "0"
     ]
-    empty_bin = {"bin_left": "", "bin_right": "", "count": ""}
     rows += [
-        {**_where(run), "kind": "group", "label": r["word"], "projection": float(r["projection_0"])}
+        {**where, "kind": "group", "label": r["word"], "token": r["word"]}
+        | {"projection": float(r["projection_0"])}
         | empty_bin
         for r in run.table(Table.GROUP_PROJECTIONS)
     ]
     rows += [
-        {
-            **_where(run),
-            "kind": "extreme",
-            "label": r["token"],
-            "projection": float(r["projection"]),
-        }
+        {**where, "kind": "extreme", "label": token_text(r), "token": r["token"]}
+        | {"projection": float(r["projection"])}
         | empty_bin
         for r in run.table(Table.TOP_TOKENS)
         if r["component"] == "0" and r["in_group"] != "true" and int(r["rank"]) <= N_EXTREMES
@@ -261,20 +298,22 @@ def _ends(run: LoggedRun, component: int, top_k: int) -> _Ends:
     return _Ends(frozenset(sides["top"]), frozenset(sides["bottom"]))
 
 
-def _comparable(sweep: Sweep) -> dict[tuple[str, str], dict[str, LoggedRun]]:
-    """(group, variant) -> {model: run} where more than one model has the run."""
-    cells: dict[tuple[str, str], dict[str, LoggedRun]] = {}
+def _comparable(sweep: Sweep, names: Names) -> dict[tuple[str, str, str], dict[str, LoggedRun]]:
+    """(group, variant, setting) -> {model: run} where more than one model has the run."""
+    cells: dict[tuple[str, str, str], dict[str, LoggedRun]] = {}
     for run in sweep.runs:
-        cells.setdefault((run.target, run.variant), {}).setdefault(run.model_label, run)
+        cell = (run.target, run.variant, names.settings.get(run.run_id, ""))
+        cells.setdefault(cell, {}).setdefault(model_of(run), run)
     return {cell: runs for cell, runs in cells.items() if len(runs) > 1}
 
 
 def cross_model_overlap_rows(sweep: Sweep, top_k: int) -> list[Row]:
-    """Per (group, variant, component, pair of models): the share of the two axes'
-    top-``top_k`` tokens (both ends, as normalised strings) that they share. An axis'
-    sign is arbitrary, so the ends are matched in the orientation that shares more."""
+    """Per (group, variant, setting, component, pair of models): the share of the two
+    axes' top-``top_k`` tokens (both ends, as normalised strings) that they share. An
+    axis' sign is arbitrary, so the ends are matched in the orientation that shares more."""
+    names = Names.of(sweep)
     rows = []
-    for (group, variant), runs in _comparable(sweep).items():
+    for (group, variant, setting), runs in _comparable(sweep, names).items():
         for (model_a, run_a), (model_b, run_b) in itertools.combinations(runs.items(), 2):
             n_components = min(_n_components(run_a), _n_components(run_b))
             for k in range(n_components):
@@ -282,21 +321,20 @@ def cross_model_overlap_rows(sweep: Sweep, top_k: int) -> list[Row]:
                 same = (a.top & b.top) | (a.bottom & b.bottom)
                 flipped = (a.top & b.bottom) | (a.bottom & b.top)
                 shared, orientation = (
-                    (same, "same")
-                    if len(same) >= len(flipped)
-                    else (
-                        flipped,
-                        "flipped",
-                    )
+                    (same, "same") if len(same) >= len(flipped) else (flipped, "flipped")
                 )
                 size = min(len(a.top) + len(a.bottom), len(b.top) + len(b.bottom))
                 rows.append(
                     {
                         "group": group,
+                        "group_display": names.group(group),
                         "variant": variant,
+                        "setting": setting,
                         "component": k,
                         "model_a": model_a,
                         "model_b": model_b,
+                        "model_a_display": names.models[model_a],
+                        "model_b_display": names.models[model_b],
                         "k": top_k,
                         "n_shared": len(shared),
                         "overlap": len(shared) / size if size else math.nan,
@@ -312,13 +350,14 @@ def _n_components(run: LoggedRun) -> int:
 
 
 def cross_model_spectra_rows(sweep: Sweep) -> list[Row]:
-    """The normalised spectra of every (group, variant) that several models have, and
-    each model's distance from the first model's: half the L1 distance between their
-    explained-variance ratios (0: the same shape, 1: disjoint)."""
+    """The normalised spectra of every (group, variant, setting) that several models
+    have, and each model's distance from the first model's: half the L1 distance
+    between their explained-variance ratios (0: the same shape, 1: disjoint)."""
+    names = Names.of(sweep)
     rows = []
-    for (group, variant), runs in _comparable(sweep).items():
+    for _, runs in _comparable(sweep, names).items():
         reference = _ratios(next(iter(runs.values())).series.get("singular_value", ()))
-        for model, run in runs.items():
+        for run in runs.values():
             S = run.series.get("singular_value", ())
             ratios = _ratios(S)
             n = min(len(ratios), len(reference))
@@ -327,10 +366,7 @@ def cross_model_spectra_rows(sweep: Sweep) -> list[Row]:
             for k, s in enumerate(S):
                 rows.append(
                     {
-                        "group": group,
-                        "variant": variant,
-                        "model": model,
-                        "run_id": run.run_id,
+                        **names.where(run),
                         "component": k,
                         "singular_value": s,
                         "normalized": s / norm,
@@ -349,12 +385,3 @@ def _ratios(S: Sequence[float]) -> list[float]:
     """Explained-variance ratios ``s_k**2 / sum_j s_j**2``."""
     norm = _frobenius(S)
     return [(s / norm) ** 2 for s in S]
-
-
-def _where(run: LoggedRun) -> Row:
-    return {
-        "model": run.model_label,
-        "group": run.target,
-        "variant": run.variant,
-        "run_id": run.run_id,
-    }

@@ -10,11 +10,16 @@ import functools
 from pathlib import Path
 
 import matplotlib
+import matplotlib.lines
 import matplotlib.pyplot as plt
+import matplotlib.transforms
 import numpy as np
+from matplotlib.font_manager import FontProperties
+from matplotlib.textpath import TextToPath
 
 from embsvd.checks.order import CyclicOrder, LinearOrder
 from embsvd.checks.run import ChecksResult
+from embsvd.figures.style import RC
 from embsvd.method.analysis import AnalysisResult, PairwiseStat
 
 N_EXTREMES_LABELLED = 5  # tokens named at each end of the projection figure
@@ -45,7 +50,8 @@ def draw_run_figures(
         "scree.png": functools.partial(_scree, checks=checks),
         "group_mean_corr.png": _group_mean_corr,
         "row_cosine.png": _row_cosine,
-        "projection_component0.png": _projection,
+        # component 0 is axis 1: file names count from 0, as metric steps do
+        "projection_component0.png": projection_figure,
     }
     if checks is not None and checks.order is not None:
         drawers["order.png"] = lambda _, plt: order_figure(checks.order, plt)
@@ -103,14 +109,16 @@ def _scree(result: AnalysisResult, plt, checks: ChecksResult | None = None):
 
 def _heatmap(values: np.ndarray, labels: list[str], cbar_label: str, plt, size: float):
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    image = ax.imshow(values, vmin=-1, vmax=1, cmap="RdBu_r")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.9")  # nan: not measured
+    image = ax.imshow(values, vmin=-1, vmax=1, cmap=cmap)
     ax.set_xticks(range(len(labels)), labels, rotation=90)
     ax.set_yticks(range(len(labels)), labels)
     ax.grid(False)
     if len(labels) <= 12:
         for (i, j), value in np.ndenumerate(values):
             color = "white" if abs(value) > 0.6 else "black"
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color)
+            text = "n/a" if np.isnan(value) else f"{value:.2f}"  # never a 0 for nothing
+            ax.text(j, i, text, ha="center", va="center", fontsize=6, color=color)
     fig.colorbar(image, ax=ax, label=cbar_label)
     return fig
 
@@ -125,7 +133,9 @@ def _row_cosine(result: AnalysisResult, plt):
     return _heatmap(result.row_cosine, list(result.target_words), label, plt, 5.0)
 
 
-def _projection(result: AnalysisResult, plt):
+def projection_figure(result: AnalysisResult, plt):
+    """The vocabulary's projections on component 1 (index 0), the target's words and the
+    extremes outside it labelled above (``label_above``), a colour legend beneath."""
     values = result.projections[:, 0]
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
     ax.hist(values, bins=200, histtype="stepfilled", color="0.6")
@@ -137,47 +147,119 @@ def _projection(result: AnalysisResult, plt):
         for word, i in zip(result.target_words, result.target_ids, strict=True)
     ]
     extremes = [
-        (t.projection, t.token, "C0")
+        (t.projection, getattr(t, "text", None) or t.token, "C0")  # as people read it
         for t in result.top_tokens
         if t.component == 0 and not t.in_group and t.rank <= N_EXTREMES_LABELLED
     ]
     low, high = ax.get_xlim()
     label_above(ax, members + extremes, gap=(high - low) / 60, low=low, high=high, fontsize=6)
-    ax.text(
-        1.0,
-        -0.3,
-        "orange: group tokens; blue: extremes of the vocabulary",
-        transform=ax.transAxes,
-        ha="right",
+    ax.legend(
+        handles=mark_legend("C1", "C0", f"words of {result.target}", N_EXTREMES_LABELLED),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncols=2,
+        frameon=False,
         fontsize=6,
     )
     return fig
 
 
+def mark_legend(group_color, extreme_color, group: str, n_extremes: int) -> list:
+    """The legend of a projection figure's colours: the group's words, the extremes."""
+    return [
+        matplotlib.lines.Line2D([], [], color=group_color, lw=1, label=group),
+        matplotlib.lines.Line2D(
+            [],
+            [],
+            color=extreme_color,
+            lw=1,
+            label=f"tokens outside the group among the {n_extremes} at each end",
+        ),
+    ]
+
+
+LEADER_RISE = 7.0  # points above the axes: the slanted part of a leader line
+LEADER_STEM = 3.0  # points: its upright part, under the label
+LABEL_LIFT = 1.5  # points between a leader line's end and its label
+LABEL_BAND = LEADER_RISE + LEADER_STEM + LABEL_LIFT  # points above the axes before a label
+
+
 def label_above(
     ax, marks: list[tuple[float, str, object]], gap: float, low: float, high: float, fontsize: float
 ) -> None:
-    """Label points ``(x, label, color)`` of ``ax`` in a row above it: rotated labels
-    pushed at least ``gap`` (data units) apart so that none overlap, each joined to its
-    point by a thin line. The labels carry the gid ``token-label``."""
-    marks = sorted(marks, key=lambda m: m[0])
+    """Label points ``(x, label, color)`` of ``ax`` in a row above it.
+
+    Each point is marked by a vertical line through the axes (gid ``token-mark``). Its
+    leader line (gid ``leader-line``) runs from the axes' top edge at ``x``, slanted, to
+    the label's place and straight up under the label, which starts ``LABEL_LIFT`` points
+    above it, rotated (gid ``token-label``). Places keep the points' order at least
+    ``gap`` (data units) apart (``spread_apart``), so leader lines never cross (two
+    leaders meet only where their points coincide, at the axes' edge), and labels sit
+    above every leader line, so none covers one. Labels are drawn as written: a token may
+    hold ``$``, which matplotlib would otherwise read as mathematics.
+    """
+    marks = sorted(marks, key=lambda m: (m[0], m[1]))
     places = spread_apart([x for x, _, _ in marks], gap, low, high)
+    above = _points_above_axes(ax)
     for (x, label, color), place in zip(marks, places, strict=True):
-        ax.axvline(x, color=color, lw=0.5, alpha=0.6)
+        ax.axvline(x, color=color, lw=0.5, alpha=0.6, gid="token-mark")
+        leader = matplotlib.lines.Line2D(
+            [x, place, place],
+            [0.0, LEADER_RISE, LEADER_RISE + LEADER_STEM],
+            transform=above,
+            color=color,
+            lw=0.4,
+            clip_on=False,
+            gid="leader-line",
+        )
+        ax.add_artist(leader)  # not add_line: the places must not widen the x limits
         ax.annotate(
             label,
-            xy=(x, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(place, 1.08),
-            textcoords=("data", "axes fraction"),
+            xy=(place, LEADER_RISE + LEADER_STEM),
+            xycoords=above,
+            xytext=(0, LABEL_LIFT),
+            textcoords="offset points",
             rotation=90,
             ha="center",
             va="bottom",
             fontsize=fontsize,
             color=color,
-            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": color, "shrinkA": 0, "shrinkB": 0},
             gid="token-label",
+            parse_math=False,
         )
+
+
+def _points_above_axes(ax) -> matplotlib.transforms.Transform:
+    """x in data units, y in points above the axes' top edge: leader lines keep their
+    shape in points whatever the panel's height, and follow the axes when a layout
+    moves them."""
+    points = matplotlib.transforms.Affine2D().scale(1 / 72) + ax.figure.dpi_scale_trans
+    top = matplotlib.transforms.ScaledTranslation(0, 1, ax.transAxes)
+    return matplotlib.transforms.blended_transform_factory(ax.transData, points + top)
+
+
+def plain(text: str) -> str:
+    """A name drawn as written where matplotlib reads ``$...$`` as mathematics."""
+    return text.replace("$", r"\$")
+
+
+def text_width(text: str, fontsize: float) -> float:
+    """Inches ``text`` takes in the theme's font at ``fontsize`` points."""
+    font = FontProperties(family=RC["font.family"], size=fontsize)
+    width, _, _ = TextToPath().get_text_width_height_descent(text, font, ismath=False)
+    return width / 72
+
+
+def wrap(text: str, width: float, fontsize: float) -> str:
+    """``text`` broken into lines no wider than ``width`` inches, measured in the font,
+    with a tenth to spare: a screen's hinting widens small text by up to ~6%."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and text_width(f"{lines[-1]} {word}", fontsize) <= 0.9 * width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return "\n".join(lines)
 
 
 def spread_apart(xs: list[float], gap: float, low: float, high: float) -> list[float]:

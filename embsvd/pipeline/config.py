@@ -121,7 +121,7 @@ class FiguresConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = MISSING  # figures/<sweep id>/ is written under it
-    alpha: float = 0.05  # Holm-corrected p-value below which a group pair is marked
+    alpha: float = 0.05  # Benjamini-Hochberg q below which a group pair is marked (*)
     top_k: int = 10  # tokens per end in the tables and the cross-model overlap
     column_width: float = 3.25  # inches: one column of a two-column paper
     text_width: float = 6.75  # inches: the whole text width
@@ -222,6 +222,7 @@ def _check_groups(groups: dict[str, GroupSpec]) -> None:
         )
     for name, spec in groups.items():
         check_group_name(name)
+        check_display_name(f"groups.{name}.display_name", spec.display_name)
         _check_choice(f"groups.{name}.form", spec.form, FORMS)
         _check_choice(f"groups.{name}.order", spec.order, ORDERS)
         if name != EXTRA_GROUP or spec.words:  # the empty slot: _check_target asks for words
@@ -264,6 +265,7 @@ def _check_target(settings: EmbsvdConfig) -> None:
 
 def _check_model(model: CheckpointSpec) -> None:
     model.check_source()
+    check_display_name("model.display_name", model.display_name)
     _check_choice("model.matrix", model.matrix, MATRICES)
 
 
@@ -302,6 +304,28 @@ def checks_config(analysis: AnalysisConfig) -> ChecksConfig:
     return ChecksConfig(**{field.name: getattr(analysis, field.name) for field in fields})
 
 
+DISPLAY_NAME_MAX = 60  # characters: a panel title or an axis label, not a caption
+
+
+def check_display_name(key: str, value: str | None) -> None:
+    """Refuse a display name a figure could not show on one line: empty, longer than
+    ``DISPLAY_NAME_MAX``, or holding a line break or another invisible character.
+
+    Raises:
+        ValueError: naming the key, the value and what is allowed.
+    """
+    if value is None:
+        return
+    invisible = [ch for ch in value if not ch.isprintable()]
+    if not value.strip() or len(value) > DISPLAY_NAME_MAX or invisible:
+        shown = repr(value) if len(value) <= 80 else f"{value[:80]!r}..."
+        raise ValueError(
+            f"{key}: {shown} is not a display name: one line of 1 to {DISPLAY_NAME_MAX} "
+            "visible characters (figures show it as a title); shorten it, or set it to null "
+            "for the default"
+        )
+
+
 def _check_choice(key: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
@@ -312,8 +336,8 @@ def config_hash(settings: EmbsvdConfig, content: str | None = None) -> str:
     checkpoint's content digest (``embsvd.io.checkpoint.content_digest``: the weights
     and tokenizer files, so a file replaced at the same path is a new config), every
     group's words, size and form (group files included), the target and the analysis
-    settings; not where it is logged or cached, nor whether figures are drawn. Jobs with
-    equal hashes compute the same analysis."""
+    settings; not where it is logged or cached, whether figures are drawn, nor the
+    display names figures use. Jobs with equal hashes compute the same analysis."""
     decisive = {
         "model": asdict(settings.model),
         "content": content,
@@ -323,8 +347,12 @@ def config_hash(settings: EmbsvdConfig, content: str | None = None) -> str:
     }
     for key in ("figures", "device"):  # where or whether it is drawn changes no number
         decisive["analysis"].pop(key)
+    # names people read change no number either; popped, so that runs logged before
+    # display names existed keep their hashes
+    decisive["model"].pop("display_name")
     for spec in decisive["groups"].values():
         spec.pop("description")
+        spec.pop("display_name")
     encoded = json.dumps(decisive, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(encoded).hexdigest()
 
