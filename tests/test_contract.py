@@ -6,23 +6,36 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from embsvd.groups import DroppedWord, KeptToken, TokenGroup
 from embsvd.pipeline import run_job
+from embsvd.pipeline.report import mlflow_ui_command
 from embsvd.tracking.artifacts import COLUMNS, Table, header
 from embsvd.tracking.contract import (
+    KEY_METRICS,
     RUN_NAME_FORM,
+    SEPARATOR,
+    LoggedRun,
     RunName,
     Tag,
+    model_label,
     parse_run_name,
     run_name,
     sweep_metrics,
+    tagged_model_label,
 )
+from embsvd.tracking.runs import group_dataset, log_groups, tracked_run
+from embsvd.tracking.store import RunRecord, TrackingStore
+from embsvd.tracking.sweeps import VIEWS_KEPT, save_sweep_view, sweep_note, sweep_view_state
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, write_tiny_bert
 
 DOC = PROJECT_ROOT / "docs" / "contract.md"
@@ -38,10 +51,11 @@ PLACEHOLDER = re.compile(r"<[^>]+>")
         "pythia_70m@step1000",
         "org/model@refs/pr/1:output",  # a Hub id and a revision with slashes
         "we ird+name%2F@v1:output",
+        "a · b·c%B7",  # the separator and its escape in the model
         "",
     ],
 )
-@pytest.mark.parametrize("target", ["digits", "a/b", "100%/x%2F", "with space+plus"])
+@pytest.mark.parametrize("target", ["digits", "a/b", "100%/x%2F", "with space+plus", "x · y"])
 @pytest.mark.parametrize(
     ("center", "normalize_rows", "geometry"),
     [
@@ -50,6 +64,7 @@ PLACEHOLDER = re.compile(r"<[^>]+>")
         (True, True, "whitened"),
         (False, True, "euclidean"),
         (True, False, "odd/geo+metry%"),
+        (True, False, "geo · metry"),
     ],
 )
 def test_run_name_parses_back_to_its_parts(model, target, center, normalize_rows, geometry):
@@ -57,12 +72,35 @@ def test_run_name_parses_back_to_its_parts(model, target, center, normalize_rows
     name = run_name(model, target, center, normalize_rows=normalize_rows, geometry=geometry)
     assert parse_run_name(name) == parts
     assert str(parts) == name
-    assert name.removeprefix(f"{model}/").count("/") == 1  # the target's slashes escaped
+    # a separator per part: those inside the target, geometry and model are escaped
+    assert name.count(SEPARATOR) == 2 + normalize_rows + (geometry != "euclidean")
+    assert name.startswith(target.replace("%", "%25").replace("·", "%B7") + SEPARATOR)
 
 
 @pytest.mark.parametrize(
     ("name", "parts", "variant", "space"),
     [
+        ("digits · centered · tiny_bert", RunName("tiny_bert", "digits", True), "centered", ""),
+        (
+            "months · raw · gpt2@step1:output",
+            RunName("gpt2@step1:output", "months", False),
+            "raw",
+            "",
+        ),
+        (
+            "digits · centered · unit rows · whitened · tiny_bert",
+            RunName("tiny_bert", "digits", True, True, "whitened"),
+            "centered+unit_rows+whitened",
+            "+unit_rows+whitened",
+        ),
+        ("t · raw · unit rows · m", RunName("m", "t", False, True), "raw+unit_rows", "+unit_rows"),
+        (
+            "t · raw · whitened · m",
+            RunName("m", "t", False, False, "whitened"),
+            "raw+whitened",
+            "+whitened",
+        ),
+        # older embsvd's names are still read
         ("tiny_bert/digits/centered", RunName("tiny_bert", "digits", True), "centered", ""),
         ("gpt2@step1:output/months/raw", RunName("gpt2@step1:output", "months", False), "raw", ""),
         (
@@ -77,29 +115,99 @@ def test_run_name_parses_back_to_its_parts(model, target, center, normalize_rows
 def test_run_names_as_the_harness_writes_them(name, parts, variant, space):
     assert parse_run_name(name) == parts
     assert (parts.variant, parts.space) == (variant, space)
+    if "/" not in name:
+        assert str(parts) == name
 
 
 @pytest.mark.parametrize(
     "name",
     [
         "sweep/seed_replication/2026-11-28 07-57-50",  # a sweep's parent
+        "digits · centered",  # no model
+        "digits · centred · m",
+        "t · centered · euclidean · m",  # the euclidean geometry is never written
+        "t · centered ·  · m",
+        "t · centered · whitened · unit rows · m",
+        "t · raw · unit rows · whitened · x · m",
+        "t · raw · unit rows · unit rows · m",
         "tiny_bert/digits",
         "tiny_bert/digits/centred",
-        "m/t/centered+euclidean",  # the euclidean geometry is never written
+        "m/t/centered+euclidean",
         "m/t/centered+",
         "m/t/centered+whitened+unit_rows",
         "m/t/raw+unit_rows+whitened+x",
     ],
 )
 def test_names_of_other_forms_are_refused(name):
-    with pytest.raises(ValueError, match=re.escape(f"run name {name!r}: expected {RUN_NAME_FORM}")):
+    expected = f"run name {name!r}: expected {RUN_NAME_FORM} (or, as older embsvd wrote it, "
+    with pytest.raises(ValueError, match=re.escape(expected)):
         parse_run_name(name)
 
 
-@pytest.mark.parametrize("geometry", ["", "unit_rows"])
+@pytest.mark.parametrize("geometry", ["", "unit_rows", "unit rows"])
 def test_a_geometry_the_name_could_not_tell_apart_is_refused(geometry):
     with pytest.raises(ValueError, match="geometry: .* cannot be told apart in a run name"):
         run_name("m", "t", True, geometry=geometry)
+
+
+@pytest.mark.parametrize(
+    ("revision", "matrix", "label"),
+    [
+        (None, "input", "pythia"),
+        ("main", "input", "pythia"),  # the default revision is left out
+        ("step1000", "input", "pythia@step1000"),
+        ("step1000", "output", "pythia@step1000:output"),
+    ],
+)
+def test_the_model_label_from_the_settings_and_from_the_tags_agree(revision, matrix, label):
+    assert model_label("pythia", revision, matrix) == label
+    tags = {Tag.MODEL: "pythia", Tag.MATRIX: matrix}
+    if revision is not None:
+        tags[Tag.REVISION] = revision
+    assert tagged_model_label(tags) == label
+    assert tagged_model_label({Tag.MATRIX: matrix}) is None
+
+
+RUN_TAGS = {
+    Tag.MODEL: "pythia",
+    Tag.REVISION: "step1",
+    Tag.MATRIX: "output",
+    Tag.TARGET_GROUP: "months",
+    Tag.CENTER: "false",
+    Tag.NORMALIZE_ROWS: "true",
+    Tag.GEOMETRY: "whitened",
+}
+
+
+def logged(name: str, tags: dict[str, str]) -> LoggedRun:
+    return LoggedRun("run1", name, "embsvd", tags, {}, {}, {})
+
+
+def test_a_logged_run_says_what_it_analysed_from_its_tags_whatever_its_name():
+    run = logged("renamed in the UI", RUN_TAGS)
+    assert run.parts == RunName("pythia@step1:output", "months", False, True, "whitened")
+    assert (run.model_label, run.target) == ("pythia@step1:output", "months")
+    assert (run.variant, run.space) == ("raw+unit_rows+whitened", "+unit_rows+whitened")
+
+
+def test_a_logged_run_without_the_tags_is_read_from_its_name_old_or_new():
+    old = logged("gpt2/digits/centered+whitened", {Tag.TARGET_GROUP: "digits"})
+    new = logged("digits · centered · whitened · gpt2", {})
+    for run in (old, new):
+        assert run.parts == RunName("gpt2", "digits", True, False, "whitened")
+    # a tag wins over the name where both say
+    assert logged("digits · raw · gpt2", {Tag.CENTER: "true"}).variant == "centered"
+
+
+def test_a_logged_run_whose_tags_and_name_do_not_say_is_refused():
+    tags = {k: v for k, v in RUN_TAGS.items() if k not in (Tag.CENTER, Tag.GEOMETRY)}
+    with pytest.raises(ValueError) as refused:
+        logged("my run", tags)
+    message = str(refused.value)
+    assert message.startswith(
+        "run run1: its tags do not say its center, geometry (tags embsvd.center, "
+        "embsvd.geometry) and its name does not either: run name 'my run': expected "
+    )
 
 
 # --- the page against the code ---------------------------------------------------------------
@@ -277,6 +385,88 @@ def test_real_run_names_parse_back_to_their_tags(logged_runs):
         assert str(parts.normalize_rows).lower() == tags[Tag.NORMALIZE_ROWS]
         assert parts.geometry == tags[Tag.GEOMETRY]
         assert str(parts) == run.info.run_name == tags[Tag.RUN_NAME]
+    names = [run.info.run_name for run in runs]
+    assert names[1] == "digits · centered · unit rows · whitened · tiny_bert"
+
+
+def test_real_runs_write_the_key_numbers_first_as_plain_values(logged_runs):
+    client, _, runs = logged_runs
+    run = runs[1]  # every check on, 10 words: 3 stable axes
+    metrics = run.data.metrics
+    # MLflow lists metrics as written; its compare page plots the first every run shares
+    assert list(metrics)[: len(KEY_METRICS)] == list(KEY_METRICS)
+    few = [key for key in KEY_METRICS if key in runs[0].data.metrics]  # 5 words: fewer axes
+    assert list(runs[0].data.metrics)[: len(few)] == few
+    history = {
+        key: [
+            m.value
+            for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+        ]
+        for key in ("singular_value", "explained_variance_ratio", "stability/axis_cos")
+        + ("interval/singular_value_lo", "interval/singular_value_hi")
+    }
+    for k in (1, 2, 3):
+        assert metrics[f"sv_{k}"] == history["singular_value"][k - 1]
+        assert metrics[f"evr_{k}"] == history["explained_variance_ratio"][k - 1]
+        assert metrics[f"stability/axis_cos_{k}"] == history["stability/axis_cos"][k - 1]
+    assert metrics["sv_1_lo"] == history["interval/singular_value_lo"][0]
+    assert metrics["sv_1_hi"] == history["interval/singular_value_hi"][0]
+    assert metrics["s1_share"] == metrics["evr_1"]
+    assert metrics["stability/axis_cos_1"] == metrics["stability/axis0_cos"]
+    assert "sv_4" not in metrics and "evr_4" not in metrics
+    for key in KEY_METRICS:  # none is a step series
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0], key
+
+
+def test_real_runs_describe_themselves(logged_runs):
+    _, _, runs = logged_runs
+    countries, digits, failed = (run.data.tags for run in runs)
+    note = countries[Tag.NOTE]
+    assert note.startswith(
+        "**extra · centered · tiny_bert**: 5 words kept, `france germany italy spain portugal`"
+    )
+    assert re.search(
+        r"\n- s1 share \(axis 1's share of the spectrum\) 0\.\d{3}, null percentile "
+        r"[\d.]+ of \d+ matched random groups \(Holm p [\d.e-]+\)\n",
+        note,
+    )
+    assert re.search(r"\n- group-mean r centered: digits [+-]0\.\d{3} \(null pct \d+\)", note)
+    assert re.search(
+        r"\n- axis 1 stability 0\.\d\d \(mean \|cos\| with the axis of \d+ jackknife", note
+    )
+    assert f"\n- axis 1 ends: top `{countries[Tag.AXIS0_TOP]}`, bottom `" in note
+    assert digits[Tag.NOTE].startswith(
+        "**digits · centered · unit rows · whitened · tiny_bert**: 10 words kept, `0 1 2 3"
+    )
+    assert Tag.NOTE not in failed  # the analysis did not run
+
+
+def test_real_runs_log_their_groups_as_dataset_inputs(logged_runs):
+    client, _, runs = logged_runs
+    countries, digits, failed = (client.get_run(r.info.run_id).inputs.dataset_inputs for r in runs)
+    assert not failed  # it failed before its groups were built
+
+    def described(inputs):
+        return [
+            (i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+            for i in inputs
+        ]
+
+    assert described(countries) == [
+        ("extra", "target"),
+        ("digits", "group"),
+        ("eu_countries", "group"),
+    ]
+    assert described(digits)[0] == ("digits", "target")
+    [extra] = [i.dataset for i in countries if i.dataset.name == "extra"]
+    assert json.loads(extra.profile)["num_rows"] == 5
+    assert json.loads(extra.source)["kept"] == ["france", "germany", "italy", "spain", "portugal"]
+    # the same group on the same checkpoint is the same dataset, in both runs
+    digests = {
+        name: {i.dataset.digest for i in (*countries, *digits) if i.dataset.name == name}
+        for name in ("digits", "eu_countries")
+    }
+    assert all(len(d) == 1 for d in digests.values()), digests
 
 
 def test_every_logged_metric_is_documented_and_every_documented_metric_is_logged(logged_runs):
@@ -310,3 +500,132 @@ def _placeholder_values(table: Table, columns: list[str]) -> list[str]:
         return []
     prefix = pattern[: pattern.index("<")]
     return [c.removeprefix(prefix) for c in columns if c not in fixed]
+
+
+# --- a sweep's description and saved view in the MLflow UI ---------------------------------
+
+
+def child(name: str, params: dict[str, str], metrics: dict[str, float]) -> RunRecord:
+    return RunRecord(f"id-{name}", name, "FINISHED", {}, params, metrics)
+
+
+SWEEP_CHILDREN = [
+    child(
+        f"{target} · {variant} · tiny_bert",
+        {
+            "model.name": "tiny_bert",
+            "target": target,
+            "analysis.center": str(variant == "centered"),
+        },
+        {"s1_share": 0.4, "sv_1": 3.0, "singular_value": 0.1, "group_mean_corr_centered/a__b": 0.1},
+    )
+    for target in ("a", "b")
+    for variant in ("centered", "raw")
+]
+
+
+def test_a_sweeps_view_shows_its_runs_and_the_key_numbers_they_logged():
+    state = sweep_view_state("s_1", SWEEP_CHILDREN)
+    assert state["searchFilter"] == "tags.`embsvd.sweep_id` = 's_1'"
+    assert state["selectedColumns"] == [
+        "attributes.`Dataset`",
+        "params.`model.name`",
+        "metrics.`s1_share`",
+        "metrics.`sv_1`",  # logged; sv_2, the null percentile, stability... not
+        "metrics.`group_mean_corr_centered/a__b`",
+        "tags.`embsvd.axis0.top`",
+        "tags.`embsvd.axis0.bottom`",
+    ]
+    assert state["columnOrder"][0] == "attributes.`Run Name`"
+    assert state["columnWidths"] == {"attributes.`Run Name`": 320}
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "embsvd.sweep_id"}]
+    spectrum, parallel, bar = state["compareRunCharts"]
+    assert spectrum["selectedMetricKeys"] == ["singular_value"]  # no interval logged
+    assert parallel["selectedParams"] == ["target", "analysis.center"]  # what the sweep varied
+    assert parallel["selectedMetrics"] == ["s1_share", "sv_1", "group_mean_corr_centered/a__b"]
+    assert bar["metricKey"] == "s1_share"
+    assert {c["metricSectionId"] for c in state["compareRunCharts"]} == {
+        state["compareRunSections"][0]["uuid"]
+    }
+    json.dumps(state)  # the UI reads it as JSON
+
+
+def test_a_sweeps_view_is_saved_as_the_ui_saves_one_and_the_oldest_are_pruned(
+    migrated_store_file, tmp_path
+):
+    shutil.copyfile(migrated_store_file, tmp_path / "mlflow.db")
+    store = TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}", "embsvd")
+    client, experiment = store.client, store.experiment_id
+    for n in range(1, VIEWS_KEPT + 2):  # older sweeps' views, and one a person saved
+        envelope = {"name": f"old {n}", "createdAt": n, "updatedAt": n, "state": "{}"}
+        client.set_experiment_tag(
+            experiment, f"{Tag.SAVED_VIEW}embsvd-old_{n}", json.dumps(envelope)
+        )
+    mine = {"name": "mine", "createdAt": 0, "updatedAt": 0, "state": "{}"}
+    client.set_experiment_tag(experiment, f"{Tag.SAVED_VIEW}abc", json.dumps(mine))
+
+    page = save_sweep_view(store, "s_1", SWEEP_CHILDREN)
+    assert page == f"#/experiments/{experiment}/runs?viewStateShareKey=embsvd-s_1"
+    tags = client.get_experiment(experiment).tags
+    envelope = json.loads(tags[f"{Tag.SAVED_VIEW}embsvd-s_1"])
+    assert envelope["name"] == "embsvd sweep s_1"
+    assert envelope["createdAt"] == envelope["updatedAt"] > VIEWS_KEPT
+    assert json.loads(envelope["state"]) == sweep_view_state("s_1", SWEEP_CHILDREN)
+    views = sorted(
+        key.removeprefix(Tag.SAVED_VIEW) for key in tags if key.startswith(Tag.SAVED_VIEW)
+    )
+    kept_old = [f"embsvd-old_{n}" for n in range(3, VIEWS_KEPT + 2)]  # the 19 newest
+    assert views == sorted(["abc", "embsvd-s_1", *kept_old])
+    assert save_sweep_view(store, None, SWEEP_CHILDREN) is None  # a sweep without an id
+
+
+def test_a_sweeps_description_holds_its_table_within_a_tags_length():
+    assert sweep_note("sweep/x/1", "FINISHED", "run  status\n---  ------\na    FINISHED") == (
+        "**sweep/x/1**: FINISHED\n\n```\nrun  status\n---  ------\na    FINISHED\n```"
+    )
+    table = "\n".join(f"run {n:05d} " + "x" * 90 for n in range(200))
+    note = sweep_note("sweep/x/1", "FAILED", table)
+    assert len(note) <= MAX_TAG_VAL_LENGTH
+    assert note.endswith(" more lines: sweep_summary.txt\n```")
+    shown = note.split("```\n", 1)[1].splitlines()[:-2]
+    assert shown == table.splitlines()[: len(shown)] and len(shown) > 50
+
+
+def test_a_group_too_large_for_a_dataset_source_is_logged_with_its_counts(session_store):
+    words = [f"word{n:06d}" for n in range(8000)]  # 8000 x ~13 characters: over 64 KB
+    kept = tuple(KeptToken(word, word, n) for n, word in enumerate(words))
+    group = TokenGroup("large", tuple(words), kept, (DroppedWord("x y", ("x", "y"), "2 tokens"),))
+    dataset = group_dataset(group, True).dataset
+    assert json.loads(dataset.source) == {
+        "group": "large",
+        "kept": 8000,
+        "dropped": 1,
+        "words": "groups.json",
+    }
+    assert json.loads(dataset.profile) == {
+        "num_rows": 8000,
+        "words": 8000,
+        "dropped": 1,
+        "held_out": 0,
+    }
+    store = TrackingStore(session_store, "contract-large-group")
+    with tracked_run(store, "large · centered · m", {}) as run:
+        log_groups(run, {"large": group}, "large")
+    [logged] = store.client.get_run(run.run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("large", dataset.digest)
+    small = TokenGroup("small", ("a",), (KeptToken("a", "a", 1),), ())
+    assert json.loads(group_dataset(small, False).dataset.source) == {
+        "group": "small",
+        "kept": ["a"],
+        "dropped": [],
+    }
+
+
+def test_the_printed_ui_command_opens_the_sweeps_view():
+    page = "#/experiments/3/runs?viewStateShareKey=embsvd-s_1"
+    command = mlflow_ui_command("sqlite:////data/mlflow.db", 5001, page=page)
+    first, then = command.split("\n")
+    assert first == mlflow_ui_command("sqlite:////data/mlflow.db", 5001)
+    assert then == f"  then http://127.0.0.1:5001/{page}"
+    server = mlflow_ui_command("http://alice:secret@host:5000/", page=page)
+    assert server == f"http://alice:***@host:5000/{page}"

@@ -3,9 +3,10 @@
 A small sweep (tiny BERT, ``analysis=fast``, 2 targets x centered/raw: one parent run and
 four children) writes a fresh sqlite store; ``mlflow server`` serves it on 127.0.0.1 and
 Debian's ``chromium`` (see tests/browser.py; ``.ci/run`` installs it) opens the pages a
-user would. Every page's screenshot goes to ``$EMBSVD_TEST_ARTIFACTS`` (default
-``test-artifacts/`` in the project). Without chromium the module is skipped, unless
-``EMBSVD_REQUIRE_BROWSER=1`` (CI) makes that a failure.
+user would, the sweep's saved view (the page the sweep prints) among them. Every page's
+screenshot goes to ``$EMBSVD_TEST_ARTIFACTS`` (default ``test-artifacts/`` in the
+project; the saved view's runs table is ``mlflow_runs_table.png``). Without chromium the
+module is skipped, unless ``EMBSVD_REQUIRE_BROWSER=1`` (CI) makes that a failure.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,6 +31,7 @@ from urllib.parse import quote
 import pytest
 from mlflow.tracking import MlflowClient
 
+from embsvd.tracking.contract import Tag
 from tests.browser import Chromium
 from tests.conftest import PROJECT_ROOT, write_tiny_bert
 from tests.test_sweeps import run_sweep, store_uri
@@ -37,7 +40,7 @@ pytestmark = pytest.mark.slow
 
 EXPERIMENT = "embsvd"  # conf/tracking: the sweep's experiment
 TARGETS = ("digits", "eu_countries")
-CHILD_NAMES = [f"tiny_bert/{t}/{c}" for t in TARGETS for c in ("centered", "raw")]
+CHILD_NAMES = [f"{t} · {c} · tiny_bert" for t in TARGETS for c in ("centered", "raw")]
 SERVER_START_TIMEOUT = 120  # seconds; the server takes ~11 s to answer /health here
 PAGE_TIMEOUT = 60  # seconds; the first page load parses MLflow's large JS bundle
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -54,6 +57,7 @@ class Sweep:
     parent_name: str
     sweep_id: str
     run_ids: dict[str, str]  # run name -> run id, for the four children
+    view_page: str  # the sweep's saved view, as the sweep printed it (after the UI's address)
 
 
 @dataclass
@@ -96,6 +100,8 @@ def sweep(
         "analysis.center=true,false",
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    printed = re.search(r"\n  then http://127\.0\.0\.1:5000/(#/experiments/\S+)\n", done.stdout)
+    assert printed, f"the sweep printed no page of its saved view:\n{done.stdout[-3000:]}"
 
     uri = store_uri(root)
     client = MlflowClient(uri)
@@ -110,6 +116,7 @@ def sweep(
         parent_name=parent.info.run_name,
         sweep_id=parent.data.tags["embsvd.sweep_id"],
         run_ids={r.info.run_name: r.info.run_id for r in children},
+        view_page=printed[1],
     )
 
 
@@ -289,8 +296,8 @@ def test_runs_page_filters_a_sweep_by_its_tags(ui, browser, artifacts):
     show_runs(browser, 5, [ui.sweep.parent_name, *CHILD_NAMES])
 
     browser.open(runs_page(ui, "tags.embsvd.target_group = 'digits'"))
-    digits = [n for n in CHILD_NAMES if "/digits/" in n]
-    show_runs(browser, 3, [ui.sweep.parent_name, *digits], absent=("tiny_bert/eu_countries",))
+    digits = [n for n in CHILD_NAMES if n.startswith("digits ")]
+    show_runs(browser, 3, [ui.sweep.parent_name, *digits], absent=("eu_countries ·",))
 
     browser.open(
         runs_page(ui, "tags.embsvd.target_group = 'digits' and tags.embsvd.center = 'true'")
@@ -298,17 +305,17 @@ def test_runs_page_filters_a_sweep_by_its_tags(ui, browser, artifacts):
     show_runs(
         browser,
         2,
-        [ui.sweep.parent_name, "tiny_bert/digits/centered"],
-        absent=("tiny_bert/digits/raw", "tiny_bert/eu_countries"),
+        [ui.sweep.parent_name, "digits · centered · tiny_bert"],
+        absent=("digits · raw · tiny_bert", "eu_countries ·"),
     )
     save_screenshot(browser, artifacts, "mlflow_ui_runs_filtered.png")
 
 
 def test_run_page_shows_the_singular_value_metric(ui, browser, artifacts):
-    run_id = ui.sweep.run_ids["tiny_bert/digits/centered"]
+    run_id = ui.sweep.run_ids["digits · centered · tiny_bert"]
     browser.open(f"{ui.base_url}#/experiments/{ui.sweep.experiment_id}/runs/{run_id}")
     page = browser.wait_for_text(
-        "tiny_bert/digits/centered", "Metrics", "singular_value", timeout=PAGE_TIMEOUT
+        "digits · centered · tiny_bert", "Metrics", "singular_value", timeout=PAGE_TIMEOUT
     )
     assert run_id in page
     scroll_to_text(browser, "singular_value")
@@ -339,3 +346,113 @@ def test_compare_page_plots_singular_value_for_the_four_runs(ui, browser, artifa
         timeout=PAGE_TIMEOUT,
     )
     save_screenshot(browser, artifacts, "mlflow_ui_metric.png")
+
+
+# A name cell's text nodes, and whether each ends inside its cell: a name cut by the column
+# (drawn with an ellipsis) runs past the cell's right edge.
+NAMES_SHOWN = """(() => {
+  const shown = {};
+  for (const cell of document.querySelectorAll('[role=gridcell][col-id="attributes.`Run Name`"]')) {
+    const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+    for (let node; (node = walker.nextNode()); ) {
+      const range = document.createRange();
+      range.selectNodeContents(node);
+      const whole = range.getBoundingClientRect().right <= cell.getBoundingClientRect().right;
+      shown[node.nodeValue.trim()] = whole;
+    }
+  }
+  return shown;
+})()"""
+# The text of every run row's cell in one column, by row id (which ends in the run's id).
+COLUMN_CELLS = """(column => Object.fromEntries(
+  Array.from(document.querySelectorAll('[role=row][row-id]')).flatMap(row => {
+    const cell = row.querySelector(`[role=gridcell][col-id="${column}"]`);
+    return cell ? [[row.getAttribute('row-id'), cell.innerText.trim()]] : [];
+  })))"""
+# MLflow's own state: the assistant's side panel would cover the table in screenshots
+CLOSED_ASSISTANT = (
+    "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+    "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true')"
+)
+
+
+def wait_until(browser: Chromium, check, what: str, timeout: float = PAGE_TIMEOUT):
+    """``check(browser)``'s value once it is truthy (the table draws in steps)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check(browser)):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"after {timeout} s, {what}; the page ends:\n{browser.text()[-3000:]}"
+            )
+        time.sleep(0.25)
+    return value
+
+
+def test_the_page_a_sweep_prints_shows_its_runs_by_name_with_their_key_numbers(
+    ui, browser, artifacts
+):
+    """The sweep's saved view: its runs in one open group (the parent's row cannot be
+    unfolded by a view), every run's whole name on screen, and columns for the datasets,
+    the model and the key numbers, with the stored values."""
+    assert ui.sweep.view_page == (
+        f"#/experiments/{ui.sweep.experiment_id}/runs?viewStateShareKey=embsvd-{ui.sweep.sweep_id}"
+    )
+    browser.open(ui.base_url)
+    browser.evaluate(CLOSED_ASSISTANT)
+    browser.open(ui.base_url + ui.sweep.view_page)
+    browser.wait_for_text(
+        f"embsvd sweep {ui.sweep.sweep_id}",  # the view, named in the Views menu
+        f"Group by: {Tag.SWEEP_ID}",
+        "5 matching runs",
+        *CHILD_NAMES,
+        "Dataset",
+        "model.name",
+        "s1_share",
+        timeout=PAGE_TIMEOUT,
+    )
+    # the names differ within what the column shows: it shows each whole
+    shown = wait_until(
+        browser,
+        lambda b: (s := b.evaluate(NAMES_SHOWN)) and all(n in s for n in CHILD_NAMES) and s,
+        "the runs table does not show every run's name",
+    )
+    assert all(shown[name] for name in CHILD_NAMES), shown
+    assert len(set(CHILD_NAMES)) == 4
+
+    stored = MlflowClient(ui.sweep.store_uri)
+    expected = {
+        run_id: stored.get_run(run_id).data.metrics["s1_share"]
+        for run_id in ui.sweep.run_ids.values()
+    }
+
+    def s1_share_cells(b: Chromium) -> dict[str, str]:
+        cells = b.evaluate(f"{COLUMN_CELLS}({json.dumps('metrics.`s1_share`')})")
+        found = {row[-32:]: text for row, text in cells.items() if row[-32:] in expected}
+        return found if len(found) == len(expected) and all(found.values()) else {}
+
+    cells = wait_until(browser, s1_share_cells, "the s1_share column has no value for a run")
+    assert {run_id: float(text) for run_id, text in cells.items()} == expected
+    models = browser.evaluate(f"{COLUMN_CELLS}({json.dumps('params.`model.name`')})")
+    assert sum(text == "tiny_bert" for text in models.values()) == 4, models
+    # the parent's description is the sweep's table
+    [parent] = stored.search_runs([ui.sweep.experiment_id], f"tags.`{Tag.ROLE}` = 'sweep'")
+    note = parent.data.tags[Tag.NOTE]
+    assert note.startswith(f"**{ui.sweep.parent_name}**: FINISHED\n\n```\nrun ")
+    assert all(re.search(rf"\n{re.escape(n)} +FINISHED ", note) for n in CHILD_NAMES), note
+    datasets = browser.evaluate(f"{COLUMN_CELLS}({json.dumps('attributes.`Dataset`')})")
+    targets = sorted(text.split(" (")[0] for text in datasets.values() if "Target" in text)
+    assert targets == ["digits", "digits", "eu_countries", "eu_countries"], datasets
+    save_screenshot(browser, artifacts, "mlflow_runs_table.png")
+
+    # its chart view opens on the key numbers: the spectrum with its interval in one chart
+    browser.open(f"{ui.base_url}{ui.sweep.view_page}&compareRunsMode=CHART")
+    browser.wait_for_text("Key numbers (embsvd)", "Parallel Coordinates", timeout=PAGE_TIMEOUT)
+    axes = wait_until(  # the parallel coordinates: from what the sweep varied to the numbers
+        browser,
+        lambda b: b.evaluate(
+            "Array.from(document.querySelectorAll('.parcoords text')).map(t => t.textContent)"
+        ),
+        "the parallel-coordinates chart is not drawn",
+    )
+    assert {"target", "analysis.center", "s1_share", "sv_1"} <= set(axes), axes
+    save_screenshot(browser, artifacts, "mlflow_runs_charts.png")

@@ -15,13 +15,18 @@ from embsvd.pipeline.secrets import redact_text
 SERVER_SCHEMES = ("http://", "https://")
 
 
-def mlflow_ui_command(tracking_uri: str, port: int = 5000) -> str:
+def mlflow_ui_command(tracking_uri: str, port: int = 5000, page: str | None = None) -> str:
     """The command that opens the MLflow UI on ``tracking_uri`` (this environment's mlflow),
-    or, for a tracking server, the server's address: it serves its own UI."""
+    or, for a tracking server, the server's address: it serves its own UI.
+
+    With ``page`` (a page of the UI relative to its address, such as a sweep's saved view
+    ``#/experiments/1/runs?viewStateShareKey=embsvd-<sweep id>``): the server's address of
+    that page, or the command and, on the next line, ``then <the page's address>``."""
     if tracking_uri.startswith(SERVER_SCHEMES):
-        return redact_text(tracking_uri)
+        address = redact_text(tracking_uri)
+        return f"{address.rstrip('/')}/{page}" if page else address
     mlflow = Path(sys.prefix) / "bin" / "mlflow"
-    return shlex.join(
+    command = shlex.join(
         [
             str(mlflow),
             "ui",
@@ -33,6 +38,7 @@ def mlflow_ui_command(tracking_uri: str, port: int = 5000) -> str:
             str(port),
         ]
     )
+    return f"{command}\n  then http://127.0.0.1:{port}/{page}" if page else command
 
 
 def figures_command(project: Path, tracking_uri: str, sweep_id: str) -> str:

@@ -9,6 +9,8 @@ docs/contract.md describes every name for a researcher reading runs.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -35,6 +37,9 @@ class Tag(StrEnum):
     MATRIX = "embsvd.matrix"
     REVISION = "embsvd.revision"
     TARGET_GROUP = "embsvd.target_group"
+    # how figures name the model and each configured group (changes no number)
+    MODEL_DISPLAY = "embsvd.model_display"
+    GROUP_DISPLAY = "embsvd.group_display."
     CENTER = "embsvd.center"
     GEOMETRY = "embsvd.geometry"
     NORMALIZE_ROWS = "embsvd.normalize_rows"
@@ -72,6 +77,7 @@ class Tag(StrEnum):
     GLOBAL_VIEW = "embsvd.global_view"
     # what a reader should not miss
     WARNING_INCOMPLETE_GROUPS = "embsvd.warning.incomplete_groups"
+    WARNING_SHORT_GROUP = "embsvd.warning.short_group"
     WARNING_DEGENERATE_AXES = "embsvd.warning.degenerate_axes"
     WARNING_CONFOUNDS = "embsvd.warning.confounds"
     WARNING_N_COMPONENTS = "embsvd.warning.n_components"
@@ -85,9 +91,12 @@ class Tag(StrEnum):
     LAUNCHER = "embsvd.launcher"
     SKIPPED = "embsvd.skipped."
     PARENT_RUN_ID = "mlflow.parentRunId"
-    # MLflow's own: the run name as a tag, and the experiment's kind (an experiment tag)
+    # MLflow's own: the run name as a tag, the run's description (the UI shows it as
+    # Markdown), and on the experiment its kind and the runs table's saved views
     RUN_NAME = "mlflow.runName"
+    NOTE = "mlflow.note.content"
     EXPERIMENT_KIND = "mlflow.experimentKind"
+    SAVED_VIEW = "mlflow.sharedViewState."
 
     @property
     def is_prefix(self) -> bool:
@@ -100,6 +109,11 @@ SWEEP_ROLE = "sweep"  # Tag.ROLE of a sweep's parent run
 def env_tag(library: str) -> str:
     """``embsvd.env.<library>``: the version of a library the run used."""
     return f"{Tag.ENV}{library}"
+
+
+def group_display_tag(group: str) -> str:
+    """``embsvd.group_display.<group>``: how figures name a group of the run."""
+    return f"{Tag.GROUP_DISPLAY}{group}"
 
 
 def skipped_tag(job_num: int | str) -> str:
@@ -119,21 +133,34 @@ def skipped_jobs(tags: Mapping[str, str]) -> dict[int, str]:
 # --- the run name ----------------------------------------------------------------------------
 
 CENTERED, RAW = "centered", "raw"
-UNIT_ROWS = "unit_rows"
+UNIT_ROWS = "unit_rows"  # in a variant (``centered+unit_rows``) and in older run names
+UNIT_ROWS_WORDS = "unit rows"  # in a run name
 EUCLIDEAN = "euclidean"  # the geometry a run name leaves out
-RUN_NAME_FORM = "<model>/<target group>/<centered|raw>[+unit_rows][+<geometry>]"
+DEFAULT_REVISION = "main"  # the Hub revision a model label leaves out
+SEPARATOR = " · "
+RUN_NAME_FORM = "<target group> · <centered|raw>[ · unit rows][ · <geometry>] · <model>"
+# how embsvd named runs before: still read (``parse_run_name``), no longer written
+OLD_RUN_NAME_FORM = "<model>/<target group>/<centered|raw>[+unit_rows][+<geometry>]"
 
 
 def model_label(name: str, revision: str | None = None, matrix: str = "input") -> str:
     """The run name's model part: ``<name>[@<revision>][:<matrix>]``, with the revision of
-    a Hub checkpoint and the matrix when it is not the input embedding. It may hold any
-    character, ``/`` included: the parser takes everything before the name's last two ``/``."""
+    a Hub checkpoint (not ``main``, the default) and the matrix when it is not the input
+    embedding. It may hold any character."""
     label = name
-    if revision:
+    if revision and revision != DEFAULT_REVISION:
         label += f"@{revision}"
     if matrix != "input":
         label += f":{matrix}"
     return label
+
+
+def tagged_model_label(tags: Mapping[str, str]) -> str | None:
+    """``model_label`` of a run's tags (model, revision, matrix); ``None`` without the
+    model's tag."""
+    if Tag.MODEL not in tags:
+        return None
+    return model_label(tags[Tag.MODEL], tags.get(Tag.REVISION), tags.get(Tag.MATRIX, "input"))
 
 
 def run_name(
@@ -144,28 +171,31 @@ def run_name(
     normalize_rows: bool = False,
     geometry: str = EUCLIDEAN,
 ) -> str:
-    """``<model>/<target group>/<centered|raw>[+unit_rows][+<geometry>]``, the geometry
-    left out when euclidean (``gpt2/digits/centered+unit_rows+whitened``).
+    """``<target group> · <centered|raw>[ · unit rows][ · <geometry>] · <model>``, the
+    geometry left out when euclidean (``digits · centered · gpt2``,
+    ``digits · raw · unit rows · whitened · gpt2``). What tells a sweep's runs apart comes
+    first: the MLflow UI's runs table shows a name's first 15 or so characters, and the
+    model has a column of its own (the param ``model.name``, the tag ``embsvd.model``).
 
-    ``%`` and ``/`` in the target (and ``+`` in the geometry) are percent-escaped, so that
-    ``parse_run_name`` gives these arguments back exactly; names made of ordinary
-    characters are left as they are.
+    ``%`` and ``·`` in the target, the geometry and the model are percent-escaped
+    (``%25``, ``%B7``), so that ``parse_run_name`` gives these arguments back exactly;
+    names made of ordinary characters are left as they are.
 
     Raises:
-        ValueError: ``geometry`` is empty or ``unit_rows``, which the name could not tell
+        ValueError: ``geometry`` is empty or ``unit rows``, which the name could not tell
             apart from another variant.
     """
-    if geometry in ("", UNIT_ROWS):
+    if geometry in ("", UNIT_ROWS, UNIT_ROWS_WORDS):
         raise ValueError(f"geometry: {geometry!r} cannot be told apart in a run name")
-    variant = CENTERED if center else RAW
-    variant += f"+{UNIT_ROWS}" if normalize_rows else ""
-    variant += f"+{_escape(geometry, '/+')}" if geometry != EUCLIDEAN else ""
-    return f"{model}/{_escape(target, '/')}/{variant}"
+    parts = [_escape(target, "·"), CENTERED if center else RAW]
+    parts += [UNIT_ROWS_WORDS] if normalize_rows else []
+    parts += [_escape(geometry, "·")] if geometry != EUCLIDEAN else []
+    return SEPARATOR.join([*parts, _escape(model, "·")])
 
 
 @dataclass(frozen=True)
 class RunName:
-    """A run name taken apart; ``str()`` puts it back together."""
+    """What a run analysed, as its name says it; ``str()`` is the run name."""
 
     model: str  # the model label, ``<name>[@<revision>][:<matrix>]``
     target: str
@@ -184,33 +214,63 @@ class RunName:
 
     @property
     def variant(self) -> str:
-        """The name's last part: ``centered`` or ``raw``, with ``+unit_rows`` and
-        ``+<geometry>`` where they apply."""
-        return str(self).rsplit("/", 1)[1]
+        """How the target was decomposed, as figures and their tables name it:
+        ``centered`` or ``raw``, with ``+unit_rows`` and ``+<geometry>`` where they apply
+        (``centered+unit_rows+whitened``)."""
+        return (CENTERED if self.center else RAW) + self.space
 
     @property
     def space(self) -> str:
         """The geometry group means live in (centering does not move them): the variant
         without ``centered``/``raw``, e.g. ``+whitened``, or ``""``."""
-        return self.variant.removeprefix(CENTERED if self.center else RAW)
+        space = f"+{UNIT_ROWS}" if self.normalize_rows else ""
+        return space + (f"+{_escape(self.geometry, '/+')}" if self.geometry != EUCLIDEAN else "")
 
 
 def parse_run_name(name: str) -> RunName:
-    """The inverse of ``run_name``.
+    """The inverse of ``run_name``; names of the older form ``OLD_RUN_NAME_FORM``
+    (``gpt2/digits/centered+unit_rows``) are read too.
 
     Raises:
-        ValueError: ``name`` is not of the form ``RUN_NAME_FORM``.
+        ValueError: ``name`` is of neither form.
     """
-    expected = f"run name {name!r}: expected {RUN_NAME_FORM}"
+    parsed = _parse_name(name) or _parse_old_name(name)
+    if parsed is None:
+        raise ValueError(
+            f"run name {name!r}: expected {RUN_NAME_FORM} (or, as older embsvd wrote it, "
+            f"{OLD_RUN_NAME_FORM})"
+        )
+    return parsed
+
+
+def _parse_name(name: str) -> RunName | None:
+    parts = name.split(SEPARATOR)
+    if len(parts) < 3 or parts[1] not in (CENTERED, RAW):
+        return None
+    target, centering, *options, model = parts
+    normalize_rows = options[:1] == [UNIT_ROWS_WORDS]
+    geometry = options[1:] if normalize_rows else options
+    if len(geometry) > 1 or geometry in ([""], [EUCLIDEAN], [UNIT_ROWS_WORDS]):
+        return None
+    return RunName(
+        model=_unescape(model),
+        target=_unescape(target),
+        center=centering == CENTERED,
+        normalize_rows=normalize_rows,
+        geometry=_unescape(geometry[0]) if geometry else EUCLIDEAN,
+    )
+
+
+def _parse_old_name(name: str) -> RunName | None:
     parts = name.rsplit("/", 2)
     if len(parts) != 3:
-        raise ValueError(expected)
+        return None
     model, target, variant = parts
     centering, *suffixes = variant.split("+")
     normalize_rows = suffixes[:1] == [UNIT_ROWS]
     geometry = suffixes[1:] if normalize_rows else suffixes
     if centering not in (CENTERED, RAW) or len(geometry) > 1 or geometry in ([""], [EUCLIDEAN]):
-        raise ValueError(expected)
+        return None
     return RunName(
         model=model,
         target=_unescape(target),
@@ -290,6 +350,19 @@ def check_plain_name(key: str, name: str) -> str:
 N_TOKENS = "n_tokens"  # the target group's size, logged with groups.json
 NULL_COMPARISON_FIELDS = ("mean", "sd", "percentile", "p_value")  # of each null test, beside p_holm
 SWEEP_STATUSES = ("FINISHED", "FAILED", "KILLED")  # counted on a sweep's parent
+# The key numbers, logged once each (no step series) with axes counted from 1: a runs
+# table shows a series' last step (the centered spectrum's ~1e-16), and the MLflow UI's
+# compare page plots the first metric every run logged. A run writes these first.
+KEY_COMPONENTS = 3  # sv_<k>, evr_<k>, sv_<k>_lo/hi, stability/axis_cos_<k> for k = 1..3
+S1_SHARE = "s1_share"
+KEY_METRICS = (
+    S1_SHARE,
+    "null/s1_share/percentile",
+    *(f"sv_{k}" for k in range(1, KEY_COMPONENTS + 1)),
+    *(f"evr_{k}" for k in range(1, KEY_COMPONENTS + 1)),
+    *(f"stability/axis_cos_{k}" for k in range(1, KEY_COMPONENTS + 1)),
+    "confound/spearman_norm",
+)
 
 
 def pair_metric(prefix: str, group_a: str, group_b: str) -> str:
@@ -310,16 +383,24 @@ def null_metric(test: str, field: str) -> str:
     return f"null/{test}/{field}"
 
 
+def key_metric_rank(key: str) -> int:
+    """Where a metric goes in the order a run writes them: the ``KEY_METRICS`` in their
+    order, then every other (``len(KEY_METRICS)``; a stable sort keeps their order)."""
+    return KEY_METRICS.index(key) if key in KEY_METRICS else len(KEY_METRICS)
+
+
 def result_metrics(result: AnalysisResult) -> list[Metric]:
     """The analysis' own metrics (all of the contract's but ``n_tokens`` and the checks')."""
     svd = result.svd
-    metrics = _series("singular_value", svd.singular_values)
+    metrics = _numbered("sv", svd.singular_values)
+    metrics += _numbered("evr", svd.explained_variance_ratio)
+    metrics += _series("singular_value", svd.singular_values)
     metrics += _series("explained_variance_ratio", svd.explained_variance_ratio)
     S = svd.singular_values
     # the spectrum's shape in numbers: ~0 last value when centered, a towering first when raw
     metrics += [("singular_value_last_over_first", S[-1] / S[0], 0)]
     metrics += [("singular_value_first_over_second", S[0] / S[1], 0)]
-    metrics += [("s1_share", svd.explained_variance_ratio[0], 0)]
+    metrics += [(S1_SHARE, svd.explained_variance_ratio[0], 0)]
     metrics += [("effective_rank", effective_rank(S), 0)]
     pairwise = {mean_corr_key(variant): stat for variant, stat in result.mean_corr.items()}
     pairwise |= {"group_mean_cos": result.group_mean_cos, "axis_corr": result.axis_corr}
@@ -341,6 +422,7 @@ def checks_metrics(checks: ChecksResult) -> list[Metric]:
     if (stability := checks.stability) is not None:
         metrics += _series("stability/axis_cos", stability.axis_cos)
         metrics += [("stability/axis0_cos", stability.axis_cos[0], 0)]
+        metrics += _numbered("stability/axis_cos", stability.axis_cos)
         metrics += _series("stability/loo_axis_cos_min", stability.loo_axis_cos_min)
         metrics += _series("stability/eigengap_ratio", stability.eigengap_ratio)
         metrics += [("stability/n_degenerate", int(stability.degenerate.sum()), 0)]
@@ -348,6 +430,8 @@ def checks_metrics(checks: ChecksResult) -> list[Metric]:
         metrics += [("stability/n_resamples", stability.n_resamples, 0)]
         metrics += _series("interval/singular_value_lo", stability.singular_value_lo)
         metrics += _series("interval/singular_value_hi", stability.singular_value_hi)
+        metrics += _numbered("sv", stability.singular_value_lo, "_lo")
+        metrics += _numbered("sv", stability.singular_value_hi, "_hi")
     if (heldout := checks.heldout) is not None:
         for variant, prefix in (("leave_one_out", "heldout/"), ("remainder", "heldout/remainder_")):
             median = heldout.subspace_rank_pct_median(variant)
@@ -404,6 +488,14 @@ def _series(key: str, values: Sequence[float]) -> list[Metric]:
     return [(key, float(v), step) for step, v in enumerate(values)]
 
 
+def _numbered(prefix: str, values: Sequence[float], suffix: str = "") -> list[Metric]:
+    """``<prefix>_<k><suffix>`` for the first ``KEY_COMPONENTS`` values, k from 1."""
+    return [
+        (f"{prefix}_{k}{suffix}", float(v), 0)
+        for k, v in enumerate(values[:KEY_COMPONENTS], start=1)
+    ]
+
+
 def _comparison(test: str, comparison: NullComparison) -> list[Metric]:
     return [
         (null_metric(test, field), getattr(comparison, field), 0)
@@ -415,9 +507,7 @@ def result_tags(result: AnalysisResult, checks: ChecksResult) -> dict[str, str]:
     """Tags a runs table shows: the first axis' ends, and the checks' warnings."""
     first_axis = [t for t in result.top_tokens if t.component == 0]
     tags = {
-        key: " ".join(
-            t.token for t in first_axis if t.side == side and t.rank <= TOP_TOKENS_IN_TAGS
-        )
+        key: " ".join(t.text for t in first_axis if t.side == side and t.rank <= TOP_TOKENS_IN_TAGS)
         for key, side in ((Tag.AXIS0_TOP, "top"), (Tag.AXIS0_BOTTOM, "bottom"))
     }
     tags[Tag.RANDOM_STATE] = str(checks.random_state)
@@ -446,6 +536,52 @@ def result_tags(result: AnalysisResult, checks: ChecksResult) -> dict[str, str]:
     return tags
 
 
+def run_note(
+    name: str, result: AnalysisResult, checks: ChecksResult, tags: Mapping[str, str]
+) -> str:
+    """The run's description (``mlflow.note.content``: Markdown on the run's page, and the
+    runs table's Description column): the target and its kept words, then one line each
+    for the first axis' share with its null percentile, the group-mean r with the other
+    groups, the first axis' stability and ends, and the warnings among ``tags``."""
+    words = result.target_words
+    lines = [f"**{name}**: {len(words)} words kept, `{' '.join(words)}`", ""]
+    share = (
+        f"- s1 share (axis 1's share of the spectrum) {result.svd.explained_variance_ratio[0]:.3f}"
+    )
+    if (null := checks.null) is not None:
+        share += (
+            f", null percentile {null.s1_share.percentile:.1f} of {null.n_null} matched random "
+            f"groups (Holm p {null.p_holm['s1_share']:.3g})"
+        )
+    lines.append(share)
+    tests = checks.null.tests() if checks.null is not None else {}
+    for variant, stat in result.mean_corr.items():
+        found = []
+        for a, b, value in stat.pairs():
+            if result.target in (a, b):
+                comparison = tests.get(pair_metric(mean_corr_key(variant), a, b))
+                pct = f" (null pct {comparison.percentile:.0f})" if comparison else ""
+                found.append(f"{b if a == result.target else a} {value:+.3f}{pct}")
+        if found:
+            lines.append(f"- group-mean r {variant}: {', '.join(found)}")
+    if (stability := checks.stability) is not None:
+        lines.append(
+            f"- axis 1 stability {stability.axis_cos[0]:.2f} (mean |cos| with the axis of "
+            f"{stability.n_resamples} jackknife subsets)"
+        )
+    if Tag.AXIS0_TOP in tags:
+        lines.append(
+            f"- axis 1 ends: top `{tags[Tag.AXIS0_TOP]}`, bottom `{tags.get(Tag.AXIS0_BOTTOM, '')}`"
+        )
+    warning = "embsvd.warning."
+    lines += [
+        f"- warning {key.removeprefix(warning)}: {value}"
+        for key, value in sorted(tags.items())
+        if key.startswith(warning)
+    ]
+    return "\n".join(lines)
+
+
 # --- reading runs back: what figures and tables are drawn from ------------------------------
 
 # step series that tools reading a sweep back use (the tables: artifacts.TABLES_READ)
@@ -457,14 +593,26 @@ SERIES_READ = (
 )
 
 
+_BOOLEANS = {"true": True, "false": False}
+_PART_TAGS = {
+    "model": Tag.MODEL,
+    "target": Tag.TARGET_GROUP,
+    "center": Tag.CENTER,
+    "normalize_rows": Tag.NORMALIZE_ROWS,
+    "geometry": Tag.GEOMETRY,
+}
+
+
 @dataclass(frozen=True)
 class LoggedRun:
     """A FINISHED run as read back from a tracking store.
 
     ``series`` holds the step series of ``SERIES_READ`` that the run logged (ordered by
     step), ``tables`` the CSV artifacts of ``artifacts.TABLES_READ`` it logged, as rows
-    of strings. The name must be a ``run_name``: a run that is not is refused here, when
-    it is read, rather than drawn under a wrong label.
+    of strings. What the run analysed (``parts``) is read from its tags; a run that lacks
+    one of them (older embsvd, a hand-made record) is read from its name instead, and a
+    run whose tags and name do not say is refused here, when it is read, rather than
+    drawn under a wrong label.
     """
 
     run_id: str
@@ -476,32 +624,58 @@ class LoggedRun:
     tables: Mapping[str, tuple[Mapping[str, str], ...]]
 
     def __post_init__(self) -> None:
-        parse_run_name(self.name)
+        self.parts  # noqa: B018 (refused now, not when a figure first asks)
 
-    @property
-    def name_parts(self) -> RunName:
-        return parse_run_name(self.name)
+    @functools.cached_property
+    def parts(self) -> RunName:
+        """The model label, target, centering, unit rows and geometry: from the tags
+        (``embsvd.model``, ``.revision``, ``.matrix``, ``.target_group``, ``.center``,
+        ``.normalize_rows``, ``.geometry``), each one missing from the run name.
+
+        Raises:
+            ValueError: a part is neither tagged nor in a name ``parse_run_name`` reads.
+        """
+        tags = self.tags
+        tagged = {
+            "model": tagged_model_label(tags),
+            "target": tags.get(Tag.TARGET_GROUP),
+            "center": _BOOLEANS.get(tags.get(Tag.CENTER, "")),
+            "normalize_rows": _BOOLEANS.get(tags.get(Tag.NORMALIZE_ROWS, "")),
+            "geometry": tags.get(Tag.GEOMETRY) or None,
+        }
+        missing = [part for part, value in tagged.items() if value is None]
+        if not missing:
+            return RunName(**tagged)
+        try:
+            named = parse_run_name(self.name)
+        except ValueError as error:
+            raise ValueError(
+                f"run {self.run_id}: its tags do not say its {', '.join(missing)} "
+                f"(tags {', '.join(_PART_TAGS[p] for p in missing)}) and its name does not "
+                f"either: {error}"
+            ) from None
+        return dataclasses.replace(named, **{p: v for p, v in tagged.items() if v is not None})
 
     @property
     def model_label(self) -> str:
-        """The run name's model part: ``<model>[@<revision>][:output]``."""
-        return self.name_parts.model
+        """The model label: ``<model>[@<revision>][:output]``."""
+        return self.parts.model
 
     @property
     def target(self) -> str:
-        return self.name_parts.target
+        return self.parts.target
 
     @property
     def variant(self) -> str:
-        """The run name's last part: ``centered`` or ``raw``, with ``+unit_rows`` and
-        ``+whitened`` where they apply."""
-        return self.name_parts.variant
+        """``centered`` or ``raw``, with ``+unit_rows`` and ``+whitened`` where they
+        apply."""
+        return self.parts.variant
 
     @property
     def space(self) -> str:
         """The geometry the group means live in (centering does not change them): the
         variant without ``centered``/``raw``, e.g. ``+whitened``, or ``""``."""
-        return self.name_parts.space
+        return self.parts.space
 
     def table(self, file: str) -> tuple[Mapping[str, str], ...]:
         """The rows of a CSV artifact; empty when the run did not log it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -15,9 +16,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import (
+    MAX_DATASET_SOURCE_SIZE,
     MAX_PARAM_VAL_LENGTH,
     MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH,
@@ -64,11 +67,16 @@ class RunLogger:
             self.client.log_batch(self.run_id, params=chunk)
 
     def log_metrics(self, metrics: Sequence[tuple[str, float, int]]) -> None:
-        """``(key, value, step)`` triples."""
+        """``(key, value, step)`` triples; :meth:`flush` writes the contract's key numbers
+        first."""
         now = int(time.time() * 1000)
         self._metrics += [Metric(key, float(value), now, step) for key, value, step in metrics]
         if not self.buffered:
             self.flush()
+
+    def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
+        """Dataset inputs (the UI's Dataset column), written at once as params are."""
+        self.client.log_inputs(self.run_id, datasets=list(datasets))
 
     def log_folder(self, folder: Path, artifact_path: str | None = None) -> None:
         if not self.buffered:
@@ -97,8 +105,11 @@ class RunLogger:
     def flush(self) -> None:
         """Write what is buffered: tags and metrics in as few batches as the limits allow
         (at most 100 tags and 1000 items a batch), artifacts in one upload. What a failed
-        write did not store stays buffered (``unwritten``)."""
+        write did not store stays buffered (``unwritten``). The contract's key numbers go
+        first (``contract.key_metric_rank``): MLflow lists a run's metrics in the order
+        they were written, and its compare page plots the first."""
         tags, metrics, staging = self.unwritten
+        metrics.sort(key=lambda m: contract.key_metric_rank(m.key))  # stable
         recovery.write_batches(self.client, self.run_id, tags, metrics)
         self._tags, self._metrics = {}, []
         if staging is not None:
@@ -321,16 +332,62 @@ def deferred_signals() -> Iterator[None]:
 
 
 def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) -> None:
-    """``groups.json`` and the ``n_tokens`` metric (size of the target group)."""
+    """``groups.json``, the ``n_tokens`` metric (size of the target group), and every group
+    as a dataset input (``group_dataset``), the target first."""
     payload = {name: group.to_dict() for name, group in groups.items()}
     run.log_text(json.dumps(payload, indent=2, ensure_ascii=False), "groups.json")
     run.log_metrics([(contract.N_TOKENS, len(groups[target].kept), 0)])
+    ordered = [groups[target], *(g for name, g in groups.items() if name != target)]
+    run.log_inputs([group_dataset(group, group.name == target) for group in ordered])
+
+
+TARGET_CONTEXT, GROUP_CONTEXT = "target", "group"  # a group input's mlflow.data.context
+GROUP_SOURCE_TYPE = "embsvd_group"
+# the columns of a group's kept tokens (groups.json), in MLflow's schema format
+GROUP_SCHEMA = [
+    {"type": "string", "name": "word", "required": True},
+    {"type": "string", "name": "token", "required": True},
+    {"type": "long", "name": "token_id", "required": True},
+    {"type": "string", "name": "form", "required": True},
+]
+
+
+def group_dataset(group: TokenGroup, is_target: bool) -> DatasetInput:
+    """A token group as an MLflow dataset input: named by the group, its digest a hash of
+    its kept words and their token ids (the same words on another tokenizer, or another
+    choice of words, make another digest), its profile the counts and its source the kept
+    and dropped words (their counts, for a group too large for MLflow's source field: the
+    words are in ``groups.json``); the input's ``mlflow.data.context`` is ``target`` or
+    ``group``."""
+    kept = [[k.word, k.token_id] for k in group.kept]
+    digest = hashlib.sha256(json.dumps([group.name, kept]).encode()).hexdigest()[:8]
+    words = {"kept": [k.word for k in group.kept], "dropped": [d.word for d in group.dropped]}
+    source = json.dumps({"group": group.name, **words}, ensure_ascii=False)
+    if len(source.encode()) > MAX_DATASET_SOURCE_SIZE:
+        counts = {key: len(value) for key, value in words.items()}
+        source = json.dumps({"group": group.name, **counts, "words": "groups.json"})
+    profile = {"num_rows": len(group.kept), "words": len(group.words)}
+    profile |= {"dropped": len(group.dropped), "held_out": len(group.held_out)}
+    dataset = Dataset(
+        name=group.name,
+        digest=digest,
+        source_type=GROUP_SOURCE_TYPE,
+        source=source,
+        schema=json.dumps({"mlflow_colspec": GROUP_SCHEMA}),
+        profile=json.dumps(profile),
+    )
+    context = TARGET_CONTEXT if is_target else GROUP_CONTEXT
+    return DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
 def log_result(run: RunLogger, result: AnalysisResult, checks: ChecksResult) -> None:
     """The contract's metrics, tags and CSV tables of one analysis and its checks."""
     run.log_metrics(contract.result_metrics(result) + contract.checks_metrics(checks))
-    run.set_tags(contract.result_tags(result, checks))
+    tags = contract.result_tags(result, checks)
+    run.set_tags(tags)
+    earlier = {tag.key: tag.value for tag in run.unwritten[0]}  # the warnings set before
+    note = contract.run_note(run.run_name, result, checks, {**earlier, **tags})
+    run.set_tags({Tag.NOTE: note})
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         artifacts.write_tables(result, checks, folder)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
+import time
 import traceback
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from mlflow.entities import RunStatus
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from embsvd.tracking import contract, recovery
 from embsvd.tracking.artifacts import COLUMNS, Table
@@ -26,6 +30,9 @@ class SweepOutcome:
     status: str
     children: list[RunRecord]
     skipped: dict[str, str]  # job number -> the FINISHED run with the same config
+    # the sweep's saved view in the MLflow UI, relative to the UI's address
+    # (``#/experiments/<id>/runs?viewStateShareKey=<view>``); None where none was saved
+    view_page: str | None = None
 
     def with_status(self, status: str) -> list[RunRecord]:
         return [c for c in self.children if c.status == status]
@@ -42,7 +49,9 @@ def finish_sweep(
     KILLED when the sweep was interrupted or any child was killed, FAILED when any child
     failed or the sweep did not complete (it raised before every job reported), else
     FINISHED. It logs ``children.csv``, the children's table as ``sweep_summary.txt`` and
-    counts, and is closed by ``close_run`` (kept pending when the store refuses).
+    as its description (``sweep_note``) and counts, and is closed by ``close_run`` (kept
+    pending when the store refuses). The experiment gets the sweep's saved view of the
+    runs table (``save_sweep_view``; best effort).
 
     Raises:
         FinalWriteError: the parent's final write failed (its results are kept pending).
@@ -59,15 +68,35 @@ def finish_sweep(
         status = "FAILED"
     else:
         status = "FINISHED"
-    outcome = SweepOutcome(status, children, skipped)
+    view_page = save_sweep_view(store, parent.data.tags.get(Tag.SWEEP_ID), children)
+    outcome = SweepOutcome(status, children, skipped, view_page)
     logger = RunLogger(store.client, parent_run_id, buffered=True, run_name=parent.info.run_name)
     if status == "FAILED" and "FAILED" not in statuses:
         logger.set_tags({Tag.ERROR: "the sweep stopped before its jobs reported"})
     logger.log_metrics(contract.sweep_metrics(statuses, len(skipped)))
     logger.log_text(_children_csv(children), Table.CHILDREN)
-    logger.log_text(format_sweep_table(children) + "\n", "sweep_summary.txt")
+    table = format_sweep_table(children)
+    logger.log_text(table + "\n", "sweep_summary.txt")
+    logger.set_tags({Tag.NOTE: sweep_note(parent.info.run_name, status, table)})
     close_run(store, logger, status)
     return outcome
+
+
+def sweep_note(name: str, status: str, table: str) -> str:
+    """A sweep parent's description (``mlflow.note.content``, Markdown): its name and
+    status, and the children's table as a code block; a table longer than a tag holds is
+    cut at a line, saying so (``sweep_summary.txt`` keeps it whole)."""
+    head = f"**{name}**: {status}\n\n```\n"
+    tail = "\n```"
+    lines = table.splitlines()
+    for kept in range(len(lines), -1, -1):
+        cut = (
+            "" if kept == len(lines) else f"\n... {len(lines) - kept} more lines: sweep_summary.txt"
+        )
+        note = head + "\n".join(lines[:kept]) + cut + tail
+        if len(note) <= MAX_TAG_VAL_LENGTH:
+            return note
+    return head + tail
 
 
 def close_running_children(store: TrackingStore, parent_run_id: str, reason: str) -> None:
@@ -123,17 +152,18 @@ def _children_csv(children: list[RunRecord]) -> str:
 def format_sweep_table(runs: list[RunRecord]) -> str:
     """One line per run: status, group-mean r of the target with each other group, raw
     and centered on the vocabulary's mean (each with its percentile in the matched null),
-    last/first singular value, the jackknife stability of axis 0 (mean |cos|), and the
-    first axis' top 5 tokens at each end."""
+    last/first singular value, the jackknife stability of the first axis (mean |cos|), and
+    its top 5 tokens at each end as people read them (the tags hold their display text).
+    Axes are numbered from 1 here, for people: axis 1 is component 0 of the tables."""
     header = [
         "run",
         "status",
         "group-mean r raw (null pct)",
         "r centered (null pct)",
         "s_last/s_first",
-        "axis 0 stability",
-        "axis 0 top",
-        "axis 0 bottom",
+        "axis 1 stability",
+        "axis 1 top",
+        "axis 1 bottom",
     ]
     rows = [header] + [_row(run) for run in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -172,3 +202,199 @@ def _row(run: RunRecord) -> list[str]:
         run.tags.get(Tag.AXIS0_TOP, "-"),
         run.tags.get(Tag.AXIS0_BOTTOM, "-"),
     ]
+
+
+# --- the sweep's saved view in the MLflow UI ------------------------------------------------
+
+VIEW_PREFIX = "embsvd-"  # the saved views embsvd writes: Tag.SAVED_VIEW + VIEW_PREFIX + sweep id
+VIEWS_KEPT = 20  # the most recent sweeps' views kept (the UI saves at most 40 per experiment)
+RUN_NAME_WIDTH = 320  # pixels: names such as "eu_countries · centered · all_minilm_l6_v2"
+# the runs table's columns (MLflow's canonical keys): what a sweep's runs are compared on
+VIEW_PARAMS = ("model.name",)
+VIEW_METRICS = (
+    contract.S1_SHARE,
+    "null/s1_share/percentile",
+    "sv_1",
+    "sv_2",
+    "sv_3",
+    "stability/axis_cos_1",
+    "confound/spearman_norm",
+)
+VIEW_PAIR_PREFIXES = ("group_mean_corr_centered",)  # with their null percentile
+VIEW_MAX_PAIRS = 3
+VIEW_TAGS = (Tag.AXIS0_TOP, Tag.AXIS0_BOTTOM)
+
+
+def column_key(kind: str, name: str) -> str:
+    """A runs-table column as the MLflow UI names it: ``metrics.`s1_share```."""
+    return f"{kind}.`{name}`"
+
+
+RUN_NAME_COLUMN = column_key("attributes", "Run Name")
+DATASET_COLUMN = column_key("attributes", "Dataset")
+
+
+def sweep_view_state(sweep_id: str, children: list[RunRecord]) -> dict:
+    """What the MLflow UI shows for the sweep's saved view, in the keys of the UI's own
+    view state. The runs table: the sweep's runs (its parent and children, oldest first,
+    in one open group), the run name column wide enough for embsvd's names, and columns
+    for the groups (Dataset), the model, the key numbers the children logged
+    (``VIEW_METRICS``, the centered group-mean r of up to ``VIEW_MAX_PAIRS`` pairs and
+    their null percentiles) and the first axis' ends. The chart view (``view_charts``)
+    opens on a section of the key numbers: the spectrum with its jackknife interval in
+    one chart, a parallel-coordinates chart from the settings that differ to the key
+    numbers, and ``s1_share``; MLflow adds a chart for every other metric below it."""
+    logged = set().union(*(child.metrics for child in children)) if children else set()
+    pairs = sorted(
+        key
+        for key in logged
+        if any(contract.split_pair_metric(key, prefix) for prefix in VIEW_PAIR_PREFIXES)
+    )[:VIEW_MAX_PAIRS]
+    metrics = [key for key in VIEW_METRICS if key in logged]
+    for pair in pairs:
+        metrics += [pair, *[k for k in [contract.null_metric(pair, "percentile")] if k in logged]]
+    columns = [DATASET_COLUMN]
+    columns += [column_key("params", name) for name in VIEW_PARAMS]
+    columns += [column_key("metrics", key) for key in metrics]
+    columns += [column_key("tags", str(tag)) for tag in VIEW_TAGS]
+    return {
+        "searchFilter": f"tags.`{Tag.SWEEP_ID}` = '{sweep_id}'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": True,
+        "selectedColumns": columns,
+        "columnOrder": [RUN_NAME_COLUMN, *columns],
+        "columnWidths": {RUN_NAME_COLUMN: RUN_NAME_WIDTH},
+        # one group of the sweep's runs, open: a view cannot open the parent's row, and
+        # its children would stay folded under it
+        "groupBy": {
+            "aggregateFunction": "average",
+            "groupByKeys": [{"mode": "tag", "groupByData": str(Tag.SWEEP_ID)}],
+        },
+        "useGroupedValuesInCharts": False,  # charts draw each run, not the group's mean
+        "runsHiddenMode": "SHOW_ALL",  # every run in the charts, not the first 10
+        **view_charts(children, logged, metrics),
+    }
+
+
+KEY_SECTION = "embsvd-key-numbers"
+# settings a sweep varies, in the order a parallel-coordinates chart shows them
+VARIED_PARAMS = (
+    "model.name",
+    "model.revision",
+    "model.matrix",
+    "target",
+    "analysis.center",
+    "analysis.normalize_rows",
+    "analysis.geometry",
+)
+PARALLEL_METRICS = (
+    contract.S1_SHARE,
+    "null/s1_share/percentile",
+    "sv_1",
+    "stability/axis_cos_1",
+    "confound/spearman_norm",
+)
+SPECTRUM_SERIES = ("singular_value", "interval/singular_value_lo", "interval/singular_value_hi")
+
+
+def view_charts(children: list[RunRecord], logged: set[str], metrics: list[str]) -> dict:
+    """The chart view's first section, ``Key numbers (embsvd)``, in the UI's chart state
+    (``compareRunSections``, ``compareRunCharts``): the charts of ``logged`` metrics only."""
+    shown = len(children) + 1  # every run of the sweep, its parent too
+    base = {"runsCountToCompare": max(10, shown), "metricSectionId": KEY_SECTION}
+    base |= {"deleted": False, "isGenerated": False}
+    charts = []
+    series = [key for key in SPECTRUM_SERIES if key in logged]
+    if series:
+        charts.append(
+            {
+                **base,
+                "uuid": "embsvd-spectrum",
+                "type": "LINE",
+                "metricKey": series[0],
+                "selectedMetricKeys": series,
+                "lineSmoothness": 0,
+                "xAxisScaleType": "linear",
+                "scaleType": "linear",
+                "range": {},
+                "xAxisKey": "step",  # = component
+                "selectedXAxisMetricKey": "",
+                "yAxisKey": "metric",
+                "yAxisExpressions": [],
+                "ignoreOutliers": False,
+                "useGlobalXaxisKey": False,
+                "useGlobalLineSmoothing": False,
+            }
+        )
+    varied = [
+        name for name in VARIED_PARAMS if len({child.params.get(name) for child in children}) > 1
+    ] or ["target"]
+    scalars = [key for key in PARALLEL_METRICS if key in logged]
+    scalars += [key for key in metrics if key.startswith(VIEW_PAIR_PREFIXES)][:1]
+    if scalars:
+        charts.append(
+            {
+                **base,
+                "uuid": "embsvd-parallel",
+                "type": "PARALLEL",
+                "selectedParams": varied,
+                "selectedMetrics": scalars,
+                "showAllRuns": True,
+            }
+        )
+    if contract.S1_SHARE in logged:
+        charts.append(
+            {**base, "uuid": "embsvd-s1-share", "type": "BAR", "metricKey": contract.S1_SHARE}
+        )
+    section = {"uuid": KEY_SECTION, "name": "Key numbers (embsvd)", "display": True}
+    section |= {"isReordered": False, "deleted": False, "isGenerated": False}
+    # reordered: the UI keeps this section first and adds its own sections after it
+    return {
+        "compareRunSections": [section],
+        "compareRunCharts": charts,
+        "isAccordionReordered": True,
+    }
+
+
+def save_sweep_view(
+    store: TrackingStore, sweep_id: str | None, children: list[RunRecord]
+) -> str | None:
+    """Save the sweep's view of the runs table (``sweep_view_state``) in its experiment,
+    as the UI saves one (the experiment tag ``mlflow.sharedViewState.embsvd-<sweep id>``:
+    the runs page's **Views** menu lists it as ``embsvd sweep <sweep id>``), and keep the
+    ``VIEWS_KEPT`` most recent of embsvd's views. Returns the page that opens it, relative
+    to the UI's address; ``None`` for a sweep without an id, or when the store refused
+    (printed: a view is a convenience, the sweep's runs are written all the same)."""
+    if not sweep_id or not contract.is_plain_name(sweep_id):
+        return None
+    view = f"{VIEW_PREFIX}{sweep_id}"
+    now = int(time.time() * 1000)
+    state = json.dumps(sweep_view_state(sweep_id, children))
+    envelope = {"name": f"embsvd sweep {sweep_id}", "createdAt": now, "updatedAt": now}
+    try:
+        client, experiment = store.client, store.experiment_id
+        client.set_experiment_tag(
+            experiment, f"{Tag.SAVED_VIEW}{view}", json.dumps({**envelope, "state": state})
+        )
+        _prune_views(store)
+    except Exception as error:  # noqa: BLE001 (the sweep's close goes on)
+        print(
+            f"could not save the sweep's view in the MLflow UI: {describe(error)}", file=sys.stderr
+        )
+        return None
+    return f"#/experiments/{experiment}/runs?viewStateShareKey={quote(view)}"
+
+
+def _prune_views(store: TrackingStore) -> None:
+    """Delete embsvd's saved views beyond the ``VIEWS_KEPT`` most recent."""
+    prefix = f"{Tag.SAVED_VIEW}{VIEW_PREFIX}"
+    tags = store.client.get_experiment(store.experiment_id).tags
+    created = {}
+    for key, value in tags.items():
+        if key.startswith(prefix):
+            try:
+                created[key] = float(json.loads(value)["createdAt"])
+            except (ValueError, KeyError, TypeError):
+                created[key] = 0.0  # unreadable: the oldest
+    for key in sorted(created, key=created.__getitem__, reverse=True)[VIEWS_KEPT:]:
+        store.client.delete_experiment_tag(store.experiment_id, key)
