@@ -22,10 +22,12 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     """Write the paper figures and tables of the selected sweep (``conf/figures.yaml``)
     into ``<output_dir>/<sweep id>/`` and log them to the sweep's parent run.
 
-    A selection that matches nothing, runs of several experiments, runs still RUNNING
-    (unless ``sweep.include_running``), a ``sweep.sweep_id`` or ``sweep.name`` that is not a
-    plain name, or a figure folder that exists and is not a figure set end the command
-    with the reason on stderr and exit status 1; nothing is written then.
+    Without a selection it draws the latest sweep with a FINISHED run and no run still
+    going (any FINISHED run with ``sweep.include_running``), and says which newer sweeps
+    it passed over. A selection that matches nothing, runs of several experiments, runs
+    still RUNNING (unless ``sweep.include_running``), a ``sweep.sweep_id`` or ``sweep.name``
+    that is not a plain name, or a figure folder that exists and is not a figure set end
+    the command with the reason on stderr and exit status 1; nothing is written then.
     """
     unknown = list(unknown_key_messages(cfg))
     if unknown:  # a key added with '+' that nothing reads would be silently ignored
@@ -39,8 +41,15 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     experiment = chosen.experiment or (settings.tracking.experiment if chosen.filter else None)
     try:
         style = figure_style(settings)
+        parent_run_id = chosen.parent_run_id
+        if not (chosen.parent_run_id or chosen.sweep_id or chosen.filter):
+            # none chosen: the latest sweep that can be drawn; say which, and why not the
+            # newer ones (still running, or no run FINISHED), before drawing it
+            choice = tracking.latest_sweep(uri, experiment, chosen.include_running)
+            print(redact_text(f"figures of {choice.describe()}"), flush=True)
+            parent_run_id = choice.taken.parent_run_id
         selection = tracking.SweepSelection(
-            parent_run_id=chosen.parent_run_id,
+            parent_run_id=parent_run_id,
             sweep_id=chosen.sweep_id,
             experiment=experiment,
             filter_string=chosen.filter,

@@ -11,7 +11,9 @@ reads sweeps back for figures.
   refused, kept on disk and written by the next command that opens it;
 - ``sweeps``: a sweep's parent run and how its children ended;
 - ``reconcile``: runs left RUNNING by a process that is gone, closed;
-- ``reading``: the runs of one sweep (by parent, sweep id or filter) for figures.
+- ``reading``: the runs of one sweep (by parent, sweep id or filter) for figures; the
+  sweeps of a store listed;
+- ``export``: a sweep's runs as one table (CSV, Parquet) of metrics, params and tags.
 
 Later tools read runs through the contract: extend it, don't break it.
 """
@@ -23,6 +25,16 @@ import importlib
 # from here costs nothing until a store is opened.
 _MODULE_OF = {
     "SweepSelection": "reading",
+    "SweepSummary": "reading",
+    "find_sweep": "reading",
+    "list_sweeps": "reading",
+    "SweepChoice": "reading",
+    "latest_sweep": "reading",
+    "EXPORT_FORMATS": "export",
+    "SweepTable": "export",
+    "sweep_table": "export",
+    "write_table": "export",
+    "COLUMN_PREFIXES": "export",
     "log_figures": "reading",
     "read_sweep": "reading",
     "FinalWriteError": "runs",

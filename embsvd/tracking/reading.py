@@ -1,5 +1,6 @@
 """Reading a sweep back: the runs figures are made from, chosen by parent run, sweep id
-or filter, as plain ``contract.LoggedRun`` records; and logging the figures made."""
+or filter, as plain ``contract.LoggedRun`` records; the sweeps of a store listed
+(``SweepSummary``) and one found by id; and logging the figures made."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +28,18 @@ MAX_RUNS = 5000  # a sweep larger than this is read in part: search_runs' page
 PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 SWEEP_PARENTS = f"tags.`{Tag.ROLE}` = '{contract.SWEEP_ROLE}'"
 UNENDED = ("RUNNING", "SCHEDULED")  # statuses of runs that may still log
+STATUS_ORDER = ("FINISHED", "FAILED", "KILLED", *UNENDED)
+RUN_ID = re.compile(r"[0-9a-f]{32}")  # what MLflow's stores give a run as its id
+SWEEPS_EXAMINED = 200  # the default selection looks this far back for a sweep to draw
+PAGE = 100  # sweep parents read per query
+LISTED = 5  # sweeps a message lists
 
 
 @dataclass(frozen=True)
 class SweepSelection:
     """Which runs to read: at most one of ``parent_run_id``, ``sweep_id`` and
-    ``filter_string``; none of them means the most recent sweep. ``experiment`` narrows
+    ``filter_string``; none of them means the latest sweep that has a FINISHED run and,
+    unless ``include_running``, no run still going (``latest_sweep``). ``experiment`` narrows
     the search (a filter needs one). ``name`` names a filter's folder of figures.
     ``include_running``: draw the FINISHED runs of a selection that still has RUNNING ones.
 
@@ -53,6 +61,148 @@ class SweepSelection:
                 contract.check_plain_name(f"sweep.{key}", getattr(self, key))
 
 
+@dataclass(frozen=True)
+class SweepSummary:
+    """A sweep as the store holds it now: its parent run, and its runs (the parent's
+    children and the runs a resumed sweep reused) counted by status."""
+
+    parent_run_id: str
+    sweep_id: str | None  # the parent's id tag, when it is a plain name (what selects it)
+    name: str  # the parent run's name
+    experiment: str  # the parent run's
+    status: str  # the parent run's
+    start_time: int | None  # the parent run's, in ms since the epoch
+    counts: dict[str, int]  # status -> how many of the sweep's runs have it
+
+    @property
+    def label(self) -> str:
+        """What names this sweep in a selection: its id, else its parent run's id."""
+        return self.sweep_id or self.parent_run_id
+
+    def count(self, status: str) -> int:
+        return self.counts.get(status, 0)
+
+    @property
+    def n_runs(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def n_unended(self) -> int:
+        """Runs that may still log, the parent included."""
+        return sum(map(self.count, UNENDED)) + (self.status in UNENDED)
+
+    def describe(self) -> str:
+        """``<id> (<parent status>; <n> FINISHED, <n> FAILED, ...)``: a line to copy from."""
+        counted = ", ".join(f"{self.counts[s]} {s}" for s in _by_status(self.counts))
+        return f"{self.label} ({self.status}; {counted or 'no runs'})"
+
+    def not_drawable(self, include_running: bool = False) -> str | None:
+        """Why the default figures selection passes this sweep over; ``None`` if it takes it."""
+        if not self.count("FINISHED"):
+            return "no FINISHED run"
+        if self.n_unended and not include_running:
+            return "runs not ended"
+        return None
+
+
+def list_sweeps(
+    tracking_uri: str, experiment: str | None = None, limit: int | None = None
+) -> list[SweepSummary]:
+    """The sweeps of the store (of ``experiment`` only, if given), newest first; at most
+    ``limit`` of them (``None``: every one). An empty store has none.
+
+    Raises:
+        ValueError: The store has no experiment named ``experiment``.
+    """
+    client = MlflowClient(tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    if not experiments:
+        return []
+    scope = _scope(experiments, experiment, tracking_uri, key="--experiment")
+    return [
+        _summary(parent, _children(client, list(experiments), parent), experiments)
+        for parent in _sweep_parents(client, scope, limit)
+    ]
+
+
+@dataclass(frozen=True)
+class SweepChoice:
+    """The sweep a selection without parent run, id or filter takes, and the newer sweeps
+    it passed over (``SweepSummary.not_drawable`` says why)."""
+
+    parent: Run
+    taken: SweepSummary
+    skipped: tuple[SweepSummary, ...]
+    include_running: bool
+
+    def describe(self) -> str:
+        wanted = "a FINISHED run" + ("" if self.include_running else " and every run ended")
+        taken = f"sweep {self.taken.label} (parent run {self.taken.parent_run_id})"
+        if not self.skipped:
+            return f"{taken}: the latest sweep (it has {wanted})"
+        passed = ", ".join(
+            f"{s.describe()}: {s.not_drawable(self.include_running)}" for s in self.skipped[:LISTED]
+        ) + (f" and {len(self.skipped) - LISTED} more" if len(self.skipped) > LISTED else "")
+        return f"{taken}: the latest sweep with {wanted}; newer sweeps skipped: {passed}"
+
+
+def latest_sweep(
+    tracking_uri: str, experiment: str | None = None, include_running: bool = False
+) -> SweepChoice:
+    """The sweep ``read_sweep`` takes when the selection names none: the latest with a
+    FINISHED run and, unless ``include_running``, no run still going.
+
+    Raises:
+        ValueError: The store has no sweep, or none to draw; the message lists the latest
+            sweeps with their ids and statuses.
+    """
+    client = MlflowClient(tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    scope = _scope(experiments, experiment, tracking_uri)
+    return _latest_drawable(client, scope, experiments, include_running, tracking_uri)
+
+
+def find_sweep(
+    tracking_uri: str, sweep: str, experiment: str | None = None
+) -> tuple[SweepSummary, list[Run]]:
+    """The sweep named ``sweep`` (its id, or its parent run's id) and all its runs in job
+    order, whatever their status (the parent left out).
+
+    Raises:
+        ValueError: No such sweep (the message lists the latest sweeps, with their ids and
+            statuses), or no such experiment.
+    """
+    client = MlflowClient(tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    scope = _scope(experiments, experiment, tracking_uri, key="--experiment")
+    parents = []
+    if contract.is_plain_name(sweep):
+        parents = client.search_runs(
+            scope,
+            f"{SWEEP_PARENTS} and tags.`{Tag.SWEEP_ID}` = '{sweep}'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+    if not parents and RUN_ID.fullmatch(sweep):
+        try:
+            parents = [client.get_run(sweep)]
+        except MlflowException:
+            parents = []
+        if parents and parents[0].data.tags.get(Tag.ROLE) != contract.SWEEP_ROLE:
+            raise ValueError(
+                f"run {sweep} is not a sweep's parent run (it has no tag "
+                f"{Tag.ROLE}={contract.SWEEP_ROLE}); {_hint(client, scope, experiments)}"
+            )
+    if not parents:
+        raise ValueError(
+            f"{sweep!r}: no sweep with this id or parent run id in {tracking_uri}; "
+            + _hint(client, scope, experiments)
+        )
+    [parent] = parents
+    runs = _children(client, list(experiments), parent)
+    return _summary(parent, runs, experiments), runs
+
+
 def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
     """The FINISHED runs of the selected sweep, with the series and tables figures need.
     The sweep's name (its id tag, or the filter's name) is made ``contract.file_safe``:
@@ -60,7 +210,8 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
 
     Raises ``ValueError`` naming the selection when it matches no run, no FINISHED run,
     or runs of more than one experiment; and, unless ``selection.include_running``, when
-    a run of it (the sweep's parent too) is still RUNNING, naming those runs.
+    a run of it (the sweep's parent too) is still RUNNING, naming those runs. A message
+    that finds no sweep lists the latest ones, each with its id and status.
     """
     client = MlflowClient(tracking_uri)
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
@@ -86,13 +237,15 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
         described = f"runs of experiment {experiment!r} matching {selection.filter_string!r}"
         parent = None
     else:
-        parent = _parent(client, scope, selection, tracking_uri)
+        parent = _parent(client, scope, experiments, selection, tracking_uri)
         runs = _children(client, list(experiments), parent)
         tagged = parent.data.tags.get(Tag.SWEEP_ID)
         name = contract.file_safe(tagged) if tagged else contract.sweep_id(parent.info.run_name)
         described = f"sweep {name!r} (parent run {parent.info.run_id})"
     if not runs:
-        raise ValueError(f"{described} in {tracking_uri}: no runs match; {_hint(client, scope)}")
+        raise ValueError(
+            f"{described} in {tracking_uri}: no runs match; {_hint(client, scope, experiments)}"
+        )
     _one_experiment(runs, experiments, described)
     if not selection.include_running:
         _refuse_running([parent, *runs] if parent else runs, described)
@@ -147,7 +300,10 @@ def _refuse_running(runs: list[Run], described: str) -> None:
     )
 
 
-def _scope(experiments: dict[str, str], experiment: str | None, uri: str) -> list[str]:
+def _scope(
+    experiments: dict[str, str], experiment: str | None, uri: str, key: str = "sweep.experiment"
+) -> list[str]:
+    """The ids of the experiments searched; ``key`` names the setting in a message."""
     if not experiments:
         raise ValueError(
             f"the tracking store {uri} holds no experiment: run a sweep first (make run)"
@@ -157,7 +313,7 @@ def _scope(experiments: dict[str, str], experiment: str | None, uri: str) -> lis
     ids = [i for i, name in experiments.items() if name == experiment]
     if not ids:
         raise ValueError(
-            f"sweep.experiment={experiment!r}: no such experiment in {uri} "
+            f"{key}={experiment!r}: no such experiment in {uri} "
             f"(it has {', '.join(sorted(experiments.values()))})"
         )
     return ids
@@ -174,7 +330,13 @@ def _search(client: MlflowClient, scope: list[str], filter_string: str) -> list[
         ) from error
 
 
-def _parent(client: MlflowClient, scope: list[str], selection: SweepSelection, uri: str) -> Run:
+def _parent(
+    client: MlflowClient,
+    scope: list[str],
+    experiments: dict[str, str],
+    selection: SweepSelection,
+    uri: str,
+) -> Run:
     if selection.parent_run_id:
         try:
             parent = client.get_run(selection.parent_run_id)
@@ -183,21 +345,101 @@ def _parent(client: MlflowClient, scope: list[str], selection: SweepSelection, u
                 f"sweep.parent_run_id={selection.parent_run_id!r}: no such run in {uri}"
             ) from error
         return parent
-    filter_string = SWEEP_PARENTS
-    if selection.sweep_id:
-        filter_string += f" and tags.`{Tag.SWEEP_ID}` = '{selection.sweep_id}'"
+    if not selection.sweep_id:
+        choice = _latest_drawable(client, scope, experiments, selection.include_running, uri)
+        log.info("%s", choice.describe())
+        return choice.parent
     parents = client.search_runs(
-        scope, filter_string, max_results=2, order_by=["attributes.start_time DESC"]
+        scope,
+        f"{SWEEP_PARENTS} and tags.`{Tag.SWEEP_ID}` = '{selection.sweep_id}'",
+        max_results=2,
+        order_by=["attributes.start_time DESC"],
     )
     if not parents:
-        if selection.sweep_id:
-            which = f"sweep.sweep_id={selection.sweep_id!r}: no sweep with this id in {uri}"
-        else:
-            which = f"no sweep in {uri} (no run is tagged {Tag.ROLE}={contract.SWEEP_ROLE})"
-        raise ValueError(f"{which}; {_hint(client, scope)}")
-    if len(parents) > 1 and selection.sweep_id:
+        raise ValueError(
+            f"sweep.sweep_id={selection.sweep_id!r}: no sweep with this id in {uri}; "
+            + _hint(client, scope, experiments)
+        )
+    if len(parents) > 1:
         log.info("sweep id %s has several parent runs: taking the latest", selection.sweep_id)
     return parents[0]
+
+
+def _latest_drawable(
+    client: MlflowClient,
+    scope: list[str],
+    experiments: dict[str, str],
+    include_running: bool,
+    uri: str,
+) -> SweepChoice:
+    """The latest sweep with a FINISHED run (and, unless ``include_running``, none still
+    running): a sweep in progress, or one whose jobs all failed, has nothing to draw yet,
+    and the sweep before it has."""
+    skipped: list[SweepSummary] = []
+    for parent in _sweep_parents(client, scope, SWEEPS_EXAMINED):
+        summary = _summary(parent, _children(client, list(experiments), parent), experiments)
+        if summary.not_drawable(include_running) is None:
+            return SweepChoice(parent, summary, tuple(skipped), include_running)
+        skipped.append(summary)
+    if not skipped:
+        raise ValueError(
+            f"no sweep in {uri} (no run is tagged {Tag.ROLE}={contract.SWEEP_ROLE}); "
+            + _hint(client, scope, experiments)
+        )
+    wanted = "a FINISHED run" + ("" if include_running else " and no run still going")
+    raise ValueError(
+        f"no sweep in {uri} has {wanted} (looked at the latest {len(skipped)}): "
+        f"{_listed(skipped)}. Choose one with sweep.sweep_id=<id> (or "
+        "sweep.parent_run_id=<run id>); a sweep still RUNNING is drawn with "
+        "sweep.include_running=true, and runs whose process is gone are closed by "
+        "`embsvd runs reconcile`"
+    )
+
+
+def _sweep_parents(client: MlflowClient, scope: list[str], limit: int | None) -> Iterator[Run]:
+    """Sweep parent runs, newest first, read a page at a time; at most ``limit``."""
+    left = limit
+    token = None
+    while left is None or left > 0:
+        page = client.search_runs(
+            scope,
+            SWEEP_PARENTS,
+            max_results=PAGE if left is None else min(left, PAGE),
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        yield from page
+        left = None if left is None else left - len(page)
+        token = page.token
+        if not token or not page:
+            return
+
+
+def _summary(parent: Run, runs: list[Run], experiments: dict[str, str]) -> SweepSummary:
+    tagged = parent.data.tags.get(Tag.SWEEP_ID)
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.info.status] = counts.get(run.info.status, 0) + 1
+    return SweepSummary(
+        parent_run_id=parent.info.run_id,
+        sweep_id=tagged if contract.is_plain_name(tagged) else None,
+        name=parent.info.run_name,
+        experiment=experiments.get(parent.info.experiment_id, parent.info.experiment_id),
+        status=parent.info.status,
+        start_time=parent.info.start_time,
+        counts=counts,
+    )
+
+
+def _by_status(counts: dict[str, int]) -> list[str]:
+    """The statuses counted, in the order a sweep's life goes through them."""
+    return sorted(counts, key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))
+
+
+def _listed(summaries: list[SweepSummary]) -> str:
+    return ", ".join(s.describe() for s in summaries[:LISTED]) + (
+        f" and {len(summaries) - LISTED} more" if len(summaries) > LISTED else ""
+    )
 
 
 def _children(client: MlflowClient, experiment_ids: list[str], parent: Run) -> list[Run]:
@@ -229,20 +471,18 @@ def _one_experiment(runs: list[Run], experiments: dict[str, str], described: str
         )
 
 
-def _hint(client: MlflowClient, scope: list[str]) -> str:
-    recent = client.search_runs(
-        scope,
-        SWEEP_PARENTS,
-        max_results=5,
-        order_by=["attributes.start_time DESC"],
-    )
-    ids = [r.data.tags.get(Tag.SWEEP_ID) or r.info.run_id for r in recent]
-    if not ids:
+def _hint(client: MlflowClient, scope: list[str], experiments: dict[str, str]) -> str:
+    """The latest sweeps, each with its id and status, for a message to copy one from."""
+    recent = [
+        _summary(parent, _children(client, list(experiments), parent), experiments)
+        for parent in _sweep_parents(client, scope, LISTED)
+    ]
+    if not recent:
         return (
-            "run a sweep with experiments/run.py -m (make run), or choose runs with "
-            "sweep.experiment and sweep.filter"
+            "run a sweep with `embsvd run -m ...` (or experiments/run.py -m; make run), or "
+            "choose runs with sweep.experiment and sweep.filter"
         )
-    return "recent sweeps: " + ", ".join(ids)
+    return "recent sweeps: " + _listed(recent)
 
 
 def _logged_run(
