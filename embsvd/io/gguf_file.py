@@ -16,14 +16,26 @@ loads the saved tokenizer; a damaged entry is converted again. An entry is writt
 a scratch folder and renamed into place, so parallel workers never see a half-written
 entry. The tokenizer is built from the file's metadata alone: the other files of its
 folder are never read, and no code from a checkpoint is ever run.
+
+A conversion takes about a minute for SmolLM2, so it happens once per machine: the
+process that converts holds ``<cache_dir>/gguf/<sha256>.lock`` (``fcntl.flock``), and
+parallel workers that start together wait for it, then read its entry. Each step says on
+stderr what it is doing, and the conversion how long each took: a silent minute looks
+like a hang.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import shutil
+import socket
+import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +52,16 @@ META_FILE = "meta.json"
 MAGIC = b"GGUF"
 # integer GGML types hold codes without scales: not an embedding that can be analysed
 INTEGER_TYPES = {"I8", "I16", "I32", "I64"}
+# How long a process waits for another one's conversion: minutes for a large vocabulary,
+# so only a process that hangs makes a waiter give up.
+LOCK_TIMEOUT_S = 1800.0
+LOCK_POLL_S = 0.05
+LOCK_SUFFIX = ".lock"
+
+
+def report_to_stderr(line: str) -> None:
+    """Where a conversion says what it does (stderr: a job's console and its worker's)."""
+    print(f"embsvd: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -65,20 +87,118 @@ class CachedGGUF:
         name = INPUT_TENSOR if matrix == "input" or self.tied else OUTPUT_TENSOR
         array = self.folder / f"{name}.npy"
         if not intact(array):
-            _convert(self.file, self.folder, replace=True)
+            with conversion_lock(self.folder, self.file):
+                if not intact(array):  # else another process converted it while we waited
+                    _convert(self.file, self.folder, replace=True)
         W = np.load(array, mmap_mode="r")
         return TokenMatrix(W, self.file, name, self.tied, self.meta["tensors"][name]["type"])
 
 
-def convert_once(file: Path, cache_dir: Path) -> CachedGGUF:
-    """The cache entry of ``file``, converting it first if there is none (or it is damaged)."""
+def convert_once(
+    file: Path,
+    cache_dir: Path,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
+    report: Callable[[str], None] = report_to_stderr,
+) -> CachedGGUF:
+    """The cache entry of ``file``, converting it first if there is none (or it is
+    damaged). One process converts; others that ask meanwhile wait for its entry
+    (``conversion_lock``).
+
+    Raises:
+        TimeoutError: another process held the conversion for ``lock_timeout_s``.
+        ValueError: ``file`` cannot be converted (``write_token_matrices``).
+    """
     sha256 = file_sha256(file, cache_dir)
     entry = cache_dir / "gguf" / sha256
     meta = _intact_meta(entry)
     if meta is None:
-        _convert(file, entry, replace=entry.exists())
-        meta = json.loads((entry / META_FILE).read_text())
+        with conversion_lock(entry, file, lock_timeout_s, report):
+            meta = _intact_meta(entry)  # another process converted it while we waited
+            if meta is None:
+                _convert(file, entry, replace=entry.exists(), report=report)
+                meta = json.loads((entry / META_FILE).read_text())
     return CachedGGUF(file=file, sha256=sha256, folder=entry, meta=meta)
+
+
+@contextlib.contextmanager
+def conversion_lock(
+    entry: Path,
+    file: Path,
+    timeout_s: float = LOCK_TIMEOUT_S,
+    report: Callable[[str], None] = report_to_stderr,
+) -> Iterator[None]:
+    """Hold ``<entry>.lock`` (an exclusive ``flock``) while the block runs, so that one
+    process of a machine converts ``file`` and the others wait, then reuse its entry.
+
+    The kernel releases the lock when its holder exits, however it ends, so a crashed
+    conversion leaves nothing to clean up; the lock file itself stays (tiny, and removing
+    it would let two processes lock two different files). The holder writes its pid and
+    host into it, for the message of a process that waits.
+
+    Raises:
+        TimeoutError: the lock was not free within ``timeout_s``; naming the file, the
+            lock and the process that holds it.
+    """
+    lock = entry.with_name(entry.name + LOCK_SUFFIX)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        started = time.monotonic()
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _lock_holder(handle)
+                if not waited:
+                    report(f"waiting for {holder}, which is converting {file.name} into {entry}")
+                    waited = True
+                if time.monotonic() - started > timeout_s:
+                    raise TimeoutError(
+                        f"model.gguf_file: waited {timeout_s:.0f} s for {holder} to convert "
+                        f"{file} into {entry}; it still holds the lock {lock}. If it is still "
+                        "working (a large vocabulary takes minutes), run again later; if it "
+                        "hangs, end it: its lock is released when it exits"
+                    ) from None
+                time.sleep(LOCK_POLL_S)
+        try:
+            if waited:
+                report(f"waited {_since(started)} for the conversion of {file.name}")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_holder(handle: Any) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "another process"
+
+
+def _since(started: float) -> str:
+    return f"{time.monotonic() - started:.1f} s"
+
+
+class _Steps:
+    """Says on stderr when each slow step of a conversion starts, and at the end how long
+    each took."""
+
+    def __init__(self, report: Callable[[str], None]):
+        self.report = report
+        self.times: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def step(self, label: str, doing: str) -> Iterator[None]:
+        self.report(f"  {doing} ...")
+        started = time.monotonic()
+        yield
+        self.times.append((label, time.monotonic() - started))
+
+    def summary(self) -> str:
+        return ", ".join(f"{label} {seconds:.1f} s" for label, seconds in self.times)
 
 
 def _intact_meta(entry: Path) -> dict[str, Any] | None:
@@ -93,14 +213,23 @@ def _intact_meta(entry: Path) -> dict[str, Any] | None:
     return meta
 
 
-def _convert(file: Path, entry: Path, replace: bool = False) -> None:
+def _convert(
+    file: Path,
+    entry: Path,
+    replace: bool = False,
+    report: Callable[[str], None] = report_to_stderr,
+) -> None:
     """Write the entry of ``file`` into a scratch folder, seal every file, and rename it
-    into place; ``replace``: the entry there is damaged, move it aside first."""
+    into place; ``replace``: the entry there is damaged, move it aside first. Each step is
+    reported as it starts, and the whole with each step's time."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    steps, started = _Steps(report), time.monotonic()
+    report(f"converting {file.name} into the cache {entry} (once per machine)")
     try:
-        meta = write_token_matrices(file, scratch)
-        _write_tokenizer(file, scratch / "tokenizer")
+        meta = write_token_matrices(file, scratch, steps)
+        with steps.step("tokenizer", "building the tokenizer from its metadata"):
+            _write_tokenizer(file, scratch / "tokenizer")
         files = sorted(p.relative_to(scratch).as_posix() for p in scratch.rglob("*") if p.is_file())
         for name in files:
             seal(scratch / name)
@@ -109,6 +238,7 @@ def _convert(file: Path, entry: Path, replace: bool = False) -> None:
         _rename_into_place(scratch, entry, replace)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    report(f"converted {file.name} in {_since(started)} ({steps.summary()})")
 
 
 def _rename_into_place(scratch: Path, entry: Path, replace: bool) -> None:
@@ -127,9 +257,10 @@ def _rename_into_place(scratch: Path, entry: Path, replace: bool) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def write_token_matrices(file: Path, folder: Path) -> dict[str, Any]:
+def write_token_matrices(file: Path, folder: Path, steps: _Steps | None = None) -> dict[str, Any]:
     """Dequantize ``token_embd.weight`` (and ``output.weight``) of ``file`` into
     ``folder`` as float32 ``.npy`` files; return what ``meta.json`` records of them.
+    ``steps`` reports each step (silent without).
 
     Raises:
         ValueError: ``file`` is not a readable GGUF file (bad magic, truncated), has no
@@ -137,7 +268,9 @@ def write_token_matrices(file: Path, folder: Path) -> dict[str, Any]:
     """
     from gguf.quants import dequantize
 
-    tensors = _read_tensors(file)
+    steps = steps or _Steps(lambda line: None)
+    with steps.step("tensors", "reading its tensors"):
+        tensors = _read_tensors(file)
     if INPUT_TENSOR not in tensors:
         raise ValueError(
             f"model.gguf_file: {file} has no tensor {INPUT_TENSOR!r}, so it is not a language "
@@ -154,8 +287,10 @@ def write_token_matrices(file: Path, folder: Path) -> dict[str, Any]:
                     "codes without scales, so it cannot be analysed; use a GGUF file with a "
                     "float or a quantized type (Q8_0, Q4_K, ...: those carry their scales)"
                 )
+            shape = " x ".join(str(n) for n in reversed(tensor.shape.tolist()))
             try:
-                W = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+                with steps.step(name, f"dequantizing {name} ({qtype}, {shape})"):
+                    W = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
             except NotImplementedError as error:
                 raise ValueError(
                     f"model.gguf_file: tensor {name!r} in {file} is stored as {qtype}, which "

@@ -50,6 +50,7 @@ class ComposeOnce:
         self._composed: dict[tuple[str, ...], tuple[DictConfig, int]] = {}
         self.requests = self.compositions = 0  # Hydra's requests; compositions of any kind
         self.sweep_checked = False  # ``validate_sweep`` composed and checked every job
+        self.n_jobs: int | None = None  # the sweep's jobs, where the sweeper tells ahead
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_loader", "_composed", "_check"):
@@ -103,8 +104,9 @@ def validate_sweep(config: DictConfig) -> ComposeOnce | None:
     sweep, naming every reason and its jobs, when one job cannot run. Idempotent: the
     callbacks that need it call it in whatever order Hydra runs them.
 
-    Installs a ``ComposeOnce`` as Hydra's config loader (returned; ``None`` outside a
-    Hydra app), so these compositions serve the sweeper and the launcher too. Only the
+    Installs a ``ComposeOnce`` as Hydra's config loader (returned, its ``n_jobs`` the
+    sweep's count of jobs; ``None`` outside a Hydra app), so these compositions serve the
+    sweeper and the launcher too. Only the
     basic sweeper's jobs are known ahead; another sweeper's are checked as it composes
     them (``ComposeOnce.check``), after the parent run opened.
 
@@ -119,16 +121,17 @@ def validate_sweep(config: DictConfig) -> ComposeOnce | None:
         loader = hydra.config_loader = ComposeOnce(loader, check=checked_settings)
     if loader.sweep_checked:
         return loader
-    jobs = sweep_jobs(config, loader) or []
+    jobs = sweep_jobs(config, loader)
     refused: dict[str, list[tuple[int, list[str]]]] = {}
-    for num, overrides in enumerate(jobs):
+    for num, overrides in enumerate(jobs or []):
         try:
             loader.compose_ahead(config, overrides)
         except (HydraException, OmegaConfBaseException, OSError, ValueError) as error:
             refused.setdefault(_reason(error), []).append((num, overrides))
     if refused:
-        raise SweepRefused(_refusal(refused, len(jobs)))
+        raise SweepRefused(_refusal(refused, len(jobs or [])))
     loader.sweep_checked = True
+    loader.n_jobs = None if jobs is None else len(jobs)
     return loader
 
 

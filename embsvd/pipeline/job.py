@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import logging
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from embsvd.groups import (
     TokenForms,
     TokenGroup,
     describe_dropped,
+    describe_short,
+    group_display_name,
     select_single_tokens,
 )
 from embsvd.io.checkpoint import content_digest, default_cache_dir, load_checkpoint
@@ -51,16 +54,19 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     Settings that cannot run (``checked_settings``) are refused first, before the store
     is touched: no run records a typo. The run is opened before anything is loaded, so a
     bad checkpoint or group is recorded as a FAILED run with its error; the exception is
-    logged here (Hydra keeps only the first failure of a sweep, and not in the job's log
-    file) and re-raised.
+    logged with its traceback to the job's log file only (``log_to_files``: Hydra prints
+    it on the console, and keeps only the first failure of a sweep) and re-raised. Under
+    Hydra, Ctrl-C ends the run KILLED with one line on stderr and exit status 130, not a
+    traceback. ``last_run`` holds the run it wrote, for the console's report.
     Inside a multirun the run is a child of the sweep's parent run. With
     ``tracking.skip_existing`` a job whose config hash already has a FINISHED run is
     skipped (returns ``None``).
     """
+    last_run.clear()
     try:
         settings = checked_settings(cfg)
     except (OSError, ValueError) as error:  # Hydra prints the traceback; the log keeps why
-        log.error("refused before opening a run: %s", error)
+        log_to_files(f"refused before opening a run: {error}")
         raise
     parent_run_id, sweep_id = sweep_membership()
     store = tracking_store(
@@ -76,6 +82,7 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
         )
         if done:
             log.info("skipping %s: run %s has the same config", run_name(settings), done[0].run_id)
+            last_run.update(name=run_name(settings), run_id=done[0].run_id, skipped=True)
             if parent_run_id is not None:
                 tracking.RunLogger(store.client, parent_run_id).set_tags(
                     {contract.skipped_tag(HydraConfig.get().job.num): done[0].run_id}
@@ -93,6 +100,7 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
             tracking.signals_end_runs(),
             tracking.tracked_run(store, run_name(settings), tags, redact_text) as run,
         ):
+            last_run.update(name=run.run_name, run_id=run.run_id, store=store)
             # the run records no secret given on the command line (a password in tracking.uri)
             config = redact_config(OmegaConf.to_container(cfg, resolve=True))
             run.log_params(flatten(config))
@@ -101,8 +109,32 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
                 run.log_text(git.diff, "git_diff.patch")
             return _analyse_and_log(settings, run, content)
     except Exception:
-        log.exception("job %s failed", run_name(settings))
+        log_to_files(f"job {run_name(settings)} failed", exc_info=True)
         raise
+    except KeyboardInterrupt:
+        if not HydraConfig.initialized():  # a notebook or a test: its own Ctrl-C handling
+            raise
+        run_id = last_run.get("run_id")
+        ended = f"run {run_id} ({run_name(settings)}) KILLED" if run_id else "no run opened"
+        print(f"interrupted: {ended}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None  # what a shell reports of a process Ctrl-C ended
+
+
+# The run this process's latest job wrote: ``name``, ``run_id``, ``store`` (and
+# ``skipped``), read by the console's report of the job (``SweepTracking``)
+last_run: dict[str, Any] = {}
+
+
+def log_to_files(message: str, exc_info: bool = False) -> None:
+    """Log an error (with the traceback being handled) to the log files only: Hydra's job
+    log file keeps it, while the console, where Hydra prints the error itself, shows it
+    once."""
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, message, (), sys.exc_info() if exc_info else None
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
 
 
 @functools.cache
@@ -217,10 +249,41 @@ def _token_groups(
     if incomplete:
         lost = "; ".join(f"{g.name}: {', '.join(g.lost_members)}" for g in incomplete)
         run.set_tags({Tag.WARNING_INCOMPLETE_GROUPS: lost})
+    short = [g for g in groups.values() if g.short]
+    if short:
+        described = "; ".join(f"{g.name}: {describe_short(g)}" for g in short)
+        run.set_tags({Tag.WARNING_SHORT_GROUP: described})
     for group in groups.values():
-        if group.dropped:
+        if group.short and not group.incomplete:  # a closed set warns of its own
+            warn_once(
+                f"short {settings.model.name} {group.name} {group.kept_words}",
+                f"groups.{group.name} keeps {describe_short(group)} for model "
+                f"{settings.model.name}; dropped: {describe_dropped(group)}. Its runs are "
+                f"tagged {Tag.WARNING_SHORT_GROUP}; groups.{group.name}.min_size=<n> makes "
+                "fewer than n an error",
+            )
+        elif group.dropped:
             log.info("groups.%s dropped %s", group.name, describe_dropped(group))
     return groups
+
+
+# In a sweep's folder: what its jobs share across processes (warnings given, progress)
+SWEEP_STATE = ".embsvd"
+
+
+def warn_once(key: str, message: str) -> None:
+    """Log ``message`` as a warning once per sweep, whichever process runs the job: every
+    job of a sweep finds the same short group, and a warning repeated per job is skimmed.
+    The first job to warn leaves a marker named by ``key`` in the sweep's folder."""
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is not None and hydra.mode == RunMode.MULTIRUN:
+        marker = Path(hydra.sweep.dir) / SWEEP_STATE / "warned"
+        marker.mkdir(parents=True, exist_ok=True)
+        try:
+            (marker / hashlib.sha256(key.encode()).hexdigest()[:16]).touch(exist_ok=False)
+        except FileExistsError:
+            return
+    log.warning(message)
 
 
 def analysis_matrix(
@@ -312,8 +375,10 @@ def checkpoint_tags(checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 def run_name(settings: EmbsvdConfig) -> str:
-    """The run name of ``settings`` (``contract.run_name``): the model part carries
-    ``@<revision>`` for a Hub revision and ``:output`` for the unembedding matrix."""
+    """The run name of ``settings`` (``contract.run_name``, ``digits · centered · gpt2``):
+    the model part carries ``@<revision>`` for a Hub revision other than ``main`` and
+    ``:output`` for the unembedding matrix, as ``contract.tagged_model_label`` reads it
+    back from the run's tags."""
     model, analysis = settings.model, settings.analysis
     return contract.run_name(
         contract.model_label(model.name, model.revision if model.hub_id else None, model.matrix),
@@ -335,6 +400,12 @@ def run_tags(settings: EmbsvdConfig, git: GitState | None) -> dict[str, Any]:
         Tag.NORMALIZE_ROWS: str(settings.analysis.normalize_rows).lower(),
         Tag.VERSION: package_version(),
         **{contract.env_tag(name): v for name, v in versions().items()},
+        # how figures name the model and the groups: figures read runs, not configs
+        Tag.MODEL_DISPLAY: settings.model.display,
+        **{
+            contract.group_display_tag(name): group_display_name(name, spec)
+            for name, spec in settings.groups.items()
+        },
     }
     if settings.model.hub_id:
         tags[Tag.REVISION] = settings.model.revision or "main"

@@ -1,21 +1,33 @@
 """The parent MLflow run of a multirun: opened once every job validated
-(``embsvd.pipeline.compose``), closed with the status its children earned."""
+(``embsvd.pipeline.compose``), closed with the status its children earned; and what the
+console shows while jobs run: a progress line per job, a single run's report."""
 
 from __future__ import annotations
 
 import atexit
+import json
+import shutil
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from embsvd import tracking
 from embsvd.pipeline.compose import validate_sweep_or_exit
-from embsvd.pipeline.job import PARENT_RUN_FILE, SWEEP_ID_FILE, code_state
+from embsvd.pipeline.job import (
+    PARENT_RUN_FILE,
+    SWEEP_ID_FILE,
+    SWEEP_STATE,
+    code_state,
+    last_run,
+)
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import package_version
 from embsvd.pipeline.report import figures_command, mlflow_ui_command
@@ -38,6 +50,10 @@ class SweepTracking(Callback):
     command (status 1) before any job starts, and the close never raises (a crash in it
     closes the parent FAILED with the error, and the command exits 1). Signals that
     arrive while the parent closes are delivered once it is closed.
+
+    While the sweep runs, each job's end prints a progress line (``progress_line``) from
+    the process that ran it; an interrupt prints one line, not a traceback. A single run
+    (no -m) prints its report at its end (``report_run``).
     """
 
     def __init__(self) -> None:
@@ -48,6 +64,7 @@ class SweepTracking(Callback):
         self._project = Path.cwd()  # replaced by the project's folder when the sweep starts
         self._close_failed = False  # the close raised: the command exits 1
         self._uri = ""  # the store's, once resolved
+        self._job_started = time.monotonic()  # in the process that runs the job
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Open the parent run, or end the command with status 1 before any job starts:
@@ -73,7 +90,8 @@ class SweepTracking(Callback):
             raise
 
     def _open(self, config: DictConfig) -> None:
-        validate_sweep_or_exit(config)  # a sweep that cannot run leaves no parent run behind
+        # a sweep that cannot run leaves no parent run behind
+        loader = validate_sweep_or_exit(config)
         self._project = project_root(config)
         uri = self._uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
         # creating the store here runs its migrations once, before parallel workers start
@@ -82,6 +100,7 @@ class SweepTracking(Callback):
         )
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        start_progress(sweep_dir, loader.n_jobs if loader is not None else None)
         overrides = list(config.hydra.overrides.task)
         git = code_state(self._project)
         name = sweep_run_name(overrides, sweep_dir)
@@ -107,7 +126,10 @@ class SweepTracking(Callback):
         previous_hook = sys.excepthook
 
         def note_interrupt(kind, value, traceback):  # noqa: ANN001 (sys.excepthook's)
-            self._interrupted = self._interrupted or issubclass(kind, KeyboardInterrupt)
+            if issubclass(kind, KeyboardInterrupt):  # one line, not every frame it cut
+                self._interrupted = True
+                print(f"interrupted: sweep {self._sweep_id} KILLED", file=sys.stderr, flush=True)
+                return
             previous_hook(kind, value, traceback)
 
         sys.excepthook = note_interrupt
@@ -124,6 +146,32 @@ class SweepTracking(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self._interrupted:  # the interrupt was dropped where it was raised: stop here
             raise KeyboardInterrupt("the sweep was interrupted")
+        self._job_started = time.monotonic()
+
+    def on_job_end(
+        self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any
+    ) -> None:
+        """A sweep job's progress line, printed by the process that ran it."""
+        if job_return is None or config.hydra.mode != RunMode.MULTIRUN:
+            return
+        try:
+            line = progress_line(config, job_return, time.monotonic() - self._job_started)
+        except Exception as error:  # the console's line never fails a job
+            line = f"(no progress line: {tracking.describe(error)})"
+        if line is not None:
+            print(redact_text(line), flush=True)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """A single run's report (``report_run``); never raises."""
+        try:
+            report_run(last_run)
+        except Exception as error:
+            print(
+                f"Could not read run {last_run.get('run_id')} back for its report: "
+                f"{redact_text(tracking.describe(error))}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         outcome = self._close(completed=True)
@@ -213,11 +261,86 @@ class SweepTracking(Callback):
         print(
             f"\nSweep {outcome.status}: {len(outcome.children)} runs under parent run "
             f"{parent_run_id}, {len(failed)} failed or killed, {len(outcome.skipped)} skipped."
-            f"\nOpen the MLflow UI on this store:\n  {mlflow_ui_command(store.uri)}"
+            f"\nOpen the MLflow UI on this store:\n  "
+            f"{mlflow_ui_command(store.uri, page=outcome.view_page)}"
             "\nDraw its paper figures:\n  "
             + figures_command(self._project, store.uri, self._sweep_id),
             flush=True,
         )
+
+
+def report_run(record: dict[str, Any]) -> None:
+    """The report of a single run (no -m), from ``job.last_run``: the sweep's summary
+    table of this one run, its status, id and store, and the command that opens the MLflow
+    UI on it. Nothing for a job refused before its run opened: Hydra prints why."""
+    run_id, store = record.get("run_id"), record.get("store")
+    if record.get("skipped"):
+        print(f"Skipped {record['name']}: run {run_id} has its config", flush=True)
+        return
+    if run_id is None or store is None:
+        return
+    [run] = store.find_runs(f"attributes.run_id = '{run_id}'")
+    where = (
+        "; its error and traceback are in the run's error.txt" if run.status != "FINISHED" else ""
+    )
+    print(
+        f"\n{tracking.format_sweep_table([run])}\n\nRun {run.status}: {run.name}, run "
+        f"{run_id} in {redact_text(store.uri)}{where}\nOpen the MLflow UI on this store:\n  "
+        + mlflow_ui_command(store.uri),
+        flush=True,
+    )
+
+
+# the sweep's progress, in ``<sweep folder>/<SWEEP_STATE>/``: shared by the processes that
+# run its jobs (joblib workers; SLURM nodes on a shared file system)
+PROGRESS_FILE = "progress.json"  # the sweep's count of jobs and its start
+DONE_FOLDER = "done"  # one empty file per job that ended, named by its number
+
+
+def start_progress(sweep_dir: Path, n_jobs: int | None) -> None:
+    """Start the sweep's progress afresh (a sweep folder given twice is a new sweep)."""
+    state = sweep_dir / SWEEP_STATE
+    shutil.rmtree(state, ignore_errors=True)
+    (state / DONE_FOLDER).mkdir(parents=True)
+    (state / PROGRESS_FILE).write_text(json.dumps({"n_jobs": n_jobs, "started": time.time()}))
+
+
+def progress_line(config: DictConfig, job_return: JobReturn, seconds: float) -> str | None:
+    """``[3/8] <run name> FINISHED in 1.2 s (elapsed 10.4 s, ETA 17.3 s)``: jobs ended so
+    far, of all (counted across processes in the sweep folder), what this one did, how
+    long the sweep has run and, at its pace so far, how long it has left; a FAILED job
+    adds its error. ``None`` for a sweep ``SweepTracking`` did not open."""
+    state = Path(config.hydra.sweep.dir) / SWEEP_STATE
+    try:
+        progress = json.loads((state / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    (state / DONE_FOLDER / str(config.hydra.job.num)).touch()
+    done = sum(1 for _ in (state / DONE_FOLDER).iterdir())
+    n_jobs = progress["n_jobs"]
+    elapsed = time.time() - progress["started"]
+    timing = f"elapsed {duration(elapsed)}"
+    if n_jobs and done < n_jobs:
+        timing += f", ETA {duration(elapsed / done * (n_jobs - done))}"
+    name = last_run.get("name") or " ".join(job_return.overrides or [])
+    status, note = "FINISHED", ""
+    if job_return.status == JobStatus.FAILED:  # not .return_value: it prints and raises
+        status = "FAILED"
+        note = ": " + tracking.describe(job_return._return_value).splitlines()[0][:300]
+    elif last_run.get("skipped"):
+        status, note = "SKIPPED", f": run {last_run['run_id']} has its config"
+    count = f"[{done}/{n_jobs}]" if n_jobs else f"[{done}]"
+    return f"{count} {name} {status} in {duration(seconds)} ({timing}){note}"
+
+
+def duration(seconds: float) -> str:
+    """``4.2 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def sweep_run_name(overrides: list[str], sweep_dir: Path) -> str:
