@@ -49,6 +49,7 @@ FAST_METRICS = {
     "singular_value",
     "singular_value_first_over_second",
     "singular_value_last_over_first",
+    *(f"{key}_{k}" for key in ("sv", "evr") for k in (1, 2, 3)),  # the key numbers
 }
 FAST_ARTIFACTS = {
     "config.yaml",

@@ -69,7 +69,7 @@ def test_job_logs_the_run_contract(tiny_bert, session_store):
     result = run_job(cfg)
     client, [run] = runs_of(session_store, "contract-job")
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "tiny_bert/eu_countries/centered"
+    assert run.info.run_name == "eu_countries · centered · tiny_bert"
     tags = run.data.tags
     assert tags["embsvd.model"] == "tiny_bert"
     assert tags["embsvd.target_group"] == "eu_countries"
@@ -145,7 +145,7 @@ def test_raw_run_and_analysis_settings_reach_the_analysis(tiny_bert, session_sto
     result = run_job(cfg)
     assert result.center is False and result.projections.shape[1] == 2
     client, [run] = runs_of(session_store, "raw-job")
-    assert run.info.run_name == "tiny_bert/digits/raw"
+    assert run.info.run_name == "digits · raw · tiny_bert"
     assert run.data.tags["embsvd.center"] == "false"
     assert "figures" not in artifact_names(client, run.info.run_id)
     # raw: the spectrum of the uncentered submatrix, no ~0 last value
@@ -171,8 +171,8 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
     table = format_sweep_table([run]).splitlines()
     assert table[0].split()[:2] == ["run", "status"]
     assert "group-mean r raw (null pct)" in table[0] and "r centered (null pct)" in table[0]
-    assert "axis 0 stability" in table[0]
-    assert table[2].startswith("tiny_bert/digits/centered  FINISHED  eu_countries=")
+    assert "axis 1 stability" in table[0] and "axis 1 top" in table[0]
+    assert table[2].startswith("digits · centered · tiny_bert  FINISHED  eu_countries=")
     cells = table[2].split("eu_countries=")
     for cell, key in zip(
         cells[1:], ["group_mean_corr", "group_mean_corr_centered"], strict=True
@@ -232,7 +232,7 @@ def test_whitened_and_unit_row_geometry_change_the_numbers_not_the_contract(
     )
     client, [_, run] = runs_of(session_store, "geometry")
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "tiny_bert/digits/centered+unit_rows+whitened"
+    assert run.info.run_name == "digits · centered · unit rows · whitened · tiny_bert"
     assert run.data.tags["embsvd.geometry"] == "whitened"
     assert run.data.tags["embsvd.normalize_rows"] == "true"
     assert run.data.params["analysis.geometry"] == "whitened"
@@ -261,7 +261,7 @@ def test_extra_group_from_the_command_line_is_analysed(tiny_bert, session_store)
     )
     run_job(cfg)
     client, [run] = runs_of(session_store, "extra-group")
-    assert run.info.status == "FINISHED" and run.info.run_name == "tiny_bert/extra/centered"
+    assert run.info.status == "FINISHED" and run.info.run_name == "extra · centered · tiny_bert"
     assert run.data.metrics["n_tokens"] == 4
     assert "group_mean_corr/digits__extra" in run.data.metrics
 

@@ -122,7 +122,7 @@ def test_sweep_jobs_are_children_of_one_parent_run(tiny_bert, tmp_path):
     assert parent.tags["embsvd.launcher"].endswith("BasicLauncher")
     assert (tmp_path / "sweep" / PARENT_RUN_FILE).read_text() == parent.run_id
     assert sorted(c.name for c in children) == sorted(
-        f"tiny_bert/{g}/{c}" for g in ("digits", "eu_countries") for c in ("centered", "raw")
+        f"{g} · {c} · tiny_bert" for g in ("digits", "eu_countries") for c in ("centered", "raw")
     )
     # the sweeper's validation and the launcher share one composition per job
     assert "composed 4 job configs for 8 requests" in done.stdout + done.stderr
@@ -155,9 +155,9 @@ def test_sweep_jobs_are_children_of_one_parent_run(tiny_bert, tmp_path):
     assert sorted(r["run_id"] for r in rows) == sorted(c.run_id for c in children)
     assert {r["status"] for r in rows} == {"FINISHED"}
     summary = Path(store.client.download_artifacts(parent.run_id, "sweep_summary.txt"))
-    assert "tiny_bert/eu_countries/raw" in summary.read_text()
+    assert "eu_countries · raw · tiny_bert" in summary.read_text()
     # printed at the end: the table, the outcome and the UI command
-    assert "tiny_bert/eu_countries/raw" in done.stdout
+    assert "eu_countries · raw · tiny_bert" in done.stdout
     assert f"Sweep FINISHED: 4 runs under parent run {parent.run_id}" in done.stdout
     assert f"--backend-store-uri {store_uri(tmp_path)}" in done.stdout
     # artifacts live beside the store, not under the working directory
@@ -183,8 +183,8 @@ def test_failing_jobs_are_isolated_and_named(tiny_bert, tmp_path):
         s: sorted(c.name for c in children if c.status == s) for s in ("FINISHED", "FAILED")
     }
     assert by_status == {
-        "FINISHED": ["tiny_bert/digits/centered", "tiny_bert/digits/raw"],
-        "FAILED": ["tiny_bert:output/digits/centered", "tiny_bert:output/digits/raw"],
+        "FINISHED": ["digits · centered · tiny_bert", "digits · raw · tiny_bert"],
+        "FAILED": ["digits · centered · tiny_bert:output", "digits · raw · tiny_bert:output"],
     }
     assert parent.status == "FAILED"
     assert parent.metrics["n_failed"] == 2 and parent.metrics["n_finished"] == 2
@@ -220,8 +220,8 @@ def test_resume_runs_only_what_is_missing(tiny_bert, tmp_path):
     old_children = [c for c in children if c.tags["mlflow.parentRunId"] == old.run_id]
     new_children = [c for c in children if c.tags["mlflow.parentRunId"] == new.run_id]
     assert sorted(c.name for c in new_children) == [
-        "tiny_bert/digits/raw",
-        "tiny_bert/eu_countries/raw",
+        "digits · raw · tiny_bert",
+        "eu_countries · raw · tiny_bert",
     ]
     assert new.metrics["n_skipped"] == 2 and new.metrics["n_children"] == 2
     # each skipped job names the FINISHED run that has its config
@@ -394,7 +394,10 @@ def test_submitit_local_runs_a_sweep(tiny_bert, tmp_path):
     store, [parent], children = parents_and_children(tmp_path)
     assert parent.status == "FINISHED"
     assert parent.tags["embsvd.launcher"].endswith("LocalLauncher")
-    assert sorted(c.name for c in children) == ["tiny_bert/digits/centered", "tiny_bert/digits/raw"]
+    assert sorted(c.name for c in children) == [
+        "digits · centered · tiny_bert",
+        "digits · raw · tiny_bert",
+    ]
     assert {c.status for c in children} == {"FINISHED"}
     assert {c.tags["mlflow.parentRunId"] for c in children} == {parent.run_id}
     # submitit ran each job in its own process, with its logs in the sweep folder
@@ -439,7 +442,7 @@ def test_hub_revisions_sweep_offline_from_the_cache(tmp_path):
     assert parent.status == "FINISHED"
     by_revision = {c.tags["embsvd.revision"]: c for c in children}
     assert sorted(c.name for c in children) == sorted(
-        f"tiny_suite@{r}/digits/centered" for r in ("step1", "step2", commits["step1"])
+        f"digits · centered · tiny_suite@{r}" for r in ("step1", "step2", commits["step1"])
     )
     for revision, child in by_revision.items():
         step = "step1" if revision == commits["step1"] else revision

@@ -207,6 +207,7 @@ def test_log_result_writes_the_contract(session_store):
         "rank",
         "token_id",
         "token",
+        "text",
         "projection",
         "in_group",
     ]
@@ -232,6 +233,7 @@ def test_log_result_writes_the_contract(session_store):
         "form": "bare",
     }
     assert set(payload["b_group"]) == {
+        "display_name",
         "words",
         "order",
         "closed",
