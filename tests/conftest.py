@@ -52,6 +52,12 @@ def with_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def bare_environment(home: Path) -> dict[str, str]:
+    """No PYTHONPATH, no store or cache settings of the calling shell: only the venv's
+    own paths decide what ``import embsvd`` finds."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+
+
 def tiny_embeddings(seed: int = 0, d_vocab: int = len(VOCAB)) -> np.ndarray:
     """A reproducible (d_vocab, D_MODEL) float32 matrix, offset from the origin like real
     embedding clouds so that raw and centered SVDs differ."""

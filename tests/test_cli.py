@@ -13,12 +13,10 @@ import os
 import pickle
 import re
 import shutil
-import site
 import subprocess
 import sys
 import time
 import urllib.request
-import venv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +30,6 @@ from embsvd.pipeline.report import mlflow_ui_command
 from embsvd.tracking.contract import SWEEP_ROLE, Tag
 from embsvd.tracking.reading import SweepSelection, latest_sweep, list_sweeps, read_sweep
 from tests.conftest import PROJECT_ROOT, write_tiny_bert
-from tests.test_installed import bare_environment
 from tests.test_mlflow_ui import QUIET_SERVER, free_port, stop_server, wait_for_health
 
 EMBSVD = Path(sys.executable).parent / "embsvd"  # the console script of this environment
@@ -530,74 +527,3 @@ def test_embsvd_ui_refuses_a_missing_store_and_any_host_but_127_0_0_1(
     err = capsys.readouterr().err
     assert "embsvd ui: the UI listens on 127.0.0.1 only: it has no login" in err
     assert "ssh -N -L 5000:127.0.0.1:5000 <host>" in err
-
-
-# --- the console script of an installed wheel -----------------------------------------------------
-
-
-@pytest.mark.slow
-def test_the_console_script_of_an_installed_wheel_works_in_a_project_elsewhere(tmp_path):
-    """pip installs the wheel's `embsvd` script into a fresh environment; with only a
-    project's conf/ (no checkout), it sweeps, lists and exports from a subfolder."""
-    source = tmp_path / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(PROJECT_ROOT / name, source / name)
-    shutil.copytree(
-        PROJECT_ROOT / "embsvd", source / "embsvd", ignore=shutil.ignore_patterns("__pycache__")
-    )
-    wheels = tmp_path / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(wheels), str(source)],
-        check=True,
-        capture_output=True,
-    )
-    env = tmp_path / "venv"
-    venv.create(env, with_pip=False)
-    python = env / "bin" / "python"
-    purelib = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    # the dependencies (pip too) from this environment; embsvd itself from the wheel
-    Path(purelib, "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    [wheel] = wheels.glob("embsvd-*.whl")
-    subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        check=True,
-        capture_output=True,
-        env=bare_environment(tmp_path),
-    )
-    script = env / "bin" / "embsvd"
-    assert script.read_text().startswith(f"#!{python}")
-
-    project = tmp_path / "project"
-    shutil.copytree(PROJECT_ROOT / "conf", project / "conf")
-    work = project / "analysis"
-    work.mkdir()
-    write_tiny_bert(tmp_path / "tiny-bert")
-    bare = {**bare_environment(tmp_path), "HF_HUB_OFFLINE": "1"}
-    swept = embsvd("run", *tiny_sweep(tmp_path / "tiny-bert"), cwd=work, env=bare, script=script)
-    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
-    assert (project / "mlruns" / "mlflow.db").is_file()  # the project's own store
-
-    listed = embsvd("sweeps", cwd=work, env=bare, script=script)
-    assert listed.returncode == 0, listed.stderr
-    [row] = table_rows(listed.stdout)
-    assert row[0] == "*" and row[3] == "FINISHED" and row[6] == str(len(CENTER))
-    exported = embsvd("export", row[1], "--format", "parquet", cwd=work, env=bare, script=script)
-    assert exported.returncode == 0, exported.stderr
-    frame = pd.read_parquet(work / f"{row[1]}.parquet")
-    assert len(frame) == len(CENTER) and set(frame["status"]) == {"FINISHED"}
-    where = subprocess.run(
-        [python, "-c", "import embsvd; print(embsvd.__file__)"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=work,  # not the checkout: `-c` puts the working directory first on the path
-        env=bare,
-    ).stdout
-    assert where.startswith(str(env)) and str(PROJECT_ROOT) not in where  # the wheel's

@@ -12,9 +12,11 @@ import sys
 import venv
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from tests.conftest import PROJECT_ROOT, write_tiny_bert
+from tests.conftest import PROJECT_ROOT, bare_environment, write_tiny_bert
+from tests.test_cli import CENTER, embsvd, table_rows, tiny_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -47,21 +49,17 @@ def installed_python(tmp_path_factory):
         capture_output=True,
         text=True,
     ).stdout.strip()
+    # the dependencies (pip too) from this environment; embsvd itself from the wheel,
+    # installed by the venv's own pip so that its console script lands in the venv's bin/
     Path(purelib, "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     [wheel] = wheels.glob("embsvd-*.whl")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", purelib]
-        + [str(wheel)],
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
         check=True,
         capture_output=True,
+        env=bare_environment(root),
     )
     return python
-
-
-def bare_environment(home: Path) -> dict[str, str]:
-    """No PYTHONPATH, no store or cache settings of the calling shell: only the venv's
-    own paths decide what ``import embsvd`` finds."""
-    return {"PATH": "/usr/bin:/bin", "HOME": str(home)}
 
 
 def _pycache(folder, names):
@@ -112,3 +110,46 @@ def test_an_installed_embsvd_runs_a_project_from_anywhere(installed_python, tmp_
     assert (project / "mlruns" / "mlflow.db").is_file()  # the project's own store
     assert list((project / "mlruns" / "hydra" / "runs").glob("*/*/.hydra/config.yaml"))
     assert not list(elsewhere.iterdir())  # nothing written where the command started
+
+
+# --- the console script of the installed wheel ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_console_script_of_an_installed_wheel_works_in_a_project_elsewhere(
+    installed_python, tmp_path
+):
+    """pip installs the wheel's `embsvd` script into a fresh environment; with only a
+    project's conf/ (no checkout), it sweeps, lists and exports from a subfolder."""
+    python = installed_python
+    env = python.parent.parent
+    script = env / "bin" / "embsvd"
+    assert script.read_text().startswith(f"#!{python}")
+
+    project = tmp_path / "project"
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf")
+    work = project / "analysis"
+    work.mkdir()
+    write_tiny_bert(tmp_path / "tiny-bert")
+    bare = {**bare_environment(tmp_path), "HF_HUB_OFFLINE": "1"}
+    swept = embsvd("run", *tiny_sweep(tmp_path / "tiny-bert"), cwd=work, env=bare, script=script)
+    assert swept.returncode == 0, swept.stdout[-3000:] + swept.stderr[-3000:]
+    assert (project / "mlruns" / "mlflow.db").is_file()  # the project's own store
+
+    listed = embsvd("sweeps", cwd=work, env=bare, script=script)
+    assert listed.returncode == 0, listed.stderr
+    [row] = table_rows(listed.stdout)
+    assert row[0] == "*" and row[3] == "FINISHED" and row[6] == str(len(CENTER))
+    exported = embsvd("export", row[1], "--format", "parquet", cwd=work, env=bare, script=script)
+    assert exported.returncode == 0, exported.stderr
+    frame = pd.read_parquet(work / f"{row[1]}.parquet")
+    assert len(frame) == len(CENTER) and set(frame["status"]) == {"FINISHED"}
+    where = subprocess.run(
+        [python, "-c", "import embsvd; print(embsvd.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=work,  # not the checkout: `-c` puts the working directory first on the path
+        env=bare,
+    ).stdout
+    assert where.startswith(str(env)) and str(PROJECT_ROOT) not in where  # the wheel's
