@@ -133,16 +133,17 @@ BPE_TOKENS = ["ĠFrance", "France", "ĠGermany", "Germany", "ĠItaly", "ĠNether
 BPE_EOS = "<|endoftext|>"
 
 
-def write_tiny_bpe(folder: Path, seed: int = 0) -> np.ndarray:
-    """A tiny Llama-style folder: tokenizer.json (byte-level BPE) and model.safetensors."""
+def byte_level_bpe(tokens: list[str]):
+    """A byte-level BPE ``tokenizers.Tokenizer`` (GPT-2 / Llama / SmolLM2 style): id 0 the
+    end-of-text token, then the 256 byte characters, then ``tokens`` built from them by
+    merges."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {BPE_EOS: 0}
     for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[char] = len(vocab)
     merges = []
-    for token in BPE_TOKENS:
+    for token in tokens:
         for end in range(2, len(token) + 1):
             if token[:end] not in vocab:
                 vocab[token[:end]] = len(vocab)
@@ -150,11 +151,19 @@ def write_tiny_bpe(folder: Path, seed: int = 0) -> np.ndarray:
     bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
+    return bpe
+
+
+def write_tiny_bpe(folder: Path, seed: int = 0) -> np.ndarray:
+    """A tiny Llama-style folder: tokenizer.json (byte-level BPE) and model.safetensors."""
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = byte_level_bpe(BPE_TOKENS)
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=BPE_EOS).save_pretrained(folder)
     (folder / "config.json").write_text(
         json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
     )
-    W_E = tiny_embeddings(seed, d_vocab=len(vocab))
+    W_E = tiny_embeddings(seed, d_vocab=bpe.get_vocab_size())
     save_file({"model.embed_tokens.weight": W_E}, folder / "model.safetensors")
     return W_E
 

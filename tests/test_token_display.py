@@ -32,29 +32,17 @@ from embsvd.tracking.artifacts import Table, write_tables
 from embsvd.tracking.contract import Tag, result_tags
 from embsvd.tracking.store import RunRecord
 from embsvd.tracking.sweeps import format_sweep_table
-from tests.conftest import VOCAB, token_group, write_tokenizer
+from tests.conftest import BPE_EOS, VOCAB, byte_level_bpe, token_group, write_tokenizer
 
 BYTE_LEVEL = TokenDecoding((Step("byte_level"),))
 # byte-level strings built by merges: "öm", "ζω", " strugg", two spaces, a space + newline
 BPE_MERGED = ["Ã¶m", "Î¶Ïī", "Ġstrugg", "ĠĠ", "ĠĊ"]
-BPE_EOS = "<|endoftext|>"
 
 
 def write_byte_level_bpe(folder: Path) -> None:
     """A byte-level BPE tokenizer.json (GPT-2 / SmolLM2 style): the 256 byte characters,
     ``BPE_MERGED`` built from them by merges, and one special token."""
-    vocab = {BPE_EOS: 0}
-    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[char] = len(vocab)
-    merges = []
-    for token in BPE_MERGED:
-        for end in range(2, len(token) + 1):
-            if token[:end] not in vocab:
-                vocab[token[:end]] = len(vocab)
-                merges.append((token[: end - 1], token[end - 1]))
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
+    bpe = byte_level_bpe(BPE_MERGED)
     bpe.add_special_tokens([BPE_EOS])
     folder.mkdir(parents=True)
     bpe.save(str(folder / "tokenizer.json"))
