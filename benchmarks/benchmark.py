@@ -18,6 +18,16 @@ outside (wall clock, end to end, imports included) with its peak RSS from ``wait
   embedding is loaded cold (converted into a fresh cache), warm (from the cache), and in
   memory without a cache, next to reading the embedding's bytes raw from the file.
 
+- ``scale``: one default run (every check, per-run figures) on synthetic bf16 checkpoints
+  of 32k x 1024, 128k x 4096 and 256k x 2048, cold (a fresh cache: hashing, conversion
+  and the per-checkpoint work) and warm (the same cache), with time per phase and peak RSS.
+
+Every embsvd process writes its phases (``embsvd.pipeline.phases``: store, load, method,
+each check, writes, figures, composition) to a file; the report gives each phase's
+median per job and its share of the wall time, and the floors measured in the same
+invocation: ``import mlflow``, an MLflow run with one batch of 150 metrics, an SVD of
+10 x 384 and projecting 30522 x 384 onto 3 axes.
+
 Both tracking stores start as copies of one migrated sqlite file, so neither side pays
 MLflow's migrations. Results: a table of medians on stdout and a JSON file.
 """
@@ -44,7 +54,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 SCRIPT = str(Path(__file__).resolve())
 
-CASES = ("seed", "sweep", "large")
+CASES = ("seed", "sweep", "large", "scale")
+SCALE_SHAPES = ((32768, 1024), (128256, 4096), (262144, 2048))
+SMALL_SCALE_SHAPES = ((4096, 64), (8192, 128), (16384, 32))
 SWEEP_GROUPS = [
     "digits",
     "eu_countries",
@@ -67,18 +79,57 @@ class Side:
     n_runs: int
     seconds: list[float] = field(default_factory=list)
     peak_rss_mb: list[float] = field(default_factory=list)
+    phase_records: list[list[dict]] = field(default_factory=list, repr=False)
 
     @property
     def median_s(self) -> float:
         return statistics.median(self.seconds)
 
     def summary(self) -> dict:
-        return {
-            **asdict(self),
+        found = {
+            **{k: v for k, v in asdict(self).items() if k != "phase_records"},
             "median_s": self.median_s,
             "median_peak_rss_mb": statistics.median(self.peak_rss_mb),
             "per_run_s": self.median_s / self.n_runs,
         }
+        if self.phase_records:
+            found["phases"] = phase_summary(self.phase_records, self.seconds)
+        return found
+
+
+def phase_summary(repeats: list[list[dict]], walls: list[float]) -> dict:
+    """Per phase, over the repeats of one side: the median total seconds in a process, the
+    median seconds per job it ran in, and its share of the process's wall time; plus
+    ``other``, the wall time no phase covers (imports, Hydra, the sweep's open and close).
+    """
+    totals: dict[str, list[float]] = {}
+    per_job: dict[str, list[float]] = {}
+    covered = []
+    for records, wall in zip(repeats, walls, strict=True):
+        sums: dict[str, float] = {}
+        for record in records:
+            for name, seconds in record["phases"].items():
+                sums[name] = sums.get(name, 0.0) + seconds
+                if record["kind"] == "job":
+                    per_job.setdefault(name, []).append(seconds)
+        for name, total in sums.items():
+            totals.setdefault(name, []).append(total)
+        covered.append(sum(sums.values()) / wall)
+    wall = statistics.median(walls)
+    found = {
+        name: {
+            "total_s": statistics.median(values),
+            "per_job_s": statistics.median(per_job[name]) if name in per_job else None,
+            "share": statistics.median(values) / wall,
+        }
+        for name, values in sorted(totals.items(), key=lambda item: -statistics.median(item[1]))
+    }
+    found["other"] = {
+        "total_s": wall * (1 - statistics.median(covered)),
+        "per_job_s": None,
+        "share": 1 - statistics.median(covered),
+    }
+    return found
 
 
 def timed(command: list[str], cwd: Path, env: dict | None = None) -> tuple[float, float]:
@@ -156,7 +207,16 @@ def run_notebook(configs: list[dict], model_folder: Path, groups: dict, uri: str
 # --- embsvd ---------------------------------------------------------------------------------
 
 
-def run_embsvd(overrides: list[str], uri: str, work: Path, env: dict) -> tuple[float, float]:
+def run_embsvd(
+    overrides: list[str], uri: str, work: Path, env: dict
+) -> tuple[float, float, list[dict]]:
+    """``experiments/run.py -m`` with ``overrides``: wall seconds, peak RSS and the
+    phases its jobs recorded."""
+    from embsvd.pipeline.phases import PHASES_ENV, read_phases
+
+    phases_file = work / "phases.jsonl"
+    phases_file.unlink(missing_ok=True)
+    env = {**env, PHASES_ENV: str(phases_file)}
     command = [
         sys.executable,
         str(PROJECT_ROOT / "experiments" / "run.py"),
@@ -165,7 +225,8 @@ def run_embsvd(overrides: list[str], uri: str, work: Path, env: dict) -> tuple[f
         f"hydra.sweep.dir={work / 'hydra'}",
         *overrides,
     ]
-    return timed(command, work, env)
+    seconds, rss = timed(command, work, env)
+    return seconds, rss, read_phases(phases_file)
 
 
 def library_group(name: str) -> tuple[list[str], int]:
@@ -281,6 +342,138 @@ def measure_large(folder: Path, cache_dir: Path, repeats: int, work: Path) -> di
     }
 
 
+# --- floors ---------------------------------------------------------------------------------
+
+
+def floors() -> dict:
+    """What no implementation avoids, measured in this process (``python
+    benchmarks/benchmark.py floors``): medians of repeated calls, seconds."""
+    import tempfile as scratch
+
+    start = time.perf_counter()
+    import mlflow  # noqa: F401  (the import is what is measured)
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    import_mlflow = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    found = {"import_mlflow_s": import_mlflow}
+    with scratch.TemporaryDirectory() as folder:
+        client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
+        experiment = client.create_experiment("floor", artifact_location=f"{folder}/artifacts")
+        runs = []
+        for _ in range(12):
+            now = int(time.time() * 1000)
+            metrics = [Metric(f"m{i}", float(i), now, 0) for i in range(150)]
+            started = time.perf_counter()
+            run_id = client.create_run(experiment).info.run_id
+            client.log_batch(run_id, metrics=metrics)
+            client.set_terminated(run_id, "FINISHED")
+            runs.append(time.perf_counter() - started)
+        found["mlflow_run_150_metrics_s"] = statistics.median(runs[2:])
+    M = rng.normal(size=(10, 384))
+    found["svd_10x384_s"] = _median_call(lambda: np.linalg.svd(M, full_matrices=False), 200)
+    W = rng.normal(size=(30522, 384)).astype(np.float32)
+    axes = rng.normal(size=(384, 3))
+    found["project_30522x384_on_3_s"] = _median_call(lambda: W.astype(np.float64) @ axes, 20)
+    return found
+
+
+def _median_call(call, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure_floors(work: Path) -> dict:
+    """``floors`` in a fresh process, plus the bare interpreter's start."""
+    out = work / "floors.json"
+    timed([sys.executable, SCRIPT, "floors", str(out)], work)
+    found = json.loads(out.read_text())
+    found["python_start_s"] = statistics.median(
+        timed([sys.executable, "-c", "pass"], work)[0] for _ in range(5)
+    )
+    return found
+
+
+# --- scale: synthetic bf16 checkpoints ------------------------------------------------------
+
+
+def write_synthetic_checkpoint(folder: Path, d_vocab: int, d_model: int, words: list[str]) -> Path:
+    """A BERT-style folder of ``d_vocab`` x ``d_model`` bf16 embeddings: a WordPiece
+    ``tokenizer.json`` whose vocabulary holds ``words``, 2000 common English words and
+    filler tokens up to ``d_vocab``; random bf16 values, written a block at a time."""
+    import wordfreq
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab += sorted({w.lower() for w in words} - set(vocab))
+    common = [w for w in wordfreq.top_n_list("en", 4000) if w.isascii() and w.isalpha()]
+    vocab += [w for w in dict.fromkeys(common) if w not in set(vocab)][:2000]
+    vocab += [f"filler{i}" for i in range(d_vocab - len(vocab))]
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "BertTokenizerFast", "do_lower_case": True})
+    )
+    config = {"model_type": "bert", "architectures": ["BertModel"], "vocab_size": d_vocab}
+    (folder / "config.json").write_text(json.dumps(config))
+    key = "embeddings.word_embeddings.weight"
+    rng = np.random.default_rng(0)
+    with open(folder / "model.safetensors", "wb") as handle:
+        _write_header(handle, {key: ("BF16", [d_vocab, d_model])})
+        for start in range(0, d_vocab, 8192):
+            rows = min(8192, d_vocab - start)
+            values = rng.normal(size=(rows, d_model)).astype(np.float32)
+            handle.write((values.view(np.uint32) >> 16).astype("<u2").tobytes())
+    return folder
+
+
+def measure_scale(small: bool, repeats: int, work: Path, template: Path) -> dict:
+    """One default run (every check, per-run figures) on each synthetic shape, cold (a
+    fresh cache) then warm (the same cache), ``repeats`` times: wall, peak RSS, phases."""
+    shapes = SMALL_SCALE_SHAPES if small else SCALE_SHAPES
+    words = [w for name in ("digits", "eu_countries") for w in library_group(name)[0]]
+    found = {}
+    for d_vocab, d_model in shapes:
+        folder = write_synthetic_checkpoint(work / "scale" / "model", d_vocab, d_model, words)
+        sides = {mode: Side(mode, 1) for mode in ("cold", "warm")}
+        for repeat in range(repeats):
+            cache = work / "scale" / f"cache-{repeat}"
+            for mode, side in sides.items():
+                store = work / "scale" / f"store-{d_vocab}-{mode}-{repeat}"
+                store.mkdir(parents=True)
+                shutil.copyfile(template, store / "mlflow.db")
+                args = [
+                    *("model=local", f"model.path={folder}", "model.name=synthetic"),
+                    *("groups=[digits,eu_countries]", "target=digits"),
+                ]
+                env = {**os.environ, "EMBSVD_CACHE_DIR": str(cache)}
+                uri = f"sqlite:///{store / 'mlflow.db'}"
+                seconds, rss, phases = run_embsvd(args, uri, store, env)
+                side.seconds.append(seconds)
+                side.peak_rss_mb.append(rss)
+                side.phase_records.append(phases)
+            shutil.rmtree(cache, ignore_errors=True)
+        bf16_mb = d_vocab * d_model * 2 / 2**20
+        found[f"{d_vocab}x{d_model}"] = {
+            "d_vocab": d_vocab,
+            "d_model": d_model,
+            "embedding_bf16_mb": bf16_mb,
+            **{mode: side.summary() for mode, side in sides.items()},
+            "peak_rss_over_bf16": max(sides["warm"].peak_rss_mb + sides["cold"].peak_rss_mb)
+            / bf16_mb,
+        }
+        shutil.rmtree(folder, ignore_errors=True)
+    return found
+
+
 # --- the cases ------------------------------------------------------------------------------
 
 
@@ -330,14 +523,18 @@ def model_setup(small: bool, work: Path) -> tuple[Path, list[str]]:
 
 
 def case_configs(case: str, small: bool) -> tuple[list[str], list[dict], list[str]]:
-    """``(groups, notebook configurations, embsvd sweep overrides)`` of a case."""
+    """``(groups, notebook configurations, embsvd sweep overrides)`` of a case:
+    ``seed``, ``sweep`` or ``sweep_short`` (the sweep with one ``n_components``, for the
+    marginal cost of a run)."""
     if case == "seed":
         groups, targets, components = ["digits", "eu_countries"], ["digits", "eu_countries"], [3]
         if small:
             targets = ["digits"]
     else:
         groups = SWEEP_GROUPS[:4] if small else SWEEP_GROUPS
-        targets, components = (groups[:2], [1]) if small else (groups, [1, 2, 3, 4, 5])
+        targets, components = (groups[:2], [1, 2]) if small else (groups, [1, 2, 3, 4, 5])
+        if case == "sweep_short":
+            components = components[:1]
     figures = case == "seed"
     configs = [
         {"target": t, "center": c, "n_components": k, "figures": figures}
@@ -355,17 +552,30 @@ def case_configs(case: str, small: bool) -> tuple[list[str], list[dict], list[st
     return groups, configs, overrides
 
 
+SIDES = ("notebook", "embsvd", "embsvd+checks")
+
+
 def measure_case(case: str, small: bool, repeats: int, work: Path, template: Path) -> dict:
-    """Both sides of ``seed`` or ``sweep``, alternating, ``repeats`` times."""
+    """Every side of ``seed`` or ``sweep``, alternating, ``repeats`` times; the sweep also
+    in its short form, for each side's marginal cost of one more run."""
+    result = measure_sides(case, small, repeats, work, template)
+    if case == "sweep":
+        short = measure_sides("sweep_short", small, repeats, work, template)
+        result["short"] = {label: short[label] for label in SIDES}
+        result["marginal_per_run_s"] = {
+            label: (result[label]["median_s"] - short[label]["median_s"])
+            / (result[label]["n_runs"] - short[label]["n_runs"])
+            for label in SIDES
+        }
+    return result
+
+
+def measure_sides(case: str, small: bool, repeats: int, work: Path, template: Path) -> dict:
     folder, model_overrides = model_setup(small, work)
     groups, configs, overrides = case_configs(case, small)
     group_words = {name: library_group(name) for name in groups}
     env = {**os.environ, "EMBSVD_CACHE_DIR": str(work / "cache")}
-    sides = {
-        "notebook": Side("notebook", len(configs)),
-        "embsvd": Side("embsvd", len(configs)),
-        "embsvd+checks": Side("embsvd+checks", len(configs)),
-    }
+    sides = {label: Side(label, len(configs)) for label in SIDES}
     for repeat in range(repeats):
         for label, side in sides.items():
             store = work / f"{case}-{label}-{repeat}"
@@ -377,11 +587,14 @@ def measure_case(case: str, small: bool, repeats: int, work: Path, template: Pat
             else:
                 analysis = "analysis=fast" if label == "embsvd" else "analysis=default"
                 args = [*model_overrides, analysis, *overrides]
-                seconds, rss = run_embsvd(args, uri, store, env)
+                seconds, rss, phases = run_embsvd(args, uri, store, env)
+                side.phase_records.append(phases)
             side.seconds.append(seconds)
             side.peak_rss_mb.append(rss)
     result = {label: side.summary() for label, side in sides.items()}
-    result["ratio_notebook_over_embsvd"] = sides["notebook"].median_s / sides["embsvd"].median_s
+    notebook = sides["notebook"].median_s
+    result["ratio_notebook_over_embsvd"] = notebook / sides["embsvd"].median_s
+    result["ratio_notebook_over_embsvd_checks"] = notebook / sides["embsvd+checks"].median_s
     return result
 
 
@@ -410,13 +623,14 @@ def run_benchmark(cases: list[str], repeats: int, small: bool, out: Path) -> dic
             "repeats": repeats,
             "cases": {},
         }
+        report["floors"] = measure_floors(work)
         for case in cases:
             if case == "large":
                 report["cases"]["large"] = measure_large_case(small, repeats, work)
+            elif case == "scale":
+                report["cases"]["scale"] = measure_scale(small, repeats, work, template)
             else:
                 report["cases"][case] = measure_case(case, small, repeats, work, template)
-        if {"seed", "sweep"} <= set(cases):
-            report["marginal_per_run_s"] = marginal_costs(report["cases"])
         report["cfg_job_s"] = statistics.median(
             timed(
                 [sys.executable, str(PROJECT_ROOT / "experiments" / "run.py"), "--cfg", "job"], work
@@ -429,18 +643,6 @@ def run_benchmark(cases: list[str], repeats: int, small: bool, out: Path) -> dic
     out.write_text(json.dumps(report, indent=2))
     print(format_report(report))
     return report
-
-
-def marginal_costs(cases: dict) -> dict:
-    """Per side, the cost of one more run inside a sweep: the difference between the
-    sweep's and the seed case's wall times over the difference in runs (the seed case
-    draws figures, so this is an upper bound for figure-free runs)."""
-    costs = {}
-    for label in ("notebook", "embsvd", "embsvd+checks"):
-        sweep, seed = cases["sweep"][label], cases["seed"][label]
-        extra_runs = sweep["n_runs"] - seed["n_runs"]
-        costs[label] = (sweep["median_s"] - seed["median_s"]) / extra_runs if extra_runs else None
-    return costs
 
 
 def measure_large_case(small: bool, repeats: int, work: Path) -> dict:
@@ -462,22 +664,38 @@ def measure_large_case(small: bool, repeats: int, work: Path) -> dict:
 
 
 def format_report(report: dict) -> str:
-    """The table of medians."""
+    """The tables of medians: each case's sides, their phases, the floors."""
     lines = [f"{'case':<8} {'side':<14} {'runs':>5} {'median s':>9} {'s/run':>7} {'peak MB':>8}"]
     for case in ("seed", "sweep"):
         if case not in report["cases"]:
             continue
         result = report["cases"][case]
-        for label in ("notebook", "embsvd", "embsvd+checks"):
+        for label in SIDES:
             side = result[label]
             lines.append(
                 f"{case:<8} {label:<14} {side['n_runs']:>5} {side['median_s']:>9.2f} "
                 f"{side['per_run_s']:>7.3f} {side['median_peak_rss_mb']:>8.0f}"
             )
-        lines.append(f"{case:<8} notebook/embsvd: {result['ratio_notebook_over_embsvd']:.1f}x")
-    if "marginal_per_run_s" in report:
-        costs = ", ".join(f"{k} {v:.3f} s" for k, v in report["marginal_per_run_s"].items())
-        lines.append(f"marginal cost of a run inside a sweep: {costs}")
+        lines.append(
+            f"{case:<8} notebook/embsvd: {result['ratio_notebook_over_embsvd']:.2f}x (fast), "
+            f"{result['ratio_notebook_over_embsvd_checks']:.2f}x (with the checks)"
+        )
+        if "marginal_per_run_s" in result:
+            costs = ", ".join(f"{k} {v:.3f} s" for k, v in result["marginal_per_run_s"].items())
+            lines.append(f"{case:<8} marginal cost of a run: {costs}")
+        for label in ("embsvd", "embsvd+checks"):
+            lines += format_phases(f"{case} {label}", result[label].get("phases"))
+    if "scale" in report["cases"]:
+        lines.append("scale: one default run on synthetic bf16 embeddings")
+        for shape, result in report["cases"]["scale"].items():
+            for mode in ("cold", "warm"):
+                side = result[mode]
+                rss = side["median_peak_rss_mb"]
+                lines.append(
+                    f"  {shape:<12} {mode:<5} {side['median_s']:>7.2f} s, peak RSS {rss:.0f} MB "
+                    f"({rss / result['embedding_bf16_mb']:.2f}x the bf16 size)"
+                )
+                lines += format_phases(f"    {shape} {mode}", side.get("phases"), top=6)
     if "large" in report["cases"]:
         large = report["cases"]["large"]
         lines.append(
@@ -494,14 +712,36 @@ def format_report(report: dict) -> str:
             f"memory/raw {large['memory_over_raw']:.2f}x, "
             f"peak RSS / float32 size {large['peak_rss_over_float32']:.2f}"
         )
+    floors_found = report.get("floors", {})
+    if floors_found:
+        lines.append(
+            "floors: "
+            + ", ".join(
+                f"{k.removesuffix('_s')} {v * 1000:.1f} ms" for k, v in floors_found.items()
+            )
+        )
     lines.append(f"--cfg job: {report['cfg_job_s']:.2f} s")
     return "\n".join(lines)
+
+
+def format_phases(label: str, phases: dict | None, top: int = 12) -> list[str]:
+    """One line: the ``top`` phases by share, with their seconds per job."""
+    if not phases:
+        return []
+    shown = []
+    for name, phase in list(phases.items())[:top]:
+        per_job = f" {phase['per_job_s'] * 1000:.0f} ms/job" if phase["per_job_s"] else ""
+        shown.append(f"{name} {phase['share']:.0%}{per_job}")
+    return [f"  {label} phases: " + ", ".join(shown)]
 
 
 def _main(argv: list[str]) -> None:
     """The two measured subcommands (run by the benchmark itself), else the benchmark."""
     if argv and argv[0] == "notebook":
         notebook(Path(argv[1]))
+        return
+    if argv and argv[0] == "floors":
+        Path(argv[1]).write_text(json.dumps(floors()))
         return
     if argv and argv[0] == "load":
         folder, mode, cache_dir, out = argv[1:5]
@@ -511,7 +751,7 @@ def _main(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--cases", default=",".join(CASES), help="comma-separated: seed,sweep,large"
+        "--cases", default=",".join(CASES), help="comma-separated: seed,sweep,large,scale"
     )
     parser.add_argument("--repeats", type=int, default=3, help="measurements per side (median)")
     parser.add_argument("--small", action="store_true", help="tiny checkpoint, few runs")
