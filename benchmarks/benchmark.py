@@ -100,14 +100,19 @@ class Side:
 def phase_summary(repeats: list[list[dict]], walls: list[float]) -> dict:
     """Per phase, over the repeats of one side: the median total seconds in a process, the
     median seconds per job it ran in, and its share of the process's wall time; plus
-    ``other``, the wall time no phase covers (imports, Hydra, the sweep's open and close).
+    ``other``, the wall time no phase covers (imports, Hydra, the sweep's open and close),
+    and the writer process's busy time, which runs beside the jobs (no share of the wall).
     """
     totals: dict[str, list[float]] = {}
     per_job: dict[str, list[float]] = {}
-    covered = []
+    covered, beside = [], []
     for records, wall in zip(repeats, walls, strict=True):
         sums: dict[str, float] = {}
+        # the writer process works beside the jobs: its time is not the wall's
+        beside.append(sum(sum(r["phases"].values()) for r in records if r["kind"] == "writer"))
         for record in records:
+            if record["kind"] == "writer":
+                continue
             for name, seconds in record["phases"].items():
                 sums[name] = sums.get(name, 0.0) + seconds
                 if record["kind"] == "job":
@@ -124,6 +129,12 @@ def phase_summary(repeats: list[list[dict]], walls: list[float]) -> dict:
         }
         for name, values in sorted(totals.items(), key=lambda item: -statistics.median(item[1]))
     }
+    if any(beside):
+        found["writer_process (beside the jobs)"] = {
+            "total_s": statistics.median(beside),
+            "per_job_s": None,
+            "share": 0.0,
+        }
     found["other"] = {
         "total_s": wall * (1 - statistics.median(covered)),
         "per_job_s": None,

@@ -971,8 +971,7 @@ def test_the_per_run_projection_figure_has_the_same_label_rules():
     vocab = Vocabulary.from_matrix(W, [f"Ġtok{i}" for i in range(60)], marker="Ġ")
     result = analyze(W, groups, "g", vocab, n_components=2, top_k=5)
     fig = projection_figure(result, plt)
-    fig.tight_layout()
-    fig.canvas.draw()
+    fig.canvas.draw()  # a fixed layout: no layout pass
     extremes = [t for t in result.top_tokens if t.component == 0 and not t.in_group and t.rank <= 5]
     check_label_geometry(fig, 5 + len(extremes))
     legend = fig.axes[0].get_legend()

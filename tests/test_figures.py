@@ -45,6 +45,9 @@ GROUPS = ("digits", "eu_countries")
 DISPLAY = {"tiny_bert": "Tiny-BERT", "tiny_bpe": "tiny_bpe", "eu_countries": "EU countries"}
 TOP_K = 3
 SWEEP_OVERRIDES = ("analysis.n_null=40", "analysis.n_resamples=20", "analysis.n_global=4")
+# the sweep defers its per-run figures: the first figures command draws them into the runs
+DEFERRED = "analysis.figures=deferred"
+RUN_FIGURES = {"scree.png", "group_mean_corr.png", "row_cosine.png", "projection_component0.png"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Swept:
     parent_run_id: str
     sweep_id: str
     figures: Path  # the figure folder the first figures command wrote
+    said: str = ""  # what that command printed
 
     @property
     def client(self) -> MlflowClient:
@@ -112,6 +116,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -
         f"target={','.join(GROUPS)}",
         "analysis.center=true,false",
         *SWEEP_OVERRIDES,
+        DEFERRED,
     )
     assert sweep.returncode == 0, sweep.stdout[-3000:] + sweep.stderr[-3000:]
     parent_run_id = (root / "sweep" / "mlflow_parent_run_id").read_text().strip()
@@ -121,7 +126,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -
     assert f"experiments/figures.py sweep.sweep_id={sweep_id} tracking.uri={uri}" in sweep.stdout
     made = figures(root, uri)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    return Swept(root, uri, parent_run_id, sweep_id, root / "figures" / sweep_id)
+    return Swept(root, uri, parent_run_id, sweep_id, root / "figures" / sweep_id, made.stdout)
 
 
 def read_rows(file: Path) -> list[dict[str, str]]:
@@ -320,6 +325,24 @@ def test_the_figure_set_is_logged_to_the_parent_run(swept):
     logged = {a.path for a in swept.client.list_artifacts(swept.parent_run_id, "figures/paper")}
     assert "figures/paper/scree_grid.pdf" in logged
     assert "figures/paper/top_tokens.tex" in logged
+
+
+def test_the_figures_command_logs_the_per_run_figures_the_runs_deferred(swept):
+    """The sweep's runs drew no figures (``analysis.figures=deferred``); the figures
+    command drew each run's from the tables it logged and logged them into the run, where
+    the MLflow UI shows them, and said so."""
+    children = swept.children()
+    assert len(children) == 8
+    for child in children:
+        assert child.data.tags["embsvd.run_figures"] == "drawn later"
+        digits = child.data.tags["embsvd.target_group"] == "digits"  # a declared order
+        names = {
+            Path(a.path).name for a in swept.client.list_artifacts(child.info.run_id, "figures")
+        }
+        assert names == RUN_FIGURES | ({"order.png"} if digits else set())
+        scree = swept.client.download_artifacts(child.info.run_id, "figures/scree.png")
+        assert Path(scree).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "per-run figures of 8 runs that deferred them logged to those runs" in swept.said
 
 
 def digests(folder: Path) -> dict[str, str]:

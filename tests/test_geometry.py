@@ -257,3 +257,112 @@ def test_cached_global_svd_recomputes_a_file_edited_in_place(low_rank, tmp_path,
         again = cached_global_svd(low_rank, 3, cache_file)
     assert f"cache entry {cache_file} is damaged" in caplog.text
     assert_same_svd(again, first)
+
+
+def known_spectrum(singular_values: np.ndarray, n: int, seed: int = 0) -> tuple:
+    """``(X, Vt)``: ``n`` rows offset from 0 whose centered singular values are exactly
+    ``singular_values`` (one per column) along the orthonormal rows of ``Vt``."""
+    rng = np.random.default_rng(seed)
+    d = len(singular_values)
+    Z = rng.normal(size=(n, d))
+    Z = np.linalg.qr(Z - Z.mean(axis=0))[0]  # orthonormal, zero-mean columns
+    Vt = np.linalg.qr(rng.normal(size=(d, d)))[0].T
+    return (Z * singular_values) @ Vt + rng.normal(size=d), Vt
+
+
+SPECTRA = {
+    # well separated: a geometric decay
+    "gaps": 100.0 * 0.93 ** np.arange(240),
+    # near-ties: pairs 1e-9 apart, an exact triple, then a slow tail
+    "near-ties": np.concatenate(
+        [[50, 50 * (1 - 1e-9), 40, 30, 30, 30, 20, 20 * (1 - 1e-9)], 10 * 0.99 ** np.arange(232)]
+    ),
+    # flat: every direction the same, so no top subspace is preferred
+    "flat": np.full(240, 7.0),
+}
+
+
+@pytest.mark.parametrize("spectrum", list(SPECTRA))
+@pytest.mark.parametrize("lanczos", [True, False], ids=["lanczos", "eigh"])
+def test_the_fast_global_svd_matches_the_exact_one_on_known_spectra(spectrum, lanczos, monkeypatch):
+    """The fast path (float32 scatter, the top eigenpairs by block Lanczos or a full
+    eigendecomposition, Rayleigh-Ritz with float64 products) against the float64 scatter's
+    exact eigendecomposition: singular values to 1e-10; axes to 1e-10 where their
+    singular value is separated from the others, and within a tie their span."""
+    monkeypatch.setattr(embsvd.method.geometry, "FULL_EIGH_MAX_D", 64 if lanczos else 10_000)
+    values = SPECTRA[spectrum]
+    X, true_Vt = known_spectrum(values, n=3000)
+    k = 20
+    fast = global_svd(X, k, method="fast")
+    exact = global_svd(X, k, method="exact")
+
+    np.testing.assert_allclose(fast.singular_values, exact.singular_values, rtol=1e-10)
+    np.testing.assert_allclose(fast.singular_values, values[:k], rtol=1e-10)
+    np.testing.assert_allclose(fast.mean, exact.mean, rtol=1e-12)
+    assert fast.total_variance == pytest.approx(exact.total_variance, rel=1e-12)
+    np.testing.assert_allclose(fast.Vt @ fast.Vt.T, np.eye(k), atol=1e-12)
+    assert np.all(fast.Vt[np.arange(k), np.argmax(np.abs(fast.Vt), axis=1)] > 0)
+    # every axis is an eigenvector of the exact scatter to the checked residual
+    centered = X - X.mean(axis=0)
+    residual = centered.T @ (centered @ fast.Vt.T) - fast.Vt.T * fast.singular_values**2
+    residual = np.linalg.norm(residual, axis=0)
+    assert residual.max() <= embsvd.method.geometry.RESIDUAL_TOLERANCE * values[0] ** 2
+    # group the components into clusters of (near-)equal singular values
+    relative_gap = -np.diff(values) / values[0]
+    cluster = np.concatenate([[0], np.cumsum(relative_gap > 1e-6)])
+    for c in np.unique(cluster[:k]):
+        members = np.flatnonzero(cluster[:k] == c)
+        if (cluster == c).sum() > len(members):
+            continue  # the tie runs past the k-th component: no top-k span to compare
+        cosines = np.linalg.svd(fast.Vt[members] @ true_Vt[members].T, compute_uv=False)
+        assert cosines.min() > 1 - 1e-10, (spectrum, members)
+        if len(members) == 1:  # Davis-Kahan: sin(angle) <= residual / gap
+            (i,) = members
+            gap = np.delete(np.abs(values**2 - values[i] ** 2), i).min()
+            along = fast.Vt[i] @ true_Vt[i]
+            sine = np.linalg.norm(fast.Vt[i] - along * true_Vt[i])
+            assert sine <= residual[i] / gap * (1 + 1e-6) + 1e-12, (spectrum, i)
+
+
+def test_the_fast_global_svd_on_bfloat16_data_is_the_exact_one():
+    X, _ = known_spectrum(100.0 * 0.95 ** np.arange(200), n=2500, seed=3)
+    X = ((X.astype(np.float32).view(np.uint32) >> 16) << 16).view(np.float32)
+    fast, exact = global_svd(X, 30, method="fast"), global_svd(X, 30, method="exact")
+    np.testing.assert_allclose(fast.singular_values, exact.singular_values, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(fast.Vt * exact.Vt, axis=1)), 1.0, atol=1e-10)
+    assert fast.total_variance == pytest.approx(exact.total_variance, rel=1e-12)
+
+
+def test_the_fast_global_svd_falls_back_to_the_exact_one_when_a_check_fails(
+    low_rank, monkeypatch, caplog
+):
+    exact = global_svd(low_rank, 5, method="exact")
+    monkeypatch.setattr(embsvd.method.geometry, "RESIDUAL_TOLERANCE", 0.0)
+    with caplog.at_level(logging.WARNING):
+        fallen_back = global_svd(low_rank, 5, method="fast")
+    assert "fast path's axes have a residual of" in caplog.text
+    assert "computing the exact scatter instead" in caplog.text
+    assert_same_svd(fallen_back, exact)
+    # a Lanczos iteration that does not converge gives way to a full eigendecomposition
+    monkeypatch.undo()
+    monkeypatch.setattr(embsvd.method.geometry, "FULL_EIGH_MAX_D", 16)
+    monkeypatch.setattr(embsvd.method.geometry, "LANCZOS_TOLERANCE", 0.0)
+    with caplog.at_level(logging.INFO):
+        eigh = global_svd(low_rank, 5, method="fast")
+    assert "the Lanczos iteration did not converge; eigendecomposing" in caplog.text
+    np.testing.assert_allclose(eigh.singular_values, exact.singular_values, rtol=1e-10)
+
+
+def test_the_global_svd_method_is_chosen_by_size_and_checked(low_rank, monkeypatch):
+    calls = []
+    real = embsvd.method.geometry._fast_global_svd
+    monkeypatch.setattr(
+        embsvd.method.geometry, "_fast_global_svd", lambda *a: calls.append(a) or real(*a)
+    )
+    global_svd(low_rank, 3)  # 2000 x 60^2: small, exact
+    assert not calls
+    monkeypatch.setattr(embsvd.method.geometry, "FAST_MIN_WORK", 2000 * 60 * 60 - 1)
+    global_svd(low_rank, 3)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match=r"method: expected one of \('auto', 'exact', 'fast'\)"):
+        global_svd(low_rank, 3, method="randomized")

@@ -33,6 +33,8 @@ def installed_python(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(PROJECT_ROOT / name, source / name)
     shutil.copytree(PROJECT_ROOT / "embsvd", source / "embsvd", ignore=_pycache)
+    # embsvd's Hydra sweeper (conf/config.yaml's default), where Hydra looks for plugins
+    shutil.copytree(PROJECT_ROOT / "hydra_plugins", source / "hydra_plugins", ignore=_pycache)
     wheels = root / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
@@ -108,7 +110,7 @@ def test_an_installed_embsvd_runs_a_project_from_anywhere(installed_python, tmp_
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (project / "mlruns" / "mlflow.db").is_file()  # the project's own store
-    assert list((project / "mlruns" / "hydra" / "runs").glob("*/*/.hydra/config.yaml"))
+    assert list((project / "mlruns" / "hydra" / "runs").glob("*/*/run.log"))  # Hydra's job folder
     assert not list(elsewhere.iterdir())  # nothing written where the command started
 
 

@@ -418,6 +418,7 @@ def test_a_run_keeps_no_secret_given_on_the_command_line(tiny_bert, tmp_path, st
         *FAST,
         f"tracking.uri={store}",
         f"hydra.run.dir={job_dir}",
+        "hydra.output_subdir=.hydra",  # Hydra's files of the job (off by default), redacted
         *carriers,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -450,6 +451,7 @@ def test_a_sweep_keeps_no_secret_given_on_the_command_line(tiny_bert, tmp_path, 
         *FAST,
         f"tracking.uri={store}",
         f"hydra.sweep.dir={sweep_dir}",
+        "hydra.output_subdir=.hydra",  # Hydra's files of each job (off by default), redacted
         "target=digits,eu_countries",
         *carriers,
     )

@@ -124,8 +124,11 @@ def test_sweep_jobs_are_children_of_one_parent_run(tiny_bert, tmp_path):
     assert sorted(c.name for c in children) == sorted(
         f"{g} · {c} · tiny_bert" for g in ("digits", "eu_countries") for c in ("centered", "raw")
     )
-    # the sweeper's validation and the launcher share one composition per job
-    assert "composed 4 job configs for 8 requests" in done.stdout + done.stderr
+    # one composition of the config groups, the 4 jobs derived from it, each asked for
+    # once (by the launcher: embsvd's sweeper checked them before the sweep)
+    assert "composed 4 job configs for 4 requests: Hydra composed 1, 4 derived" in (
+        done.stdout + done.stderr
+    )
     # the basic launcher runs every job in one process: the checkpoint is read by the first
     by_job = {int(c.tags["embsvd.job_num"]): c for c in children}
     assert [by_job[i].tags["embsvd.checkpoint_cache"] for i in range(4)] == [

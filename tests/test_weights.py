@@ -1,4 +1,5 @@
-"""Tensors memory-mapped or widened once into the cache; file hashes remembered."""
+"""Tensors memory-mapped as stored (bfloat16 and float16 read as float32 rows); file
+hashes remembered."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from embsvd.io import weights
+from embsvd.io.rows import BFloat16Rows, Float16Rows, is_streamed, matmul_rows, row_blocks
 from embsvd.io.weights import file_sha256, read_safetensors
 
 
@@ -49,33 +51,76 @@ def test_float32_tensors_are_memory_mapped_not_copied(tmp_path):
     assert not (tmp_path / "cache" / "matrices").exists()  # nothing to convert
 
 
-def test_bfloat16_is_widened_once_into_the_cache_block_by_block(tmp_path, monkeypatch):
+def exactly_widened(values: np.ndarray) -> np.ndarray:
+    """``values`` truncated to bfloat16, as float32: what a bfloat16 file stores."""
+    return ((values.astype(np.float32).view(np.uint32) >> 16) << 16).view(np.float32)
+
+
+def test_bfloat16_is_memory_mapped_and_read_as_exactly_widened_rows(tmp_path):
     values = np.random.default_rng(1).normal(size=(37, 6)).astype(np.float32)
     file = bf16_file(tmp_path, values)
-    expected = ((values.view(np.uint32) >> 16) << 16).view(np.float32)
-    monkeypatch.setattr(weights, "BLOCK_ELEMENTS", 50)  # several blocks, a short last one
+    expected = exactly_widened(values)
     cache = tmp_path / "cache"
-    first = read_safetensors(file, "embed", cache)
-    np.testing.assert_array_equal(first, expected)
-    [entry] = (cache / "matrices").glob("*/embed.npy")
-    assert entry.parent.name == hashlib.sha256(file.read_bytes()).hexdigest()
 
-    def no_second_conversion(*args):
-        raise AssertionError("converted twice")
+    W = read_safetensors(file, "embed", cache)
 
-    monkeypatch.setattr(weights, "_widen_into_cache", no_second_conversion)
-    again = read_safetensors(file, "embed", cache)
-    assert isinstance(again, np.memmap)
-    np.testing.assert_array_equal(again, expected)
-    np.testing.assert_array_equal(read_safetensors(file, "embed"), expected)  # in memory
+    assert isinstance(W, BFloat16Rows) and is_streamed(W)
+    assert W.is_mapped and not W.raw.flags.writeable
+    assert (W.shape, len(W), W.ndim, W.dtype) == ((37, 6), 37, 2, np.float32)
+    assert W.nbytes == 37 * 6 * 2  # what the file stores, not a float32 copy
+    np.testing.assert_array_equal(W[3], expected[3])
+    np.testing.assert_array_equal(W[5:30], expected[5:30])
+    ids = np.array([[0, 36, 2], [7, 7, 1]])
+    gathered = W[ids]
+    assert gathered.shape == (2, 3, 6) and gathered.dtype == np.float32
+    np.testing.assert_array_equal(gathered, expected[ids])
+    for block_rows in (1, 5, 37, 100):
+        blocks = list(row_blocks(W, block_rows))
+        assert [rows.start for rows, _ in blocks] == list(range(0, 37, block_rows))
+        np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), expected)
+    np.testing.assert_array_equal(matmul_rows(W, np.eye(6)), expected.astype(np.float64))
+    assert not cache.exists()  # nothing widened, nothing written
 
 
-def test_float16_is_widened_exactly(tmp_path):
+def test_float16_is_memory_mapped_and_read_as_exact_float32_rows(tmp_path):
     values = np.random.default_rng(2).normal(size=(9, 4)).astype(np.float16)
     save_file({"embed": values}, tmp_path / "h.safetensors")
     read = read_safetensors(tmp_path / "h.safetensors", "embed", tmp_path / "cache")
-    assert read.dtype == np.float32
-    np.testing.assert_array_equal(read, values.astype(np.float32))
+    assert isinstance(read, Float16Rows) and read.dtype == np.float32
+    assert read.raw.dtype == np.float16 and read.is_mapped and not read.raw.flags.writeable
+    np.testing.assert_array_equal(read[:], values.astype(np.float32))
+    np.testing.assert_array_equal(read[[8, 0]], values[[8, 0]].astype(np.float32))
+
+
+def test_a_narrow_tensor_of_other_than_two_dimensions_is_widened_in_memory(tmp_path):
+    values = np.random.default_rng(3).normal(size=(2, 3, 4)).astype(np.float16)
+    save_file({"conv": values, "bias": values[0, 0]}, tmp_path / "c.safetensors")
+    conv = read_safetensors(tmp_path / "c.safetensors", "conv")
+    assert isinstance(conv, np.ndarray) and conv.dtype == np.float32
+    np.testing.assert_array_equal(conv, values.astype(np.float32))
+    np.testing.assert_array_equal(
+        read_safetensors(tmp_path / "c.safetensors", "bias"), values[0, 0].astype(np.float32)
+    )
+
+
+@pytest.mark.parametrize("stored", ["BF16", "F16", "F32"])
+def test_non_finite_rows_are_found_from_the_stored_bits(tmp_path, stored):
+    values = np.random.default_rng(5).normal(size=(300, 7)).astype(np.float32)
+    values[[3, 150, 299], [0, 6, 2]] = [np.nan, np.inf, -np.inf]
+    values[77, 1] = 3e38  # finite in float32 and bfloat16 (float16: infinite)
+    if stored == "BF16":
+        W = read_safetensors(bf16_file(tmp_path, values), "embed")
+    else:
+        dtype = np.float16 if stored == "F16" else np.float32
+        with np.errstate(over="ignore"):
+            save_file({"embed": values.astype(dtype)}, tmp_path / "w.safetensors")
+        W = read_safetensors(tmp_path / "w.safetensors", "embed")
+    expected = [3, 77, 150, 299] if stored == "F16" else [3, 150, 299]
+    assert np.isfinite(W[0]).all()
+    for block in (weights.BLOCK_ELEMENTS, 7 * 4, 7):  # several blocks, a short last one
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(weights, "BLOCK_ELEMENTS", block)
+            assert weights.non_finite_rows(W).tolist() == expected
 
 
 def test_a_non_float_tensor_is_refused(tmp_path):
@@ -160,34 +205,32 @@ def test_a_file_changed_moments_ago_is_not_remembered(tmp_path, monkeypatch):
     assert len(calls) == 2 and not (tmp_path / "cache" / "sha256").exists()
 
 
-@pytest.mark.parametrize(
-    "damage",
-    ["edited", "truncated", "flipped", "no-record"],
-)
-def test_a_damaged_widened_matrix_is_rebuilt_with_a_warning(tmp_path, damage, caplog):
+def test_a_widened_copy_an_older_version_cached_is_deleted_not_read(tmp_path, caplog):
+    """Older versions widened bfloat16 into ``<cache_dir>/matrices/<sha256>/``: such an
+    entry, even a valid one with other values, is never read, and reading its file
+    deletes it (twice the file's size on disk); other files' entries stay until theirs
+    are read."""
     values = np.random.default_rng(4).normal(size=(37, 6)).astype(np.float32)
     file = bf16_file(tmp_path, values)
-    expected = ((values.view(np.uint32) >> 16) << 16).view(np.float32)
     cache = tmp_path / "cache"
+    legacy = cache / "matrices" / hashlib.sha256(file.read_bytes()).hexdigest()
+    legacy.mkdir(parents=True)
+    np.save(legacy / "embed.npy", np.zeros((37, 6), dtype=np.float32))
+    (legacy / "embed.npy.checksum").write_text("{}")
+    other = cache / "matrices" / ("0" * 64)
+    other.mkdir()
+    (other / "embed.npy").write_bytes(b"of another file")
+
+    with caplog.at_level(logging.INFO):
+        W = read_safetensors(file, "embed", cache)
+
+    np.testing.assert_array_equal(W[:], exactly_widened(values))
+    assert not legacy.exists() and other.is_dir()
+    assert f"deleting {legacy}: widened copies are no longer kept" in caplog.text
+    (other / "embed.npy").unlink()
+    other.rmdir()
     read_safetensors(file, "embed", cache)
-    [entry] = (cache / "matrices").glob("*/embed.npy")
-    if damage == "edited":  # a valid .npy with other values
-        np.save(entry, np.zeros_like(expected))
-    elif damage == "truncated":
-        entry.write_bytes(entry.read_bytes()[:-24])
-    elif damage == "flipped":
-        raw = bytearray(entry.read_bytes())
-        raw[-5] ^= 0x40
-        entry.write_bytes(bytes(raw))
-    else:
-        Path(f"{entry}.checksum").unlink()
-
-    with caplog.at_level(logging.WARNING):
-        again = read_safetensors(file, "embed", cache)
-
-    np.testing.assert_array_equal(again, expected)
-    assert f"cache entry {entry} is damaged" in caplog.text
-    assert "rebuilding it" in caplog.text
+    assert not (cache / "matrices").exists()  # the last entry gone, the folder too
 
 
 def test_a_hub_blob_is_named_by_its_hash_and_not_read(tmp_path, monkeypatch):
@@ -227,7 +270,7 @@ def test_a_sharded_checkpoint_is_read_from_the_embedding_shard_alone(tmp_path):
         read = read_token_matrix(
             folder, CheckpointSpec(name="big", path=str(folder)), tmp_path / "c"
         )
-        read.W.sum()
+        sum(block.sum() for _, block in row_blocks(read.W))  # every value read
     finally:
         opened, OPENED[:] = {Path(p).name for p in OPENED[1:]}, []
     assert read.tensor_key == EMBEDDING_KEY and read.W.shape == (512, 32)

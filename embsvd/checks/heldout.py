@@ -17,6 +17,19 @@ remainder (every candidate not kept, the subspace learned from the kept words). 
 tokens a subspace was learned from, and special tokens, are never ranked.
 ``precision_at_k`` is the share of the group's held-out remainder among the ``k``
 tokens closest to the kept words' subspace, with ``k`` at most the remainder's size.
+
+"Ahead" is strict: a token whose score equals the word's is not counted, and neither is
+a token whose row *is* the word's row (the word itself, ranked among the remainder, or a
+duplicate embedding), even where rounding puts its score a hair ahead.
+
+Cost: every fit (one per kept word, and the kept words' own) is scored in one pass over
+the vocabulary, a block of rows at a time; no copy of the matrix is made, whatever its
+stored dtype. Every fit's offset and axes lie in the span of the kept words' rows (a fit
+uses some of them; a centered offset is their mean), so a block is read once onto an
+orthonormal basis of that span, at most ``n`` columns, and every fit's products come from
+those coordinates: ``n`` columns of ``d_model``-long products instead of ``(n + 1)(1 + c)``.
+A group of at least ``d_model`` words spans the whole space; its blocks are multiplied by
+the offsets and axes themselves.
 """
 
 from __future__ import annotations
@@ -26,8 +39,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embsvd.groups import KeptToken, TokenGroup
-from embsvd.method.analysis import decompose
+from embsvd.groups import TokenGroup
+from embsvd.io.rows import BLOCK_ROWS, row_blocks
+from embsvd.method.analysis import GroupSVD, decompose
 
 
 @dataclass(frozen=True)
@@ -76,23 +90,24 @@ class HeldOutValidation:
         return np.median([w.axis_rank_pct for w in words], axis=0) if words else None
 
 
-class Subspace:
-    """An affine subspace and every vocabulary row's distance to it and projections on it."""
-
-    def __init__(
-        self, W: np.ndarray, row_norms_sq: np.ndarray, offset: np.ndarray, axes: np.ndarray
-    ):
-        # one (d_vocab, d_model) @ (d_model, 1 + c) product per subspace
-        products = W @ np.vstack([offset, axes]).T
-        self.projections = products[:, 1:] - offset @ axes.T  # (d_vocab, c)
-        offset_sq = row_norms_sq - 2 * products[:, 0] + offset @ offset
-        residual = offset_sq - (self.projections**2).sum(axis=1)
-        self.distances = np.sqrt(np.clip(residual, 0.0, None))  # (d_vocab,)
-
-
-def percent_ahead(scores: np.ndarray, ranked: np.ndarray, token_id: int) -> float:
-    """Percent of the ``ranked`` ids whose score is strictly smaller than ``token_id``'s."""
-    return float(100.0 * np.count_nonzero(scores[ranked] < scores[token_id]) / len(ranked))
+# float64 bytes of one block's rows (as read and widened) and its scores under every fit:
+# 32 MiB is ~650 rows at d_model = 4096 with 11 fits, enough for full BLAS speed
+BLOCK_BYTES = 1 << 25
+# The basis the vocabulary is read onto may leave out of any fit's offset or axis at most
+# this many float64 epsilons per dimension of their stack (``max(d_model, width)``), of
+# its length: the worst-case rounding of one d_model-long product. Directions of the kept
+# rows (or of the stack) whose singular value is below that share of the largest are
+# dropped (numpy's matrix_rank rule): duplicate or zero kept rows leave such null
+# directions, at rounding level.
+SPAN_EPSILONS = 1.0
+EPSILON = np.finfo(np.float64).eps
+# The held-out words' own scores come from their rows (a product with each fit's offset
+# and axes), the vocabulary's from the blocks (read onto the span's basis first): the same
+# numbers by different arithmetic, so a copy of a word's row can land a rounding error
+# ahead of it. A row ahead by less than this fraction of (|row| + |offset|) is
+# compared with the word's row: an identical row ties (never ranks ahead), as it did when
+# every score came from one product; any other keeps the strict comparison.
+TIE_BAND = 1e-6
 
 
 def validate_held_out(
@@ -104,71 +119,220 @@ def validate_held_out(
     excluded_ids: Collection[int],
     precision_k: int,
     pool_ids: Sequence[int] | None = None,
+    block_rows: int | None = None,
 ) -> HeldOutValidation:
     """Leave-one-out and remainder ranks of a group's words (see the module docstring).
 
+    Every fit (one per left-out word, and the kept words' own) is scored in one pass over
+    the vocabulary: ``W`` is read a block of rows at a time, widened to float64 per block
+    (never a float32 or float64 copy of all of ``W``), and multiplied by an orthonormal
+    basis of the span of every fit's offset and axes (at most ``n`` columns); each fit's
+    products come from those coordinates by small matrices (``_StackedFits``). The
+    held-out words' own scores come first, from their rows; each block then counts, per
+    word, the ranked tokens strictly ahead of it. Memory beyond a block is ``O(d_vocab)``:
+    the kept words' fit's distances (for precision@k and the pool median) and the masks of
+    ranked tokens.
+
     Args:
-        W: The matrix the analysis ran on, ``(d_vocab, d_model)``.
+        W: The matrix the analysis ran on, ``(d_vocab, d_model)``: an array, a memmap or
+            an ``embsvd.io.rows.BFloat16Rows``.
         group: The group, with its kept and held-out tokens.
         center: Whether the subspace passes through the group's mean (else the origin).
         n_components: Axes spanning the subspace (fewer when ``n - 1`` rows have fewer).
         excluded_ids: Never ranked (special tokens, rows without a token).
         precision_k: The ``k`` of precision@k, capped at the remainder's size.
         pool_ids: The group's candidate pool, for the reference median.
+        block_rows: Rows of ``W`` read at a time; ``None``: as many as ``BLOCK_BYTES``
+            of float64 allow (at most ``embsvd.io.rows.BLOCK_ROWS``).
     """
-    W = np.asarray(W, dtype=np.float64)
-    row_norms_sq = np.einsum("ij,ij->i", W, W)
-    eligible = np.ones(len(W), dtype=bool)
+    d_vocab = len(W)
+    kept_ids = np.array(group.token_ids, dtype=np.intp)
+    n = len(kept_ids)
+    c = min(n_components, n - 1 - int(center))
+    M = np.asarray(W[kept_ids], dtype=np.float64)
+    fits = [decompose(np.delete(M, i, axis=0), center) for i in range(n)]
+    fits.append(decompose(M, center))
+    stacked = _StackedFits(fits, c)
+    words = [(token, "leave_one_out", i) for i, token in enumerate(group.kept)]
+    words += [(token, "remainder", n) for token in group.held_out]
+    word_ids = np.array([token.token_id for token, _, _ in words], dtype=np.intp)
+    word_fits = np.array([fit for _, _, fit in words], dtype=np.intp)
+    own_rows = np.asarray(W[word_ids])  # as stored: an identical row is a tie
+    own_distances, own_sizes, bands = stacked.own_scores(own_rows, word_fits)
+
+    eligible = np.ones(d_vocab, dtype=bool)
     eligible[list(excluded_ids)] = False
-    kept_ids = np.array(group.token_ids)
-    c = min(n_components, len(kept_ids) - 1 - int(center))
-    words = []
-    for i, token in enumerate(group.kept):
-        training = np.delete(kept_ids, i)
-        subspace = _fit(W, row_norms_sq, training, center, c)
-        words.append(_place(token, "leave_one_out", subspace, _ranked(eligible, training)))
-    full = _fit(W, row_norms_sq, kept_ids, center, c)
-    ranked = _ranked(eligible, kept_ids)
-    words += [_place(token, "remainder", full, ranked) for token in group.held_out]
+    rankable = eligible.copy()  # ranked by every fit: no fit was learned from these
+    rankable[kept_ids] = False
+    full_distances = np.empty(d_vocab)  # the kept words' fit: precision@k, pool median
+    closer = np.zeros(len(words), dtype=np.int64)  # ranked tokens closer to the subspace
+    larger = np.zeros(own_sizes.shape, dtype=np.int64)  # ... with a larger |projection|
+    if block_rows is None:  # a block's rows (read and widened) and scores: BLOCK_BYTES
+        width = W.shape[1] * 3 // 2 + stacked.read_width + 3 * stacked.width
+        width += 2 * len(words) * (1 + c)
+        block_rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (8 * width)))
+    for rows, block in row_blocks(W, block_rows):
+        distances, projections = stacked.scores(block.astype(np.float64, copy=False))
+        full_distances[rows] = distances[:, n]
+        ranked_here = rankable[rows, None]
+        # a gap > 0 ranks the row ahead of the word (x - y > 0 exactly when x > y)
+        distance_gap = own_distances - distances[:, word_fits]  # (b, n_words)
+        size_gap = np.abs(projections[:, word_fits])  # (b, n_words, c)
+        size_gap -= own_sizes
+        del distances, projections
+        is_closer = (distance_gap > 0) & ranked_here
+        is_larger = (size_gap > 0) & ranked_here[..., None]
+        # rounding can put a copy of a word's row (its own, or a duplicate) just ahead of
+        # it: a row within the band of a word is compared with the word's row itself
+        near = (is_closer & (distance_gap <= bands)) | (
+            is_larger & (size_gap <= bands[:, None])
+        ).any(axis=2)
+        rows_near, words_near = np.nonzero(near)
+        same = (block[rows_near] == own_rows[words_near]).all(axis=1)
+        is_closer[rows_near[same], words_near[same]] = False
+        is_larger[rows_near[same], words_near[same]] = False
+        closer += np.count_nonzero(is_closer, axis=0)
+        larger += np.count_nonzero(is_larger, axis=0)
+    ahead = np.column_stack([closer, larger])  # (n_words, 1 + c)
+
+    n_eligible = int(eligible.sum())
+    placed = []
+    for w, (token, variant, fit) in enumerate(words):
+        training = kept_ids if fit == n else np.delete(kept_ids, fit)
+        n_ranked = n_eligible - int(eligible[np.unique(training)].sum())
+        percent = [float(100.0 * int(count) / n_ranked) for count in ahead[w]]
+        placed.append(
+            HeldOutWord(
+                word=token.word,
+                token=token.token,
+                token_id=token.token_id,
+                variant=variant,
+                distance=float(own_distances[w]),
+                subspace_rank_pct=percent[0],
+                axis_rank_pct=tuple(percent[1:]),
+            )
+        )
+    ranked = np.flatnonzero(rankable)
     k = precision = None
     if group.held_out:
         k = min(precision_k, len(group.held_out))
-        closest = ranked[np.argsort(full.distances[ranked], kind="stable")[:k]]
+        closest = ranked[np.argsort(full_distances[ranked], kind="stable")[:k]]
         remainder = {token.token_id for token in group.held_out}
         precision = sum(int(i) in remainder for i in closest) / k
     pool_median = None
     if pool_ids is not None and len(pool_ids):
         pool = np.setdiff1d(np.asarray(pool_ids), kept_ids)
-        sorted_ranked = np.sort(full.distances[ranked])
-        ahead = np.searchsorted(sorted_ranked, full.distances[pool], side="left")
-        pool_median = float(np.median(100.0 * ahead / len(ranked)))
-    return HeldOutValidation(tuple(words), c, k, precision, pool_median)
+        sorted_ranked = np.sort(full_distances[ranked])
+        ahead_of_pool = np.searchsorted(sorted_ranked, full_distances[pool], side="left")
+        pool_median = float(np.median(100.0 * ahead_of_pool / len(ranked)))
+    return HeldOutValidation(tuple(placed), c, k, precision, pool_median)
 
 
-def _fit(
-    W: np.ndarray, row_norms_sq: np.ndarray, ids: np.ndarray, center: bool, c: int
-) -> Subspace:
-    svd = decompose(W[ids], center)
-    return Subspace(W, row_norms_sq, svd.offset, svd.Vt[:c])
+class _StackedFits:
+    """Affine subspaces (offset + ``c`` axes each), scored together.
+
+    Every fit's distances and projections come from the products of a row ``w`` with the
+    fit's offset and axes, by the expansion ``|w - o|^2 - |V (w - o)|^2`` with ``V (w - o)
+    = V w - V o``. The products with the ``(d_model, n_fits * (1 + c))`` stack ``A`` of
+    every offset and axis are read through an orthonormal basis ``Q`` of its columns'
+    span: ``w @ A = (w @ Q) @ (Q.T @ A)``, exact in exact arithmetic since ``A = Q Q.T A``,
+    and ``Q`` has at most ``n`` columns (the kept rows' span; more only where a fit's axes
+    leave it, see ``_span_basis``) against ``A``'s ``(n + 1)(1 + c)``. Where that would not
+    save arithmetic (a group of at least ``d_model`` words spans the whole space) a block
+    is multiplied by ``A`` itself.
+
+    ``fits[-1]`` is the fit of every kept row: the others' rows are subsets of its own.
+    """
+
+    def __init__(self, fits: list[GroupSVD], c: int):
+        self.c = c
+        self.n_fits = len(fits)
+        self.width = self.n_fits * (1 + c)
+        self.A = np.concatenate([np.vstack([f.offset, f.Vt[:c]]).T for f in fits], axis=1)
+        self.offset_on_axes = np.array([f.offset @ f.Vt[:c].T for f in fits]).reshape(len(fits), c)
+        self.offset_sq = np.array([f.offset @ f.offset for f in fits])
+        basis = _span_basis(self.A, fits[-1])
+        # a block's rows are multiplied by ``reader``; ``coefficients`` (when not None)
+        # turns those coordinates into the products with ``A``
+        self.reader = self.A if basis is None else basis
+        self.coefficients = None if basis is None else basis.T @ self.A
+        self.read_width = self.reader.shape[1]
+
+    def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distances ``(b, n_fits)`` and projections ``(b, n_fits, c)`` of float64 rows."""
+        products = rows @ self.reader
+        if self.coefficients is not None:
+            products = products @ self.coefficients
+        products = products.reshape(len(rows), self.n_fits, 1 + self.c)
+        norms_sq = np.einsum("ij,ij->i", rows, rows)[:, None]
+        return _expansion(products, norms_sq, self.offset_on_axes, self.offset_sq)
+
+    def own_scores(
+        self, rows: np.ndarray, fits: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row ``i`` under fit ``fits[i]`` alone: its distance ``(m,)``, its ``|projection|``
+        on each axis ``(m, c)`` and the band ``(m,)`` within which another row's score is
+        checked for coming from the same row."""
+        rows64 = rows.astype(np.float64)
+        by_fit = self.A.reshape(len(self.A), self.n_fits, 1 + self.c)
+        products = np.empty((len(rows), 1 + self.c))
+        for fit in np.unique(fits):  # one product per fit: no gathered copy of the stack
+            mine = fits == fit
+            products[mine] = rows64[mine] @ by_fit[:, fit]
+        norms_sq = np.einsum("ij,ij->i", rows64, rows64)
+        distances, projections = _expansion(
+            products, norms_sq, self.offset_on_axes[fits], self.offset_sq[fits]
+        )
+        bands = TIE_BAND * (np.sqrt(norms_sq) + np.sqrt(self.offset_sq[fits]))
+        return distances, np.abs(projections), bands
 
 
-def _ranked(eligible: np.ndarray, training: np.ndarray) -> np.ndarray:
-    mask = eligible.copy()
-    mask[training] = False
-    return np.flatnonzero(mask)
+def _span_basis(A: np.ndarray, full: GroupSVD) -> np.ndarray | None:
+    """An orthonormal basis ``(d_model, r)`` of the span of ``A``'s columns (every fit's
+    offset and axes), or ``None`` where reading a block onto it costs at least as much as
+    multiplying by ``A`` (``r (d_model + width) >= d_model width``).
+
+    The basis is the kept rows' span, from the fit of all of them (``full``): its right
+    singular vectors, and the mean when centered; no further factorization. It is checked:
+    every column of ``A`` scaled to unit length must lie in it to ``SPAN_EPSILONS``. A fit
+    can ask for more axes than its rows have (a leave-one-out fit of ``a, a, 0, e``
+    has rank 2), and the SVD completes those with directions outside the rows' span: then
+    the basis is the stack's own, from its SVD.
+    """
+    d_model, width = A.shape
+    tolerance = SPAN_EPSILONS * max(A.shape) * EPSILON
+    lengths = np.linalg.norm(A, axis=0)
+    unit = A / np.where(lengths > 0, lengths, 1.0)  # a zero offset (raw fits) stays zero
+    singular = full.singular_values
+    basis = full.Vt[singular > singular[:1].max(initial=0.0) * tolerance].T
+    if full.center:  # the mean, less its part along the centered rows (twice: to rounding)
+        mean = full.mean - basis @ (basis.T @ full.mean)
+        mean -= basis @ (basis.T @ mean)
+        if np.linalg.norm(mean) > tolerance * np.linalg.norm(full.mean):
+            basis = np.column_stack([basis, mean / np.linalg.norm(mean)])
+    if not _saves(basis.shape[1], d_model, width):
+        return None
+    outside = unit - basis @ (basis.T @ unit)
+    if np.einsum("ij,ij->j", outside, outside).max(initial=0.0) > tolerance**2:
+        U, singular, _ = np.linalg.svd(unit, full_matrices=False)
+        basis = U[:, singular > singular[:1].max(initial=0.0) * tolerance]
+        if not _saves(basis.shape[1], d_model, width):
+            return None
+    return np.ascontiguousarray(basis)
 
 
-def _place(token: KeptToken, variant: str, subspace: Subspace, ranked: np.ndarray) -> HeldOutWord:
-    extremeness = -np.abs(subspace.projections)  # larger |projection| ranks ahead
-    return HeldOutWord(
-        word=token.word,
-        token=token.token,
-        token_id=token.token_id,
-        variant=variant,
-        distance=float(subspace.distances[token.token_id]),
-        subspace_rank_pct=percent_ahead(subspace.distances, ranked, token.token_id),
-        axis_rank_pct=tuple(
-            percent_ahead(extremeness[:, k], ranked, token.token_id)
-            for k in range(extremeness.shape[1])
-        ),
-    )
+def _saves(r: int, d_model: int, width: int) -> bool:
+    """Whether a product with an ``r``-wide basis and then ``(r, width)`` coefficients
+    costs less than one with the ``width`` columns themselves."""
+    return r * (d_model + width) < d_model * width
+
+
+def _expansion(
+    products: np.ndarray, norms_sq: np.ndarray, offset_on_axes: np.ndarray, offset_sq: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and projections from ``w . [o, V]`` (``products``, last axis ``1 + c``),
+    ``|w|^2`` and the offsets' own terms, term for term as one fit at a time did it."""
+    projections = products[..., 1:] - offset_on_axes
+    offset_sq = norms_sq - 2 * products[..., 0] + offset_sq
+    residual = offset_sq - (projections**2).sum(axis=-1)
+    return np.sqrt(np.clip(residual, 0.0, None)), projections

@@ -14,20 +14,34 @@ BPE mostly word fragments and identifiers, with larger norms than real words).
   numeral draws from the numerals of its form when there are enough of them. No member
   of any of the run's groups is ever drawn, and the random groups of one row share no
   token, as the run's own groups share none.
+
+What a vocabulary and a matrix give the matching is computed once per process: the
+pools (``token_pools``, keyed by the vocabulary's strings, special ids, marker and
+frequency table, compared by value), the matrix's row norms (``matrix_row_norms``, keyed by
+the matrix object, held weakly and checked against a fingerprint of its rows, so that a
+new matrix, or one changed in place, is read again) and every group's candidates
+(``match_groups``, keyed by the groups, pools, norms and frequencies by value). Each is a
+small LRU (``MEMO_SIZE`` entries); ``clear_memos`` empties them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import Collection, Mapping, Sequence
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, TypeVar
 
 import numpy as np
 
 from embsvd.groups import TokenGroup
 from embsvd.io.frequency import TokenFrequencies, surface
+from embsvd.io.rows import row_blocks
 
 WHOLE_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
 
@@ -44,6 +58,165 @@ class NullMatch(StrEnum):
 
 NULL_MATCHES = tuple(NullMatch)
 MAX_REDRAWS = 1000  # rounds of redrawing the picks of a member whose token was taken
+MEMO_SIZE = 4  # entries of each memo: a sweep alternates between few checkpoints
+FINGERPRINT_ROWS = 64  # rows of a matrix hashed to tell it from one changed in place
+KEYS_BLOCK = 1 << 22  # random sort keys held at once when a small pool is drawn from
+T = TypeVar("T")
+
+
+def value_digest(*parts: Any) -> str:
+    """A digest of arrays (dtype, shape and bytes), strings, numbers, ``None`` and tuples,
+    lists or dicts of them, for a memo key that compares values without holding them."""
+    digest = hashlib.blake2b(digest_size=20)
+
+    def update(part: Any) -> None:
+        if isinstance(part, np.ndarray):
+            array = np.ascontiguousarray(part)
+            digest.update(f"<{array.dtype.str}{array.shape}>".encode())
+            digest.update(array.data if array.size else b"")
+        elif isinstance(part, tuple | list):
+            digest.update(f"<{type(part).__name__}{len(part)}>".encode())
+            for item in part:
+                update(item)
+        elif isinstance(part, dict):
+            update(list(part.items()))
+        else:
+            digest.update(f"<{type(part).__name__}:{part!r}>".encode())
+
+    for part in parts:
+        update(part)
+    return digest.hexdigest()
+
+
+def matrix_fingerprint(W: Any) -> str:
+    """A digest of ``W``'s shape and of ``FINGERPRINT_ROWS`` rows spread over it (read with
+    ``W[ids]``, so a ``BFloat16Rows`` reads only those rows): a memo keyed by the matrix
+    object rereads one changed in place since by any transform of its rows (normalized,
+    centered, scaled, reordered). An edit of a few rows it does not sample goes unseen:
+    give such a matrix as a new object (or call ``clear_memos``)."""
+    rows = np.unique(np.linspace(0, len(W) - 1, min(len(W), FINGERPRINT_ROWS)).astype(np.int64))
+    return value_digest(tuple(W.shape), np.asarray(W[rows]))
+
+
+class MatrixMemo:
+    """A small LRU of values computed from a token matrix ``W``: keyed by the matrix
+    object (held weakly: an entry goes when its matrix does, and a new matrix never finds
+    another's entry even at a reused address) and a hashable key of everything else by
+    value. A hit also needs ``matrix_fingerprint(W)`` unchanged. A matrix that cannot be
+    referenced weakly is not memoized."""
+
+    def __init__(self, size: int = MEMO_SIZE):
+        self.size = size
+        self.entries: OrderedDict[tuple[int, Hashable], tuple[weakref.ref, str, Any]] = (
+            OrderedDict()
+        )
+        self.lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, W: Any, key: Hashable, compute: Callable[[], T]) -> T:
+        slot = (id(W), key)
+        fingerprint = matrix_fingerprint(W)
+        with self.lock:
+            stale = [
+                other
+                for other, (ref, known, _) in self.entries.items()
+                if other[0] == id(W) and (ref() is not W or known != fingerprint)
+            ]
+            for other in stale:  # of a matrix changed in place since: never to be hit
+                del self.entries[other]
+            if slot in self.entries:
+                self.entries.move_to_end(slot)
+                self.hits += 1
+                return self.entries[slot][2]
+            self.misses += 1
+        value = compute()
+        try:
+            memo = weakref.ref(self)  # the callback must not keep the memo alive
+            ref = weakref.ref(W, lambda _: _forget(memo, slot))
+        except TypeError:  # no weak reference: cannot tell a new matrix at this address
+            return value
+        with self.lock:
+            self.entries[slot] = (ref, fingerprint, value)
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.hits = self.misses = 0
+
+
+def _forget(memo: weakref.ref, slot: tuple[int, Hashable]) -> None:
+    """Drop the entry of a matrix that is gone (unless a new one took its slot)."""
+    found = memo()
+    if found is not None:
+        with found.lock:
+            entry = found.entries.get(slot)
+            if entry is not None and entry[0]() is None:
+                del found.entries[slot]
+
+
+class ValueMemo:
+    """A small LRU keyed by value (the key compared by equality, as a dict does)."""
+
+    def __init__(self, size: int = MEMO_SIZE):
+        self.size = size
+        self.entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self.lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                self.hits += 1
+                return self.entries[key]
+            self.misses += 1
+        value = compute()
+        with self.lock:
+            self.entries[key] = value
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.hits = self.misses = 0
+
+
+_POOLS = ValueMemo()
+_NORMS = MatrixMemo()
+_MEMBERS = ValueMemo()
+
+
+def clear_memos() -> None:
+    """Forget the pools, row norms and matched candidates computed so far."""
+    for memo in (_POOLS, _NORMS, _MEMBERS):
+        memo.clear()
+
+
+def matrix_row_norms(W: Any) -> np.ndarray:
+    """``np.linalg.norm(W, axis=1)`` of the matrix analysed, ``(d_vocab,)``, read a block of
+    rows at a time (``row_blocks``: a ``BFloat16Rows`` is never widened whole) and computed
+    once per matrix object (``MatrixMemo``). The same values as the whole-matrix norm."""
+
+    def norms() -> np.ndarray:
+        found = np.empty(len(W), dtype=np.result_type(W.dtype, np.float32))
+        for rows, block in row_blocks(W):
+            found[rows] = np.linalg.norm(block, axis=1)
+        found.flags.writeable = False  # shared by every run that hits the memo
+        return found
+
+    return _NORMS.get(W, "row norms", norms)
+
+
+def frequencies_digest(frequencies: TokenFrequencies | None) -> str | None:
+    """A frequency table's memo key (its values), ``None`` without one."""
+    if frequencies is None:
+        return None
+    return value_digest(frequencies.zipf, frequencies.kind, frequencies.source)
 
 
 @dataclass(frozen=True)
@@ -73,6 +246,19 @@ class Matching:
     frequencies: TokenFrequencies | None = None
     n_neighbours: int = 50
 
+    @classmethod
+    def of_matrix(
+        cls,
+        W: Any,
+        match: str,
+        frequencies: TokenFrequencies | None = None,
+        n_neighbours: int = 50,
+    ) -> Matching:
+        """The matching of a run on ``W``: its row norms (``matrix_row_norms``, computed
+        once per matrix) where ``match`` matches on norm."""
+        norms = matrix_row_norms(W) if match in ("norm", "norm_frequency") else None
+        return cls(match, norms, frequencies, n_neighbours)
+
     @property
     def on_norm(self) -> bool:
         return self.match in ("norm", "norm_frequency")
@@ -94,8 +280,23 @@ def token_pools(
     tokens have no marker. Without a marker (WordPiece) both forms are one pool, without
     continuations (``##ing``). With ``frequencies`` the pools hold real words and
     numerals apart; without, every surface of ASCII letters or digits (``null_match=none``).
+
+    Computed once per process for equal arguments (a sweep's runs share a vocabulary):
+    the strings, special ids and marker are compared by value, the frequency table by a
+    digest of its values. The pools' arrays are read-only, shared by every caller.
     """
-    excluded = set(excluded_ids)
+    strings = tuple(token_strings)
+    excluded = frozenset(int(i) for i in excluded_ids)
+    key = (strings, excluded, marker, frequencies_digest(frequencies))
+    return _POOLS.get(key, lambda: _token_pools(strings, excluded, marker, frequencies))
+
+
+def _token_pools(
+    token_strings: Sequence[str | None],
+    excluded: Collection[int],
+    marker: str | None,
+    frequencies: TokenFrequencies | None,
+) -> TokenPools:
     form_of = {"bare": [], "initial": []}
     for token_id, token in enumerate(token_strings):
         if token is None or token_id in excluded:
@@ -111,6 +312,8 @@ def token_pools(
     if marker is None:
         ids["initial"] = ids["bare"]
         numerals = {**numerals, "initial": numerals["bare"]} if numerals else {}
+    for array in (*ids.values(), *numerals.values()):
+        array.flags.writeable = False  # shared by every run that hits the memo
     return TokenPools(ids, numerals, _pool_rule(ids, numerals, marker, frequencies))
 
 
@@ -143,7 +346,8 @@ def draw_groups(
 ) -> np.ndarray:
     """``n_draws`` random groups for a group whose tokens have ``forms``, unmatched
     (``null_match=none``): for every form, as many distinct tokens of that form's pool
-    as the group has. Returns token ids, shape ``(n_draws, len(forms))``.
+    as the group has, each row a uniform sample without replacement, drawn for all rows
+    at once (``_distinct_picks``). Returns token ids, shape ``(n_draws, len(forms))``.
 
     Raises:
         ValueError: a pool is smaller than the number of tokens needed from it.
@@ -155,17 +359,35 @@ def draw_groups(
                 f"analysis.n_null: the {form} candidate pool has {len(pools[form])} tokens, "
                 f"fewer than the {count} a matched random group needs; set analysis.n_null=0"
             )
-    return np.stack(
-        [
-            np.concatenate(
-                [
-                    rng.choice(pools[form], size=count, replace=False)
-                    for form, count in counts.items()
-                ]
-            )
-            for _ in range(n_draws)
-        ]
-    )
+    columns = [
+        np.asarray(pools[form])[_distinct_picks(len(pools[form]), count, n_draws, rng)]
+        for form, count in counts.items()
+    ]
+    return np.concatenate(columns, axis=1) if columns else np.empty((n_draws, 0), np.int64)
+
+
+def _distinct_picks(size: int, count: int, n_draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_draws, count)`` indices into a pool of ``size``, distinct within a row and
+    uniform over ordered samples without replacement. Where ``count`` is small next to
+    ``size``, position by position, redrawing only the rows whose pick an earlier
+    position holds (rarely more than a few rounds); else by sorting random keys, a block
+    of rows at a time (``KEYS_BLOCK`` keys)."""
+    if 4 * count <= size:
+        picks = np.empty((n_draws, count), dtype=np.int64)
+        for position in range(count):
+            column = rng.integers(0, size, n_draws)
+            taken = (column[:, None] == picks[:, :position]).any(axis=1)
+            while taken.any():  # each round succeeds with probability >= 3/4 per row
+                column[taken] = rng.integers(0, size, int(taken.sum()))
+                taken = (column[:, None] == picks[:, :position]).any(axis=1)
+            picks[:, position] = column
+        return picks
+    rows = max(1, KEYS_BLOCK // size)
+    blocks = []
+    for start in range(0, n_draws, rows):
+        keys = rng.random((min(rows, n_draws - start), size))
+        blocks.append(np.argsort(keys, axis=1)[:, :count])
+    return np.concatenate(blocks) if blocks else np.empty((0, count), dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -339,6 +561,24 @@ def match_groups(
     """
     if matching.match == "none":
         return {name: () for name in groups}
+    # a sweep's runs share groups, pools and matching: their candidates are found once
+    key = (
+        tuple(
+            (name, tuple((k.token, k.token_id, k.form) for k in group.kept))
+            for name, group in groups.items()
+        ),
+        value_digest(pools.ids, pools.numerals),
+        matching.match,
+        matching.n_neighbours,
+        value_digest(matching.norms) if matching.on_norm else None,
+        frequencies_digest(matching.frequencies),
+    )
+    return dict(_MEMBERS.get(key, lambda: _match_groups(groups, pools, matching)))
+
+
+def _match_groups(
+    groups: Mapping[str, TokenGroup], pools: TokenPools, matching: Matching
+) -> dict[str, tuple[MemberMatch, ...]]:
     taken = sorted({i for group in groups.values() for i in group.token_ids})
     scales: dict = {}  # every pool's quantiles, computed once for all groups
     members = {name: match_members(g, pools, matching, taken, scales) for name, g in groups.items()}

@@ -38,6 +38,7 @@ What it cannot tell:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -133,8 +134,11 @@ def fisher_lee(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
     if a.ndim != 1 or b.shape[-1] != a.shape[0]:
         raise ValueError(f"b: expected last axis of length {a.shape[0]}, got shape {b.shape}")
     i, j = np.triu_indices(a.shape[0], k=1)
-    sin_a = np.sin(a[i] - a[j])
-    sin_b = np.sin(b[..., i] - b[..., j])
+    return _fisher_lee(np.sin(a[i] - a[j]), np.sin(b[..., i] - b[..., j]))
+
+
+def _fisher_lee(sin_a: np.ndarray, sin_b: np.ndarray) -> float | np.ndarray:
+    """``fisher_lee`` from the sines of the pairwise differences, ``(p,)`` and ``(..., p)``."""
     with np.errstate(invalid="ignore", divide="ignore"):
         rho = (sin_b @ sin_a) / np.sqrt((sin_a @ sin_a) * np.sum(sin_b**2, axis=-1))
     return float(rho) if np.ndim(rho) == 0 else rho
@@ -172,11 +176,18 @@ def _cyclic_order(words, coordinates, n_permutations, rng) -> CyclicOrder:
     n = len(words)
     angles = np.arctan2(coordinates[:, 1], coordinates[:, 0])
     around = np.argsort(angles, kind="stable")  # members in angular order
+    i, j = np.triu_indices(n, k=1)
+    sin_a = np.sin(angles[i] - angles[j])
+    # a permutation's calendar angles are 2 pi label / n: the sine of every difference of
+    # two of them is one of n * n values, computed once (the same angles, the same sines)
+    calendar = 2 * np.pi * np.arange(n) / n
+    sines = np.sin(calendar[:, None] - calendar[None, :]).ravel()  # [l * n + m]: l minus m
 
     def statistics(labels: np.ndarray) -> np.ndarray:  # (b, n) positions -> (b, 2)
         gaps = (labels[:, around] - np.roll(labels[:, around], -1, axis=1)) % n
         neighbours = np.sum((gaps == 1) | (gaps == n - 1), axis=1)
-        return np.column_stack([neighbours, fisher_lee(angles, 2 * np.pi * labels / n)])
+        sin_b = sines[labels[:, i] * n + labels[:, j]]
+        return np.column_stack([neighbours, _fisher_lee(sin_a, sin_b)])
 
     observed, p, total, exact = _permutation_test(statistics, n, n_permutations, rng)
     return CyclicOrder(
@@ -266,11 +277,20 @@ def _permutation_batches(
     """Label permutations ``(b, n)``: all ``n!`` in lexicographic order, or ``total``
     drawn from ``rng``, in batches of at most ``PERMUTATIONS_PER_BATCH`` rows."""
     if exact:
-        flat = itertools.chain.from_iterable(itertools.permutations(range(n)))
-        every = np.fromiter(flat, dtype=np.intp, count=total * n).reshape(total, n)
+        every = _every_permutation(n)
         for start in range(0, total, PERMUTATIONS_PER_BATCH):
             yield every[start : start + PERMUTATIONS_PER_BATCH]
         return
     for start in range(0, total, PERMUTATIONS_PER_BATCH):
         size = min(PERMUTATIONS_PER_BATCH, total - start)
         yield rng.permuted(np.tile(np.arange(n), (size, 1)), axis=1)
+
+
+@functools.cache
+def _every_permutation(n: int) -> np.ndarray:
+    """All ``n!`` permutations of ``range(n)`` in lexicographic order, ``(n!, n)``, read-only:
+    the same table for every exact test of ``n`` members in a process."""
+    flat = itertools.chain.from_iterable(itertools.permutations(range(n)))
+    every = np.fromiter(flat, dtype=np.intp, count=math.factorial(n) * n).reshape(-1, n)
+    every.flags.writeable = False
+    return every

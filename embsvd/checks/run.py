@@ -10,7 +10,8 @@ statistics involve no randomness; a different seed changes only the resampled on
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,6 +166,7 @@ def run_checks(
     config: ChecksConfig | None = None,
     *,
     global_components: GlobalSVD | None = None,
+    timer: Callable[[str], AbstractContextManager[object]] | None = None,
 ) -> ChecksResult:
     """Run the checks ``config`` switches on for ``result``, the analysis of ``W``.
 
@@ -180,8 +182,11 @@ def run_checks(
             (``embsvd.method.geometry.global_svd`` of ``W``'s ordinary rows); the first
             ``config.n_global`` are compared with the group and tested in the null.
             ``None`` skips the global view.
+        timer: Called with ``checks.<name>`` around each check (and ``checks.setup``
+            around the pools they share), e.g. ``embsvd.pipeline.phases.clock``.
     """
     config = config or ChecksConfig()
+    timed = timer or (lambda name: nullcontext())
     null_rng, resample_rng, order_rng = (
         np.random.default_rng(seed) for seed in np.random.SeedSequence(config.random_state).spawn(3)
     )
@@ -198,16 +203,24 @@ def run_checks(
     checks: dict[str, object] = {}
     if config.n_null or config.heldout:  # reading the pools scans the vocabulary: only then
         matched = config.n_null and config.null_match != "none"
-        pools = token_pools(
-            vocab.token_strings, vocab.special_ids, vocab.marker, frequencies if matched else None
-        )
+        with timed("checks.setup"):
+            pools = token_pools(
+                vocab.token_strings,
+                vocab.special_ids,
+                vocab.marker,
+                frequencies if matched else None,
+            )
     if config.n_null:
-        checks["null"] = _null(W, groups, result, pools, frequencies, global_svd, config, null_rng)
+        with timed("checks.null"):
+            checks["null"] = _null(
+                W, groups, result, pools, frequencies, global_svd, config, null_rng
+            )
     movable = len(target.token_ids) - 1 - int(result.center)  # axes a leave-one-out fit has
     if config.n_resamples and jackknife_rank(len(target.token_ids), result.center) >= 1:
-        checks["stability"] = resample_stability(
-            M, result.svd, n_components, config.n_resamples, resample_rng
-        )
+        with timed("checks.stability"):
+            checks["stability"] = resample_stability(
+                M, result.svd, n_components, config.n_resamples, resample_rng
+            )
     elif config.n_resamples:
         log.warning(
             "stability: %s has too few tokens for jackknife subsets; skipped", result.target
@@ -219,36 +232,41 @@ def run_checks(
     if config.heldout and movable >= 1:
         forms = {k.form for k in target.kept}
         pool = np.unique(np.concatenate([pools.ids[form] for form in sorted(forms)]))
-        checks["heldout"] = validate_held_out(
-            W,
-            target,
-            center=result.center,
-            n_components=n_components,
-            excluded_ids=never_ranked,
-            precision_k=config.precision_k,
-            pool_ids=pool,
-        )
+        with timed("checks.heldout"):
+            checks["heldout"] = validate_held_out(
+                W,
+                target,
+                center=result.center,
+                n_components=n_components,
+                excluded_ids=never_ranked,
+                precision_k=config.precision_k,
+                pool_ids=pool,
+            )
     if config.confounds:
-        correlated = np.array(sorted(set(range(len(W))) - never_ranked))
-        checks["confounds"] = token_confounds(
-            result.projections,
-            vocab.token_norms,
-            vocab.token_strings,
-            correlated,
-            vocab.marker,
-            config.confound_threshold,
-        )
+        correlated = np.ones(len(W), dtype=bool)  # every row but the never-ranked, in order
+        correlated[list(never_ranked)] = False
+        with timed("checks.confounds"):
+            checks["confounds"] = token_confounds(
+                result.projections,
+                vocab.token_norms,
+                vocab.token_strings,
+                np.flatnonzero(correlated),
+                vocab.marker,
+                config.confound_threshold,
+            )
     if global_svd is not None:
-        checks["global_view"] = compare_with_global(M, result.svd, global_svd, n_components)
+        with timed("checks.global_view"):
+            checks["global_view"] = compare_with_global(M, result.svd, global_svd, n_components)
     if ordered:
-        checks["order"] = order_test(
-            M,
-            target.kept_words,
-            target.order,
-            norms=np.linalg.norm(np.asarray(M, dtype=np.float64), axis=1),
-            frequencies=frequencies.zipf[target.token_ids],
-            rng=order_rng,
-        )
+        with timed("checks.order"):
+            checks["order"] = order_test(
+                M,
+                target.kept_words,
+                target.order,
+                norms=np.linalg.norm(np.asarray(M, dtype=np.float64), axis=1),
+                frequencies=frequencies.zipf[target.token_ids],
+                rng=order_rng,
+            )
     return ChecksResult(random_state=config.random_state, **checks)
 
 
@@ -274,8 +292,7 @@ def _null(
             n_tests,
             config.alpha,
         )
-    match = config.null_match
-    norms = np.linalg.norm(W, axis=1) if match in ("norm", "norm_frequency") else None
-    matching = Matching(match, norms, frequencies, config.null_neighbours)
+    # the row norms are read once per matrix (a sweep's runs share it), a block at a time
+    matching = Matching.of_matrix(W, config.null_match, frequencies, config.null_neighbours)
     global_axes = global_svd.Vt if global_svd is not None else None
     return matched_null(W, groups, result, pools, n_draws, rng, matching, global_axes)

@@ -43,6 +43,12 @@ guaranteed at this size. A component past a subset's rank (``k >= n - d - c``, 0
 or past ``d_model``) gets no interval at all, rather than a fake one of zeros: for
 ``n = 10`` centered, components 1-5 of the 9 nonzero ones.
 
+Every subset (and leave-one-out fit) is decomposed in coordinates of the group's row
+space, ``M = coordinates @ basis`` with ``basis`` orthonormal (``r = min(n, d_model)``
+rows): a subset's singular values, and the ``|cos|`` and principal angles of its axes
+with the full group's, are those of its ``d_model``-wide SVD, at a cost that does not
+grow with ``d_model``.
+
 Degenerate axes follow North et al.'s rule of thumb (1982): the sampling error of an
 eigenvalue ``lambda_k = s_k**2`` estimated from ``n`` samples is about
 ``lambda_k sqrt(2 / n)``; when the gap to a neighbour is smaller, the two axes mix and
@@ -179,14 +185,17 @@ def resample_stability(
         )
     n_intervals = min(rank, d_model)
     kept, exhaustive = _subsets(n, d, n_resamples, rng)
-    sub_S, sub_Vt = _decompose_stack(M[kept], full.center)
+    # every subset's rows are rows of M: decompose them in coordinates of M's row space
+    # (rank <= n), where the singular values and |cos| are those of the d_model-wide SVD
+    coordinates, basis = _row_space(M)
+    c_axes = min(n_components, n_intervals)
+    reference = full.Vt[:c_axes] @ basis.T  # the full axes in the same coordinates
+    sub_S, sub_Vt = _spectra(coordinates[kept], full.center)
     lo, hi = _jackknife_interval(
         full.singular_values[:n_intervals], sub_S[:, :n_intervals], n, d, c
     )
-    c_axes = min(n_components, n_intervals)
-    reference = full.Vt[:c_axes]
-    loo_rows = np.array([np.delete(np.arange(n), i) for i in range(n)])
-    _, loo_Vt = _decompose_stack(M[loo_rows], full.center)
+    loo_rows = np.tile(np.arange(n), (n, 1))[~np.eye(n, dtype=bool)].reshape(n, n - 1)
+    _, loo_Vt = _spectra(coordinates[loo_rows], full.center)
     return Stability(
         n_resamples=len(kept),
         n_deleted=d,
@@ -198,6 +207,24 @@ def resample_stability(
         loo_axis_cos=matched_abs_cos(loo_Vt[:, :c_axes], reference),
         eigengap_ratio=eigengap_ratio(full.singular_values, n)[:c_axes],
     )
+
+
+def _row_space(M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``M`` (``(n, d_model)``) as ``coordinates @ basis``: ``basis`` ``(r, d_model)`` has
+    orthonormal rows spanning M's rows, ``r = min(n, d_model)``. Rows of M and their means
+    keep their singular values and right vectors (times ``basis``) in these coordinates."""
+    Q, R = np.linalg.qr(M.T)  # M.T = Q R
+    return R.T, Q.T
+
+
+def _spectra(stack: np.ndarray, center: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values ``(b, k)`` and right singular vectors ``(b, k, r)`` of a stack of
+    submatrices ``(b, m, r)``, each centered first when ``center``; their signs are LAPACK's
+    (the statistics use ``|cos|`` and principal angles, which no sign changes)."""
+    if center:
+        stack = stack - stack.mean(axis=1, keepdims=True)
+    _, S, Vt = np.linalg.svd(stack, full_matrices=False)
+    return S, Vt
 
 
 def _subsets(n: int, d: int, n_resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:

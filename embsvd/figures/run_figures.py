@@ -1,91 +1,156 @@
-"""Per-run figures (matplotlib), drawn from an ``AnalysisResult``.
+"""Per-run figures: quick looks logged with each run (``figures/`` in the MLflow UI).
 
-matplotlib is imported here only, when a figure is drawn (about 1 s); these quick-look
-figures do not need seaborn, whose import costs 2 s more.
+``draw_run_figures`` writes them from an analysis and its checks, or, for a run that
+deferred them (``analysis.figures=deferred``), from what the run logged: both feed the
+same ``RunFigureData`` to the same drawing, so both write the same pixels.
+
+They cost a few hundredths of a second each, so a sweep can draw them with every run
+(``fast_axes``): fixed layouts (figure sizes and axes rectangles in inches, margins
+measured from the labels' text, no layout pass), a ``Figure`` on its own Agg canvas (no
+pyplot state), light ticks, tick labels, cell values and titles stamped from bitmaps
+rendered once per process, plain text where matplotlib would parse mathematics, fast PNG
+compression. No seaborn: its import costs seconds.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
 import matplotlib.lines
-import matplotlib.pyplot as plt
 import matplotlib.transforms
 import numpy as np
-from matplotlib.font_manager import FontProperties
-from matplotlib.textpath import TextToPath
+from matplotlib.figure import Figure
 
 from embsvd.checks.order import CyclicOrder, LinearOrder
 from embsvd.checks.run import ChecksResult
-from embsvd.figures.style import RC
-from embsvd.method.analysis import AnalysisResult, PairwiseStat
+from embsvd.figures.fast_axes import (
+    LABEL_PAD,
+    TEXT_HEIGHT,
+    TICK_ROOM,
+    TICK_SIZE,
+    Stamp,
+    axes_at,
+    axis_label,
+    equal_scales,
+    linear_ticks,
+    log_ticks,
+    new_figure,
+    no_ticks,
+    save_png,
+    text_width,
+    tick_numbers,
+    ticks,
+)
+from embsvd.figures.run_data import (
+    N_EXTREMES_LABELLED,
+    OrderView,
+    Projection,
+    RunFigureData,
+    Spectrum,
+    Square,
+    logged_figure_data,
+    order_view,
+    run_figure_data,
+)
+from embsvd.figures.style import RUN_RC
+from embsvd.method.analysis import AnalysisResult
+from embsvd.tracking.contract import LoggedRun
 
-N_EXTREMES_LABELLED = 5  # tokens named at each end of the projection figure
 COLORBLIND = ["#0173B2", "#DE8F05", "#029E73", "#D55E00", "#CC78BC", "#CA9161", "#949494"]
-THEME = {  # small paper-like figures, a colour-blind-safe cycle (seaborn's "colorblind")
-    "axes.grid": True,
-    "grid.color": "0.9",
-    "axes.edgecolor": "0.6",
-    "font.size": 8,
-    "axes.titlesize": 8,
-    "axes.labelsize": 8,
-    "legend.fontsize": 6,
-}
+RUN_THEME = {**RUN_RC, "axes.prop_cycle": matplotlib.cycler(color=COLORBLIND)}
+TITLE_SIZE = 9  # points: the figure's title (model · target · centering)
+CELL_TEXT_MAX = 12  # a heatmap with more rows shows colours only
+COLORBAR_TICKS = (-1.0, -0.5, 0.0, 0.5, 1.0)
+# inches: the title's band, the left margin of a panel with numbers on its y axis
+TITLE_ROOM = 0.32
+LEFT_ROOM = 0.62
+
+
+# --- drawing ------------------------------------------------------------------------------------
 
 
 def draw_run_figures(
-    result: AnalysisResult, model_name: str, folder: Path, checks: ChecksResult | None = None
+    result: AnalysisResult | LoggedRun,
+    model_name: str,
+    folder: Path,
+    checks: ChecksResult | None = None,
 ) -> list[Path]:
-    """Write the run's four figures as PNG into ``folder`` and return their paths:
-    scree plot (with the matched null's 95% band and the jackknife intervals when
-    ``checks`` has them), group-mean correlation heatmap, the target's row cosine heatmap,
-    the distribution of the vocabulary's projections on component 1, and the members on
-    their top plane when the group declares an order."""
-    matplotlib.use("Agg")  # files only: no window, whatever the environment's default
-    plt.rcParams.update({**THEME, "axes.prop_cycle": matplotlib.cycler(color=COLORBLIND)})
-    title = f"{model_name} · {result.target} · {'centered' if result.center else 'raw'}"
-    drawers = {
-        "scree.png": functools.partial(_scree, checks=checks),
-        "group_mean_corr.png": _group_mean_corr,
-        "row_cosine.png": _row_cosine,
-        # component 0 is axis 1: file names count from 0, as metric steps do
-        "projection_component0.png": projection_figure,
+    """Write a run's figures as PNG into ``folder`` and return their paths: ``scree.png``
+    (with the matched null's 95% band and the jackknife intervals where the run has
+    them), ``group_mean_corr.png``, ``row_cosine.png``, ``projection_component0.png`` (the
+    vocabulary's projections on component 1: file names count from 0, as metric steps
+    do) and ``order.png`` where the target's order was tested.
+
+    ``result`` is the analysis (with its ``checks``), or a run read back from the store
+    with the tables ``run_data.RUN_FIGURE_TABLES``: a run that deferred its figures is
+    drawn from what it logged, into the same pixels.
+    """
+    if isinstance(result, LoggedRun):
+        data = logged_figure_data(result, model_name)
+    else:
+        data = run_figure_data(result, model_name, checks)
+    return write_run_figures(data, folder)
+
+
+def write_run_figures(data: RunFigureData, folder: Path) -> list[Path]:
+    """``data``'s figures as PNG files in ``folder`` (see ``draw_run_figures``)."""
+    drawers: dict[str, Callable[[], Figure]] = {
+        "scree.png": lambda: scree_figure(data.spectrum, data.target),
+        "group_mean_corr.png": lambda: heatmap_figure(
+            data.group_mean_corr, "Pearson r of group means", (4.0, 3.4)
+        ),
+        "row_cosine.png": lambda: heatmap_figure(
+            data.row_cosine,
+            f"cosine ({'centered' if data.center else 'raw'} rows)",
+            (5.0, 4.25),
+        ),
+        "projection_component0.png": lambda: projection_view_figure(data.projection, data.target),
     }
-    if checks is not None and checks.order is not None:
-        drawers["order.png"] = lambda _, plt: order_figure(checks.order, plt)
+    if data.order is not None:
+        drawers["order.png"] = functools.partial(order_view_figure, data.order)
     paths = []
-    for file_name, draw in drawers.items():
-        fig = draw(result, plt)
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(folder / file_name, dpi=100)  # quick looks, not paper figures
-        plt.close(fig)
-        paths.append(folder / file_name)
+    with matplotlib.rc_context(RUN_THEME):
+        for file_name, draw in drawers.items():
+            fig = draw()
+            _title(fig, data.title)
+            save_png(fig, folder / file_name)
+            paths.append(folder / file_name)
     return paths
 
 
-def _scree(result: AnalysisResult, plt, checks: ChecksResult | None = None):
-    """Each component's share ``s_k / ||M||_F``, against the matched null's shares (every
-    random group divided by its own norm, so the band says what ``null/s1_share`` says)
-    and the jackknife intervals (over the observed norm) where a component has one."""
-    S = result.svd.singular_values
+def _title(fig: Figure, title: str) -> None:
+    """``model · target · centering`` above the figure."""
+    h = fig.get_size_inches()[1]
+    fig.add_artist(
+        Stamp(0.5, 1 - 0.06 / h, title, fig.transFigure, TITLE_SIZE, ha="center", va="top")
+    )
+
+
+def scree_figure(spectrum: Spectrum, target: str) -> Figure:
+    """Each component's share ``s_k / ||M||_F``, linear and log, against the matched
+    null's shares (every random group divided by its own norm, so the band says what
+    ``null/s1_share`` says) and the jackknife intervals (over the observed norm) where a
+    component has one."""
+    S = spectrum.singular_values
     norm = np.sqrt(np.sum(S**2))
     share = S / norm
     components = np.arange(1, len(S) + 1)
-    fig, (linear, log) = plt.subplots(1, 2, figsize=(6.5, 2.6))
+    fig = new_figure(6.5, 2.6)
+    width, height, bottom = 2.45, 2.6 - TITLE_ROOM - 0.5, 0.5
+    linear = axes_at(fig, LEFT_ROOM, bottom, width, height)
+    log = axes_at(fig, 3.85, bottom, width, height)
     for ax, scale in ((linear, "linear"), (log, "log")):
-        if checks is not None and checks.null is not None:
-            null_shares = np.sqrt(checks.null.explained_variance_ratio)
-            low, high = np.percentile(null_shares, [2.5, 97.5], axis=0)
-            label = f"{checks.null.n_null} matched random groups, 95%"
-            ax.fill_between(components[: len(low)], low, high, color="0.8", label=label)
-        if checks is not None and checks.stability is not None and scale == "linear":
-            lo, hi = (
-                checks.stability.singular_value_lo / norm,
-                checks.stability.singular_value_hi / norm,
+        if spectrum.null_low is not None:
+            k = len(spectrum.null_low)
+            label = f"{spectrum.n_null} matched random groups, 95%"
+            ax.fill_between(
+                components[:k], spectrum.null_low, spectrum.null_high, color="0.8", label=label
             )
+        if spectrum.interval_lo is not None and scale == "linear":
+            lo, hi = spectrum.interval_lo / norm, spectrum.interval_hi / norm
             k = len(lo)  # later components have no interval: no bar rather than a zero
             ax.errorbar(
                 components[:k],
@@ -97,71 +162,133 @@ def _scree(result: AnalysisResult, plt, checks: ChecksResult | None = None):
                 capsize=2,
                 label="jackknife 95%",
             )
-        ax.plot(components, share, marker="o", markersize=4, label=result.target)
+        ax.plot(components, share, marker="o", markersize=4, label=target)
         ax.set_yscale(scale)
-        ax.set_xlabel("component")
-        ax.set_ylabel(r"$s_k / \|M\|_F$" + f" ({scale})")
-        ax.set_xticks(components)
-    log.set_ylim(bottom=max(share.min(), 1e-12))  # a centered spectrum ends in ~0
-    linear.legend(fontsize=6)
+        no_ticks(ax)
+        if scale == "log":
+            ax.set_ylim(bottom=max(share.min(), 1e-12))  # a centered spectrum ends in ~0
+            beyond = log_ticks(ax, height)
+        else:
+            beyond = linear_ticks(ax, "y", height)
+        axis_label(ax, "y", f"s_k / ‖M‖_F ({scale})", beyond)
+        shown = [k for k in components if len(S) <= 12 or k == 1 or k % 5 == 0]
+        axis_label(ax, "x", "component", ticks(ax, "x", shown, [str(k) for k in shown]))
+    linear.legend(loc="upper right", fontsize=6)  # shares fall from the left
     return fig
 
 
-def _heatmap(values: np.ndarray, labels: list[str], cbar_label: str, plt, size: float):
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+def heatmap_figure(square: Square, cbar_label: str, size: tuple[float, float]) -> Figure:
+    """``square`` as colours in [-1, 1] with its names on both axes and a colour bar, and
+    with at most ``CELL_TEXT_MAX`` rows its values written in the cells below the
+    diagonal (the table is symmetric, and a row with itself is 1: a diagonal cell is
+    written only when it is not; ``n/a`` for nan, never a 0 for nothing). The axes fill
+    what the names and the colour bar leave."""
+    names, values = [plain(n) for n in square.names], square.values
+    fig = new_figure(*size)
+    longest = max((text_width(n, TICK_SIZE) for n in square.names), default=0.0)
+    margin = min(longest, 0.4 * min(size)) + TICK_ROOM / 72 + 0.06
+    colorbar_room = 0.12 + 0.15 + 0.4 + TEXT_HEIGHT + 0.1  # gap, bar, its ticks and label
+    side = min(size[0] - margin - colorbar_room, size[1] - margin - TITLE_ROOM - 0.05)
+    ax = axes_at(fig, margin, margin, side, side)
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.9")  # nan: not measured
-    image = ax.imshow(values, vmin=-1, vmax=1, cmap=cmap)
-    ax.set_xticks(range(len(labels)), labels, rotation=90)
-    ax.set_yticks(range(len(labels)), labels)
-    ax.grid(False)
-    if len(labels) <= 12:
+    ax.imshow(values, vmin=-1, vmax=1, cmap=cmap, aspect="auto", interpolation="nearest")
+    positions = range(len(names))
+    ticks(ax, "x", positions, names, rotation=90, grid=False)
+    ticks(ax, "y", positions, names, grid=False)
+    if len(names) <= CELL_TEXT_MAX:
         for (i, j), value in np.ndenumerate(values):
-            color = "white" if abs(value) > 0.6 else "black"
-            text = "n/a" if np.isnan(value) else f"{value:.2f}"  # never a 0 for nothing
-            ax.text(j, i, text, ha="center", va="center", fontsize=6, color=color)
-    fig.colorbar(image, ax=ax, label=cbar_label)
+            text = "n/a" if np.isnan(value) else f"{value:.2f}"
+            if i > j or (i == j and text != "1.00"):
+                color = "white" if abs(value) > 0.6 else "black"
+                stamp = Stamp(j, i, text, ax.transData, 6, color=color, ha="center", va="center")
+                fig.add_artist(stamp)
+    bar = axes_at(fig, margin + side + 0.12, margin, 0.15, side)
+    gradient = np.linspace(-1, 1, 256)[:, None]
+    bar.imshow(
+        gradient,
+        cmap=cmap,
+        vmin=-1,
+        vmax=1,
+        aspect="auto",
+        origin="lower",
+        extent=(0, 1, -1, 1),
+        interpolation="nearest",
+    )
+    labels = tick_numbers(COLORBAR_TICKS)
+    beyond = ticks(bar, "y", COLORBAR_TICKS, labels, grid=False, side="high")
+    axis_label(bar, "y", cbar_label, beyond, side="high")
     return fig
 
 
-def _group_mean_corr(result: AnalysisResult, plt):
-    stat: PairwiseStat = result.group_mean_corr
-    return _heatmap(stat.values, list(stat.names), "Pearson r of group means", plt, 4.0)
-
-
-def _row_cosine(result: AnalysisResult, plt):
-    label = f"cosine ({'centered' if result.center else 'raw'} rows)"
-    return _heatmap(result.row_cosine, list(result.target_words), label, plt, 5.0)
-
-
-def projection_figure(result: AnalysisResult, plt):
-    """The vocabulary's projections on component 1 (index 0), the target's words and the
-    extremes outside it labelled above (``label_above``), a colour legend beneath."""
-    values = result.projections[:, 0]
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    ax.hist(values, bins=200, histtype="stepfilled", color="0.6")
+def projection_view_figure(projection: Projection, target: str) -> Figure:
+    """The vocabulary's projections on component 1 (a log-scaled histogram), the target's
+    words and the extremes outside it labelled above (``label_above``), a colour legend
+    beneath; the band above the axes is as tall as the longest label needs."""
+    marks = [(x, word, "C1") for x, word in projection.members]
+    marks += [(x, label, "C0") for x, label in projection.extremes]
+    longest = max((text_width(label, 6) for _, label, _ in marks), default=0.0)
+    top = TITLE_ROOM + LABEL_BAND / 72 + min(longest, 1.0) + 0.04
+    bottom = 2 * TEXT_HEIGHT + (TICK_ROOM + LABEL_PAD) / 72 + 0.25  # and a legend
+    fig = new_figure(6.5, 3.4)
+    width, height = 6.5 - LEFT_ROOM - 0.2, max(3.4 - top - bottom, 1.0)
+    ax = axes_at(fig, LEFT_ROOM, bottom, width, height)
+    ax.stairs(projection.counts, projection.edges, fill=True, color="0.6")
     ax.set_yscale("log")
-    ax.set_xlabel("projection on component 1")
-    ax.set_ylabel("tokens")
-    members = [
-        (values[i], word, "C1")
-        for word, i in zip(result.target_words, result.target_ids, strict=True)
-    ]
-    extremes = [
-        (t.projection, getattr(t, "text", None) or t.token, "C0")  # as people read it
-        for t in result.top_tokens
-        if t.component == 0 and not t.in_group and t.rank <= N_EXTREMES_LABELLED
-    ]
+    no_ticks(ax)
+    axis_label(ax, "y", "tokens", log_ticks(ax, height))
+    axis_label(ax, "x", "projection on component 1", linear_ticks(ax, "x", width))
     low, high = ax.get_xlim()
-    label_above(ax, members + extremes, gap=(high - low) / 60, low=low, high=high, fontsize=6)
+    label_above(ax, marks, gap=(high - low) / 60, low=low, high=high, fontsize=6)
     ax.legend(
-        handles=mark_legend("C1", "C0", f"words of {result.target}", N_EXTREMES_LABELLED),
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.2),
+        handles=mark_legend("C1", "C0", f"words of {target}", N_EXTREMES_LABELLED),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 0.02),
+        bbox_transform=fig.transFigure,
         ncols=2,
         frameon=False,
         fontsize=6,
     )
     return fig
+
+
+def order_view_figure(order: OrderView) -> Figure:
+    """The members on the plane of the first two centered components, labelled, joined in
+    declared order (closed for a cyclic group: the calendar is a loop), at equal scales;
+    the title carries the statistic (``order_title``)."""
+    path = order.coordinates
+    if order.cyclic:
+        path = np.vstack([path, path[:1]])
+    right = 0.1 + max((text_width(f" {w}", 6) for w in order.words), default=0.0)
+    top = TITLE_ROOM + 2 * TEXT_HEIGHT + 0.1
+    fig = new_figure(3.4, 3.4)
+    width, height = 3.4 - LEFT_ROOM - min(right, 1.0), 3.4 - top - 0.5
+    ax = axes_at(fig, LEFT_ROOM, 0.5, width, height)
+    ax.plot(path[:, 0], path[:, 1], color="0.7", lw=0.8, zorder=1)
+    ax.scatter(*order.coordinates.T, s=12, color=COLORBLIND[0], zorder=2)
+    for (x, y), word in zip(order.coordinates, order.words, strict=True):
+        ax.text(x, y, f" {plain(word)}", fontsize=6, va="center", gid="member-label")
+    equal_scales(ax, width, height)
+    axis_label(ax, "x", "component 1 (centered)", linear_ticks(ax, "x", width))
+    axis_label(ax, "y", "component 2 (centered)", linear_ticks(ax, "y", height))
+    ax.set_title(order.title)
+    return fig
+
+
+def projection_figure(result: AnalysisResult, plt=None) -> Figure:
+    """The projection figure of an analysis (``projection_view_figure``); ``plt`` is
+    accepted for callers of the pyplot version and not used."""
+    data = run_figure_data(result, "")
+    with matplotlib.rc_context(RUN_THEME):
+        return projection_view_figure(data.projection, result.target)
+
+
+def order_figure(order: CyclicOrder | LinearOrder, plt=None) -> Figure:
+    """The figure of an order test (``order_view_figure``); ``plt`` is not used."""
+    with matplotlib.rc_context(RUN_THEME):
+        return order_view_figure(order_view(order))
+
+
+# --- labels above an axis, shared with the paper's axis figures -----------------------------------
 
 
 def mark_legend(group_color, extreme_color, group: str, n_extremes: int) -> list:
@@ -243,13 +370,6 @@ def plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def text_width(text: str, fontsize: float) -> float:
-    """Inches ``text`` takes in the theme's font at ``fontsize`` points."""
-    font = FontProperties(family=RC["font.family"], size=fontsize)
-    width, _, _ = TextToPath().get_text_width_height_descent(text, font, ismath=False)
-    return width / 72
-
-
 def wrap(text: str, width: float, fontsize: float) -> str:
     """``text`` broken into lines no wider than ``width`` inches, measured in the font,
     with a tenth to spare: a screen's hinting widens small text by up to ~6%."""
@@ -275,42 +395,3 @@ def spread_apart(xs: list[float], gap: float, low: float, high: float) -> list[f
         for i in range(len(places) - 2, -1, -1):
             places[i] = min(places[i], places[i + 1] - gap)
     return places
-
-
-# appended with order_figure; belongs in the import block above once that file is free
-
-
-def order_figure(order: CyclicOrder | LinearOrder, plt):
-    """The members on the plane of the first two centered components, labelled, joined in
-    declared order (closed for a cyclic group); the title carries the statistic, e.g.
-    ``neighbours 12/12, p=0.0001; Fisher-Lee 0.97`` or ``Spearman 0.98 (p=0.0001), partial
-    0.95 (p=0.0003)``. Returns the matplotlib Figure."""
-    path = order.coordinates
-    if isinstance(order, CyclicOrder):  # back to the first member: the calendar is a loop
-        path = np.vstack([path, path[:1]])
-    fig, ax = plt.subplots(figsize=(3.4, 3.4))
-    ax.plot(path[:, 0], path[:, 1], color="0.7", lw=0.8, zorder=1)
-    ax.scatter(*order.coordinates.T, s=12, color=COLORBLIND[0], zorder=2)
-    for (x, y), word in zip(order.coordinates, order.words, strict=True):
-        ax.text(x, y, f" {word}", fontsize=6, va="center", gid="member-label")
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.set_xlabel("component 1 (centered)")
-    ax.set_ylabel("component 2 (centered)")
-    ax.set_title(_order_title(order))
-    return fig
-
-
-def _order_title(order: CyclicOrder | LinearOrder) -> str:
-    if isinstance(order, CyclicOrder):
-        n = len(order.words)
-        return (  # two lines: a 3.4 in figure holds about 40 characters a line
-            f"neighbours {order.neighbours}/{n}, p={order.neighbours_p:.2g}\n"
-            f"Fisher-Lee {order.circular_corr:.2f}, p={order.circular_corr_p:.2g}"
-        )
-    title = f"Spearman {order.spearman:.2f} (p={order.spearman_p:.2g})"
-    if np.isnan(order.partial_spearman):
-        return f"{title}\nno partial"
-    return (
-        f"{title}\npartial given norm, frequency {order.partial_spearman:.2f} "
-        f"(p={order.partial_spearman_p:.2g})"
-    )

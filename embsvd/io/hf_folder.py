@@ -16,8 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from embsvd.io.rows import row_blocks
 from embsvd.io.spec import CheckpointSpec, TokenMatrix
-from embsvd.io.weights import HUB_BLOB, check_float_dtype, read_safetensors, safetensors_header
+from embsvd.io.weights import (
+    HUB_BLOB,
+    NARROW,
+    check_float_dtype,
+    read_safetensors,
+    safetensors_header,
+)
 
 # Tensor names of the input embedding in common architectures, tried in this order.
 EMBEDDING_KEYS = (
@@ -60,7 +67,8 @@ def read_token_matrix(
     folder: Path, spec: CheckpointSpec, cache_dir: Path | None = None
 ) -> TokenMatrix:
     """The input or output matrix of a Hugging Face folder, and whether the two are tied
-    (bfloat16 and float16 widened once into ``cache_dir`` when given)."""
+    (memory-mapped; bfloat16 and float16 as ``embsvd.io.rows.BFloat16Rows`` /
+    ``Float16Rows``, whose rows widen to float32 where read)."""
     weight_map, index = _weight_map(folder, spec.allow_pickle)
     in_file, in_key = find_embedding(folder, spec.embedding_key, spec.allow_pickle, weight_map)
     out_key = _find_output_key(weight_map, spec.output_key, folder)
@@ -172,12 +180,13 @@ def _same_tensor(
             np.array_equal(a[1][i : i + chunk], b[1][i : i + chunk])
             for i in range(0, a[1].size, chunk)
         )
-    return bool(
-        np.array_equal(
-            read_tensor(file_a, key_a, allow_pickle=allow_pickle),
-            read_tensor(file_b, key_b, allow_pickle=allow_pickle),
-        )
-    )
+    a = read_tensor(file_a, key_a, allow_pickle=allow_pickle)
+    b = read_tensor(file_b, key_b, allow_pickle=allow_pickle)
+    if a.shape != b.shape:
+        return False
+    if a.ndim != 2:
+        return bool(np.array_equal(a, b))
+    return all(np.array_equal(block, b[rows]) for rows, block in row_blocks(a))
 
 
 def _raw_bytes(file: Path, key: str) -> tuple[tuple, np.ndarray] | None:
@@ -326,11 +335,9 @@ def _describe_keys(keys: list[str], limit: int = 40) -> str:
 def read_tensor(
     file: Path, key: str, cache_dir: Path | None = None, *, allow_pickle: bool
 ) -> np.ndarray:
-    """One float tensor of a safetensors or (with ``allow_pickle``) pickle file as a
-    numpy array.
-
-    safetensors: memory-mapped when numpy has the dtype; bfloat16 and float16 are widened
-    to float32 exactly, once into ``cache_dir`` when given (``embsvd.io.weights``).
+    """One float tensor of a safetensors or (with ``allow_pickle``) pickle file: a numpy
+    array, or for a bfloat16 or float16 matrix a ``BFloat16Rows`` / ``Float16Rows`` whose
+    rows widen to float32 exactly where read (``embsvd.io.weights.read_safetensors``).
     """
     return _read_matrix(file, key, cache_dir, allow_pickle)[0]
 
@@ -347,12 +354,20 @@ def _read_matrix(
             "can run arbitrary code; convert the checkpoint to safetensors, or set "
             "model.allow_pickle=true to read it with torch.load(weights_only=True)"
         )
+    import torch
+
     tensor = _load_pickle(file)[key]
     torch_name = str(tensor.dtype).removeprefix("torch.")
     dtype = PICKLE_DTYPES.get(torch_name, torch_name)
     check_float_dtype(file, key, dtype)
-    # float64 as stored, like a safetensors F64; the narrower floats widened to float32
-    return (tensor.numpy() if dtype == "F64" else tensor.float().numpy()), dtype
+    # as a safetensors tensor: float32 and float64 as stored, a bfloat16 or float16 matrix
+    # kept narrow (torch.load memory-maps the file), anything else widened to float32
+    if dtype in ("F32", "F64"):
+        return tensor.numpy(), dtype
+    if dtype in NARROW and tensor.ndim == 2 and 0 not in tensor.shape:
+        bits = tensor.contiguous().view(torch.int16).numpy().view("<u2")
+        return NARROW[dtype](bits.view(NARROW[dtype].raw_dtype)), dtype
+    return tensor.float().numpy(), dtype
 
 
 def _load_pickle(file: Path) -> dict:

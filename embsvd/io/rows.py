@@ -1,62 +1,145 @@
-"""Rows of a token matrix, read where they are used: a bfloat16 matrix stays memory-mapped
-in its own dtype and is widened a block (or a gather) at a time.
+"""Rows of a token matrix, read where they are used: a bfloat16 or float16 matrix stays
+memory-mapped in its own dtype and is widened a block (or a gather) at a time.
 
 numpy has no bfloat16, so a bfloat16 embedding used to become a float32 copy of twice its
 size before any work began (2 GB for a 128256 x 4096 embedding, 4x the raw read of its
 bytes). ``BFloat16Rows`` keeps the stored bytes mapped instead; indexing it returns the
 selected rows widened to float32 (exact: a bfloat16 is the top half of a float32).
+``Float16Rows`` does the same for float16, whose arithmetic numpy has but runs slowly and
+accumulates in float16. ``UnitRows`` is a matrix's rows scaled to unit length, computed
+per block instead of stored.
 
-Code that reads a token matrix ``W`` (an ``np.ndarray``, a ``np.memmap`` or a
-``BFloat16Rows``) goes through three operations, each bounded in memory by a block:
+Code that reads a token matrix ``W`` (an ``np.ndarray``, a ``np.memmap`` or one of the
+classes here) goes through three operations, each bounded in memory by a block:
 
-- ``W[ids]`` / ``W[a:b]``: the rows, as float32 (or the stored float dtype);
+- ``W[ids]`` / ``W[a:b]``: the rows, as float32 (or the stored float dtype; float64 for
+  ``UnitRows``);
 - ``row_blocks(W)``: ``(rows, block)`` pairs covering every row once;
 - ``matmul_rows(W, A)``: ``W @ A`` in float64, block by block.
 
-``np.asarray(W)`` of a ``BFloat16Rows`` materializes the whole float32 matrix: the
-library never calls it (``tests/test_streaming.py`` checks a run's peak memory).
+``np.asarray(W)`` of a streamed matrix (``is_streamed``) materializes the whole of it:
+the library never calls it (``tests/test_streaming.py`` checks a run's peak memory).
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-BLOCK_ROWS = 8192  # rows widened at a time: 128 MB of float64 at d_model = 2048
+BLOCK_ROWS = 8192  # the most rows widened at a time
+# the most bytes a block takes once widened to float64: 16 MiB is 512 rows at d_model =
+# 4096, large enough that a product with it runs at full BLAS speed, small against W
+BLOCK_BYTES = 1 << 24
 
 
-class BFloat16Rows:
-    """A ``(d_vocab, d_model)`` bfloat16 matrix memory-mapped from ``file`` at ``offset``.
+def block_rows_for(W: Any, block_rows: int | None = None) -> int:
+    """Rows per block for ``W``: ``block_rows`` when given, else as many as fit
+    ``BLOCK_BYTES`` of float64 (at most ``BLOCK_ROWS``, at least 1)."""
+    if block_rows is not None:
+        return max(1, int(block_rows))
+    width = W.shape[1] if len(W.shape) > 1 else 1
+    return max(1, min(BLOCK_ROWS, BLOCK_BYTES // (8 * max(1, width))))
 
-    Behaves as a read-only float32 matrix for row access: ``shape``, ``len``, ``ndim``,
-    ``dtype`` (float32, what rows come out as) and ``W[key]`` for a row index, a slice or
-    an integer array of any shape (the result has the index's shape plus ``d_model``).
+
+class StreamedRows:
+    """A read-only ``(d_vocab, d_model)`` matrix whose rows are computed when read.
+
+    Subclasses give ``shape`` and ``_rows(key)``; this gives ``len``, ``ndim``, ``nbytes``
+    (of what is stored) and ``W[key]`` for a row index, a slice or an integer array of
+    any shape (the result has the index's shape plus ``d_model``).
     """
-
-    stored_dtype = "BF16"
-
-    def __init__(self, raw: np.ndarray):
-        if raw.ndim != 2 or raw.dtype != np.dtype("<u2"):
-            raise ValueError(
-                f"BFloat16Rows: expected a 2-D little-endian uint16 array, got {raw.dtype} "
-                f"{raw.shape}"
-            )
-        self.raw = raw
-
-    @classmethod
-    def mapped(cls, file: Path, offset: int, shape: tuple[int, int]) -> BFloat16Rows:
-        return cls(np.memmap(file, dtype="<u2", mode="r", offset=offset, shape=shape))
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.raw.shape
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> np.dtype:
+        raise NotImplementedError
 
     @property
     def ndim(self) -> int:
         return 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self._rows(key)
+
+    def _rows(self, key: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError(f"{self!r}: its rows are computed when read; there is no array")
+        whole = self._rows(slice(None))
+        return whole if dtype is None else whole.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape})"
+
+
+class NarrowRows(StreamedRows):
+    """A matrix stored narrower than float32 (``raw``, memory-mapped), read as float32."""
+
+    stored_dtype = ""  # the safetensors name of what is stored
+    raw_dtype = np.dtype("<u2")  # how ``raw`` holds it
+    # the exponent bits: a value is NaN or infinite exactly when all of them are set
+    exponent_mask = 0
+
+    def __init__(self, raw: np.ndarray, mapping: mmap.mmap | None = None, skip: int = 0):
+        if raw.ndim != 2 or raw.dtype != self.raw_dtype:
+            raise ValueError(
+                f"{type(self).__name__}: expected a 2-D {self.raw_dtype} array, got "
+                f"{raw.dtype} {raw.shape}"
+            )
+        self.raw = raw
+        # the file mapping ``raw`` lies in, ``skip`` bytes from its start (``release``)
+        self._mapping, self._skip = mapping, skip
+
+    @classmethod
+    def mapped(cls, file: Path, offset: int, shape: tuple[int, int]) -> NarrowRows:
+        """The ``shape`` values stored at ``offset`` of ``file``, memory-mapped read-only
+        (``raw`` is a read-only view of the mapping)."""
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY  # where a mapping may begin
+        count = int(np.prod(shape))
+        with open(file, "rb") as handle:
+            mapping = mmap.mmap(
+                handle.fileno(),
+                offset - start + count * cls.raw_dtype.itemsize,
+                offset=start,
+                access=mmap.ACCESS_READ,
+            )
+        raw = np.frombuffer(mapping, dtype=cls.raw_dtype, count=count, offset=offset - start)
+        return cls(raw.reshape(shape), mapping, offset - start)
+
+    @property
+    def is_mapped(self) -> bool:
+        """Whether ``raw`` is a view of a file mapping (not an array in memory)."""
+        return self._mapping is not None
+
+    def release(self, rows: slice) -> None:
+        """Let this process's memory drop the pages of ``rows`` (a pass over the matrix is
+        done with them): the operating system keeps them cached, and a later read maps
+        them again. A pass over a mapped matrix would otherwise leave all of it resident,
+        counted in the process's memory."""
+        if self._mapping is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        start, stop, _ = rows.indices(len(self))
+        row_bytes = self.raw.shape[1] * self.raw.itemsize
+        first = (self._skip + start * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = min(self._skip + stop * row_bytes, len(self._mapping))
+        if end > first:
+            self._mapping.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.raw.shape
 
     @property
     def dtype(self) -> np.dtype:
@@ -66,18 +149,75 @@ class BFloat16Rows:
     def nbytes(self) -> int:
         return self.raw.nbytes
 
-    def __len__(self) -> int:
-        return len(self.raw)
+    def _rows(self, key: Any) -> np.ndarray:
+        return self.widen(np.asarray(self.raw[key]))
 
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return widen_bfloat16(np.asarray(self.raw[key]))
+    @staticmethod
+    def widen(raw: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        widened = widen_bfloat16(np.asarray(self.raw))
-        return widened if dtype is None else widened.astype(dtype)
+    def non_finite(self, raw: np.ndarray) -> np.ndarray:
+        """Which stored values of ``raw`` (a block of ``self.raw``) are NaN or infinite,
+        read from their bits (no widening)."""
+        return (raw.view(np.uint16) & self.exponent_mask) == self.exponent_mask
 
-    def __repr__(self) -> str:
-        return f"BFloat16Rows(shape={self.shape})"
+
+class BFloat16Rows(NarrowRows):
+    """A ``(d_vocab, d_model)`` bfloat16 matrix, stored as little-endian uint16 bit
+    patterns (``raw``), read as float32 rows: exact, a bfloat16 is the top half of a
+    float32."""
+
+    stored_dtype = "BF16"
+    raw_dtype = np.dtype("<u2")
+    exponent_mask = 0x7F80
+
+    @staticmethod
+    def widen(raw: np.ndarray) -> np.ndarray:
+        return widen_bfloat16(raw)
+
+
+class Float16Rows(NarrowRows):
+    """A ``(d_vocab, d_model)`` float16 matrix (``raw``), read as float32 rows (exact)."""
+
+    stored_dtype = "F16"
+    raw_dtype = np.dtype("<f2")
+    exponent_mask = 0x7C00
+
+    @staticmethod
+    def widen(raw: np.ndarray) -> np.ndarray:
+        return raw.astype(np.float32)
+
+
+class UnitRows(StreamedRows):
+    """The rows of ``W`` scaled to unit L2 norm, as debiaswe normalizes them; all-zero
+    rows stay zero. Rows come out float64, equal to those of
+    ``embsvd.method.geometry.normalize_rows(W)``, but no such matrix is stored: the norms
+    are computed once (a pass over ``W``) and each read divides by them.
+    """
+
+    def __init__(self, W: Any):
+        self.source = W
+        norms = np.empty(len(W))
+        for rows, block in row_blocks(W):
+            norms[rows] = np.linalg.norm(block.astype(np.float64), axis=1)
+        self.norms = np.where(norms == 0, 1.0, norms)  # what each row is divided by
+        self.norms.flags.writeable = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.source.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float64)
+
+    @property
+    def nbytes(self) -> int:
+        return getattr(self.source, "nbytes", 0)
+
+    def _rows(self, key: Any) -> np.ndarray:
+        rows = np.asarray(self.source[key]).astype(np.float64)
+        return rows / self.norms[key][..., None]
 
 
 def widen_bfloat16(raw: np.ndarray) -> np.ndarray:
@@ -87,15 +227,26 @@ def widen_bfloat16(raw: np.ndarray) -> np.ndarray:
     return widened
 
 
-def row_blocks(W: Any, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[slice, np.ndarray]]:
-    """``(rows, W[rows])`` for consecutive blocks of at most ``block_rows`` rows: each
-    block as stored (float32 for bfloat16), never more than one block widened at once."""
-    for start in range(0, len(W), block_rows):
-        rows = slice(start, min(start + block_rows, len(W)))
+def row_blocks(W: Any, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(rows, W[rows])`` for consecutive blocks of at most ``block_rows`` rows (default:
+    ``block_rows_for(W)``): each block as read (float32 for bfloat16), never more than
+    one block widened at once; a mapped bfloat16 or float16 block's pages are released
+    once the next block is asked for (``release_rows``)."""
+    step = block_rows_for(W, block_rows)
+    for start in range(0, len(W), step):
+        rows = slice(start, min(start + step, len(W)))
         yield rows, np.asarray(W[rows])
+        release_rows(W, rows)
 
 
-def matmul_rows(W: Any, A: np.ndarray, block_rows: int = BLOCK_ROWS) -> np.ndarray:
+def release_rows(W: Any, rows: slice) -> None:
+    """Drop the pages of ``W[rows]`` from this process's memory where ``W`` is a mapped
+    ``NarrowRows`` (``NarrowRows.release``); nothing otherwise."""
+    if isinstance(W, NarrowRows):
+        W.release(rows)
+
+
+def matmul_rows(W: Any, A: np.ndarray, block_rows: int | None = None) -> np.ndarray:
     """``W @ A`` in float64, ``(d_vocab, k)`` for ``A`` of shape ``(d_model, k)``, a block of
     rows at a time (no float64 copy of ``W``)."""
     A = np.asarray(A, dtype=np.float64)
@@ -106,5 +257,6 @@ def matmul_rows(W: Any, A: np.ndarray, block_rows: int = BLOCK_ROWS) -> np.ndarr
 
 
 def is_streamed(W: Any) -> bool:
-    """Whether ``W`` is read lazily (a ``BFloat16Rows``): ``np.asarray`` would copy it whole."""
-    return isinstance(W, BFloat16Rows)
+    """Whether ``W``'s rows are computed when read (``BFloat16Rows``, ``Float16Rows``,
+    ``UnitRows``): ``np.asarray`` would build the whole matrix."""
+    return isinstance(W, StreamedRows)

@@ -13,13 +13,15 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from embsvd.io.display import TokenDecoding, display_text, guess_decoding
 from embsvd.io.frequency import TokenFrequencies, token_frequencies
+from embsvd.io.rows import row_blocks
 
-NORM_BLOCK_ROWS = 8192  # rows of a (memory-mapped) matrix read at a time for the norms
+NORM_BLOCK_ROWS = None  # rows read at a time for the norms: row_blocks' default
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,7 +74,7 @@ class Vocabulary:
     @classmethod
     def from_matrix(
         cls,
-        W: np.ndarray,
+        W: Any,
         token_strings: Sequence[str | None],
         special_ids: Collection[int] = (),
         *,
@@ -126,12 +128,11 @@ class Vocabulary:
         return tuple(display_text(token, decoding) for token in self.token_strings)
 
 
-def row_norms(W: np.ndarray) -> np.ndarray:
-    """``np.linalg.norm(W, axis=1)``, ``(d_vocab,)``, in blocks of rows: a large
-    memory-mapped matrix is read once, without a squared copy of the whole of it."""
-    return np.concatenate(
-        [
-            np.linalg.norm(W[start : start + NORM_BLOCK_ROWS], axis=1)
-            for start in range(0, W.shape[0], NORM_BLOCK_ROWS)
-        ]
-    )
+def row_norms(W: Any) -> np.ndarray:
+    """``np.linalg.norm(W, axis=1)``, ``(d_vocab,)``, in blocks of rows
+    (``embsvd.io.rows.row_blocks``): a large memory-mapped matrix is read once, without a
+    squared copy of the whole of it, and a bfloat16 one is widened a block at a time."""
+    norms = np.empty(len(W), dtype=np.result_type(W.dtype, np.float32))
+    for rows, block in row_blocks(W, NORM_BLOCK_ROWS):
+        norms[rows] = np.linalg.norm(block.astype(norms.dtype, copy=False), axis=1)
+    return norms

@@ -5,39 +5,47 @@ parses, and gives every tensor a byte range inside the file that its shape and d
 fill exactly (a header that claims more rows than are stored would otherwise read the
 next tensor's bytes). A token matrix must be stored as a float type (``FLOAT_DTYPES``).
 
-A float32 (or float64) tensor is memory-mapped straight from the file: loading costs
-nothing and only the pages a computation touches are read. A bfloat16 or float16
-tensor, which numpy cannot compute with (bfloat16) or only slowly (float16), is widened
-to float32 once, block by block, into ``<cache_dir>/matrices/<file sha256>/<key>.npy``
-(an entry checked against its checksum record, ``embsvd.io.cache``); every later load,
-in this process or a parallel worker, memory-maps that file. A file's SHA-256 is itself
-remembered per path, size, modification time, inode and change time (which no user can
-set), so a sweep hashes a multi-GB shard once, not once per job, and a file replaced
-under the same name and time stamp is hashed again.
+Every float matrix is memory-mapped from the file as stored: loading costs a header and
+only the pages a computation touches are read. float32 and float64 are numpy arrays; a
+bfloat16 or float16 matrix is an ``embsvd.io.rows.BFloat16Rows`` / ``Float16Rows``,
+whose rows are widened to float32 (exactly) a block or a gather at a time where they
+are used, so no float32 copy of twice the file's size is ever made. (Older versions
+widened them once into ``<cache_dir>/matrices/``; such an entry is deleted when its
+checkpoint is next read.) A file's SHA-256 is remembered per path, size, modification
+time, inode and change time (which no user can set), so a sweep hashes a multi-GB shard
+once, not once per job, and a file replaced under the same name and time stamp is hashed
+again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from embsvd.io.cache import intact, replaced_atomically, written_with_checksum
+from embsvd.io.cache import replaced_atomically
+from embsvd.io.rows import BFloat16Rows, Float16Rows, NarrowRows, row_blocks
 
 log = logging.getLogger(__name__)
 
-BLOCK_ELEMENTS = 1 << 24  # 16 Mi values (32 MB of bf16) per read while widening or scanning
-NATIVE = {"F32": "<f4", "F64": "<f8"}  # memory-mapped as stored
-WIDENED = {"BF16", "F16"}  # stored narrower than float32: widened once into the cache
-FLOAT_DTYPES = (*NATIVE, *WIDENED)  # what a token matrix may be stored as
+BLOCK_ELEMENTS = 1 << 21  # 2 Mi values (4 MB of bf16) per read while widening or scanning
+NATIVE = {"F32": "<f4", "F64": "<f8"}  # memory-mapped as numpy arrays
+# stored narrower than float32: memory-mapped, rows widened to float32 where read
+NARROW: dict[str, type[NarrowRows]] = {"BF16": BFloat16Rows, "F16": Float16Rows}
+WIDENED = set(NARROW)  # (the name older code imports)
+FLOAT_DTYPES = (*NATIVE, *NARROW)  # what a token matrix may be stored as
+LEGACY_WIDENED = "matrices"  # where older versions kept widened copies, under cache_dir
 INTEGER_DTYPES = {"I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64"}
 # bits per value of every safetensors dtype, to check a tensor's byte range
 DTYPE_BITS = {
@@ -124,9 +132,11 @@ def _not_safetensors(file: Path, problem: str) -> ValueError:
 
 
 def read_safetensors(file: Path, key: str, cache_dir: Path | None = None) -> np.ndarray:
-    """One float tensor of a safetensors file: memory-mapped when numpy has its dtype,
-    widened to float32 otherwise (into the cache when ``cache_dir`` is given, else in
-    memory).
+    """One float tensor of a safetensors file, memory-mapped as stored: float32 and
+    float64 as ``np.memmap``, a bfloat16 or float16 matrix as a ``BFloat16Rows`` /
+    ``Float16Rows`` (rows widened to float32 where read; a tensor of other than two
+    dimensions is widened in memory). ``cache_dir``: where an older version's widened
+    copy of the tensor may lie; it is deleted.
 
     Raises:
         ValueError: the file is not valid safetensors, lacks ``key``, or stores it as
@@ -139,18 +149,32 @@ def read_safetensors(file: Path, key: str, cache_dir: Path | None = None) -> np.
     dtype, shape = entry["dtype"], tuple(entry["shape"])
     check_float_dtype(file, key, dtype)
     offset = data_start + entry["data_offsets"][0]
+    if not shape or 0 in shape:
+        return np.zeros(shape, dtype=NATIVE.get(dtype, np.float32))
     if dtype in NATIVE:
-        if not shape or 0 in shape:
-            return np.zeros(shape, dtype=NATIVE[dtype])
         return np.memmap(file, dtype=NATIVE[dtype], mode="r", offset=offset, shape=shape)
-    if cache_dir is None:
-        widened = np.empty(shape, dtype=np.float32)
-        _widen(file, offset, dtype, widened.reshape(-1))
-        return widened
-    target = cache_dir / "matrices" / file_sha256(file, cache_dir) / f"{_safe_name(key)}.npy"
-    if not intact(target):
-        _widen_into_cache(file, offset, dtype, shape, target)
-    return np.load(target, mmap_mode="r")
+    if cache_dir is not None:
+        drop_widened_copies(file, cache_dir)
+    if len(shape) == 2:
+        return NARROW[dtype].mapped(file, offset, shape)
+    widened = np.empty(shape, dtype=np.float32)
+    _widen(file, offset, dtype, widened.reshape(-1))
+    return widened
+
+
+def drop_widened_copies(file: Path, cache_dir: Path) -> None:
+    """Delete ``<cache_dir>/matrices/<file sha256>/``, where older versions kept the
+    file's bfloat16 and float16 tensors widened to float32 (twice the file's size, and
+    never read again); nothing is hashed when no such folder exists."""
+    legacy = cache_dir / LEGACY_WIDENED
+    if not legacy.is_dir():
+        return
+    entry = legacy / file_sha256(file, cache_dir)
+    if entry.is_dir():
+        log.info("deleting %s: widened copies are no longer kept", entry)
+        shutil.rmtree(entry, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the last entry gone: the folder too
+        legacy.rmdir()
 
 
 def check_float_dtype(file: Path, key: str, dtype: str) -> None:
@@ -196,36 +220,29 @@ def _widen(file: Path, offset: int, dtype: str, out: np.ndarray) -> None:
         start += len(block)
 
 
-def _widen_into_cache(
-    file: Path, offset: int, dtype: str, shape: tuple[int, ...], target: Path
-) -> None:
-    """Write the widened tensor as an ``.npy`` file, block by block (never all of it in
-    memory), renamed into place with its checksum record when complete."""
-    with written_with_checksum(target) as out:
-        header = {"descr": "<f4", "fortran_order": False, "shape": shape}
-        np.lib.format.write_array_header_1_0(out, header)
-        for block in _widened_blocks(file, offset, dtype, int(np.prod(shape))):
-            out.write(memoryview(block).cast("B"))
-
-
 def _safe_name(key: str) -> str:
     return re.sub(r"[^\w.\-]", "_", key)
 
 
-def non_finite_rows(W: np.ndarray) -> np.ndarray:
+def non_finite_rows(W: Any) -> np.ndarray:
     """Row numbers of ``W`` (``(d_vocab, d_model)``) that hold a NaN or an infinity,
-    scanned a block of rows at a time (a memory-mapped matrix is never copied whole)."""
+    scanned a block of rows at a time (a memory-mapped matrix is never copied whole; a
+    bfloat16 or float16 one is judged by its stored bits, without widening)."""
     step = max(1, BLOCK_ELEMENTS // max(1, W.shape[1]))
-    found = [
-        start + np.flatnonzero(~np.isfinite(W[start : start + step]).all(axis=1))
-        for start in range(0, len(W), step)
-    ]
+    found = []
+    if isinstance(W, NarrowRows):
+        for start in range(0, len(W), step):
+            rows = slice(start, start + step)
+            bad = W.non_finite(np.asarray(W.raw[rows])).any(axis=1)
+            found.append(start + np.flatnonzero(bad))
+            W.release(rows)
+    else:
+        for rows, block in row_blocks(W, step):
+            found.append(rows.start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
     return np.concatenate(found) if found else np.zeros(0, dtype=np.intp)
 
 
-def check_finite(
-    W: np.ndarray, where: str, sha256: str, key: str, cache_dir: Path | None = None
-) -> None:
+def check_finite(W: Any, where: str, sha256: str, key: str, cache_dir: Path | None = None) -> None:
     """Refuse a matrix with non-finite rows; a finite one is remembered per file hash and
     tensor in ``<cache_dir>/finite/`` so that later jobs do not scan it again.
 

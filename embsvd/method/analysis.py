@@ -2,6 +2,11 @@
 
 All arithmetic is float64. Shapes use TransformerLens names: ``d_vocab`` rows of
 ``W_E``, ``d_model`` columns; ``n`` is the number of tokens in a group.
+
+``W`` is read through its rows only (``W[ids]``, ``embsvd.io.rows.row_blocks``), so it may
+be an array, a memory-map or a streamed matrix (a bfloat16 ``BFloat16Rows``, unit
+``UnitRows``) that is never widened whole: a group's rows are gathered, the vocabulary
+is projected a block of rows at a time.
 """
 
 from __future__ import annotations
@@ -10,16 +15,18 @@ import itertools
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from embsvd.groups import TokenGroup
+from embsvd.io.rows import row_blocks
 from embsvd.io.vocabulary import Vocabulary
 from embsvd.method import backend
 from embsvd.method.svd import svd_flip
 
 log = logging.getLogger(__name__)
-PROJECT_BLOCK_ROWS = 8192  # rows of W_E widened to float64 at a time
+PROJECT_BLOCK_ROWS = None  # rows of W_E widened to float64 at a time: row_blocks' default
 
 
 @dataclass(frozen=True)
@@ -161,9 +168,12 @@ class AnalysisResult:
         return requested is not None and requested > self.n_components
 
 
-def group_means(W_E: np.ndarray, groups: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
-    """Mean embedding of each group: ``{name: (d_model,)}``."""
-    return {name: W_E[list(ids)].astype(np.float64).mean(axis=0) for name, ids in groups.items()}
+def group_means(W_E: Any, groups: Mapping[str, Sequence[int]]) -> dict[str, np.ndarray]:
+    """Mean embedding of each group: ``{name: (d_model,)}`` (each group's rows gathered)."""
+    return {
+        name: np.asarray(W_E[list(ids)], dtype=np.float64).mean(axis=0)
+        for name, ids in groups.items()
+    }
 
 
 def pairwise(vectors: Mapping[str, np.ndarray], statistic: str) -> PairwiseStat:
@@ -216,21 +226,21 @@ def effective_rank(singular_values: np.ndarray) -> np.ndarray | float:
     return float(value) if value.ndim == 0 else value
 
 
-def project(W_E: np.ndarray, svd: GroupSVD, n_components: int, device: str = "cpu") -> np.ndarray:
+def project(W_E: Any, svd: GroupSVD, n_components: int, device: str = "cpu") -> np.ndarray:
     """The whole vocabulary on the first ``n_components`` right singular vectors.
 
     ``(W_E - mean) @ v`` when the SVD was centered, ``W_E @ v`` when raw; float64, in
-    blocks of rows (a float64 copy of a large ``W_E`` costs more than the product), or
-    with torch on ``device``. Returns shape ``(d_vocab, n_components)``.
+    blocks of rows (``row_blocks``: a float64 copy of a large ``W_E`` costs more than the
+    product, and a bfloat16 one is widened a block at a time), or with torch on
+    ``device``. Returns shape ``(d_vocab, n_components)``.
     """
     axes = svd.Vt[:n_components].T
     if device != "cpu":
         return backend.project_on(W_E, svd.offset, axes, device)
     shift = svd.offset @ axes
     projections = np.empty((W_E.shape[0], axes.shape[1]))
-    for start in range(0, W_E.shape[0], PROJECT_BLOCK_ROWS):
-        rows = slice(start, start + PROJECT_BLOCK_ROWS)
-        projections[rows] = np.asarray(W_E[rows], dtype=np.float64) @ axes - shift
+    for rows, block in row_blocks(W_E, PROJECT_BLOCK_ROWS):
+        projections[rows] = np.asarray(block, dtype=np.float64) @ axes - shift
     return projections
 
 
@@ -283,7 +293,7 @@ def row_cosine(M: np.ndarray, center: bool) -> np.ndarray:
 
 
 def analyze(
-    W: np.ndarray,
+    W: Any,
     groups: Mapping[str, TokenGroup],
     target: str,
     vocab: Vocabulary,
@@ -298,7 +308,8 @@ def analyze(
 
     Args:
         W: The matrix analysed, ``(d_vocab, d_model)``: ``W_E``, ``W_U`` as rows, or either
-            transformed (unit rows, whitened).
+            transformed (unit rows, whitened); an array, a memory-map or a streamed
+            matrix (``embsvd.io.rows``), read by its rows only.
         groups: Every group of the run, after the single-token rule.
         target: The group whose submatrix is decomposed and projected on.
         vocab: The tokens of ``W``'s rows (``Checkpoint.vocabulary``): the top tokens are

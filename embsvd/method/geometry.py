@@ -1,4 +1,4 @@
-"""Geometry of the whole vocabulary: unit rows, whitening and an exact global SVD, numpy only.
+"""Geometry of the whole vocabulary: unit rows, whitening and the global SVD, numpy only.
 
 ``fit_whitening`` gives the "causal inner product" of Park, Choe and Veitch (2024, "The
 Linear Representation Hypothesis and the Geometry of Large Language Models"): rows are
@@ -6,28 +6,55 @@ mapped to ``(W - mean) @ Cov(W)^{-1/2}``, after which the Euclidean inner produc
 ``x^T Cov^{-1} y``. With ``d_model`` large against the rows the covariance is estimated
 from, it is shrunk towards ``trace/d * I`` (Ledoit-Wolf by default).
 
-All arithmetic is float64, done ``BLOCK_ROWS`` rows at a time so that a float32
-``(d_vocab, d_model)`` matrix is never copied whole to float64 besides outputs.
+Every function reads ``W`` a block of rows at a time (``embsvd.io.rows.row_blocks`` or
+gathers ``W[ids]``), so ``W`` may be an array, a memory-map or a bfloat16
+``BFloat16Rows`` that is never widened whole; float64 arithmetic throughout, except the
+large global SVD's products (``global_svd``). ``unit_rows`` computes unit rows where
+they are read; a whitened matrix is a new one (``Whitening.apply``), float32 where the
+pipeline keeps it.
+
+The per-checkpoint results (``cached_global_svd``, ``cached_whitening``) are kept on
+disk under their cache file and, within a process, in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import zipfile
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from embsvd.io.cache import intact, written_with_checksum
+from embsvd.io.rows import UnitRows, block_rows_for, release_rows, row_blocks
 from embsvd.method.svd import svd_flip
 
 log = logging.getLogger(__name__)
 
-BLOCK_ROWS = 4096
+BLOCK_ROWS = None  # rows read at a time: embsvd.io.rows.block_rows_for's choice
+# the global SVD takes the fast path when its scatter costs more than this many
+# multiply-adds (n * d^2: about a second in float64), and solves for its top
+# eigenpairs iteratively above this d_model (a full eigendecomposition of 4096 x 4096
+# takes longer than the float32 scatter of a 128k-token vocabulary)
+FAST_MIN_WORK = 1 << 36
+FULL_EIGH_MAX_D = 1024
+# the fast path's check: every refined component's residual against the exact float64
+# scatter, ||S v - s^2 v||, at most this fraction of the largest eigenvalue s_1^2
+RESIDUAL_TOLERANCE = 1e-6
+LANCZOS_TOLERANCE = 1e-10  # the iterative eigensolver's own residual, of s_1^2
+LANCZOS_BLOCK = 16  # columns added to the Krylov space at a time
+# convergence is checked (an eigendecomposition of the space's m x m projection) at sizes
+# growing by this factor, so that the checks cost a small multiple of the last one
+LANCZOS_GROWTH = 1.25
+MEMORY_ENTRIES = 2  # per-checkpoint results kept in memory per kind (a d x d each)
+SCATTER_BLOCK_BYTES = 1 << 26  # float32 rows per product of the fast scatter: 4096 at 4096
 
 
 class Geometry(StrEnum):
@@ -39,15 +66,27 @@ class Geometry(StrEnum):
     whitened = "whitened"
 
 
-def normalize_rows(W: np.ndarray) -> np.ndarray:
-    """A float64 copy of ``W`` (``(d_vocab, d_model)``) with unit-L2 rows, as debiaswe
-    does; all-zero rows stay zero."""
-    W = _matrix(W).astype(np.float64)
-    norms = np.linalg.norm(W, axis=1, keepdims=True)
-    return W / np.where(norms == 0, 1.0, norms)
+def normalize_rows(W: Any, dtype: Any = np.float64) -> np.ndarray:
+    """A copy of ``W`` (``(d_vocab, d_model)``) with unit-L2 rows, as debiaswe does;
+    all-zero rows stay zero. Computed in float64 a block at a time and stored as
+    ``dtype``. ``unit_rows`` gives the same rows without storing them."""
+    _check_matrix(W)
+    unit = np.empty(W.shape, dtype=dtype)
+    for rows, block in row_blocks(W):
+        block = block.astype(np.float64)
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        unit[rows] = block / np.where(norms == 0, 1.0, norms)
+    return unit
 
 
-def ledoit_wolf_shrinkage(X: np.ndarray, *, block_rows: int = BLOCK_ROWS) -> float:
+def unit_rows(W: Any) -> UnitRows:
+    """``W``'s rows scaled to unit L2 norm where they are read (``embsvd.io.rows.UnitRows``):
+    float64 rows equal to ``normalize_rows(W)``'s, without a copy of ``W``."""
+    _check_matrix(W)
+    return W if isinstance(W, UnitRows) else UnitRows(W)
+
+
+def ledoit_wolf_shrinkage(X: Any, *, block_rows: int | None = BLOCK_ROWS) -> float:
     """Ledoit-Wolf shrinkage intensity in [0, 1] of the covariance of the rows of ``X``
     (``(n_samples, n_features)``, centered here), towards ``trace(S)/d * I``.
 
@@ -74,29 +113,37 @@ class Whitening:
     shrinkage: float
     n_rows: int
 
-    def apply(self, W: np.ndarray, *, block_rows: int = BLOCK_ROWS) -> np.ndarray:
-        """Whiten every row of ``W`` (``(d_vocab, d_model)``); float64, same shape."""
-        W = _matrix(W)
+    def apply(
+        self, W: Any, *, block_rows: int | None = BLOCK_ROWS, dtype: Any = np.float64
+    ) -> np.ndarray:
+        """Whiten every row of ``W`` (``(d_vocab, d_model)``): a new matrix of the same
+        shape, computed in float64 a block at a time and stored as ``dtype`` (float32
+        halves a large vocabulary's copy, at float32's rounding of each value)."""
+        _check_matrix(W)
         if W.shape[1] != len(self.mean):
             raise ValueError(
                 f"W: whitening was fitted on d_model={len(self.mean)}, got shape {W.shape}"
             )
-        whitened = np.empty(W.shape, dtype=np.float64)
-        for start in range(0, len(W), block_rows):
-            part = slice(start, start + block_rows)
-            whitened[part] = (W[part].astype(np.float64) - self.mean) @ self.transform
+        whitened = np.empty(W.shape, dtype=dtype)
+        for rows, block in row_blocks(W, block_rows):
+            whitened[rows] = (block.astype(np.float64) - self.mean) @ self.transform
         return whitened
 
 
 def fit_whitening(
-    W: np.ndarray,
+    W: Any,
     rows: np.ndarray | None = None,
     shrinkage: float | None = None,
     *,
-    block_rows: int = BLOCK_ROWS,
+    block_rows: int | None = BLOCK_ROWS,
 ) -> Whitening:
     """Whitening from the MLE (1/n) covariance ``S`` of ``W[rows]`` (all rows when None),
     shrunk to ``(1 - a) S + a trace(S)/d I``; ``a = shrinkage``, or Ledoit-Wolf's when None.
+
+    Exact: the scatter in float64 and a full eigendecomposition, since the inverse square
+    root magnifies an error in the small eigenvalues by the condition number (the global
+    SVD's float32 products would not do here). One-off per checkpoint with
+    ``cached_whitening``.
     """
     if shrinkage is not None and not 0.0 <= shrinkage <= 1.0:
         raise ValueError(
@@ -108,6 +155,7 @@ def fit_whitening(
     a = _ledoit_wolf(scatter, fourth, n) if shrinkage is None else float(shrinkage)
     S = scatter / n
     shrunk = (1 - a) * S + a * (np.trace(S) / d) * np.eye(d)
+    del scatter, S  # d x d each: 134 MB at d_model = 4096
     values, vectors = np.linalg.eigh(shrunk)
     # eigh returns ~1e-17 rather than 0 for a singular matrix: use matrix_rank's tolerance
     if values[0] <= max(values[-1], 0.0) * d * np.finfo(np.float64).eps:
@@ -118,6 +166,53 @@ def fit_whitening(
         )
     transform = (vectors / np.sqrt(values)) @ vectors.T
     return Whitening(X.mean, (transform + transform.T) / 2, a, n)
+
+
+def cached_whitening(
+    W: Any,
+    cache_file: Path,
+    *,
+    rows: np.ndarray | None = None,
+    shrinkage: float | None = None,
+) -> Whitening:
+    """``fit_whitening`` read from or written to ``cache_file`` (``.npz``), and kept in
+    memory for this process while the file is unchanged.
+
+    As ``cached_global_svd``: a file is used only when it matches its checksum record and
+    the shape, row count and requested shrinkage it records; its name must encode
+    anything else the result depends on (the checkpoint's content, which rows, whether
+    rows were normalized). A stale, damaged or unreadable file is recomputed and replaced
+    atomically.
+    """
+    _check_matrix(W)
+    n_rows = len(W) if rows is None else len(_row_index(W, rows))
+    key = {
+        "d_vocab": len(W),
+        "d_model": W.shape[1],
+        "n_rows": n_rows,
+        # the requested value: -1 for Ledoit-Wolf's (the fitted one is stored beside it)
+        "requested_shrinkage": -1.0 if shrinkage is None else float(shrinkage),
+    }
+
+    def compute() -> Whitening:
+        return fit_whitening(W, rows=rows, shrinkage=shrinkage)
+
+    def load(cached: Any) -> Whitening:
+        return Whitening(
+            mean=cached["mean"],
+            transform=cached["transform"],
+            shrinkage=float(cached["shrinkage"]),
+            n_rows=n_rows,
+        )
+
+    def save(whitening: Whitening) -> dict[str, Any]:
+        return {
+            "mean": whitening.mean,
+            "transform": whitening.transform,
+            "shrinkage": whitening.shrinkage,
+        }
+
+    return _cached(_WHITENINGS, Path(cache_file), key, compute, load, save)
 
 
 @dataclass(frozen=True)
@@ -148,22 +243,53 @@ class GlobalSVD:
         return dataclasses.replace(self, singular_values=self.singular_values[:k], Vt=self.Vt[:k])
 
 
+GLOBAL_SVD_METHODS = ("auto", "exact", "fast")
+# what the cached global SVD's file name encodes of how it was computed: a change here
+# makes every cache entry of an older method stale
+GLOBAL_SVD_METHOD = "scatter eigendecomposition; float32 products and Rayleigh-Ritz when large"
+
+
 def global_svd(
-    W: np.ndarray,
+    W: Any,
     n_components: int,
     *,
     rows: np.ndarray | None = None,
-    block_rows: int = BLOCK_ROWS,
+    block_rows: int | None = BLOCK_ROWS,
+    method: str = "auto",
 ) -> GlobalSVD:
-    """The top ``n_components`` of the exact SVD of ``W[rows]`` minus its column mean.
+    """The top ``n_components`` of the SVD of ``W[rows]`` minus its column mean, from the
+    ``d_model x d_model`` scatter ``X^T X`` and its eigendecomposition, so that it is
+    exact whatever the spectrum's decay (a randomized SVD returns an arbitrary subspace of
+    a flat spectrum and misses the tail of a slowly decaying one).
 
-    Computed from the ``d_model x d_model`` scatter matrix ``X^T X`` (float64, in row
-    blocks) and its eigendecomposition, so it is exact whatever the spectrum's decay (a
-    randomized SVD returns an arbitrary subspace of a flat spectrum and misses the tail of
-    a slowly decaying one); ``d_model`` up to 8192 costs at most 0.5 GB. Signs follow
-    :func:`embsvd.method.svd.svd_flip`, as the group SVD's do: the largest-|.| entry of
-    each row of ``Vt`` is positive, so that reruns and other BLAS builds give the same axes.
+    ``method``:
+
+    - ``exact``: the scatter in float64 (row blocks) and a full eigendecomposition;
+    - ``fast``: for a large vocabulary, where the exact scatter and eigendecomposition
+      took 44 s at 128256 x 4096. The scatter's products run in float32 (a block of rows,
+      centered, then summed in float64): it differs from the float64 scatter by a few
+      1e-8 of its largest eigenvalue, far below a bfloat16 embedding's own resolution (3
+      significant digits). Its top eigenpairs come from a block Lanczos iteration (above
+      ``FULL_EIGH_MAX_D``; a full eigendecomposition below, or where the iteration does
+      not converge). Then one pass over ``W`` in float64 multiplies the exact scatter
+      with those axes: the Rayleigh-Ritz step in their span gives singular values equal
+      to the exact path's to about 1e-12 (relative; tested to 1e-10), and every axis'
+      residual ``r = ||S v - s^2 v||`` against the exact scatter ``S`` is checked: where
+      one exceeds ``RESIDUAL_TOLERANCE`` (1e-6) of ``s_1^2``, the exact path runs
+      instead, with a warning. An accepted axis lies within an angle ``r / gap`` of the
+      exact one (Davis-Kahan; ``gap``: from ``s^2`` to the nearest other eigenvalue; ``r``
+      is typically a few 1e-8 of ``s_1^2``); the span of near-tied axes is as exact, the
+      axes inside it are not determined by the data (nor by the exact path).
+      ``total_variance`` is summed in float64 as the exact path's;
+    - ``auto`` (default): ``fast`` when the scatter costs more than ``FAST_MIN_WORK``
+      multiply-adds (``n * d_model^2``), else ``exact``.
+
+    Signs follow :func:`embsvd.method.svd.svd_flip`, as the group SVD's do: the
+    largest-|.| entry of each row of ``Vt`` is positive, so that reruns and other BLAS
+    builds give the same axes.
     """
+    if method not in GLOBAL_SVD_METHODS:
+        raise ValueError(f"method: expected one of {GLOBAL_SVD_METHODS}, got {method!r}")
     A = _Centered(W, rows, block_rows)
     n, d = A.shape
     if not 1 <= n_components <= min(n, d):
@@ -171,67 +297,213 @@ def global_svd(
             f"analysis.n_global: expected 1 <= n_global <= min(rows, d_model) = {min(n, d)} "
             f"({n} rows, d_model={d}), got {n_components}"
         )
+    if method == "auto":
+        method = "fast" if n * d * d > FAST_MIN_WORK else "exact"
+    if method == "fast":
+        found = _fast_global_svd(A, n_components)
+        if found is not None:
+            return found
     scatter = A.scatter()
-    eigenvalues, vectors = np.linalg.eigh(scatter)
-    top = np.argsort(eigenvalues)[::-1][:n_components]
-    S = np.sqrt(np.clip(eigenvalues[top], 0.0, None))
-    _, Vt = svd_flip(None, vectors[:, top].T)
+    eigenvalues, vectors = _top_eigenpairs(scatter, n_components, iterative=False)
+    S = np.sqrt(np.clip(eigenvalues, 0.0, None))
+    _, Vt = svd_flip(None, vectors.T)
     return GlobalSVD(A.mean, S, Vt, float(np.trace(scatter)), n)
 
 
+def _fast_global_svd(A: _Centered, k: int) -> GlobalSVD | None:
+    """``global_svd``'s fast path; ``None`` where its residual check fails."""
+    scatter = A.scatter_float32()
+    _, vectors = _top_eigenpairs(scatter, k, iterative=len(scatter) > FULL_EIGH_MAX_D)
+    del scatter
+    # Rayleigh-Ritz with the exact scatter: G = X^T (X V) in float64, one pass over W,
+    # which also sums the squares of X for the total variance
+    G, total = np.zeros_like(vectors), 0.0
+    for _, block in A.blocks():
+        G += block.T @ (block @ vectors)
+        total += float(np.einsum("ij,ij->", block, block))
+    H = vectors.T @ G
+    theta, Y = np.linalg.eigh((H + H.T) / 2)
+    theta, Y = theta[::-1], Y[:, ::-1]
+    axes, images = vectors @ Y, G @ Y
+    residuals = np.linalg.norm(images - axes * theta, axis=0)
+    worst = float(residuals.max() / max(theta[0], np.finfo(float).tiny))
+    if not worst <= RESIDUAL_TOLERANCE:
+        log.warning(
+            "global SVD: the fast path's axes have a residual of %.3g of the largest "
+            "eigenvalue (more than %g); computing the exact scatter instead",
+            worst,
+            RESIDUAL_TOLERANCE,
+        )
+        return None
+    _, Vt = svd_flip(None, axes.T)
+    S = np.sqrt(np.clip(theta, 0.0, None))
+    return GlobalSVD(A.mean, S, Vt, total, A.shape[0])
+
+
+def _top_eigenpairs(S: np.ndarray, k: int, *, iterative: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues of the symmetric ``S`` (descending) and their
+    eigenvectors as columns: a full eigendecomposition, or (``iterative``) a block
+    Lanczos iteration checked by its residuals, falling back to the full one."""
+    if iterative and 8 * k <= len(S):
+        found = _block_lanczos(S, k)
+        if found is not None:
+            return found
+        log.info("global SVD: the Lanczos iteration did not converge; eigendecomposing")
+    eigenvalues, vectors = np.linalg.eigh(S)
+    top = np.argsort(eigenvalues)[::-1][:k]
+    return eigenvalues[top], vectors[:, top]
+
+
+def _block_lanczos(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The top ``k`` eigenpairs of the symmetric ``S`` (``d x d``) from a block Krylov
+    space (blocks of ``LANCZOS_BLOCK`` vectors, fully reorthogonalized), grown until every
+    Ritz pair's residual ``||S v - theta v||`` is at most ``LANCZOS_TOLERANCE`` of the
+    largest eigenvalue; ``None`` when the space reaches ``d / 2`` vectors first (a
+    spectrum so flat that a full eigendecomposition is as cheap). Deterministic: the start
+    block is drawn from a fixed seed."""
+    d, width = len(S), LANCZOS_BLOCK
+    rng = np.random.default_rng(0)
+    most = d // 2 // width * width
+    # the basis and its images under S as rows, so that every leading slice is contiguous
+    basis, images = np.empty((most, d)), np.empty((most, d))
+    block, m = _orthonormal(rng.normal(size=(width, d)), basis[:0], rng), 0
+    check = 2 * k + width  # the first size checked; then LANCZOS_GROWTH times larger
+    while m + width <= most:
+        basis[m : m + width], images[m : m + width] = block, block @ S
+        m += width
+        if m >= check or m + width > most:
+            check = max(check + width, int(m * LANCZOS_GROWTH))
+            H = images[:m] @ basis[:m].T
+            theta, Y = np.linalg.eigh((H + H.T) / 2)
+            theta, Y = theta[::-1][:k], Y[:, ::-1][:, :k]
+            vectors = Y.T @ basis[:m]  # (k, d)
+            residuals = np.linalg.norm(Y.T @ images[:m] - theta[:, None] * vectors, axis=1)
+            if residuals.max() <= LANCZOS_TOLERANCE * abs(theta[0]):
+                return theta, vectors.T
+        block = _orthonormal(images[m - width : m], basis[:m], rng)
+    return None
+
+
+def _orthonormal(Z: np.ndarray, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Orthonormal rows spanning the rows of ``Z`` minus their part in ``basis``
+    (orthonormal rows); a row that vanishes there (the Krylov space is exhausted) is
+    replaced by a random direction, so that the block keeps its size."""
+    size = np.linalg.norm(Z, axis=1).max(initial=0.0)
+    for _ in range(4):
+        for _ in range(2):  # twice is enough (Kahan, Parlett)
+            Z = Z - (Z @ basis.T) @ basis
+        Q, R = np.linalg.qr(Z.T)
+        lost = np.abs(np.diag(R)) <= 1e-10 * size
+        if not lost.any():
+            return Q.T
+        Z = Q.T.copy()
+        Z[lost] = rng.normal(size=(int(lost.sum()), Z.shape[1]))
+        size = max(size, np.linalg.norm(Z, axis=1).max())
+    raise np.linalg.LinAlgError("the Krylov basis could not be extended")
+
+
 def cached_global_svd(
-    W: np.ndarray, n_components: int, cache_file: Path, *, rows: np.ndarray | None = None
+    W: Any,
+    n_components: int,
+    cache_file: Path,
+    *,
+    rows: np.ndarray | None = None,
+    method: str = "auto",
 ) -> GlobalSVD:
-    """``global_svd`` read from or written to ``cache_file`` (``.npz``).
+    """``global_svd`` read from or written to ``cache_file`` (``.npz``), and kept in
+    memory for this process while the file is unchanged.
 
     A cache is used only when it matches its checksum record (``embsvd.io.cache``) and
     its ``n_components``, ``d_vocab``, ``d_model`` and row count match; the file name must
-    encode anything else the result depends on (checkpoint, which rows). A stale, damaged
-    or unreadable file is recomputed and replaced atomically.
+    encode anything else the result depends on (checkpoint, which rows, the method). A
+    stale, damaged or unreadable file is recomputed and replaced atomically.
     """
-    cache_file, W = Path(cache_file), _matrix(W)
+    _check_matrix(W)
     n_rows = len(W) if rows is None else len(_row_index(W, rows))
     key = dict(n_components=n_components, d_vocab=len(W), d_model=W.shape[1], n_rows=n_rows)
-    if intact(cache_file):
-        cached = _load_svd(cache_file, key)
-        if cached is not None:
-            return cached
-    svd = global_svd(W, n_components, rows=rows)
-    with written_with_checksum(cache_file) as stream:
+
+    def compute() -> GlobalSVD:
+        return global_svd(W, n_components, rows=rows, method=method)
+
+    def load(cached: Any) -> GlobalSVD:
+        arrays = {name: cached[name] for name in ("mean", "singular_values", "Vt")}
+        total_variance = float(cached["total_variance"])
+        return GlobalSVD(**arrays, total_variance=total_variance, n_rows=n_rows)
+
+    def save(svd: GlobalSVD) -> dict[str, Any]:
         arrays = {name: getattr(svd, name) for name in ("mean", "singular_values", "Vt")}
-        np.savez(stream, **arrays, total_variance=svd.total_variance, **key)
-    return svd
+        return {**arrays, "total_variance": svd.total_variance}
+
+    return _cached(_GLOBAL_SVDS, Path(cache_file), key, compute, load, save)
 
 
-def _load_svd(cache_file: Path, key: dict[str, int]) -> GlobalSVD | None:
-    """The ``GlobalSVD`` in ``cache_file`` if it was computed for ``key``, else None."""
+# per-checkpoint results this process holds: cache file -> (its stamp, key, the result)
+_GLOBAL_SVDS: OrderedDict[str, tuple] = OrderedDict()
+_WHITENINGS: OrderedDict[str, tuple] = OrderedDict()
+
+
+def _cached(
+    memory: OrderedDict[str, tuple],
+    cache_file: Path,
+    key: dict[str, Any],
+    compute: Callable[[], Any],
+    load: Callable[[Any], Any],
+    save: Callable[[Any], dict[str, Any]],
+) -> Any:
+    """The result stored in ``cache_file`` for ``key``: from memory while the file is the
+    one this process read or wrote, else from the file when it is intact and holds
+    ``key``, else ``compute()``d and written with its checksum record."""
+    remembered = memory.get(str(cache_file))
+    if remembered is not None and remembered[:2] == (_stamp(cache_file), key):
+        memory.move_to_end(str(cache_file))
+        return remembered[2]
+    result = None
+    if intact(cache_file):
+        result = _load_npz(cache_file, key, load)
+    if result is None:
+        result = compute()
+        with written_with_checksum(cache_file) as stream:
+            np.savez(stream, **save(result), **key)
+    memory[str(cache_file)] = (_stamp(cache_file), key, result)
+    memory.move_to_end(str(cache_file))
+    while len(memory) > MEMORY_ENTRIES:
+        memory.popitem(last=False)
+    return result
+
+
+def _load_npz(cache_file: Path, key: dict[str, Any], load: Callable[[Any], Any]) -> Any:
+    """``load(arrays)`` of ``cache_file`` if it was computed for ``key``, else None."""
     try:
         with np.load(cache_file, allow_pickle=False) as cached:
-            found = {name: int(cached[name]) for name in key}
+            found = {name: type(value)(cached[name]) for name, value in key.items()}
             if found != key:
                 log.info("%s holds %s, not %s: recomputing", cache_file, found, key)
                 return None
-            arrays = {name: cached[name] for name in ("mean", "singular_values", "Vt")}
-            total_variance = float(cached["total_variance"])
+            return load(cached)
     except (OSError, ValueError, TypeError, KeyError, EOFError, zipfile.BadZipFile) as error:
         log.warning("%s is unreadable (%r): recomputing", cache_file, error)
         return None
-    return GlobalSVD(**arrays, total_variance=total_variance, n_rows=key["n_rows"])
 
 
-def row_mean(W: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+def _stamp(file: Path) -> tuple[int, ...] | None:
+    try:
+        stat = os.stat(file)
+    except OSError:
+        return None
+    return (stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+
+
+def row_mean(W: Any, rows: np.ndarray | None = None) -> np.ndarray:
     """Column mean of ``W[rows]`` (all rows when None), ``(d_model,)``, in float64 blocks."""
     return _Centered(W, rows, BLOCK_ROWS).mean
 
 
-def _matrix(W: np.ndarray) -> np.ndarray:
-    W = np.asarray(W)
-    if W.ndim != 2:
+def _check_matrix(W: Any) -> None:
+    if len(W.shape) != 2:
         raise ValueError(f"W: expected a (d_vocab, d_model) matrix, got shape {W.shape}")
-    return W
 
 
-def _row_index(W: np.ndarray, rows: np.ndarray | None) -> np.ndarray | None:
+def _row_index(W: Any, rows: np.ndarray | None) -> np.ndarray | None:
     """``rows`` (indices or a boolean mask) as row numbers, or None for all rows."""
     if rows is None:
         return None
@@ -242,27 +514,73 @@ def _row_index(W: np.ndarray, rows: np.ndarray | None) -> np.ndarray | None:
 
 
 class _Centered:
-    """``X = W[rows] - mean`` with ``mean`` the column mean of ``W[rows]``, read in float64
-    blocks of ``block_rows`` rows: a float32 ``W`` is never copied whole."""
+    """``X = W[rows] - mean`` with ``mean`` the column mean of ``W[rows]``, read a block of
+    ``block_rows`` rows at a time: ``W`` (an array, a memory-map, a ``BFloat16Rows``) is
+    never copied whole."""
 
-    def __init__(self, W: np.ndarray, rows: np.ndarray | None, block_rows: int) -> None:
-        self.W, self.index, self.block_rows = _matrix(W), _row_index(W, rows), block_rows
+    def __init__(self, W: Any, rows: np.ndarray | None, block_rows: int | None) -> None:
+        _check_matrix(W)
+        self.W, self.index = W, _row_index(W, rows)
+        self.block_rows = block_rows_for(W, block_rows)
         self.shape = (len(self.W) if self.index is None else len(self.index), self.W.shape[1])
-        self.mean = np.zeros(self.shape[1])
-        self.mean = sum(block.sum(axis=0) for _, block in self.blocks()) / self.shape[0]
+        total = np.zeros(self.shape[1])
+        for _, block in self.raw_blocks():
+            total += block.sum(axis=0, dtype=np.float64)
+        self.mean = total / self.shape[0]
 
-    def blocks(self) -> Iterator[tuple[slice, np.ndarray]]:
+    def raw_blocks(self, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+        """``(positions, block of W[rows])``, as read (float32 for bfloat16), in blocks of
+        ``block_rows`` (default: this matrix's); a mapped matrix's pages are released
+        after each block (``embsvd.io.rows.release_rows``)."""
+        step = block_rows or self.block_rows
+        for start in range(0, self.shape[0], step):
+            part = slice(start, min(start + step, self.shape[0]))
+            if self.index is None:
+                read = part
+            else:  # the rows' span (the ordinary rows: all but a few)
+                ids = self.index[part]
+                read = slice(int(ids.min()), int(ids.max()) + 1)
+            yield part, np.asarray(self.W[part] if self.index is None else self.W[ids])
+            release_rows(self.W, read)
+
+    def blocks(self, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """``(positions, block of X)``, each a fresh float64 array."""
-        for start in range(0, self.shape[0], self.block_rows):
-            part = slice(start, min(start + self.block_rows, self.shape[0]))
-            block = self.W[part] if self.index is None else self.W[self.index[part]]
-            yield part, block.astype(np.float64) - self.mean
+        for part, block in self.raw_blocks(block_rows):
+            block = block.astype(np.float64)
+            block -= self.mean
+            yield part, block
 
     def scatter(self) -> np.ndarray:
-        """The scatter ``X^T X``, ``(d_model, d_model)``."""
+        """The scatter ``X^T X``, ``(d_model, d_model)``, in float64."""
         scatter = np.zeros((self.shape[1], self.shape[1]))
         for _, block in self.blocks():
             scatter += block.T @ block
+        return scatter
+
+    def scatter_float32(self) -> np.ndarray:
+        """The scatter ``X^T X`` from float32 products, each block's summed into a float64
+        matrix.
+
+        Rows are centered in float32 on ``mean`` rounded to float32, ``m``: ``Y = X - e``
+        with ``e = m - mean`` the same for every row, so ``Y^T Y = X^T X + n e e^T``
+        (``X``'s rows sum to zero) and the rounding of the mean is taken out exactly. A
+        bfloat16 or float32 block (exact in float32) is centered with one rounding per
+        value, as a float64 one cast to float32 would be.
+        """
+        n, d = self.shape
+        m = self.mean.astype(np.float32)
+        e = m.astype(np.float64) - self.mean
+        scatter, product = np.zeros((d, d)), np.empty((d, d), dtype=np.float32)
+        # blocks of SCATTER_BLOCK_BYTES: a product of fewer rows runs below BLAS speed
+        step = max(self.block_rows, SCATTER_BLOCK_BYTES // (4 * d))
+        centered = np.empty((min(step, n), d), dtype=np.float32)
+        for part, block in self.raw_blocks(step):
+            Y = centered[: part.stop - part.start]
+            # in the block's precision (float32, or float64 rounded once into Y)
+            np.subtract(block, m if block.dtype == np.float32 else m.astype(np.float64), out=Y)
+            np.matmul(Y.T, Y, out=product)  # numpy hands Y^T Y to BLAS syrk: half the work
+            scatter += product
+        scatter -= n * np.outer(e, e)
         return scatter
 
     def moments(self) -> tuple[np.ndarray, float]:

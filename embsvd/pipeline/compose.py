@@ -1,23 +1,36 @@
 """Every job of a multirun composed once and checked before any job starts: a sweep
-with one job that cannot run is refused whole, before its parent run opens."""
+with one job that cannot run is refused whole, before its parent run opens.
+
+Under embsvd's sweeper (``hydra/sweeper=embsvd``, the default) a sweep also pays Hydra's
+composition once per choice of config groups: the jobs that differ only in plain values
+are derived from that composition by Hydra's own override parsing and application
+(``ComposeOnce.derive``)."""
 
 from __future__ import annotations
 
 import copy
 import logging
+import pickle
+import re
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import CompactHydraException, HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from embsvd.pipeline.config import checked_settings
+from embsvd.pipeline.phases import clock
 from embsvd.pipeline.secrets import redact_text
 
 log = logging.getLogger(__name__)
@@ -30,36 +43,103 @@ class SweepRefused(CompactHydraException):
     ``validate_sweep_or_exit``."""
 
 
+# an override key ``derive`` applies itself: dotted names, as in ``analysis.top_k``
+PLAIN_KEY = re.compile(r"[A-Za-z_$][\w$\-]*(\.[A-Za-z_$][\w$\-]*)*")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How a job's config is derived: the composition of its config-group overrides
+    (``groups``, under ``key``), then its other overrides (``values``) applied to it."""
+
+    key: tuple[Any, ...]
+    groups: list[str]
+    values: list[Override]
+    overrides: list[Override]  # every override of the job, in its order
+
+
+# Compositions a worker process (a launcher's) derives its jobs from, for one sweep: the
+# launcher sends each job its own copy of the loader, so those copies share these.
+_WORKER_BASES: dict[str, dict[tuple[Any, ...], bytes | None]] = {}
+
+
+def _worker_bases(sweep: str) -> dict[tuple[Any, ...], bytes | None]:
+    if sweep not in _WORKER_BASES:
+        _WORKER_BASES.clear()  # a worker serves one sweep at a time
+        _WORKER_BASES[sweep] = {}
+    return _WORKER_BASES[sweep]
+
+
 class ComposeOnce:
     """A Hydra config loader that composes each job's config once for all its requests,
     and checks every composition (``check``, e.g. ``checked_settings``).
 
-    Composing costs 0.2-0.4 s a job here (OmegaConf merges), more than a job's own work,
-    and Hydra asks twice for each job: the sweeper composes every job to check the batch,
-    then the launcher composes it again. A config composed ahead of the sweep
-    (``compose_ahead``) serves both requests; one composed on request, the next one.
-    Everything else goes to the wrapped loader."""
+    Composing costs 0.15-0.4 s a job here (the defaults list, every YAML file parsed
+    again, OmegaConf merges), more than a job's own work, and Hydra asks twice for each
+    job under its basic sweeper: the sweeper composes every job to check the batch, then
+    the launcher composes it again. A config composed ahead of the sweep
+    (``compose_ahead``) serves ``requests_per_job`` requests; one composed on request,
+    the next one. Everything else goes to the wrapped loader.
+
+    With ``derive`` (embsvd's sweeper), Hydra composes each job's choice of config groups
+    once, without the job's other overrides, and each job's config is that composition
+    with the job's overrides applied by Hydra (``_apply_overrides_to_config``) and the
+    override-dependent fields of its ``hydra`` node (``overrides.task``,
+    ``job.override_dirname``) set as Hydra sets them: the config Hydra would compose,
+    for the cost of a copy. Which overrides are config groups' is decided as Hydra's
+    defaults list decides it. Hydra composes in full a job it cannot derive that way: one
+    with an override of ``hydra.*``, of the ``defaults`` key, of a key that is not a
+    plain dotted name (a package, ``@``), a sweep, one whose application would resolve
+    an interpolation (OmegaConf resolves along the key's path and compares what it
+    deletes, and the ``hydra`` node is complete here, not yet there), and one Hydra's
+    application refuses (so the error is Hydra's own)."""
 
     MAX_HELD = 512  # configs held for later requests (0.3 MB each); beyond, compose again
     REQUESTS = 2  # Hydra's requests for a job's config: the sweeper's, then the launcher's
 
-    def __init__(self, loader: Any, check: Callable[[DictConfig], object] | None = None):
+    def __init__(
+        self,
+        loader: Any,
+        check: Callable[[DictConfig], object] | None = None,
+        derive: bool = False,
+    ):
         self._loader = loader
         self._check = check
+        self.derive = derive
+        # configs held ahead serve this many requests each (1: the sweeper asks for none)
+        self.requests_per_job = self.REQUESTS
         # overrides -> (config, how many more requests it serves)
         self._composed: dict[tuple[str, ...], tuple[DictConfig, int]] = {}
-        self.requests = self.compositions = 0  # Hydra's requests; compositions of any kind
+        # (config name, hydra overrides, config-group overrides) -> Hydra's composition,
+        # pickled: unpickling copies it 6x faster than copy.deepcopy, metadata and all;
+        # None where it failed (its jobs are composed in full, for Hydra's error)
+        self._bases: dict[tuple[Any, ...], bytes | None] = {}
+        self._is_group: dict[tuple[Any, ...], bool] = {}
+        self._parsed: dict[str, Override] = {}  # a sweep's jobs share most overrides
+        self._repos: dict[tuple[Any, ...], Any] = {}
+        self._sweep = uuid4().hex  # names this loader's compositions in worker processes
+        self.requests = 0  # Hydra's requests
+        self.compositions = 0  # Hydra's own compositions: of config groups, or in full
+        self.derived = 0  # job configs derived from a composition of their config groups
+        self.jobs_composed = 0  # job configs made, derived or composed in full
         self.sweep_checked = False  # ``validate_sweep`` composed and checked every job
+        self.checked: set[tuple[str, ...]] = set()  # the jobs ``validate_sweep`` checked
         self.n_jobs: int | None = None  # the sweep's jobs, where the sweeper tells ahead
 
+    _OWN = ("_loader", "_composed", "_check", "_bases", "_is_group", "_repos", "_sweep", "_parsed")
+
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_loader", "_composed", "_check"):
+        if name.startswith("__") or name in self._OWN:
             raise AttributeError(name)  # copy and pickle probe instances that have no state
         return getattr(self._loader, name)
 
     def __getstate__(self) -> dict[str, Any]:
         # launchers copy Hydra's state into every worker: the held configs stay here
-        return {**self.__dict__, "_composed": {}}
+        return {**self.__dict__, "_composed": {}, "_bases": {}, "_repos": {}, "_parsed": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bases = _worker_bases(self._sweep)
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
         self.requests += 1
@@ -80,7 +160,7 @@ class ComposeOnce:
 
     def compose_ahead(self, master_config: DictConfig, sweep_overrides: list[str]) -> None:
         """Compose and check a job's config before Hydra asks for it, and hold it for
-        Hydra's requests.
+        Hydra's requests (``requests_per_job``).
 
         Raises:
             hydra.errors.HydraException: the job's config cannot be composed.
@@ -88,39 +168,170 @@ class ComposeOnce:
         """
         config = self._compose(master_config, sweep_overrides)
         if len(self._composed) < self.MAX_HELD:
-            self._composed[tuple(sweep_overrides)] = (config, self.REQUESTS)
+            self._composed[tuple(sweep_overrides)] = (config, self.requests_per_job)
 
     def _compose(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        self.compositions += 1
-        config = self._loader.load_sweep_config(master_config, list(sweep_overrides))
+        config = self._derived(master_config, sweep_overrides) if self.derive else None
+        if config is None:
+            self.compositions += 1
+            config = self._loader.load_sweep_config(master_config, list(sweep_overrides))
+        self.jobs_composed += 1
         if self._check is not None:
             self._check(config)
         return config
 
+    def _derived(self, master: DictConfig, sweep_overrides: list[str]) -> DictConfig | None:
+        """The job's config derived from the composition of its config groups, or None
+        where Hydra must compose it (see the class)."""
+        try:
+            plan = self._plan(master, sweep_overrides)
+        except Exception:  # an override Hydra will refuse, with its own message
+            return None
+        if plan is None:
+            return None
+        base = self._base(master, plan)
+        if base is None:
+            return None
+        try:
+            config = pickle.loads(base)
+            for override in plan.values:  # one at a time, each checked before it applies
+                if not _applies_without_resolving(config, override):
+                    return None
+                ConfigLoaderImpl._apply_overrides_to_config([override], config)
+            hydra = config.hydra
+            task = hydra.overrides.task
+            task.clear()  # then as Hydra fills it: every override, in the job's order
+            for override in plan.overrides:
+                task.append(override.input_line)
+            dirname = hydra.job.config.override_dirname
+            hydra.job.override_dirname = get_overrides_dirname(
+                overrides=plan.overrides,
+                kv_sep=dirname.kv_sep,
+                item_sep=dirname.item_sep,
+                exclude_keys=dirname.exclude_keys,
+            )
+            # as Hydra's load_sweep_config: the sweep's resolved values (timestamps, ...)
+            OmegaConf.copy_cache(from_config=master, to_config=config)
+        except Exception:  # Hydra's own composition raises its own error
+            return None
+        self.derived += 1
+        return config
 
-def validate_sweep(config: DictConfig) -> ComposeOnce | None:
+    def _plan(self, master: DictConfig, sweep_overrides: list[str]) -> _Plan | None:
+        """Split the job's overrides as Hydra's defaults list does (``Overrides``: a
+        config group's override unless its value is a dict or no such group exists)."""
+        config_name = master.hydra.job.config_name
+        hydra_overrides = tuple(OmegaConf.to_container(master.hydra.overrides.hydra))
+        overrides = [self._parse(line) for line in sweep_overrides]
+        groups, values = [], []
+        for override in overrides:
+            key = override.key_or_group
+            if override.is_sweep_override() or override.is_hydra_override():
+                return None
+            value = override.value()
+            if not isinstance(value, dict) and self._group_exists(
+                config_name, hydra_overrides, key
+            ):
+                groups.append(override.input_line)
+            elif override.package is None and PLAIN_KEY.fullmatch(key) and key != "defaults":
+                values.append(override)
+            else:
+                return None
+        return _Plan((config_name, hydra_overrides, tuple(groups)), groups, values, overrides)
+
+    def _parse(self, line: str) -> Override:
+        if line not in self._parsed:
+            [self._parsed[line]] = OverridesParser.create().parse_overrides([line])
+        return self._parsed[line]
+
+    def _group_exists(self, config_name: str, hydra_overrides: tuple[str, ...], key: str) -> bool:
+        """Whether ``key`` names a config group in the repository Hydra composes the
+        sweep's jobs from (its search path may come from the primary config or a
+        ``hydra.searchpath`` override)."""
+        where = (config_name, hydra_overrides)
+        if (where, key) not in self._is_group:
+            if where not in self._repos:
+                _, self._repos[where] = self._loader._parse_overrides_and_create_caching_repo(
+                    config_name, list(hydra_overrides)
+                )
+            self._is_group[(where, key)] = self._repos[where].group_exists(key)
+        return self._is_group[(where, key)]
+
+    def _base(self, master: DictConfig, plan: _Plan) -> bytes | None:
+        if plan.key not in self._bases:
+            self.compositions += 1
+            try:
+                base = self._loader.load_sweep_config(master, list(plan.groups))
+                self._bases[plan.key] = pickle.dumps(base, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # each job is composed in full: Hydra's error names it
+                self._bases[plan.key] = None
+        return self._bases[plan.key]
+
+
+def _applies_without_resolving(config: DictConfig, override: Override) -> bool:
+    """Whether applying ``override`` to ``config`` resolves no interpolation: no node on
+    its key's path is one, nor any node below the key's (merged into, or compared)."""
+    node: Any = config
+    for part in override.key_or_group.split("."):
+        if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
+            return False
+        child = node._get_node(part, validate_access=False, throw_on_missing_key=False)
+        if child is None:
+            return True  # the rest of the key is added: nothing below it yet
+        if child._is_interpolation():
+            return False
+        node = child
+    return not (isinstance(node, Container) and _holds_interpolation(node))
+
+
+def _holds_interpolation(node: Container) -> bool:
+    if node._is_none() or node._is_missing():
+        return False
+    if isinstance(node, DictConfig):
+        children = [node._get_node(key, validate_access=False) for key in node]
+    elif isinstance(node, ListConfig):
+        children = [node._get_node(index) for index in range(len(node))]
+    else:
+        return False
+    return any(
+        child._is_interpolation() or (isinstance(child, Container) and _holds_interpolation(child))
+        for child in children
+    )
+
+
+def validate_sweep(config: DictConfig, loader: Any = None) -> ComposeOnce | None:
     """Compose every job of the multirun ``config`` and check it (``checked_settings``)
     before any job starts and before the sweep's parent run opens; refuse the whole
     sweep, naming every reason and its jobs, when one job cannot run. Idempotent: the
-    callbacks that need it call it in whatever order Hydra runs them.
+    callbacks that need it, and embsvd's sweeper, call it in whatever order Hydra runs
+    them.
 
     Installs a ``ComposeOnce`` as Hydra's config loader (returned, its ``n_jobs`` the
     sweep's count of jobs; ``None`` outside a Hydra app), so these compositions serve the
-    sweeper and the launcher too. Only the
-    basic sweeper's jobs are known ahead; another sweeper's are checked as it composes
-    them (``ComposeOnce.check``), after the parent run opened.
+    sweeper and the launcher too; ``loader`` (a sweeper's) is wrapped instead when given.
+    Under embsvd's sweeper the jobs are derived from one composition per choice of
+    config groups (``ComposeOnce.derive``), and the sweeper asks for none of them again.
+    Only the jobs of the basic sweeper and embsvd's are known ahead; another sweeper's
+    are checked as it composes them (``ComposeOnce.check``), after the parent run opened.
 
     Raises:
         SweepRefused: a job's config cannot be composed or does not validate.
     """
     hydra = GlobalHydra.instance().hydra
-    if hydra is None:
-        return None
-    loader = hydra.config_loader
+    if loader is None:
+        if hydra is None:
+            return None
+        loader = hydra.config_loader
     if not isinstance(loader, ComposeOnce):
-        loader = hydra.config_loader = ComposeOnce(loader, check=checked_settings)
+        wrapped = ComposeOnce(loader, check=checked_settings)
+        if hydra is not None and hydra.config_loader is loader:
+            hydra.config_loader = wrapped
+        loader = wrapped
     if loader.sweep_checked:
         return loader
+    if config.hydra.sweeper.get("_target_") == EMBSVD_SWEEPER:
+        loader.derive, loader.requests_per_job = True, 1  # the launcher's request alone
+    started = time.perf_counter()
     jobs = sweep_jobs(config, loader)
     refused: dict[str, list[tuple[int, list[str]]]] = {}
     for num, overrides in enumerate(jobs or []):
@@ -128,32 +339,37 @@ def validate_sweep(config: DictConfig) -> ComposeOnce | None:
             loader.compose_ahead(config, overrides)
         except (HydraException, OmegaConfBaseException, OSError, ValueError) as error:
             refused.setdefault(_reason(error), []).append((num, overrides))
+    clock.add("composition", time.perf_counter() - started)
+    clock.record("sweep", n_jobs=None if jobs is None else len(jobs))
     if refused:
         raise SweepRefused(_refusal(refused, len(jobs or [])))
     loader.sweep_checked = True
+    loader.checked = {tuple(overrides) for overrides in jobs or []}
     loader.n_jobs = None if jobs is None else len(jobs)
     return loader
 
 
-def validate_sweep_or_exit(config: DictConfig) -> ComposeOnce | None:
-    """``validate_sweep`` for a callback: a refusal is printed and ends the process with
-    status 1. Hydra turns an ``Exception`` raised in a callback into a warning and starts
-    the sweep anyway; ``SystemExit`` is not one."""
+def validate_sweep_or_exit(config: DictConfig, loader: Any = None) -> ComposeOnce | None:
+    """``validate_sweep`` for a callback or a sweeper: a refusal is printed and ends the
+    process with status 1. Hydra turns an ``Exception`` raised in a callback into a
+    warning and starts the sweep anyway; ``SystemExit`` is not one."""
     try:
-        return validate_sweep(config)
+        return validate_sweep(config, loader)
     except SweepRefused as refusal:
         print(redact_text(str(refusal)), file=sys.stderr, flush=True)  # it lists overrides
         raise SystemExit(1) from refusal
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# hydra_plugins/embsvd_sweeper: the basic sweeper's jobs, each derived (ComposeOnce.derive)
+EMBSVD_SWEEPER = "hydra_plugins.embsvd_sweeper.embsvd_sweeper.EmbsvdSweeper"
 
 
 def sweep_jobs(config: DictConfig, loader: Any) -> list[list[str]] | None:
     """Every job's overrides, expanded as Hydra's basic sweeper expands them (the sweep
-    params of the config, then the command line's overrides); ``None`` for another
-    sweeper, which may choose its jobs as results come in."""
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    params of the config, then the command line's overrides) for it and for embsvd's
+    sweeper; ``None`` for another sweeper, which may choose its jobs as results come in."""
+    if config.hydra.sweeper.get("_target_") not in (BASIC_SWEEPER, EMBSVD_SWEEPER):
         return None
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()]
@@ -210,7 +426,9 @@ class ComposeJobsOnce(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.loader is not None:
             log.info(
-                "composed %d job configs for %d requests",
-                self.loader.compositions,
+                "composed %d job configs for %d requests: Hydra composed %d, %d derived",
+                self.loader.jobs_composed,
                 self.loader.requests,
+                self.loader.compositions,
+                self.loader.derived,
             )

@@ -51,7 +51,9 @@ class AnalysisConfig:
     center: bool = True  # subtract the group mean before the SVD
     n_components: int = 3  # axes the vocabulary is projected on
     top_k: int = 20  # tokens reported at each end of each axis
-    figures: bool = True  # draw the per-run figures
+    # per-run figures: true (drawn with each run), false (none) or deferred (none now;
+    # `embsvd figures` draws them later from the run's tables and logs them to it)
+    figures: bool | str = True
     # cpu: numpy; cuda, cuda:<n> or mps: torch on that device for the SVDs and the projection
     device: str = "cpu"
     random_state: int = 0  # seeds every random draw of the checks below
@@ -83,6 +85,8 @@ class TrackingConfig:
     experiment: str = "embsvd"
     # skip a job when a FINISHED run of the experiment has its config hash (resume a sweep)
     skip_existing: bool = False
+    # a sweep's runs written by a process of their own while the next job computes
+    background_writes: bool = True
 
 
 @dataclass
@@ -295,6 +299,22 @@ def _check_analysis(analysis: AnalysisConfig) -> None:
     _check_choice("analysis.geometry", analysis.geometry, tuple(Geometry))
     if not isinstance(analysis.device, str) or not DEVICE.fullmatch(analysis.device):
         raise ValueError(f"analysis.device: {analysis.device!r} is not a device; use {DEVICES}")
+    _check_figures(analysis.figures)
+
+
+DEFERRED_FIGURES = "deferred"  # analysis.figures: drawn later, by the figures command
+
+
+def _check_figures(figures: object) -> None:
+    """``analysis.figures`` is true, false or ``deferred``: the schema takes any string
+    (and settings built in code anything), and a misspelt ``deferred`` must not draw."""
+    if figures is True or figures is False or figures == DEFERRED_FIGURES:
+        return
+    raise ValueError(
+        f"analysis.figures: {figures!r} is not one of true (drawn with each run), false "
+        f"(none) or {DEFERRED_FIGURES} (none while the sweep runs; `embsvd figures` draws "
+        "them later from the run's tables and logs them to the run)"
+    )
 
 
 def checks_config(analysis: AnalysisConfig) -> ChecksConfig:

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import logging
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from embsvd import figures, tracking
+from embsvd.figures.run_data import RUN_FIGURE_TABLES
 from embsvd.figures.style import FigureFormat
-from embsvd.pipeline.config import FiguresConfig, unknown_key_messages
+from embsvd.pipeline.config import DEFERRED_FIGURES, FiguresConfig, unknown_key_messages
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.secrets import redact_text
+from embsvd.tracking.contract import LoggedRun, Sweep, Tag
 
 FIGURES_ARTIFACT_PATH = "figures/paper"  # on the sweep's parent run
 FIGURE_FORMATS = tuple(FigureFormat)
+RUN_FIGURES_ARTIFACT_PATH = "figures"  # on each run, where a run that draws its own logs them
+DRAWN_LATER = "drawn later"  # Tag.RUN_FIGURES once the figures command has logged them
 
 
 def figures_job(cfg: DictConfig) -> list[Path]:
@@ -69,15 +80,85 @@ def figures_job(cfg: DictConfig) -> list[Path]:
     files = figures.write_figure_set(sweep, output_dir, style)
     if settings.log_to_parent and sweep.parent_run_id is not None:
         tracking.log_figures(uri, sweep.parent_run_id, folder, FIGURES_ARTIFACT_PATH)
+    drawn, failed = draw_deferred_run_figures(uri, sweep)
     left_out = ", ".join(f"{name} ({status})" for name, status in sweep.left_out)
     print(
         redact_text(
             f"{len(files)} files from {len(sweep.runs)} runs of {sweep.selection} in {folder}"
             + (f"\nleft out: {left_out}" if left_out else "")
+            + (
+                f"\nper-run figures of {len(drawn)} runs that deferred them logged to those "
+                f"runs ({RUN_FIGURES_ARTIFACT_PATH}/): {', '.join(drawn)}"
+                if drawn
+                else ""
+            )
         ),
         flush=True,
     )
+    if failed:
+        print(redact_text("figures: " + "\n".join(failed)), file=sys.stderr, flush=True)
+        raise SystemExit(1)
     return files
+
+
+def draw_deferred_run_figures(uri: str, sweep: Sweep) -> tuple[list[str], list[str]]:
+    """Draw the per-run figures of the sweep's runs that deferred them (the tag
+    ``embsvd.run_figures`` is ``deferred``) from the tables they logged, with the function
+    a run that draws its own uses (``figures.draw_run_figures``), log them to each run
+    under ``figures/`` and tag it ``drawn later``: the MLflow UI shows them as it shows
+    any run's. Returns the names of the runs drawn, and a message per run that could not
+    be (its tables incomplete): that run keeps its tag, for a later command."""
+    deferred = [run for run in sweep.runs if run.tags.get(Tag.RUN_FIGURES) == DEFERRED_FIGURES]
+    if not deferred:
+        return [], []
+    store = tracking.TrackingStore(uri, deferred[0].experiment, create=False)
+    drawn, failed = [], []
+    for run in deferred:
+        with tempfile.TemporaryDirectory() as scratch:
+            folder = Path(scratch)
+            try:
+                logged = with_run_tables(store, run, folder / "tables")
+                model = run.tags.get(Tag.MODEL) or run.model_label
+                (folder / "figures").mkdir()
+                figures.draw_run_figures(logged, model, folder / "figures")
+            except ValueError as error:
+                failed.append(f"run {run.run_id} ({run.name}): per-run figures not drawn: {error}")
+                continue
+            logger = tracking.RunLogger(store.client, run.run_id)
+            logger.log_folder(folder / "figures", RUN_FIGURES_ARTIFACT_PATH)
+            logger.set_tags({Tag.RUN_FIGURES: DRAWN_LATER})
+        drawn.append(run.name)
+    return drawn, failed
+
+
+def with_run_tables(store: tracking.TrackingStore, run: LoggedRun, scratch: Path) -> LoggedRun:
+    """``run`` with every table its figures are drawn from that it logged, read from the
+    store (``read_sweep`` reads only those the paper figures need)."""
+    scratch.mkdir()
+    logged = {info.path for info in store.client.list_artifacts(run.run_id)}
+    tables = dict(run.tables)
+    with _no_progress_bars():
+        for table in RUN_FIGURE_TABLES:
+            if table not in tables and table in logged:
+                local = store.client.download_artifacts(run.run_id, table, str(scratch))
+                text = Path(local).read_text(encoding="utf-8")
+                tables[table] = tuple(csv.DictReader(io.StringIO(text)))
+    return dataclasses.replace(run, tables=tables)
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar per artifact downloaded: lines of noise per run."""
+    variable = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(variable)
+    os.environ[variable] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[variable]
+        else:
+            os.environ[variable] = previous
 
 
 def figure_style(settings: FiguresConfig) -> figures.FigureStyle:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import hashlib
 import json
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +42,7 @@ from embsvd.pipeline.config import (
     checks_config,
     config_hash,
 )
+from embsvd.pipeline.phases import clock
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import GitState, git_state, library_versions, package_version
 from embsvd.pipeline.secrets import redact_config, redact_overrides, redact_text
@@ -61,8 +65,18 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     Inside a multirun the run is a child of the sweep's parent run. With
     ``tracking.skip_existing`` a job whose config hash already has a FINISHED run is
     skipped (returns ``None``).
+
+    Each job's phases (``embsvd.pipeline.phases``) are recorded when it ends.
     """
+    try:
+        return _run_job(cfg)
+    finally:
+        clock.record("job", run_name=last_run.get("name"), run_id=last_run.get("run_id"))
+
+
+def _run_job(cfg: DictConfig) -> AnalysisResult | None:
     last_run.clear()
+    opened = time.perf_counter()
     try:
         settings = checked_settings(cfg)
     except (OSError, ValueError) as error:  # Hydra prints the traceback; the log keeps why
@@ -98,16 +112,22 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
         # SIGTERM and SIGHUP end the run KILLED (a sweep's SweepTracking handles its own)
         with (
             tracking.signals_end_runs(),
-            tracking.tracked_run(store, run_name(settings), tags, redact_text) as run,
+            tracking.tracked_run(
+                store, run_name(settings), tags, redact_text, writer=background_writer(settings)
+            ) as run,
         ):
             last_run.update(name=run.run_name, run_id=run.run_id, store=store)
             # the run records no secret given on the command line (a password in tracking.uri)
             config = redact_config(OmegaConf.to_container(cfg, resolve=True))
             run.log_params(flatten(config))
-            run.log_text(OmegaConf.to_yaml(config), "config.yaml")
+            run.log_text(config_yaml(config), "config.yaml")
             if git is not None and git.dirty:  # the commit alone would not reproduce the run
                 run.log_text(git.diff, "git_diff.patch")
-            return _analyse_and_log(settings, run, content)
+            clock.add("store", time.perf_counter() - opened)
+            result = _analyse_and_log(settings, run, content)
+            closing = time.perf_counter()
+        clock.add("writes", time.perf_counter() - closing)  # the run's close (or hand-over)
+        return result
     except Exception:
         log_to_files(f"job {run_name(settings)} failed", exc_info=True)
         raise
@@ -120,9 +140,37 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
         raise SystemExit(130) from None  # what a shell reports of a process Ctrl-C ended
 
 
+class _ConfigDumper(yaml.CSafeDumper if hasattr(yaml, "CSafeDumper") else yaml.SafeDumper):
+    """YAML as ``OmegaConf.to_yaml`` writes a resolved config (an enum by its name), with
+    libyaml's emitter: the same text in a tenth of the time."""
+
+
+_ConfigDumper.add_multi_representer(enum.Enum, lambda dumper, e: dumper.represent_str(e.name))
+
+
+def config_yaml(config: dict) -> str:
+    """The resolved config ``config`` (plain containers) as the run's ``config.yaml``."""
+    return yaml.dump(config, Dumper=_ConfigDumper, sort_keys=False, allow_unicode=True)
+
+
 # The run this process's latest job wrote: ``name``, ``run_id``, ``store`` (and
 # ``skipped``), read by the console's report of the job (``SweepTracking``)
 last_run: dict[str, Any] = {}
+
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def background_writer(settings: EmbsvdConfig) -> tracking.RunWriter | None:
+    """The writer process that takes this run's final write, where the sweep's next job
+    runs in this process (Hydra's basic launcher) and ``tracking.background_writes`` is
+    on; else ``None``: the run is written before the job returns."""
+    if not settings.tracking.background_writes or not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN or hydra.launcher.get("_target_") != BASIC_LAUNCHER:
+        return None
+    return tracking.sweep_writer()
 
 
 def log_to_files(message: str, exc_info: bool = False) -> None:
@@ -161,36 +209,45 @@ def _analyse_and_log(
     if settings.analysis.device != "cpu":
         check_device(settings.analysis.device)
     cache_dir = job_cache_dir(settings)
-    (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir, content)
+    with clock("load"):
+        (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir, content)
+        vocab = checkpoint.vocabulary  # read once per checkpoint, shared by a sweep's jobs
     run.set_tags({**checkpoint_tags(checkpoint), Tag.CHECKPOINT_CACHE: cached})
-    groups = _token_groups(settings, checkpoint, forms, run)
+    with clock("groups"):
+        groups = _token_groups(settings, checkpoint, forms, run)
     analysis = settings.analysis
-    W, geometry_metrics = analysis_matrix(checkpoint, analysis)
+    with clock("geometry"):
+        W, geometry_metrics = analysis_matrix(checkpoint, analysis)
     run.log_metrics(geometry_metrics)
-    components = _global_components(W, checkpoint, analysis, cache_dir)
+    with clock("global_components"):  # once per checkpoint and geometry, then cached
+        components = _global_components(W, checkpoint, analysis, cache_dir)
     if components is None and analysis.geometry == "whitened":
         run.set_tags({Tag.GLOBAL_VIEW: WHITENED_GLOBAL_VIEW})
-    vocab = checkpoint.vocabulary  # read once per checkpoint, shared by a sweep's jobs
-    result = analyze(
-        W,
-        groups,
-        settings.target,
-        vocab,
-        center=analysis.center,
-        n_components=analysis.n_components,
-        top_k=analysis.top_k,
-        device=analysis.device,
-        reference=_mean_reference(W, checkpoint, components, analysis),
-    )
+    with clock("method"):
+        result = analyze(
+            W,
+            groups,
+            settings.target,
+            vocab,
+            center=analysis.center,
+            n_components=analysis.n_components,
+            top_k=analysis.top_k,
+            device=analysis.device,
+            reference=_mean_reference(W, checkpoint, components, analysis),
+        )
     # the confounds read the stored rows' norms (the vocabulary's), whatever the geometry:
     # a token's norm is what training made of it, not what unit rows or whitening did
     config = checks_config(analysis)
-    checks = run_checks(W, groups, result, vocab, config, global_components=components)
-    tracking.log_result(run, result, checks)
-    if analysis.figures:
-        with tempfile.TemporaryDirectory() as scratch:
-            figures.draw_run_figures(result, settings.model.name, Path(scratch), checks)
-            run.log_folder(Path(scratch), "figures")
+    checks = run_checks(W, groups, result, vocab, config, global_components=components, timer=clock)
+    with clock("writes"):
+        tracking.log_result(run, result, checks)
+    with clock("figures"):
+        if analysis.figures == "deferred":  # the figures command draws them from the tables
+            run.set_tags({Tag.RUN_FIGURES: "deferred"})
+        elif analysis.figures:
+            with tempfile.TemporaryDirectory() as scratch:
+                figures.draw_run_figures(result, settings.model.name, Path(scratch), checks)
+                run.log_folder(Path(scratch), "figures")
     return result
 
 
@@ -291,16 +348,68 @@ def analysis_matrix(
 ) -> tuple[np.ndarray, list[tuple[str, float, int]]]:
     """The matrix the analysis runs on: the checkpoint's, unit rows with
     ``normalize_rows``, then whitened with ``geometry=whitened`` (the covariance estimated
-    over every row but the special tokens); and the transform's metrics."""
+    over every row but the special tokens); and the transform's metrics.
+
+    Unit rows are computed where read (``geometry.unit_rows``), not stored; a whitened
+    matrix is a new one, stored as float32 (half a float64 copy; each value computed in
+    float64 and rounded once). The whitening transform is cached per checkpoint content
+    and settings (``geometry.cached_whitening``), and this process keeps the last matrix
+    made, so a sweep's jobs on one checkpoint transform it once."""
     W = checkpoint.W
-    if analysis.normalize_rows:
-        W = geometry.normalize_rows(W)
-    if analysis.geometry == "euclidean":
+    if not analysis.normalize_rows and analysis.geometry == "euclidean":
         return W, []
-    whitening = geometry.fit_whitening(
-        W, rows=checkpoint.ordinary_rows, shrinkage=analysis.whitening_shrinkage
+    rows = checkpoint.ordinary_rows
+    key = json.dumps(
+        [
+            str(checkpoint.cache_dir),
+            checkpoint.weights_sha256,
+            checkpoint.tensor_key,
+            _rows_digest(rows),
+            analysis.normalize_rows,
+            str(analysis.geometry),
+            analysis.whitening_shrinkage,
+        ]
     )
-    return whitening.apply(W), [("geometry/whitening_shrinkage", whitening.shrinkage, 0)]
+    if _ANALYSIS_MATRIX.get("key") == key:
+        return _ANALYSIS_MATRIX["matrix"], _ANALYSIS_MATRIX["metrics"]
+    _ANALYSIS_MATRIX.clear()  # the previous matrix goes before a new one is made
+    if analysis.normalize_rows:
+        W = geometry.unit_rows(W)
+    metrics: list[tuple[str, float, int]] = []
+    if analysis.geometry != "euclidean":
+        settings = {
+            "weights_sha256": checkpoint.weights_sha256,
+            "tensor_key": checkpoint.tensor_key,
+            "rows": _rows_digest(rows),
+            "normalize_rows": analysis.normalize_rows,
+            "whitening_shrinkage": analysis.whitening_shrinkage,
+        }
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+        cache_file = (checkpoint.cache_dir or default_cache_dir()) / "whitening" / f"{digest}.npz"
+        whitening = geometry.cached_whitening(
+            W, cache_file, rows=rows, shrinkage=analysis.whitening_shrinkage
+        )
+        W = whitening.apply(W, dtype=np.float32)
+        metrics = [("geometry/whitening_shrinkage", whitening.shrinkage, 0)]
+    _ANALYSIS_MATRIX.update(key=key, matrix=W, metrics=metrics)
+    return W, metrics
+
+
+# The last transformed matrix this process made (unit rows, whitened), for the next job
+# of a sweep on the same checkpoint and settings: whitening a large vocabulary costs
+# d_vocab x d_model^2 multiply-adds.
+_ANALYSIS_MATRIX: dict[str, Any] = {}
+
+
+@functools.cache
+def _rows_digest_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _rows_digest(rows: np.ndarray) -> str:
+    """A short hash of the row numbers a whole-vocabulary statistic is estimated from (the
+    ordinary rows: a tokenizer with other special tokens selects other rows)."""
+    return _rows_digest_of(np.asarray(rows, dtype=np.int64).tobytes())
 
 
 WHITENED_GLOBAL_VIEW = (
@@ -313,9 +422,11 @@ def _global_components(
     W: np.ndarray, checkpoint: Checkpoint, analysis: AnalysisConfig, cache_dir: Path | None
 ) -> geometry.GlobalSVD | None:
     """The whole vocabulary's top components, as many as the global view (``n_global``)
-    and the decorrelated group-mean r (``remove_global``) need, at most ``d_model``; exact,
-    cached per checkpoint matrix and geometry under ``<cache_dir>/global_svd/``. ``None``
-    where none are needed, and in the whitened geometry."""
+    and the decorrelated group-mean r (``remove_global``) need, at most ``d_model``
+    (``geometry.global_svd``: exact, or for a large vocabulary to its stated accuracy),
+    cached per checkpoint matrix, rows and geometry under ``<cache_dir>/global_svd/`` and
+    kept in memory by this process. ``None`` where none are needed, and in the whitened
+    geometry."""
     wanted = max(analysis.n_global, analysis.remove_global)
     if not wanted or analysis.geometry == "whitened":
         return None
@@ -335,7 +446,8 @@ def _global_components(
         "geometry": analysis.geometry,
         "normalize_rows": analysis.normalize_rows,
         "n_global": n_global,
-        "method": "covariance eigendecomposition",
+        "rows": _rows_digest(rows),
+        "method": geometry.GLOBAL_SVD_METHOD,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     cache_file = (cache_dir or default_cache_dir()) / "global_svd" / f"{digest}.npz"

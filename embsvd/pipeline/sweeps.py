@@ -192,6 +192,7 @@ class SweepTracking(Callback):
             return None
         store, parent_run_id = self._store, self._parent_run_id
         with tracking.deferred_signals():
+            self._drain_writes()
             try:
                 outcome = tracking.finish_sweep(
                     store, parent_run_id, interrupted=self._interrupted, completed=completed
@@ -222,6 +223,17 @@ class SweepTracking(Callback):
                 )
         return outcome
 
+    def _drain_writes(self) -> None:
+        """Wait until the writer process has written every finished run; a run whose write
+        failed (printed, kept pending) makes the command exit 1. Never raises."""
+        try:
+            failures = tracking.drain_writes()
+        except Exception as error:
+            failures = [tracking.describe(error)]
+            print(f"Waiting for the runs' writes failed: {failures[0]}", file=sys.stderr)
+        if failures:
+            self._close_failed = True
+
     def _abandon(self, error: BaseException, status: str = "FAILED") -> None:
         """Close the parent ``status`` with ``error``, its children still RUNNING KILLED:
         the fallback when the sweep could not start or its close raised. Never raises."""
@@ -230,6 +242,8 @@ class SweepTracking(Callback):
         atexit.unregister(self._close_at_exit)
         if store is None or parent_run_id is None:
             return
+        with tracking.deferred_signals():
+            self._drain_writes()  # a run still being written is not one the sweep cut off
         try:
             tracking.abandon_sweep(store, parent_run_id, error, status)
         except tracking.FinalWriteError:

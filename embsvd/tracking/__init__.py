@@ -10,6 +10,7 @@ reads sweeps back for figures.
 - ``recovery``: the process that writes a run (its tags), and final writes the store
   refused, kept on disk and written by the next command that opens it;
 - ``sweeps``: a sweep's parent run and how its children ended;
+- ``writer``: a sweep's final writes in a process of their own, beside the next job;
 - ``reconcile``: runs left RUNNING by a process that is gone, closed;
 - ``reading``: the runs of one sweep (by parent, sweep id or filter) for figures; the
   sweeps of a store listed;
@@ -64,6 +65,10 @@ _MODULE_OF = {
     "abandon_sweep": "sweeps",
     "finish_sweep": "sweeps",
     "format_sweep_table": "sweeps",
+    "RunWriter": "writer",
+    "close_writer": "writer",
+    "drain_writes": "writer",
+    "sweep_writer": "writer",
 }
 __all__ = sorted(_MODULE_OF)
 

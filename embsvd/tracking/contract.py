@@ -75,6 +75,10 @@ class Tag(StrEnum):
     INTERVAL_METHOD = "embsvd.interval_method"
     ORDER = "embsvd.order"
     GLOBAL_VIEW = "embsvd.global_view"
+    RUN_FIGURES = "embsvd.run_figures"
+    """``deferred`` on a run that drew no figures (``analysis.figures=deferred``): the
+    figures command draws them later from the run's tables, logs them under ``figures/``
+    and sets ``drawn later``. Runs that drew theirs, or none, have no such tag."""
     # what a reader should not miss
     WARNING_INCOMPLETE_GROUPS = "embsvd.warning.incomplete_groups"
     WARNING_SHORT_GROUP = "embsvd.warning.short_group"

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -32,6 +32,9 @@ from embsvd.method.analysis import AnalysisResult
 from embsvd.tracking import artifacts, contract, recovery
 from embsvd.tracking.contract import Tag
 from embsvd.tracking.store import TrackingStore
+
+if TYPE_CHECKING:
+    from embsvd.tracking.writer import RunWriter
 
 
 class RunLogger:
@@ -116,6 +119,19 @@ class RunLogger:
             self.client.log_artifacts(self.run_id, str(staging))
             self.discard_staging()
 
+    def hand_over(self) -> None:
+        """Forget what is buffered without writing it: another writer took it
+        (``embsvd.tracking.writer``), staged artifacts included."""
+        self._tags, self._metrics, self._staging = {}, [], None
+
+    def take_over(
+        self, tags: Sequence[RunTag], metrics: Sequence[Metric], staging: Path | None
+    ) -> None:
+        """Buffer what another logger handed over, for :meth:`flush`."""
+        self._tags.update({t.key: t for t in tags})
+        self._metrics += list(metrics)
+        self._staging = staging
+
     def discard_staging(self) -> None:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
@@ -141,6 +157,7 @@ def tracked_run(
     run_name: str,
     tags: Mapping[str, Any],
     redact: Callable[[str], str] = str,
+    writer: RunWriter | None = None,
 ) -> Iterator[RunLogger]:
     """Open a run and close it with the status it earned.
 
@@ -152,6 +169,10 @@ def tracked_run(
     refuses it (``close_run``); the exception propagates. ``redact`` is applied to the
     error and the traceback before they are stored (an exception may quote a URI with
     its password).
+
+    With a ``writer`` (``embsvd.tracking.writer``: a sweep's jobs in one process), a
+    FINISHED run's final write is handed to it and done while the caller goes on; a
+    failed or killed run waits for the writer's earlier runs, then closes in place.
     """
     logger = start_run(store, run_name, tags, buffered=True)
     try:
@@ -159,13 +180,17 @@ def tracked_run(
     except Exception as error:
         logger.set_tags({Tag.ERROR: redact(describe(error))})
         logger.log_text(redact(traceback.format_exc()), "error.txt")
-        _close_after(store, logger, RunStatus.FAILED)
+        _close_after(store, logger, RunStatus.FAILED, writer)
         raise
     except BaseException as error:
         logger.set_tags({Tag.ERROR: redact(describe(error))})
-        _close_after(store, logger, RunStatus.KILLED)
+        _close_after(store, logger, RunStatus.KILLED, writer)
         raise
-    close_run(store, logger, RunStatus.to_string(RunStatus.FINISHED))
+    finished = RunStatus.to_string(RunStatus.FINISHED)
+    if writer is not None:
+        writer.submit(store.uri, logger, finished)
+    else:
+        close_run(store, logger, finished)
 
 
 def describe(error: BaseException) -> str:
@@ -174,11 +199,15 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
-def _close_after(store: TrackingStore, logger: RunLogger, status: int) -> None:
-    """Close a run whose block raised: the block's exception is what the caller sees, so a
-    close that could not write (printed and kept pending by ``close_run``) does not
-    replace it."""
-    with suppress(FinalWriteError):
+def _close_after(
+    store: TrackingStore, logger: RunLogger, status: int, writer: RunWriter | None = None
+) -> None:
+    """Close a run whose block raised, after the ``writer``'s earlier runs: the block's
+    exception is what the caller sees, so a close that could not write (printed and kept
+    pending by ``close_run``) does not replace it."""
+    with suppress(FinalWriteError), deferred_signals():
+        if writer is not None:
+            writer.drain()
         close_run(store, logger, RunStatus.to_string(status))
 
 

@@ -1,0 +1,236 @@
+"""The writer process: a sweep's final writes done beside the next job, nothing lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from embsvd.tracking.runs import start_run
+from embsvd.tracking.store import TrackingStore
+from embsvd.tracking.writer import RunWriter
+
+
+def open_run(store: TrackingStore, n: int):
+    """A buffered run holding a tag, three metrics and an artifact."""
+    logger = start_run(store, f"run {n}", {"embsvd.test": "writer"}, buffered=True)
+    logger.set_tags({"which": str(n)})
+    logger.log_metrics([("m", float(n), 0), ("m", n + 0.5, 1), ("other", -1.0, 0)])
+    logger.log_text(f"artifact of run {n}\n", "tables/note.txt")
+    return logger
+
+
+def assert_written(store: TrackingStore, run_id: str, n: int) -> None:
+    client = MlflowClient(store.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["which"] == str(n)
+    assert [m.value for m in client.get_metric_history(run_id, "m")] == [n, n + 0.5]
+    local = client.download_artifacts(run_id, "tables/note.txt")
+    assert Path(local).read_text() == f"artifact of run {n}\n"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TrackingStore:
+    return TrackingStore(f"sqlite:///{tmp_path / 'mlflow.db'}", "writer")
+
+
+def test_runs_handed_to_the_writer_process_are_written_in_full(store):
+    writer = RunWriter()
+    loggers = [open_run(store, n) for n in range(3)]
+    for logger in loggers:
+        writer.submit(store.uri, logger, "FINISHED")
+        assert logger.unwritten == ([], [], None)  # handed over, staging included
+    writer_pid = writer._process.pid
+    assert writer_pid != os.getpid()  # written by another process
+
+    assert writer.drain() == []
+
+    for n, logger in enumerate(loggers):
+        assert_written(store, logger.run_id, n)
+    assert writer.close() == [] and writer._process is None
+
+
+def test_a_failed_write_is_reported_by_drain(store):
+    """The writer's reply carries the failure (``close_run`` printed it and kept the run
+    pending); here a stand-in writer replies with one."""
+    reply = textwrap.dedent(
+        """
+        import json, sys
+        for line in sys.stdin:
+            item = json.loads(line)
+            print(json.dumps({"run_id": item["run_id"], "error": "disk full"}), flush=True)
+        """
+    )
+    writer = RunWriter(command=[sys.executable, "-c", reply])
+    writer.submit(store.uri, open_run(store, 0), "FINISHED")
+
+    assert writer.drain() == ["disk full"]
+    assert writer.drain() == ["disk full"]  # failures stay: the sweep's exit status needs them
+    writer.close()
+
+
+def test_runs_a_dead_writer_had_not_confirmed_are_written_in_place(store, capsys):
+    """A writer that reads a run and dies without confirming it: the job's process
+    writes the run itself (writing twice is harmless)."""
+    dies = "import sys; sys.stdin.readline(); sys.exit(3)"
+    writer = RunWriter(command=[sys.executable, "-c", dies])
+    logger = open_run(store, 7)
+    writer.submit(store.uri, logger, "FINISHED")
+
+    assert writer.drain() == []
+
+    assert "the writer process ended (exit status 3) with 1 runs unconfirmed" in (
+        capsys.readouterr().err
+    )
+    assert_written(store, logger.run_id, 7)
+
+
+def test_at_most_max_in_flight_runs_wait_for_the_writer(store):
+    """A writer that confirms nothing until told: the third submit waits for a reply, so
+    the job's process never runs ahead of the store by more than two runs."""
+    gate = store.uri.removeprefix("sqlite:///") + ".gate"
+    held = textwrap.dedent(
+        f"""
+        import json, os, sys, time
+        items = [json.loads(sys.stdin.readline()) for _ in range(2)]
+        open({gate!r} + ".read", "w").close()
+        for item in items:
+            print(json.dumps({{"run_id": item["run_id"], "error": None}}), flush=True)
+        for line in sys.stdin:
+            print(json.dumps({{"run_id": json.loads(line)["run_id"], "error": None}}), flush=True)
+        """
+    )
+    writer = RunWriter(max_in_flight=2, command=[sys.executable, "-c", held])
+    for n in range(3):
+        writer.submit(store.uri, open_run(store, n), "FINISHED")
+        assert len(writer._in_flight) <= 2
+    # the third submit could only go on once the writer had read the first two
+    assert Path(gate + ".read").exists()
+    writer.close()
+
+
+@pytest.mark.slow
+def test_runs_handed_over_are_written_after_the_job_process_is_killed(tmp_path):
+    """SIGKILL of the job's process right after it handed two runs over: the writer
+    reads them from its stdin, writes them and exits."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from embsvd.tracking.store import TrackingStore
+        from embsvd.tracking.writer import RunWriter
+        from test_writer import open_run
+        store = TrackingStore({uri!r}, "writer")
+        writer = RunWriter()
+        ids = []
+        for n in range(2):
+            logger = open_run(store, n)
+            ids.append(logger.run_id)
+            writer.submit(store.uri, logger, "FINISHED")
+        print(writer._process.pid, *ids, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    job = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert job.returncode == -9, job.stderr
+    writer_pid, *run_ids = job.stdout.split()
+    store = TrackingStore(uri, "writer")
+    deadline = time.monotonic() + 120
+    while _alive(int(writer_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the writer ends once it has written what its stdin held
+    assert not _alive(int(writer_pid))
+    for n, run_id in enumerate(run_ids):
+        assert_written(store, run_id, n)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has ended
+        return stat.read().split(") ")[1][0] != "Z"
+
+
+@pytest.mark.slow
+def test_a_sweep_writes_the_same_runs_with_and_without_the_writer(tmp_path, tiny_bert):
+    """The same sweep with ``tracking.background_writes`` on and off: the same runs,
+    metrics, tags and artifacts."""
+    stores = {}
+    for background in ("true", "false"):
+        uri = f"sqlite:///{tmp_path / background / 'mlflow.db'}"
+        subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).parents[1] / "experiments" / "run.py"),
+                "-m",
+                "model=local",
+                f"model.path={tiny_bert}",
+                "model.name=tiny_bert",
+                f"tracking.uri={uri}",
+                f"tracking.background_writes={background}",
+                f"hydra.sweep.dir={tmp_path / background / 'sweep'}",
+                "analysis.center=true,false",
+                "analysis.figures=false",
+                "analysis.n_null=50",
+                "analysis.n_resamples=20",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=tmp_path,
+            env={**os.environ, "EMBSVD_CACHE_DIR": str(tmp_path / "cache")},
+            timeout=600,
+        )
+        stores[background] = _contents(uri)
+    assert len(stores["true"]) == 2
+    for name, run in stores["true"].items():
+        other = stores["false"][name]
+        assert run["status"] == other["status"] == "FINISHED"
+        assert run["metrics"] == other["metrics"]
+        assert run["artifacts"] == other["artifacts"]
+        differ = {
+            k
+            for k in run["tags"].keys() | other["tags"].keys()
+            if run["tags"].get(k) != other["tags"].get(k)
+        }
+        # the overrides name background_writes; the sweep id names its folder
+        assert differ == {"embsvd.overrides", "embsvd.sweep_id"}, differ
+
+
+def _contents(uri: str) -> dict[str, dict]:
+    """Each child run by name: its status, metrics, artifacts and the tags that do not
+    name a process, a time or a run id."""
+    client = MlflowClient(uri)
+    [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
+    found = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        if run.data.tags.get("embsvd.role") == "sweep":
+            continue
+        varying = ("embsvd.pid", "embsvd.process_start", "mlflow.parentRunId", "embsvd.host")
+        tags = {k: v for k, v in run.data.tags.items() if k not in varying}
+        tags.pop("embsvd.sweep_dir", None)
+        tags.pop("embsvd.note", None)  # names the run id
+        artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
+        found[run.info.run_name] = json.loads(
+            json.dumps(
+                {
+                    "status": run.info.status,
+                    "metrics": run.data.metrics,
+                    "tags": tags,
+                    "artifacts": artifacts,
+                },
+                sort_keys=True,
+            )
+        )
+    return found
