@@ -85,8 +85,9 @@ class TrackingConfig:
     experiment: str = "embsvd"
     # skip a job when a FINISHED run of the experiment has its config hash (resume a sweep)
     skip_existing: bool = False
-    # a sweep's runs written by a process of their own while the next job computes
-    background_writes: bool = True
+    # a sweep's runs written by a process of their own while the next job computes (off:
+    # on sqlite both processes wait for one write lock, so it measured no gain)
+    background_writes: bool = False
 
 
 @dataclass

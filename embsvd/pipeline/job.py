@@ -168,9 +168,15 @@ def background_writer(settings: EmbsvdConfig) -> tracking.RunWriter | None:
     if not settings.tracking.background_writes or not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
-    if hydra.mode != RunMode.MULTIRUN or hydra.launcher.get("_target_") != BASIC_LAUNCHER:
+    if not jobs_share_this_process(hydra.mode, hydra.launcher):
         return None
     return tracking.sweep_writer()
+
+
+def jobs_share_this_process(mode: RunMode | None, launcher: Any) -> bool:
+    """Whether a multirun's jobs run one after another in this process (Hydra's basic
+    launcher): then one job's final write can go on beside the next job."""
+    return mode == RunMode.MULTIRUN and launcher.get("_target_") == BASIC_LAUNCHER
 
 
 def log_to_files(message: str, exc_info: bool = False) -> None:

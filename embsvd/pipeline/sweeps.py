@@ -26,6 +26,7 @@ from embsvd.pipeline.job import (
     SWEEP_ID_FILE,
     SWEEP_STATE,
     code_state,
+    jobs_share_this_process,
     last_run,
 )
 from embsvd.pipeline.project import project_root
@@ -113,6 +114,10 @@ class SweepTracking(Callback):
             Tag.VERSION: package_version(),
             **({Tag.GIT_COMMIT: git.commit} if git else {}),
         }
+        if config.tracking.get("background_writes") and jobs_share_this_process(
+            RunMode.MULTIRUN, config.hydra.launcher
+        ):
+            tracking.sweep_writer().start()  # it imports MLflow while the jobs get ready
         parent = tracking.start_run(self._store, name, tags)
         self._parent_run_id = parent.run_id
         self._sweep_id = tags[Tag.SWEEP_ID]

@@ -118,6 +118,11 @@ class RunWriter:
         except (BrokenPipeError, OSError):
             self._writer_died()
 
+    def start(self) -> None:
+        """Start the writer process now (it imports MLflow, about a second and a half),
+        so that it is ready when the first run is handed over."""
+        self._started()
+
     def drain(self) -> list[str]:
         """Wait until every run handed over is written; every failure so far (each
         printed already, its results kept pending)."""
