@@ -458,6 +458,15 @@ def write_synthetic_checkpoint(folder: Path, d_vocab: int, d_model: int, words: 
     return folder
 
 
+def age_written_files() -> None:
+    """Wait until files written just now are older than ``RACY_NS``: embsvd remembers a
+    file's hash only then (a change within one time stamp tick would go unseen), as it
+    does for any checkpoint downloaded earlier; without the wait every run would hash."""
+    from embsvd.io.weights import RACY_NS
+
+    time.sleep(RACY_NS / 1e9 + 0.5)
+
+
 def measure_scale(small: bool, repeats: int, work: Path, template: Path) -> dict:
     """One default run (every check, per-run figures) on each synthetic shape, cold (a
     fresh cache) then warm (the same cache), ``repeats`` times: wall, peak RSS, phases."""
@@ -466,6 +475,7 @@ def measure_scale(small: bool, repeats: int, work: Path, template: Path) -> dict
     found = {}
     for d_vocab, d_model in shapes:
         folder = write_synthetic_checkpoint(work / "scale" / "model", d_vocab, d_model, words)
+        age_written_files()
         sides = {mode: Side(mode, 1) for mode in ("cold", "warm")}
         for repeat in range(repeats):
             cache = work / "scale" / f"cache-{repeat}"
@@ -671,6 +681,7 @@ def run_benchmark(cases: list[str], repeats: int, small: bool, out: Path) -> dic
 def measure_large_case(small: bool, repeats: int, work: Path) -> dict:
     d_vocab, d_model, other = (2048, 64, 1 << 22) if small else (128256, 4096, 4 << 30)
     folder = write_large_checkpoint(work / "large", d_vocab, d_model, other)
+    age_written_files()
     loads = measure_large(folder, work / "large-cache", repeats, work)
     float32_mb = d_vocab * d_model * 4 / 2**20
     return {

@@ -356,3 +356,25 @@ def test_the_pipeline_keeps_a_whitened_matrix_as_float32_and_its_transform_on_di
     assert isinstance(unit_rows, UnitRows)
     np.testing.assert_array_equal(unit_rows[:], unit)
     assert job.analysis_matrix(checkpoint, AnalysisConfig())[0] is checkpoint.W
+
+
+def test_row_norms_are_kept_per_matrix_between_processes(tmp_path, caplog):
+    """The norms file serves the next process; a damaged or mis-sized one is recomputed."""
+    from embsvd.io.vocabulary import Vocabulary, cached_row_norms, row_norms
+
+    rng = np.random.default_rng(5)
+    W = rng.normal(size=(50, 8)).astype(np.float32)
+    norms_file = tmp_path / "norms" / "abc" / "emb.npy"
+    strings = [f"t{i}" for i in range(50)]
+    first = Vocabulary.from_matrix(W, strings, norms_file=norms_file)
+    assert np.array_equal(first.token_norms, row_norms(W)) and norms_file.is_file()
+    # a file that names this matrix is read, not recomputed: other rows of the same
+    # length get the kept norms (the file name is what says which matrix they belong to)
+    other = rng.normal(size=(50, 8)).astype(np.float32)
+    assert np.array_equal(cached_row_norms(other, norms_file), row_norms(W))
+    norms_file.write_bytes(b"damaged")  # the checksum record no longer matches
+    with caplog.at_level("WARNING"):
+        assert np.array_equal(cached_row_norms(other, norms_file), row_norms(other))
+    assert str(norms_file) in caplog.text
+    longer = rng.normal(size=(60, 8)).astype(np.float32)
+    assert np.array_equal(cached_row_norms(longer, norms_file), row_norms(longer))

@@ -4,6 +4,7 @@ tokenizer and vocabulary. A leaf module: the readers of each format import it.""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -170,7 +171,17 @@ class Checkpoint:
             marker=word_start_marker(self.tokenizer.get_vocab()),
             cache_dir=self.cache_dir,
             decoding=token_decoding(self.tokenizer),  # how its tokens read as text
+            norms_file=self.norms_file,
         )
+
+    @property
+    def norms_file(self) -> Path | None:
+        """Where the row norms are kept between processes: per weights file hash and
+        tensor (``<cache_dir>/norms/<sha256>/<tensor key>.npy``); ``None`` without a cache."""
+        if self.cache_dir is None or not self.weights_sha256:
+            return None
+        key = re.sub(r"[^\w.\-]", "_", self.tensor_key)
+        return Path(self.cache_dir) / "norms" / self.weights_sha256 / f"{key}.npy"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ of the vocabulary, not of one run, so it is read once per checkpoint
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from embsvd.io.cache import intact, written_with_checksum
 from embsvd.io.display import TokenDecoding, display_text, guess_decoding
 from embsvd.io.frequency import TokenFrequencies, token_frequencies
 from embsvd.io.rows import row_blocks
 
+log = logging.getLogger(__name__)
 NORM_BLOCK_ROWS = None  # rows read at a time for the norms: row_blocks' default
 
 
@@ -81,9 +84,10 @@ class Vocabulary:
         marker: str | None = None,
         cache_dir: Path | None = None,
         decoding: TokenDecoding | None = None,
+        norms_file: Path | None = None,
     ) -> Vocabulary:
         """The vocabulary of a stored matrix ``W`` (``(d_vocab, d_model)``), its norms
-        computed here.
+        computed here, or read from ``norms_file`` (``cached_row_norms``) when given.
 
         Raises:
             ValueError: ``token_strings`` does not have one string per row of ``W``.
@@ -92,9 +96,8 @@ class Vocabulary:
             raise ValueError(
                 f"token_strings: {len(token_strings)} strings for {W.shape[0]} rows of W"
             )
-        return cls(
-            tuple(token_strings), row_norms(W), frozenset(special_ids), marker, cache_dir, decoding
-        )
+        norms = row_norms(W) if norms_file is None else cached_row_norms(W, norms_file)
+        return cls(tuple(token_strings), norms, frozenset(special_ids), marker, cache_dir, decoding)
 
     @property
     def d_vocab(self) -> int:
@@ -135,4 +138,23 @@ def row_norms(W: Any) -> np.ndarray:
     norms = np.empty(len(W), dtype=np.result_type(W.dtype, np.float32))
     for rows, block in row_blocks(W, NORM_BLOCK_ROWS):
         norms[rows] = np.linalg.norm(block.astype(norms.dtype, copy=False), axis=1)
+    return norms
+
+
+def cached_row_norms(W: Any, cache_file: Path) -> np.ndarray:
+    """``row_norms(W)``, kept in ``cache_file`` (``.npy``) between processes: a pass over a
+    large matrix costs a second or so. The file name must name the matrix (its file's
+    hash and tensor); an entry that is damaged (``embsvd.io.cache.intact``), unreadable or
+    of another length is computed again and replaced atomically."""
+    if intact(cache_file):
+        try:
+            norms = np.load(cache_file, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            log.warning("%s is unreadable (%r): computing the norms again", cache_file, error)
+        else:
+            if norms.shape == (len(W),):
+                return norms
+    norms = row_norms(W)
+    with written_with_checksum(cache_file) as stream:
+        np.save(stream, norms)
     return norms
