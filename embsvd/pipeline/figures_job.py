@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import dataclasses
-import io
 import logging
-import os
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -134,31 +128,7 @@ def draw_deferred_run_figures(uri: str, sweep: Sweep) -> tuple[list[str], list[s
 def with_run_tables(store: tracking.TrackingStore, run: LoggedRun, scratch: Path) -> LoggedRun:
     """``run`` with every table its figures are drawn from that it logged, read from the
     store (``read_sweep`` reads only those the paper figures need)."""
-    scratch.mkdir()
-    logged = {info.path for info in store.client.list_artifacts(run.run_id)}
-    tables = dict(run.tables)
-    with _no_progress_bars():
-        for table in RUN_FIGURE_TABLES:
-            if table not in tables and table in logged:
-                local = store.client.download_artifacts(run.run_id, table, str(scratch))
-                text = Path(local).read_text(encoding="utf-8")
-                tables[table] = tuple(csv.DictReader(io.StringIO(text)))
-    return dataclasses.replace(run, tables=tables)
-
-
-@contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """MLflow draws a progress bar per artifact downloaded: lines of noise per run."""
-    variable = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(variable)
-    os.environ[variable] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[variable]
-        else:
-            os.environ[variable] = previous
+    return tracking.with_tables(store.client, run, RUN_FIGURE_TABLES, scratch)
 
 
 def figure_style(settings: FiguresConfig) -> figures.FigureStyle:

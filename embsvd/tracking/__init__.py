@@ -37,6 +37,8 @@ _MODULE_OF = {
     "write_table": "export",
     "COLUMN_PREFIXES": "export",
     "log_figures": "reading",
+    "read_tables": "reading",
+    "with_tables": "reading",
     "read_sweep": "reading",
     "FinalWriteError": "runs",
     "RunLogger": "runs",

@@ -5,13 +5,14 @@ or filter, as plain ``contract.LoggedRun`` records; the sweeps of a store listed
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -497,13 +498,7 @@ def _logged_run(
         for key in contract.SERIES_READ
         if key in metrics
     }
-    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
-    tables = {}
-    for file in artifacts.TABLES_READ:
-        if file in logged:
-            local = client.download_artifacts(run.info.run_id, file, str(scratch))
-            text = Path(local).read_text(encoding="utf-8")
-            tables[file] = tuple(csv.DictReader(io.StringIO(text)))
+    tables = read_tables(client, run.info.run_id, artifacts.TABLES_READ, scratch)
     return contract.LoggedRun(
         run_id=run.info.run_id,
         name=run.info.run_name,
@@ -513,6 +508,33 @@ def _logged_run(
         series=series,
         tables=tables,
     )
+
+
+def read_tables(
+    client: MlflowClient, run_id: str, files: Iterable[str], scratch: Path
+) -> dict[str, tuple[dict[str, str], ...]]:
+    """The CSV artifacts ``files`` of a run, as rows; a file the run did not log is left
+    out. Downloaded into ``scratch``."""
+    logged = {a.path for a in client.list_artifacts(run_id)}
+    tables = {}
+    for file in files:
+        if file in logged:
+            local = client.download_artifacts(run_id, file, str(scratch))
+            text = Path(local).read_text(encoding="utf-8")
+            tables[file] = tuple(csv.DictReader(io.StringIO(text)))
+    return tables
+
+
+def with_tables(
+    client: MlflowClient, run: contract.LoggedRun, files: Iterable[str], scratch: Path
+) -> contract.LoggedRun:
+    """``run`` with the tables ``files`` it logged added (``read_sweep`` reads only those
+    the paper figures need, ``artifacts.TABLES_READ``); ``scratch`` is created."""
+    scratch.mkdir()
+    wanted = [file for file in files if file not in run.tables]
+    with _no_progress_bars():
+        tables = read_tables(client, run.run_id, wanted, scratch)
+    return dataclasses.replace(run, tables={**run.tables, **tables})
 
 
 def log_figures(tracking_uri: str, run_id: str, folder: Path, artifact_path: str) -> None:
