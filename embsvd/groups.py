@@ -32,6 +32,26 @@ group's ``form`` chooses:
   from the space, still count.
 
 Each kept token records the form it was found in.
+
+Variants. ``variants`` expands each word to other strings and forms of it, each a row of
+its own: ``case`` (lower, Capitalised, UPPER), ``plural`` (regular English plurals: +s;
++es after s, x, z, ch, sh; a consonant and y -> ies: irregular plurals, ``mice``, must be
+listed as words) and ``space`` (the same string in the other token form: ``Ġcat`` beside
+``cat`` in byte-level BPE and SentencePiece, ``##cat`` beside ``cat`` in WordPiece). The
+kinds combine in the order listed (``[case, plural]`` also gives ``Cats``, ``CATS``).
+A variant is kept, right after its source word, when it is a single token not already
+in the group; it is tried only for a word kept itself, and never counts against
+``size``: ``size`` (and a closed set's completeness) counts the listed words, and each
+brings its kept variants along, into the members or into the held-out remainder with
+it. Each kept variant records its ``source`` word and ``variant`` kind. A group with
+variants cannot declare an ``order`` (its rows are no longer the ordered words).
+
+Multi-token words. ``subwords: skip`` (default) drops a word the tokenizer splits;
+``mean`` keeps a listed member as the mean of its subword rows (in the word's token
+form), under a virtual id past the vocabulary's end (``embsvd.io.augmented``). It applies
+to the words that become members, not to variants nor to the held-out remainder (both
+are ranked among real tokens); each such member records ``multi_token``, its subword
+tokens and ids.
 """
 
 from __future__ import annotations
@@ -39,10 +59,11 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from embsvd.io.augmented import VirtualIds, joined_tokens
 from embsvd.io.tokenizer import word_start_marker
 
 if TYPE_CHECKING:
@@ -91,8 +112,27 @@ class Order(StrEnum):
     cyclic = "cyclic"
 
 
+class MultiToken(StrEnum):
+    """What a group does with a word the tokenizer splits (``groups.<name>.subwords``):
+    ``skip`` drops it, ``mean`` keeps it as the mean of its subword rows."""
+
+    skip = "skip"
+    mean = "mean"
+
+
+class Variant(StrEnum):
+    """A kind of variant a group's words expand to (``groups.<name>.variants``)."""
+
+    case = "case"
+    plural = "plural"
+    space = "space"
+
+
 FORMS = tuple(Form)
 ORDERS = tuple(Order)
+MULTI_TOKENS = tuple(MultiToken)
+VARIANTS = tuple(Variant)
+WORDPIECE_CONTINUATION = "##"  # WordPiece's mark of a piece inside a word
 
 
 @dataclass
@@ -118,6 +158,11 @@ class GroupSpec:
             analysed, with a warning and the run tagged ``embsvd.warning.short_group``.
         display_name: How figures name the group (``EU countries``); ``None``: the
             name with ``_`` as spaces (``group_display_name``).
+        variants: Kinds of variant each word expands to: ``case``, ``plural``, ``space``
+            (see above); kept variants do not count against ``size``.
+        subwords: ``skip`` (drop words the tokenizer splits) or ``mean`` (keep a
+            member as the mean of its subword rows, flagged wherever it is used). Not
+            ``multi_token``: a key ending in ``token`` is taken for a secret and redacted.
     """
 
     words: list[str] = field(default_factory=list)
@@ -130,6 +175,8 @@ class GroupSpec:
     order: Order = Order.none
     min_size: int | None = None
     display_name: str | None = None  # changes no number: not part of the config hash
+    variants: list[str] = field(default_factory=list)
+    subwords: MultiToken = MultiToken.skip
 
     @property
     def n_members(self) -> int:
@@ -142,10 +189,22 @@ class GroupSpec:
 
 @dataclass(frozen=True)
 class KeptToken:
+    """A word's row: its token (or, for a multi-token word kept as a mean, its virtual
+    id past the vocabulary's end and the subword tokens averaged)."""
+
     word: str
     token: str
     token_id: int
     form: str = "bare"  # "bare" or "initial": the form the token was found in
+    source: str = ""  # of a variant: the listed word it was made from ("" if listed)
+    variant: str = ""  # of a variant: its kinds, e.g. "plural" or "case+space"
+    subword_ids: tuple[int, ...] = ()  # of a multi-token word: the rows averaged
+    subword_tokens: tuple[str, ...] = ()
+
+    @property
+    def multi_token(self) -> bool:
+        """A word the tokenizer splits, read as the mean of its subword rows."""
+        return bool(self.subword_ids)
 
 
 @dataclass(frozen=True)
@@ -174,12 +233,25 @@ class TokenGroup:
     polysemous: tuple[str, ...] = ()
     size: int = 0  # the members it was to keep (``GroupSpec.n_members``); 0: unknown
     display_name: str = ""  # how figures name it (``group_display_name``); "": the default
+    variants: tuple[str, ...] = ()  # the variant kinds its words expanded to
+    subwords: str = "skip"  # ``GroupSpec.subwords``
+    dropped_variants: tuple[DroppedWord, ...] = ()  # variants tried and not kept, with why
+
+    @property
+    def listed_members(self) -> tuple[KeptToken, ...]:
+        """The kept tokens of listed words (not variants): what ``size`` counts."""
+        return tuple(k for k in self.kept if not k.variant)
+
+    @property
+    def multi_token_members(self) -> tuple[KeptToken, ...]:
+        """The members kept as the mean of their subword rows (``subwords: mean``)."""
+        return tuple(k for k in self.kept if k.multi_token)
 
     @property
     def short(self) -> bool:
         """The tokenizer split or lacks some of its words, and it keeps fewer than its
         ``size`` (a group of fewer words than ``size`` that keeps them all is not short)."""
-        return len(self.kept) < min(self.size, len(self.words))
+        return len(self.listed_members) < min(self.size, len(self.words))
 
     @property
     def token_ids(self) -> list[int]:
@@ -194,7 +266,7 @@ class TokenGroup:
         """The words of a closed group that the single-token rule dropped ([] if open)."""
         if not self.closed:
             return []
-        kept = set(self.kept_words)
+        kept = {k.word for k in self.listed_members}
         return [word for word in self.words if word not in kept]
 
     @property
@@ -203,9 +275,10 @@ class TokenGroup:
         return bool(self.lost_members)
 
     def to_dict(self) -> dict[str, Any]:
-        """The group's entry in the run's ``groups.json``."""
+        """The group's entry in the run's ``groups.json``; ``variants`` and
+        ``subwords`` only where the group uses them (entries as before otherwise)."""
         polysemous = set(self.polysemous)
-        return {
+        entry = {
             "words": list(self.words),
             "order": self.order,
             "closed": self.closed,
@@ -217,6 +290,15 @@ class TokenGroup:
             "held_out": [_token_dict(k) for k in self.held_out],
             "display_name": self.display_name or default_display_name(self.name),
         }
+        if self.variants:
+            entry["variants"] = list(self.variants)
+            entry["dropped_variants"] = [
+                {"word": d.word, "tokens": list(d.tokens), "reason": d.reason}
+                for d in self.dropped_variants
+            ]
+        if self.subwords != MultiToken.skip:
+            entry["subwords"] = str(self.subwords)
+        return entry
 
 
 def _token_dict(token: KeptToken, polysemous: bool = False) -> dict[str, Any]:
@@ -228,6 +310,14 @@ def _token_dict(token: KeptToken, polysemous: bool = False) -> dict[str, Any]:
     }
     if polysemous:  # only where it is: most tokens have a single sense worth noting
         entry["polysemous"] = True
+    if token.variant:
+        entry |= {"source": token.source, "variant": token.variant}
+    if token.multi_token:  # a mean of subword rows, not a token: said wherever it is used
+        entry |= {
+            "multi_token": True,
+            "subword_tokens": list(token.subword_tokens),
+            "subword_ids": list(token.subword_ids),
+        }
     return entry
 
 
@@ -237,12 +327,16 @@ def select_single_tokens(
     tokenizer: PreTrainedTokenizerBase,
     model_name: str,
     forms: TokenForms | None = None,
+    virtual: VirtualIds | None = None,
 ) -> TokenGroup:
     """Apply the single-token rule to a group's words, in the group's token form.
 
-    The first ``spec.n_members`` single-token words are kept (all of a closed group's);
-    the remaining single-token words, then the single-token ``held_out`` alternates, are
-    the held-out remainder. A closed group that loses members is logged as a warning.
+    The first ``spec.n_members`` single-token words are kept (all of a closed group's),
+    each followed by its kept variants; the remaining single-token words (with their
+    variants), then the single-token ``held_out`` alternates, are the held-out remainder.
+    With ``subwords: mean`` a split word among the first ``n_members`` is kept as the
+    mean of its subword rows, under an id from ``virtual``. A closed group that loses
+    members is logged as a warning.
 
     Args:
         name: The group's name (used in messages).
@@ -251,28 +345,49 @@ def select_single_tokens(
         model_name: The checkpoint's name (used in messages).
         forms: ``TokenForms(tokenizer)``, when several groups share it (building it
             reads the whole vocabulary: 0.1 s for a 49k-token one).
+        virtual: The run's virtual ids (``VirtualIds(len(W))``, numbered from the rows
+            of the matrix analysed), shared by its groups; needed with
+            ``subwords: mean``.
 
     Raises:
-        ValueError: the spec is malformed, or fewer than 2 words survive.
+        ValueError: the spec is malformed, ``subwords: mean`` without ``virtual``, or
+            fewer than 2 words survive.
     """
     check_group_spec(name, spec)
+    if spec.subwords == MultiToken.mean and virtual is None:
+        raise ValueError(
+            f"groups.{name}.subwords=mean: pass virtual=VirtualIds(len(W)) "
+            "(embsvd.io.augmented), numbered from the rows of the matrix analysed, and "
+            "read the matrix through subword_mean_rows(W, virtual)"
+        )
     forms = forms or TokenForms(tokenizer)
     owner: dict[int, str] = {}
-    single, dropped = _single_tokens(spec.words, spec.form, forms, owner)
-    alternates, dropped_alternates = _single_tokens(spec.held_out, spec.form, forms, owner)
     size = spec.n_members
+    entries, dropped, dropped_variants = _expanded_words(spec, forms, owner, virtual)
+    members = [token for entry in entries[:size] for token in entry]
+    remainder = [token for entry in entries[size:] for token in entry]
+    alternates, dropped_alternates = _single_tokens(spec.held_out, spec.form, forms, owner)
     group = TokenGroup(
         name,
         tuple(spec.words),
-        kept=tuple(single[:size]),
+        kept=tuple(members),
         dropped=tuple(dropped + dropped_alternates),
-        held_out=tuple(single[size:] + alternates),
+        held_out=tuple(remainder + alternates),
         order=spec.order,
         closed=spec.closed,
         polysemous=tuple(spec.polysemous),
         size=size,
         display_name=group_display_name(name, spec),
+        variants=tuple(str(v) for v in spec.variants),
+        subwords=str(spec.subwords),
+        dropped_variants=tuple(dropped_variants),
     )
+    if len(group.kept) > MAX_SIZE:
+        raise ValueError(
+            f"groups.{name}.variants: the group keeps {len(group.kept)} rows with its "
+            f"variants for model {model_name}; at most {MAX_SIZE} (each row is one more "
+            "refit of the leave-one-out check): choose a smaller size or fewer variants"
+        )
     if len(group.kept) < MIN_GROUP_SIZE:
         # the form matters only where the vocabulary has word-initial tokens
         form = f" in form {spec.form}" if forms.marker else ""
@@ -297,6 +412,128 @@ def select_single_tokens(
 def describe_short(group: TokenGroup) -> str:
     """``6 of its 8 words (size 8)``: what a short group kept, for messages and tags."""
     return f"{len(group.kept)} of its {len(group.words)} words (size {group.size})"
+
+
+def _expanded_words(
+    spec: GroupSpec, forms: TokenForms, owner: dict[int, str], virtual: VirtualIds | None
+) -> tuple[list[list[KeptToken]], list[DroppedWord], list[DroppedWord]]:
+    """Per listed word kept, its token (or, with ``subwords: mean``, its virtual row)
+    followed by its kept variants; and the words and variants dropped, with why. A
+    multi-token word is kept (under a virtual id) only while the members are not all
+    found: the held-out remainder is ranked among real tokens, so it holds none."""
+    entries: list[list[KeptToken]] = []
+    dropped: list[DroppedWord] = []
+    dropped_variants: list[DroppedWord] = []
+    mean = spec.subwords == MultiToken.mean and virtual is not None
+    for word in spec.words:
+        found = forms.find(word, spec.form)
+        member = len(entries) < spec.n_members
+        if isinstance(found, DroppedWord) and mean and member and _split(found):
+            found = forms.mean_of_pieces(word, spec.form, virtual)
+        kept = _take(found, word, owner, dropped)
+        if kept is None:
+            continue
+        entry = [kept]
+        if not kept.multi_token:
+            entry += _variants_of(kept, spec, forms, owner, dropped_variants)
+        entries.append(entry)
+    return entries, dropped, dropped_variants
+
+
+def _split(dropped: DroppedWord) -> bool:
+    """Whether a word was dropped for being several tokens (not for an unknown token)."""
+    return len(dropped.tokens) > 1
+
+
+def _take(
+    found: KeptToken | DroppedWord, word: str, owner: dict[int, str], dropped: list[DroppedWord]
+) -> KeptToken | None:
+    """``found`` if it is a token no earlier word of the group took, else ``None`` with
+    the reason appended to ``dropped``."""
+    if isinstance(found, DroppedWord):
+        dropped.append(found)
+        return None
+    if found.token_id in owner:
+        reason = f"same token id {found.token_id} as {owner[found.token_id]!r}"
+        dropped.append(DroppedWord(word, (found.token,), reason))
+        return None
+    owner[found.token_id] = word
+    return found
+
+
+def _variants_of(
+    kept: KeptToken,
+    spec: GroupSpec,
+    forms: TokenForms,
+    owner: dict[int, str],
+    dropped: list[DroppedWord],
+) -> list[KeptToken]:
+    """The kept single-token variants of a kept word, in order: each string variant
+    (case, plural) followed by its other token form where ``space`` is asked for."""
+    found: list[KeptToken] = []
+    for text, kind in variant_strings(kept.word, spec.variants):
+        if kind:  # the word itself is ``kept``; its string variants are looked up
+            lost: list[DroppedWord] = []
+            token = _take(forms.find(text, spec.form), text, owner, lost)
+            dropped += [_variant_dropped(d, kind, kept.word) for d in lost]
+            if token is None:
+                continue
+            base = replace(token, source=kept.word, variant=kind)
+            found.append(base)
+        else:
+            base = kept
+        if Variant.space in spec.variants:
+            kinds = f"{kind}+{Variant.space}" if kind else str(Variant.space)
+            lost = []
+            other = _take(forms.other_form(base), base.word, owner, lost)
+            dropped += [_variant_dropped(d, kinds, kept.word) for d in lost]
+            if other is not None:
+                found.append(replace(other, source=kept.word, variant=kinds))
+    return found
+
+
+def _variant_dropped(dropped: DroppedWord, kind: str, source: str) -> DroppedWord:
+    return DroppedWord(dropped.word, dropped.tokens, f"{kind} of {source!r}: {dropped.reason}")
+
+
+def variant_strings(word: str, kinds: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """``word`` and its string variants with their kinds, ``[(word, ""), ("Cat", "case"),
+    ("cats", "plural"), ("Cats", "case+plural"), ...]``: each kind of ``kinds`` (``space``
+    aside, a form and not a string) applied to every string so far, in the order listed;
+    each string once."""
+    found = [(word, "")]
+    for kind in kinds:
+        if kind == Variant.space:
+            continue
+        for text, made in list(found):
+            for new in _string_variants(text, kind):
+                if all(new != other for other, _ in found):
+                    found.append((new, f"{made}+{kind}" if made else str(kind)))
+    return found
+
+
+def _string_variants(text: str, kind: str) -> list[str]:
+    if kind == Variant.case:
+        return [text.lower(), text[:1].upper() + text[1:].lower(), text.upper()]
+    if kind == Variant.plural:
+        return [regular_plural(text)]
+    raise ValueError(f"variant kind {kind!r} is not one of {', '.join(VARIANTS)}")
+
+
+def regular_plural(word: str) -> str:
+    """The regular English plural: +es after s, x, z, ch, sh; a consonant and y -> ies;
+    else +s (``box`` -> ``boxes``, ``city`` -> ``cities``, ``day`` -> ``days``); an
+    all-capital word keeps capitals (``CITY`` -> ``CITIES``). Irregular plurals (``mouse``
+    -> ``mice``) are not guessed: list them as words."""
+    lower = word.lower()
+    stem, suffix = word, "s"
+    if lower.endswith(("s", "x", "z", "ch", "sh")):
+        suffix = "es"
+    elif len(lower) > 1 and lower.endswith("y") and lower[-2] not in "aeiou":
+        stem, suffix = word[:-1], "ies"
+    if word.isupper() and len(word) > 1:
+        suffix = suffix.upper()
+    return stem + suffix
 
 
 def _single_tokens(
@@ -361,6 +598,45 @@ class TokenForms:
             return bare
         return DroppedWord(
             word, initial.tokens, f"initial form {initial.reason}, bare form {bare.reason}"
+        )
+
+    def other_form(self, kept: KeptToken) -> KeptToken | DroppedWord:
+        """The same string in the other token form (the ``space`` variant): the bare
+        token of a word-initial one and the word-initial of a bare one (``Ġcat`` /
+        ``cat``); in WordPiece, whose word-initial form is the bare string, the
+        continuation ``##cat`` (recorded as form ``bare``: WordPiece has no other)."""
+        if self.marker is None:
+            token = WORDPIECE_CONTINUATION + kept.word
+            token_id = self.vocab.get(token)
+            if token_id is None:
+                return DroppedWord(kept.word, (token,), f"no continuation token {token!r}")
+            return KeptToken(kept.word, token, token_id, "bare")
+        if kept.form == "initial":
+            return self._bare(kept.word)
+        return self._initial(kept.word)
+
+    def mean_of_pieces(self, word: str, form: str, virtual: VirtualIds) -> KeptToken | DroppedWord:
+        """A split word as the mean of its pieces: its tokens in running text (after a
+        space) where the vocabulary has word-initial tokens and ``form`` is not ``bare``,
+        else as a bare string; a virtual id from ``virtual``. A space that became a
+        token of its own (a lone ``Ġ`` or ``▁``) is no piece of the word: left out. The
+        form recorded is ``initial`` where the first piece is word-initial. A word with
+        an unknown piece stays dropped."""
+        initial = self.marker is not None and form != "bare"
+        ids = self.tokenizer.encode((" " if initial else "") + word, add_special_tokens=False)
+        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        if len(ids) > 1 and tokens[0] == self.marker:
+            ids, tokens = ids[1:], tokens[1:]
+        if not ids or self.tokenizer.unk_token_id in ids:
+            return DroppedWord(word, tuple(tokens), "an unknown piece: no mean of its rows")
+        token_id = virtual.add(ids, word)
+        return KeptToken(
+            word,
+            joined_tokens(tokens),
+            token_id,
+            "initial" if self._is_marked(tokens[0]) else "bare",
+            subword_ids=tuple(int(i) for i in ids),
+            subword_tokens=tuple(tokens),
         )
 
     def _bare(self, word: str) -> KeptToken | DroppedWord:
@@ -502,6 +778,13 @@ def check_group_spec(name: str, spec: GroupSpec) -> None:
             f"groups.{name}.order: {spec.order!r} is not one of {', '.join(ORDERS)} (linear: "
             "the words are a sequence, cyclic: one whose last word leads back to the first)"
         )
+    if spec.subwords not in MULTI_TOKENS:
+        raise ValueError(
+            f"groups.{name}.subwords: {spec.subwords!r} is not one of "
+            f"{', '.join(MULTI_TOKENS)} (skip: drop words the tokenizer splits, mean: keep "
+            "them as the mean of their subword rows)"
+        )
+    _check_variants(name, spec)
     for word in spec.polysemous:
         if word not in spec.words:
             raise ValueError(
@@ -514,3 +797,23 @@ def check_group_spec(name: str, spec: GroupSpec) -> None:
                 f"groups.{name}.held_out: {word!r} is also one of groups.{name}.words; "
                 "held_out lists alternate forms that are never members"
             )
+
+
+def _check_variants(name: str, spec: GroupSpec) -> None:
+    unknown = [kind for kind in spec.variants if kind not in VARIANTS]
+    if unknown:
+        raise ValueError(
+            f"groups.{name}.variants: {unknown[0]!r} is not a variant kind; the kinds are "
+            f"{', '.join(VARIANTS)} (case: lower, Capitalised, UPPER; plural: regular "
+            "English plurals; space: the other token form, Ġword / word or word / ##word)"
+        )
+    if len(set(spec.variants)) != len(spec.variants):
+        raise ValueError(
+            f"groups.{name}.variants: {list(spec.variants)} lists a kind twice; list each once"
+        )
+    if spec.variants and spec.order != Order.none:
+        raise ValueError(
+            f"groups.{name}.variants: a group with variants cannot declare order "
+            f"{spec.order!r} (its rows are no longer the ordered words); leave order unset, "
+            "or list the variants as words of a group of their own"
+        )

@@ -222,7 +222,7 @@ def test_switched_off_checks_are_absent():
     W, groups = world(planted=True)
     off = dict(n_null=0, n_resamples=0, heldout=False, confounds=False, n_global=0)
     _, checks = checked(W, groups, **off)
-    assert dataclasses.astuple(checks) == (0, None, None, None, None, None, None)
+    assert dataclasses.astuple(checks) == (0, None, None, None, None, None, None, None)
 
 
 def test_the_null_draws_what_holm_needs_to_reach_alpha():

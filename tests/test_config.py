@@ -25,7 +25,9 @@ from tests.conftest import CONFIG_DIR, PROJECT_ROOT
 
 OPTIONS = {
     group: sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-    for group in ("model", "groups", "analysis", "tracking", "experiment", "hydra/launcher")
+    for group in (
+        *("model", "groups", "concepts", "analysis", "tracking", "experiment", "hydra/launcher"),
+    )
 }
 
 

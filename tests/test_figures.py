@@ -144,6 +144,7 @@ def test_every_figure_and_table_is_written(swept):
     stems += [f"axis__{model}__{group}" for model in MODELS for group in GROUPS]
     expected = {f"{stem}.{ext}" for stem in stems for ext in ("pdf", "png", "csv")}
     expected |= {"top_tokens.csv", "top_tokens.md", "top_tokens.tex", "sweep.json"}
+    expected |= {"explorer.html"}  # the sweep's vocabulary explorer (figures/explorer.py)
     assert {p.name for p in swept.figures.iterdir()} == expected
     for stem in stems:
         pdf = (swept.figures / f"{stem}.pdf").read_bytes()

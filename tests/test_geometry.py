@@ -215,6 +215,7 @@ def test_cached_global_svd_writes_then_reuses_the_file(low_rank, tmp_path, monke
     assert sorted(path.name for path in cache_file.parent.iterdir()) == [
         "global_svd.npz",
         "global_svd.npz.checksum",  # its checksum record (embsvd.io.cache)
+        "global_svd.npz.lock",  # held while it was computed (embsvd.io.cache.exclusive)
     ]
     assert_same_svd(first, global_svd(low_rank, 5))
     monkeypatch.setattr(embsvd.method.geometry, "global_svd", refuse_to_compute)
@@ -366,3 +367,60 @@ def test_the_global_svd_method_is_chosen_by_size_and_checked(low_rank, monkeypat
     assert len(calls) == 1
     with pytest.raises(ValueError, match=r"method: expected one of \('auto', 'exact', 'fast'\)"):
         global_svd(low_rank, 3, method="randomized")
+
+
+PARALLEL_SVD = r"""
+import sys, time
+from pathlib import Path
+import numpy as np
+import embsvd.method.geometry as geometry
+
+cache_file, barrier, parties = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+computed = geometry.global_svd
+
+def counted(*args, **kwargs):  # leaves a mark for each computation this process does
+    (cache_file.parent / f"computed.{sys.argv[4]}").touch()
+    return computed(*args, **kwargs)
+
+geometry.global_svd = counted
+W = np.random.default_rng(0).normal(size=(400, 24))
+barrier.mkdir(parents=True, exist_ok=True)
+(barrier / sys.argv[4]).touch()
+while len(list(barrier.iterdir())) < parties:  # every process starts at the same moment
+    time.sleep(0.005)
+svd = geometry.cached_global_svd(W, 5, cache_file)
+print(repr(svd.singular_values.tolist()))
+"""
+
+
+@pytest.mark.slow
+def test_jobs_starting_together_compute_the_global_components_once(tmp_path):
+    """Parallel jobs (a joblib sweep, a cluster's nodes on a shared cache) that miss the
+    cache at once: one computes under the entry's lock, the others wait and read it."""
+    import subprocess
+    import sys
+
+    cache_file, parties = tmp_path / "cache" / "global.npz", 3
+    cache_file.parent.mkdir()
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PARALLEL_SVD,
+                str(cache_file),
+                str(tmp_path / "go"),
+                str(parties),
+                str(n),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(parties)
+    ]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0] * parties, outputs
+    assert len({out for out, _ in outputs}) == 1  # the same components everywhere
+    assert len(list(cache_file.parent.glob("computed.*"))) == 1  # computed once
+    assert (cache_file.parent / "global.npz.lock").is_file()

@@ -315,7 +315,7 @@ def test_a_conversion_held_too_long_by_another_process_fails_naming_its_lock(tmp
         convert_once(tmp_path / "lm.gguf", cache, lock_timeout_s=0.2, report=lines.append)
 
     assert str(refused.value) == (
-        f"model.gguf_file: waited 0 s for {holder} to convert {tmp_path / 'lm.gguf'} into "
+        f"model.gguf_file: waited 0 s for {holder}, which is converting lm.gguf into "
         f"{entry}; it still holds the lock {entry}.lock. If it is still working (a large "
         "vocabulary takes minutes), run again later; if it hangs, end it: its lock is "
         "released when it exits"

@@ -35,7 +35,11 @@ CONTRACT_ARTIFACTS = {
     "heldout.csv",
     "confounds.csv",
     "global_spectrum.csv",
+    "axes.csv",  # what a revision sweep's parent aligns across steps
+    "undertrained.csv",  # the checkpoint's under-trained tokens
 }
+# with the per-run figures: the vocabulary explorer's table (a folder) and page
+EXPLORER = {"explorer", "explorer.html"}
 FIGURES = {"scree.png", "group_mean_corr.png", "row_cosine.png", "projection_component0.png"}
 
 
@@ -96,7 +100,7 @@ def test_job_logs_the_run_contract(tiny_bert, session_store):
     artifacts = artifact_names(client, run.info.run_id)
     # a run from a checkout with uncommitted changes carries the diff
     assert ("git_diff.patch" in artifacts) == (tags.get("embsvd.git_dirty") == "true")
-    assert artifacts - {"git_diff.patch"} == CONTRACT_ARTIFACTS | {"figures"}
+    assert artifacts - {"git_diff.patch"} == CONTRACT_ARTIFACTS | {"figures"} | EXPLORER
     assert artifact_names(client, run.info.run_id, "figures") == FIGURES
 
 

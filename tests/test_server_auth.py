@@ -1,24 +1,28 @@
-"""The shared-server recipe (README, docs/sweeps.md), for real: ``mlflow server --app-name
-basic-auth`` on 127.0.0.1 with its admin password in an auth config file, a user for the
+"""The shared-server recipe (README, docs/sweeps.md), for real: ``embsvd server`` (MLflow's
+basic-auth app) on 127.0.0.1 with its admin password from the environment, a user for the
 jobs, and ``experiments/run.py`` logging to it with credentials from the environment, or
 (a sweep) in the tracking URI, where they must not be kept or shown."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests.test_mlflow_ui import mlflow_server
+from tests.test_mlflow_ui import QUIET_SERVER, free_port, stop_server, wait_for_health
 from tests.test_secrets import (
     FAST,
     assert_nowhere,
@@ -31,6 +35,30 @@ from tests.test_secrets import (
 pytestmark = pytest.mark.slow
 
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+@contextlib.contextmanager
+def embsvd_server(folder: Path, *options: str, env: dict[str, str]) -> Iterator[str]:
+    """``embsvd server <options>`` on a free 127.0.0.1 port; yields its URL (no trailing
+    ``/``) once it answers, and ends it afterwards (its log: ``folder/server.log``)."""
+    port = free_port()
+    command = [sys.executable, "-m", "embsvd.pipeline.cli", "server", "--port", str(port)]
+    command += ["--workers", "2", *options]
+    log_path = folder / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            command,
+            cwd=folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**env, **QUIET_SERVER},
+            start_new_session=True,
+        )
+    try:
+        wait_for_health(server, f"http://127.0.0.1:{port}/", log_path)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(server)
 
 
 @dataclass(frozen=True)
@@ -58,34 +86,22 @@ def request(url: str, *, auth: tuple[str, str] | None = None, payload: dict | No
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer]:
-    """The recipe's server: basic auth, bound to 127.0.0.1, a sqlite store and auth
-    database, the admin's password in the auth config file; and a user for the jobs."""
+    """The recipe's server, started as the docs say (``embsvd server``): basic auth,
+    bound to 127.0.0.1, proxied artifacts, the admin's password from the environment (a
+    sqlite store here; tests/test_cluster.py runs it on PostgreSQL); and a user for the
+    jobs."""
     folder = tmp_path_factory.mktemp("auth_server")
     admin_password = secrets.token_urlsafe(18)
-    auth_config = folder / "auth.ini"
-    auth_config.write_text(
-        "[mlflow]\n"
-        "default_permission = READ\n"
-        f"database_uri = sqlite:///{folder / 'auth.db'}\n"
-        "admin_username = admin\n"
-        f"admin_password = {admin_password}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-    )
-    auth_config.chmod(0o600)
     env = {
         **{k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES},
-        "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),  # signs the UI's CSRF tokens
+        "EMBSVD_SERVER_BACKEND_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "EMBSVD_SERVER_ADMIN_PASSWORD": admin_password,
     }
-    options = [
-        "--app-name",
-        "basic-auth",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'mlflow.db'}",
-    ]
-    options += ["--artifacts-destination", str(folder / "artifacts")]
-    with mlflow_server(folder, *options, env=env) as base_url:
-        url = base_url.rstrip("/")
+    options = ["--state", str(folder / "state"), "--artifacts", str(folder / "artifacts")]
+    with embsvd_server(folder, *options, env=env) as url:
+        printed = (folder / "server.log").read_text(errors="replace")
+        assert "basic auth" in printed and admin_password not in printed
+        assert oct((folder / "state" / "auth.ini").stat().st_mode & 0o777) == "0o600"
         user, password = "alice", secrets.token_urlsafe(18)
         status, body = request(
             url + "/api/2.0/mlflow/users/create",

@@ -166,7 +166,11 @@ def test_the_whitening_is_cached_reused_by_another_process_and_recomputed_when_d
 
     first = geometry.cached_whitening(B, cache_file, rows=rows)
 
-    assert sorted(p.name for p in cache_file.parent.iterdir()) == ["w.npz", "w.npz.checksum"]
+    assert sorted(p.name for p in cache_file.parent.iterdir()) == [
+        "w.npz",
+        "w.npz.checksum",
+        "w.npz.lock",  # held while it was computed (embsvd.io.cache.exclusive)
+    ]
     expected = geometry.fit_whitening(W, rows=rows)
     assert_close(first.transform, expected.transform)
     assert first.shrinkage == pytest.approx(expected.shrinkage, rel=TOLERANCE)

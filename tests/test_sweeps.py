@@ -26,7 +26,7 @@ from embsvd.tracking.contract import Tag
 from tests.blocking import wait_for_file
 from tests.conftest import PROJECT_ROOT, tiny_embeddings, with_ctrl_c, write_tiny_bert
 from tests.test_checkpoint import write_hub_cache
-from tests.test_pipeline import CONTRACT_ARTIFACTS, FIGURES, artifact_names
+from tests.test_pipeline import CONTRACT_ARTIFACTS, EXPLORER, FIGURES, artifact_names
 
 pytestmark = pytest.mark.slow
 
@@ -369,7 +369,7 @@ def test_joblib_sweep_over_both_bundled_checkpoints(tmp_path, smollm2):
         assert len(history) == 10
         digits = child.tags["embsvd.target_group"] == "digits"  # a declared linear order
         assert artifact_names(store.client, child.run_id) - {"git_diff.patch"} == (
-            CONTRACT_ARTIFACTS | {"figures"} | ({"order.csv"} if digits else set())
+            CONTRACT_ARTIFACTS | {"figures"} | EXPLORER | ({"order.csv"} if digits else set())
         )
         figures = FIGURES | ({"order.png"} if digits else set())
         assert artifact_names(store.client, child.run_id, "figures") == figures
@@ -407,6 +407,18 @@ def test_submitit_local_runs_a_sweep(tiny_bert, tmp_path):
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
 
 
+def offline_hub_env(hf_home: Path, cache: Path) -> dict[str, str]:
+    """This environment without any Hugging Face setting of its own, offline, reading
+    checkpoints from the Hub cache ``cache`` only (and logging where the command says)."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))},
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(hf_home),
+        "HF_HUB_CACHE": str(cache),
+        "MLFLOW_TRACKING_URI": "",
+    }
+
+
 def test_hub_revisions_sweep_offline_from_the_cache(tmp_path):
     """A training-checkpoint suite: one Hub repo, a revision per step, swept offline."""
     cache = tmp_path / "hf" / "hub"
@@ -416,13 +428,7 @@ def test_hub_revisions_sweep_offline_from_the_cache(tmp_path):
         write_tiny_bert(upload, tiny_embeddings(seed=seed))
         commits[step] = hashlib.sha1(step.encode()).hexdigest()
         write_hub_cache(cache, "testorg/tiny-suite", commits[step], upload, ref=step)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))},
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        "HF_HUB_CACHE": str(cache),
-        "MLFLOW_TRACKING_URI": "",
-    }
+    env = offline_hub_env(tmp_path / "hf", cache)
 
     done = subprocess.run(
         sweep_command(

@@ -210,6 +210,7 @@ def test_log_result_writes_the_contract(session_store):
         "text",
         "projection",
         "in_group",
+        "undertrained",
     ]
     assert len(top) == 2 * 2 * 3
     first = [r for r in top if r["component"] == "0" and r["side"] == "top"]
@@ -456,6 +457,29 @@ def test_sighup_ends_a_run_killed_and_names_the_signal(session_store):
     assert ended.info.status == "KILLED"
     assert ended.data.tags["embsvd.error"] == "Terminated: SIGHUP"
     assert ended.data.metrics["n_tokens"] == 3  # what it logged is kept
+
+
+def test_sigterm_ends_a_run_killed_under_submitits_bypass_handler(session_store):
+    """On a SLURM node submitit's handler only logs SIGTERM (it waits for SIGUSR2), and
+    scancel's SIGKILL follows: the run must end KILLED before that, not stay RUNNING."""
+    from submitit.core.job_environment import SignalHandler
+
+    bypass = SignalHandler.__new__(SignalHandler).bypass  # the bound method submitit installs
+    assert tracking.runs.only_logs(bypass) and not tracking.runs.only_logs(print)
+    store = make_store(session_store, "submitit-sigterm")
+    previous = signal.signal(signal.SIGTERM, bypass)
+    try:
+        with (
+            pytest.raises(tracking.Terminated),
+            tracking.signals_end_runs(),
+            tracking.tracked_run(store, "m/g/raw", {}) as run,
+        ):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)  # the signal's exception ends the block at once
+        assert signal.getsignal(signal.SIGTERM) == bypass  # submitit's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert store.client.get_run(run.run_id).info.status == "KILLED"
 
 
 def test_runs_carry_the_process_that_writes_them(session_store):

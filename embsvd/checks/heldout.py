@@ -163,7 +163,10 @@ def validate_held_out(
     eligible = np.ones(d_vocab, dtype=bool)
     eligible[list(excluded_ids)] = False
     rankable = eligible.copy()  # ranked by every fit: no fit was learned from these
-    rankable[kept_ids] = False
+    # a multi-token member's mean row (a virtual id, past d_vocab) is ranked among the
+    # vocabulary's rows but is none of them
+    real_ids = kept_ids[kept_ids < d_vocab]
+    rankable[real_ids] = False
     full_distances = np.empty(d_vocab)  # the kept words' fit: precision@k, pool median
     closer = np.zeros(len(words), dtype=np.int64)  # ranked tokens closer to the subspace
     larger = np.zeros(own_sizes.shape, dtype=np.int64)  # ... with a larger |projection|
@@ -199,6 +202,7 @@ def validate_held_out(
     placed = []
     for w, (token, variant, fit) in enumerate(words):
         training = kept_ids if fit == n else np.delete(kept_ids, fit)
+        training = training[training < d_vocab]
         n_ranked = n_eligible - int(eligible[np.unique(training)].sum())
         percent = [float(100.0 * int(count) / n_ranked) for count in ahead[w]]
         placed.append(

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from embsvd.groups import TokenGroup
+from embsvd.io.augmented import real_rows, with_virtual_norms
 from embsvd.io.frequency import TokenFrequencies, surface
 from embsvd.io.rows import row_blocks
 
@@ -255,8 +256,12 @@ class Matching:
         n_neighbours: int = 50,
     ) -> Matching:
         """The matching of a run on ``W``: its row norms (``matrix_row_norms``, computed
-        once per matrix) where ``match`` matches on norm."""
-        norms = matrix_row_norms(W) if match in ("norm", "norm_frequency") else None
+        once per matrix) where ``match`` matches on norm; a ``SubwordMeanRows``'s norms
+        are its real rows' followed by its virtual rows' (a multi-token member is matched
+        on the norm of its mean row)."""
+        norms = None
+        if match in ("norm", "norm_frequency"):
+            norms = with_virtual_norms(W, matrix_row_norms(real_rows(W)))
         return cls(match, norms, frequencies, n_neighbours)
 
     @property
@@ -273,6 +278,7 @@ def token_pools(
     excluded_ids: Collection[int],
     marker: str | None,
     frequencies: TokenFrequencies | None = None,
+    undertrained_ids: Collection[int] = (),
 ) -> TokenPools:
     """The candidate pools of a vocabulary, per form.
 
@@ -284,11 +290,21 @@ def token_pools(
     Computed once per process for equal arguments (a sweep's runs share a vocabulary):
     the strings, special ids and marker are compared by value, the frequency table by a
     digest of its values. The pools' arrays are read-only, shared by every caller.
+
+    ``undertrained_ids`` (``embsvd.io.undertrained``: rows training barely moved) are left
+    out as ``excluded_ids`` are, and the rule says how many; none: the pools as before.
     """
     strings = tuple(token_strings)
     excluded = frozenset(int(i) for i in excluded_ids)
-    key = (strings, excluded, marker, frequencies_digest(frequencies))
-    return _POOLS.get(key, lambda: _token_pools(strings, excluded, marker, frequencies))
+    undertrained = frozenset(int(i) for i in undertrained_ids) - excluded
+    key = (strings, excluded, marker, frequencies_digest(frequencies), undertrained)
+    pools = _POOLS.get(
+        key, lambda: _token_pools(strings, excluded | undertrained, marker, frequencies)
+    )
+    if not undertrained:
+        return pools
+    rule = f"{pools.rule}; {len(undertrained)} tokens flagged under-trained excluded"
+    return TokenPools(pools.ids, pools.numerals, rule)
 
 
 def _token_pools(

@@ -10,7 +10,7 @@ statistics involve no randomness; a different seed changes only the resampled on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -23,6 +23,7 @@ from embsvd.checks.null import NullResult, count_tests, matched_null, required_d
 from embsvd.checks.order import CyclicOrder, LinearOrder, order_test
 from embsvd.checks.stability import Stability, jackknife_rank, resample_stability
 from embsvd.groups import TokenGroup
+from embsvd.io.augmented import with_virtual_frequencies
 from embsvd.io.frequency import TokenFrequencies
 from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import AnalysisResult, GroupSVD
@@ -131,6 +132,9 @@ class ChecksResult:
     confounds: Confounds | None = None
     global_view: GlobalView | None = None
     order: CyclicOrder | LinearOrder | None = None
+    # tokens flagged under-trained (embsvd.io.undertrained) that the null's pools left out
+    # and the extremes mark; None: not looked for (analysis.undertrained=false)
+    undertrained: frozenset[int] | None = None
 
 
 def compare_with_global(
@@ -167,6 +171,7 @@ def run_checks(
     *,
     global_components: GlobalSVD | None = None,
     timer: Callable[[str], AbstractContextManager[object]] | None = None,
+    undertrained_ids: Collection[int] | None = None,
 ) -> ChecksResult:
     """Run the checks ``config`` switches on for ``result``, the analysis of ``W``.
 
@@ -184,6 +189,10 @@ def run_checks(
             ``None`` skips the global view.
         timer: Called with ``checks.<name>`` around each check (and ``checks.setup``
             around the pools they share), e.g. ``embsvd.pipeline.phases.clock``.
+        undertrained_ids: Tokens flagged under-trained
+            (``embsvd.io.undertrained.UndertrainedTokens.excluded_ids``): never drawn by
+            the null (the held-out ranks keep their pool), and recorded in the result so
+            that the extremes mark them; ``None``: not looked for, the pools as before.
     """
     config = config or ChecksConfig()
     timed = timer or (lambda name: nullcontext())
@@ -197,6 +206,8 @@ def run_checks(
     never_ranked = vocab.special_ids | set(unnamed)
     ordered = config.order and target.order != "none" and len(target.kept) >= MIN_ORDERED
     frequencies = vocab.frequencies if _needs_frequencies(target, config) else None
+    # a multi-token member (subwords=mean) is matched on its own word's frequency
+    frequencies = with_virtual_frequencies(W, frequencies)
     global_svd = None
     if global_components is not None and config.n_global:
         global_svd = global_components.top(config.n_global)
@@ -210,10 +221,19 @@ def run_checks(
                 vocab.marker,
                 frequencies if matched else None,
             )
+    null_pools = pools if config.n_null else None
+    if config.n_null and undertrained_ids:  # the null draws no under-trained token
+        null_pools = token_pools(
+            vocab.token_strings,
+            vocab.special_ids,
+            vocab.marker,
+            frequencies if config.null_match != "none" else None,
+            undertrained_ids=undertrained_ids,
+        )
     if config.n_null:
         with timed("checks.null"):
             checks["null"] = _null(
-                W, groups, result, pools, frequencies, global_svd, config, null_rng
+                W, groups, result, null_pools, frequencies, global_svd, config, null_rng
             )
     movable = len(target.token_ids) - 1 - int(result.center)  # axes a leave-one-out fit has
     if config.n_resamples and jackknife_rank(len(target.token_ids), result.center) >= 1:
@@ -267,6 +287,8 @@ def run_checks(
                 frequencies=frequencies.zipf[target.token_ids],
                 rng=order_rng,
             )
+    if undertrained_ids is not None:
+        checks["undertrained"] = frozenset(int(i) for i in undertrained_ids)
     return ChecksResult(random_state=config.random_state, **checks)
 
 

@@ -3,6 +3,9 @@
 - ``run_figures``: the per-run looks (scree, correlations, row cosines, projections);
 - ``paper``: a finished sweep's paper figures; ``tables``: its top-token tables;
 - ``data``: the rows each paper figure plots, from the runs' logged values (no plotting);
+- ``replicates``: those rows pooled over replicates (mean, t interval, n; no plotting);
+- ``trajectory``: a revision sweep's axes, spectra and r across training;
+- ``numbers``: a run's number-structure spectrum with its nulls;
 - ``style``: formats, sizes and the theme (no plotting).
 
 The public names load on first use, so the pipeline imports this package at its top and
@@ -16,6 +19,10 @@ _MODULE_OF = {
     "write_figure_set": "paper",
     "figure_folder": "paper",
     "check_replaceable": "paper",
+    "check_replicates": "replicates",
+    "draw_trajectory": "trajectory",
+    "draw_numbers_figure": "numbers",
+    "draw_concept_figures": "concepts",
     "FigureStyle": "style",
     "FigureFormat": "style",
 }

@@ -235,6 +235,8 @@ def top_token_rows(sweep: Sweep, top_k: int) -> list[Row]:
                         "token_id": int(r["token_id"]),
                         "projection": float(r["projection"]),
                         "in_group": r["in_group"] == "true",
+                        # flagged under-trained (analysis.undertrained); older runs: never
+                        "undertrained": r.get("undertrained") == "true",
                     }
                 )
     return rows

@@ -38,6 +38,7 @@ import numpy as np
 import seaborn as sns
 
 from embsvd.figures import data as figure_data
+from embsvd.figures import replicates as replicate_data
 from embsvd.figures import tables as paper_tables
 from embsvd.figures.data import Row
 from embsvd.figures.folder import (  # re-exported: the figure set's folder rules
@@ -92,7 +93,11 @@ def write_figure_set(
     - ``axis__<model>__<group>``: the vocabulary's projections on axis 1, a panel per
       run, the group's words and the extremes labelled, a colour legend;
     - ``top_tokens`` (.csv, .md, .tex);
-    - with more than one model, ``cross_model_spectra`` and ``cross_model_overlap``.
+    - with more than one model, ``cross_model_spectra`` and ``cross_model_overlap``;
+    - with ``style.replicates``, runs that differ only in those params pooled
+      (``figures.replicates``): a scree line per configuration, its points the mean
+      share with a 95% t interval over the replicates and ``n=`` in its label, and
+      ``replicates.csv``, every metric's mean, lo, hi and n per configuration.
     """
     style = style or FigureStyle()
     folder = figure_folder(output_dir, sweep.name)
@@ -103,7 +108,12 @@ def write_figure_set(
 
 def _draw_all(sweep: Sweep, repeats: Sequence[Repeat], staging: Path, style: FigureStyle) -> None:
     with _theme():
-        _save(*scree_figure(sweep, style), staging / "scree_grid", style)
+        pooled = None  # replicates: one line per configuration (figures.replicates)
+        if style.replicates:
+            pooled = replicate_data.pooled_scree_rows(sweep, style.replicates)
+            metrics = replicate_data.pooled_metric_rows(sweep, style.replicates)
+            _write_rows(staging / "replicates.csv", metrics)
+        _save(*scree_figure(sweep, style, pooled), staging / "scree_grid", style)
         correlations = figure_data.correlation_rows(sweep, style.alpha)
         n_tests = figure_data.n_tests(correlations)
         for (model, setting), rows in correlations.items():
@@ -161,14 +171,24 @@ def _write_rows(file: Path, rows: Sequence[Row]) -> None:
 # --- the scree grid --------------------------------------------------------------------------
 
 
-def scree_figure(sweep: Sweep, style: FigureStyle) -> tuple[Any, list[Row]]:
+def scree_figure(
+    sweep: Sweep, style: FigureStyle, pooled: Sequence[Row] | None = None
+) -> tuple[Any, list[Row]]:
     """The scree grid and the rows it plots: a panel per (model, target group), rows of
     models and columns of groups, a line per run (its variant and setting), one y axis
     for all. Points are shares ``s_k / ||M||_F`` at k = 1, 2, ...; the band, where the
     null ran, is the 95% range of the shares of random matched groups; bars are the
-    jackknife intervals that were logged."""
-    rows = figure_data.scree_rows(sweep)
-    models, groups = figure_data.models(sweep), figure_data.targets(sweep)
+    jackknife intervals that were logged. With ``pooled`` (``replicates.pooled_scree_rows``)
+    a line per replicate set: mean shares, bars their 95% t intervals, bands the mean
+    null band, ``n=`` in the label; those rows are returned."""
+    if pooled is None:
+        rows = figure_data.scree_rows(sweep)
+        models, groups = figure_data.models(sweep), figure_data.targets(sweep)
+    else:
+        returned = list(pooled)
+        rows = [replicate_data.as_drawn(r) for r in returned]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        groups = list(dict.fromkeys(r["group"] for r in rows))
     model_names = {r["model"]: r["model_display"] for r in rows}
     group_names = {r["group"]: r["group_display"] for r in rows}
     order = figure_data.variants(sweep)
@@ -206,18 +226,17 @@ def scree_figure(sweep: Sweep, style: FigureStyle) -> tuple[Any, list[Row]]:
     _shared_ylim(axes, rows, ["normalized", "null_share_q97.5", "normalized_interval_hi"])
     handles = [plt.Line2D([], [], color=colors[x], marker="o", label=x) for x in lines]
     if any(math.isfinite(r["null_share_q97.5"]) for r in rows):
-        handles.append(
-            plt.Rectangle((0, 0), 1, 1, color="0.85", label="random matched groups, 95% of shares")
-        )
+        band = "random matched groups, 95% of shares"
+        band += "" if pooled is None else " (mean band over replicates)"
+        handles.append(plt.Rectangle((0, 0), 1, 1, color="0.85", label=band))
     if any(math.isfinite(r["normalized_interval_hi"]) for r in rows):
+        interval = "95% jackknife interval" if pooled is None else replicate_data.INTERVAL_LABEL
         handles.append(
-            plt.Line2D(
-                [], [], color="0.3", marker="|", linestyle="none", label="95% jackknife interval"
-            )
+            plt.Line2D([], [], color="0.3", marker="|", linestyle="none", label=interval)
         )
     ncols = min(len(handles), 4)
     fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False)
-    return fig, rows
+    return fig, rows if pooled is None else returned
 
 
 def _shared_ylim(axes, rows: list[Row], columns: list[str]) -> None:
@@ -341,6 +360,8 @@ def _axis_panel(ax, rows: list[Row], colors: list, width_in: float) -> None:
 
 def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
     rows = figure_data.cross_model_spectra_rows(sweep)
+    if not rows:  # no group, variant and setting that two models share (e.g. zipped)
+        return
     panels = list(dict.fromkeys((r["group"], r["setting"]) for r in rows))
     models = list(dict.fromkeys(r["model"] for r in rows))
     shown = {r["model"]: r["model_display"] for r in rows}
@@ -387,6 +408,8 @@ def _cross_model_spectra(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
 
 def _cross_model_overlap(sweep: Sweep, stem: Path, style: FigureStyle) -> None:
     rows = figure_data.cross_model_overlap_rows(sweep, style.top_k)
+    if not rows:
+        return
     pairs = list(dict.fromkeys((r["model_a_display"], r["model_b_display"]) for r in rows))
     fig, axes = plt.subplots(
         len(pairs),
@@ -448,6 +471,7 @@ def _manifest(sweep: Sweep, repeats: Sequence[Repeat], folder: Path, style: Figu
             for r in repeat.left_out
         ],
         "style": {**asdict(style), "formats": list(style.formats)},
+        "pooled": replicate_data.manifest(sweep, style.replicates) if style.replicates else [],
         "files": sorted([p.name for p in folder.iterdir()] + [MANIFEST]),
         "kept": [],  # files of formats not drawn now, from earlier drawings (folder.draw_into)
     }

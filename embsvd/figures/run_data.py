@@ -19,11 +19,13 @@ import numpy as np
 
 from embsvd.checks.order import CyclicOrder, LinearOrder
 from embsvd.checks.run import ChecksResult
+from embsvd.io.augmented import multi_token_text
 from embsvd.method.analysis import AnalysisResult
 from embsvd.tracking.artifacts import NULL_QUANTILES, NULL_SHARE, PROJECTION_BINS, Table
-from embsvd.tracking.contract import LoggedRun, order_metrics
+from embsvd.tracking.contract import LoggedRun, Tag, order_metrics
 
 N_EXTREMES_LABELLED = 5  # tokens named at each end of the projection figure
+UNDERTRAINED_MARK = " †"  # after the label of a token flagged under-trained
 INTERVAL_SERIES = ("interval/singular_value_lo", "interval/singular_value_hi")
 # the CSV artifacts a run's figures are drawn from, with its metrics and INTERVAL_SERIES
 RUN_FIGURE_TABLES = (
@@ -124,12 +126,15 @@ def run_figure_data(
     projection = Projection(
         counts,
         edges,
-        members=tuple(
-            (float(result.projections[i, 0]), word)
-            for word, i in zip(result.target_words, result.target_ids, strict=True)
+        members=tuple(  # a multi-token member's mean row, its word marked (subwords=mean)
+            (float(row[0]), multi_token_text(word) if i >= len(result.projections) else word)
+            for word, i, row in zip(
+                result.target_words, result.target_ids, result.target_projections, strict=True
+            )
         ),
         extremes=tuple(
-            (float(t.projection), getattr(t, "text", None) or t.token)  # as people read it
+            # as people read it, marked where flagged under-trained (analysis.undertrained)
+            (float(t.projection), (getattr(t, "text", None) or t.token) + _mark(t.token_id, checks))
             for t in result.top_tokens
             if t.component == 0 and not t.in_group and t.rank <= N_EXTREMES_LABELLED
         ),
@@ -177,11 +182,16 @@ def logged_figure_data(run: LoggedRun, model_name: str) -> RunFigureData:
     projection = Projection(
         counts=np.array([int(r["count"]) for r in first]),
         edges=np.append(_floats(first, "bin_left"), float(first[-1]["bin_right"])),
-        members=tuple(
-            (float(r["projection_0"]), r["word"]) for r in run.table(Table.GROUP_PROJECTIONS)
+        members=tuple(  # a token id past the vocabulary's: a multi-token word's mean row
+            (float(r["projection_0"]), _member_label(r, run.tags.get(Tag.D_VOCAB)))
+            for r in run.table(Table.GROUP_PROJECTIONS)
         ),
         extremes=tuple(
-            (float(r["projection"]), r.get("text") or r["token"])
+            (
+                float(r["projection"]),
+                (r.get("text") or r["token"])
+                + (UNDERTRAINED_MARK if r.get("undertrained") == "true" else ""),
+            )
             for r in run.table(Table.TOP_TOKENS)
             if r["component"] == "0"
             and r["in_group"] != "true"
@@ -198,6 +208,12 @@ def logged_figure_data(run: LoggedRun, model_name: str) -> RunFigureData:
         projection=projection,
         order=_logged_order(run),
     )
+
+
+def _mark(token_id: int, checks: ChecksResult | None) -> str:
+    """``UNDERTRAINED_MARK`` for a token the checks found under-trained, else nothing."""
+    flagged = checks.undertrained if checks is not None else None
+    return UNDERTRAINED_MARK if flagged and token_id in flagged else ""
 
 
 def _floats(rows: Sequence[Mapping[str, str]], column: str) -> np.ndarray:
@@ -257,3 +273,10 @@ def order_title(cyclic: bool, n_members: int, stats: Mapping[str, float]) -> str
         f"{title}\npartial given norm, frequency {stats['partial_spearman']:.2f} "
         f"(p={stats['partial_spearman_p']:.2g})"
     )
+
+
+def _member_label(row: Mapping[str, str], d_vocab: str | None) -> str:
+    """A logged member's label: its word, marked where its token id is past the
+    vocabulary's ``d_vocab`` rows (a multi-token word's mean row, ``subwords=mean``)."""
+    virtual = d_vocab is not None and int(row["token_id"]) >= int(d_vocab)
+    return multi_token_text(row["word"]) if virtual else row["word"]

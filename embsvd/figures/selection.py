@@ -22,6 +22,7 @@ from typing import Any
 from embsvd.groups import default_display_name
 from embsvd.method.analysis import MEAN_CORR_VARIANTS, mean_corr_key
 from embsvd.tracking.contract import LoggedRun, Sweep, Tag, split_pair_metric
+from embsvd.tracking.replicates import is_replicate_param
 
 log = logging.getLogger(__name__)
 Row = dict[str, Any]
@@ -40,14 +41,15 @@ class Repeat:
         return f"{runs} -> {self.kept.name} (run {self.kept.run_id}), same {self.same}"
 
 
-def distinct_runs(sweep: Sweep) -> tuple[Sweep, tuple[Repeat, ...]]:
+def distinct_runs(sweep: Sweep, warn: bool = True) -> tuple[Sweep, tuple[Repeat, ...]]:
     """The sweep with one run per configuration, the latest (the last in the selection's
     order: job order for a sweep, start time for a filter), and the runs left out.
 
     A configuration is the run's ``embsvd.config_hash``; a run logged without one is the
     same configuration as another of its model, group and variant. Repeats would draw
     one spectrum twice into a line that runs back to component 1, or a panel twice;
-    they are named in a warning (logged here) and in ``sweep.json``."""
+    they are named in a warning (logged here unless ``warn`` is false) and in
+    ``sweep.json``."""
     latest: dict[Hashable, LoggedRun] = {}
     for run in sweep.runs:
         latest[_configuration(run)] = run
@@ -58,7 +60,7 @@ def distinct_runs(sweep: Sweep) -> tuple[Sweep, tuple[Repeat, ...]]:
         if left_out:
             same = f"config hash {key[1][:8]}" if key[0] == "hash" else "model, group and variant"
             repeats.append(Repeat(run, left_out, same))
-    if repeats:
+    if repeats and warn:
         log.warning(
             "figures: %d runs repeat the configuration of a later run of the selection and "
             "are left out (one line, panel and table per configuration): %s",
@@ -110,18 +112,22 @@ def overrides_of(run: LoggedRun) -> dict[str, str]:
     return found
 
 
-def _settings(run: LoggedRun) -> dict[str, str]:
+def _settings(run: LoggedRun, ignore: Sequence[str] = ()) -> dict[str, str]:
     return {
         key: value
         for key, value in overrides_of(run).items()
         if key not in SLOT_KEYS
         and not key.startswith(SLOT_PREFIXES)
         and not key.endswith(SLOT_SUFFIXES)
+        and not is_replicate_param(key, ignore)
     }
 
 
 def setting_labels(
-    runs: Sequence[LoggedRun], slot: Callable[[LoggedRun], Hashable], by_hash: bool = True
+    runs: Sequence[LoggedRun],
+    slot: Callable[[LoggedRun], Hashable],
+    by_hash: bool = True,
+    ignore: Sequence[str] = (),
 ) -> dict[str, str]:
     """Run id -> what sets the run apart from the other runs of its ``slot`` (the runs one
     line, panel or heatmap would otherwise mix): the overrides whose values differ
@@ -130,13 +136,15 @@ def setting_labels(
     With ``by_hash``, runs whose overrides agree are told apart by their config hash
     (``config 1a2b3c4d``): a slot of one model, group and variant holds one configuration
     per run (``distinct_runs``), whatever the overrides show; a heatmap's slot holds runs
-    of many targets and centerings, which share a heatmap where their overrides agree."""
+    of many targets and centerings, which share a heatmap where their overrides agree.
+    Overrides of the replicate keys ``ignore`` (and under them) never set runs apart:
+    pooled replicates are one configuration (``figures.replicates``)."""
     labels: dict[str, str] = {}
     slots: dict[Hashable, list[LoggedRun]] = {}
     for run in runs:
         slots.setdefault(slot(run), []).append(run)
     for members in slots.values():
-        settings = {run.run_id: _settings(run) for run in members}
+        settings = {run.run_id: _settings(run, ignore) for run in members}
         keys = dict.fromkeys(k for s in settings.values() for k in sorted(s))
         differ = [k for k in keys if len({s.get(k) for s in settings.values()}) > 1]
         for run in members:

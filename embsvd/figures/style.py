@@ -57,7 +57,8 @@ RUN_RC = {  # small paper-like figures; the colour cycle is run_figures' (seabor
 class FigureStyle:
     """How the figure set is drawn: widths in inches (defaults: a two-column paper's
     column and text widths), formats, PNG resolution, the significance level marked on
-    the correlation heatmaps and the tokens per end in tables and overlaps."""
+    the correlation heatmaps, the tokens per end in tables and overlaps, and the
+    replicate keys whose runs are pooled (``figures.replicates``; none: one per run)."""
 
     column_width: float = 3.25
     text_width: float = 6.75
@@ -65,3 +66,4 @@ class FigureStyle:
     dpi: int = 300
     alpha: float = 0.05
     top_k: int = 10
+    replicates: tuple[str, ...] = ()

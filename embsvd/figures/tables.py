@@ -2,7 +2,8 @@
 
 One table per run (model, group, variant): a row per rank, and for each component
 (numbered from 1) the tokens at its positive and negative end. The group's own tokens are
-set in bold. Tokens are shown as people read them (a row's ``text``, from
+set in bold; tokens flagged under-trained (``embsvd.io.undertrained``) carry a ``†``.
+Tokens are shown as people read them (a row's ``text``, from
 ``embsvd.io.display``: ``␣`` for a space, ``\\n`` for a newline; see docs/contract.md);
 rows without it, from runs logged before ``top_tokens.csv`` had a ``text`` column, show
 the raw ``token``. The CSV beside these tables keeps both.
@@ -51,7 +52,7 @@ def markdown_tables(rows: Sequence[Row], top_k: int) -> str:
     out = [f"# Top {top_k} tokens at each end of each component\n"]
     out.append(
         "Tokens of the group itself are **bold**; `+`/`−`: the axis' two ends; "
-        "`␣`: a space (a token that starts a word).\n"
+        "`␣`: a space (a token that starts a word); †: flagged under-trained.\n"
     )
     for (model, group, variant), cells in _tables(rows):
         components, n_ranks = _shape(cells)
@@ -75,6 +76,7 @@ def _markdown_token(row: Row | None) -> str:
     text = shown(row).replace("|", "\\|")
     fence = "``" if "`" in text else "`"
     span = f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
+    span = f"{span}†" if row.get("undertrained") else span
     return f"**{span}**" if row["in_group"] else span
 
 
@@ -84,7 +86,8 @@ def latex_tables(rows: Sequence[Row], top_k: int) -> str:
     ``\\usepackage[T1]{fontenc}``)."""
     out = [
         f"% Top {top_k} tokens at each end of each component; bold: tokens of the group;",
-        "% \\textvisiblespace{}: a space (a token that starts a word).",
+        "% \\textvisiblespace{}: a space (a token that starts a word);",
+        "% $^\\dagger$: a token flagged under-trained.",
         "% Requires \\usepackage{booktabs}.",
         "",
     ]
@@ -125,6 +128,7 @@ def _latex_token(row: Row | None) -> str:
     if row is None:
         return ""
     token = f"\\texttt{{{latex_escape(shown(row))}}}"
+    token = f"{token}$^\\dagger$" if row.get("undertrained") else token
     return f"\\textbf{{{token}}}" if row["in_group"] else token
 
 

@@ -1,5 +1,6 @@
-"""Files kept between runs (widened matrices, GGUF conversions, the global SVD), written
-atomically and checked before use.
+"""Files kept between runs (GGUF conversions, the global SVD, whitening), written
+atomically, checked before use, and computed once per cache even when several processes
+(a cluster's jobs, on several nodes) ask at the same moment (``exclusive``).
 
 Every entry ``<file>`` has a checksum record ``<file>.checksum`` beside it (its size, the
 SHA-256 of its first MiB and of all of it), written before the entry is renamed into
@@ -11,21 +12,97 @@ edited or bit-flipped entry is rebuilt, with a warning naming it, instead of ana
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
 RECORD_SUFFIX = ".checksum"
 HEAD_BYTES = 1 << 20  # what every open hashes: the .npy header and the first rows
 READ_BYTES = 1 << 24
+
+LOCK_SUFFIX = ".lock"
+LOCK_POLL_S = 0.2
+LOCK_TIMEOUT_S = 3600.0  # a conversion of a 256k-token vocabulary takes minutes, not hours
+
+
+def lock_file(entry: Path) -> Path:
+    """The lock of ``entry``: ``<entry>.lock`` beside it."""
+    return entry.with_name(entry.name + LOCK_SUFFIX)
+
+
+@contextmanager
+def exclusive(
+    entry: Path,
+    doing: str,
+    timeout_s: float = LOCK_TIMEOUT_S,
+    report: Callable[[str], None] = log.info,
+) -> Iterator[bool]:
+    """Hold ``<entry>.lock`` while the block runs, so that one process computes ``entry``
+    and the others wait for it, then read what it wrote. Yields whether this process had
+    to wait (then the entry is likely there: check it again before computing).
+
+    The lock is ``flock`` on the lock file: per open file, so two holders in one process
+    exclude each other too (POSIX ``lockf`` locks do not, and closing any descriptor of
+    the file drops them). On NFS, Linux clients carry ``flock`` to the server as a byte-
+    range lock (NLM or NFSv4), so jobs on several nodes exclude each other. The kernel or
+    the NFS server releases it when its holder exits, however it ends, so a crashed
+    computation leaves nothing to clean up; the lock file itself stays (tiny, and removing
+    it would let two processes lock two different files). The holder writes its pid and
+    host into it, for the message of a process that waits.
+
+    Raises:
+        TimeoutError: the lock was not free within ``timeout_s``; naming what is being
+            done, the lock and the process that holds it.
+    """
+    lock = lock_file(entry)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as handle:
+        started = time.monotonic()
+        waited = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _lock_holder(handle)
+                if not waited:
+                    report(f"waiting for {holder}, which is {doing}")
+                    waited = True
+                if time.monotonic() - started > timeout_s:
+                    raise TimeoutError(
+                        f"waited {timeout_s:.0f} s for {holder}, which is {doing}; it still "
+                        f"holds the lock {lock}. If it is still working (a large vocabulary "
+                        "takes minutes), run again later; if it hangs, end it: its lock is "
+                        "released when it exits"
+                    ) from None
+                time.sleep(LOCK_POLL_S)
+        try:
+            if waited:
+                report(f"waited {time.monotonic() - started:.1f} s for {holder}")
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} on {socket.gethostname()}")
+            handle.flush()
+            yield waited
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_holder(handle: Any) -> str:
+    handle.seek(0)
+    return handle.read().strip() or "another process"
+
 
 # entry -> its stat stamp when this process last hashed it whole and found it intact
 _verified: dict[str, tuple[int, ...]] = {}

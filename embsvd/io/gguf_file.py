@@ -18,7 +18,7 @@ entry. The tokenizer is built from the file's metadata alone: the other files of
 folder are never read, and no code from a checkpoint is ever run.
 
 A conversion takes about a minute for SmolLM2, so it happens once per machine: the
-process that converts holds ``<cache_dir>/gguf/<sha256>.lock`` (``fcntl.flock``), and
+process that converts holds ``<cache_dir>/gguf/<sha256>.lock`` (``io.cache.exclusive``), and
 parallel workers that start together wait for it, then read its entry. Each step says on
 stderr what it is doing, and the conversion how long each took: a silent minute looks
 like a hang.
@@ -27,11 +27,8 @@ like a hang.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -42,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.io.cache import intact, seal
+from embsvd.io.cache import exclusive, intact, seal
 from embsvd.io.spec import TokenMatrix
 from embsvd.io.weights import file_sha256
 
@@ -55,8 +52,6 @@ INTEGER_TYPES = {"I8", "I16", "I32", "I64"}
 # How long a process waits for another one's conversion: minutes for a large vocabulary,
 # so only a process that hangs makes a waiter give up.
 LOCK_TIMEOUT_S = 1800.0
-LOCK_POLL_S = 0.05
-LOCK_SUFFIX = ".lock"
 
 
 def report_to_stderr(line: str) -> None:
@@ -127,55 +122,19 @@ def conversion_lock(
     timeout_s: float = LOCK_TIMEOUT_S,
     report: Callable[[str], None] = report_to_stderr,
 ) -> Iterator[None]:
-    """Hold ``<entry>.lock`` (an exclusive ``flock``) while the block runs, so that one
-    process of a machine converts ``file`` and the others wait, then reuse its entry.
-
-    The kernel releases the lock when its holder exits, however it ends, so a crashed
-    conversion leaves nothing to clean up; the lock file itself stays (tiny, and removing
-    it would let two processes lock two different files). The holder writes its pid and
-    host into it, for the message of a process that waits.
+    """Hold ``<entry>.lock`` (``embsvd.io.cache.exclusive``) while the block runs, so that
+    one process of a machine, or of a cluster sharing the cache over NFS, converts
+    ``file`` and the others wait, then reuse its entry.
 
     Raises:
         TimeoutError: the lock was not free within ``timeout_s``; naming the file, the
             lock and the process that holds it.
     """
-    lock = entry.with_name(entry.name + LOCK_SUFFIX)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a+") as handle:
-        started = time.monotonic()
-        waited = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = _lock_holder(handle)
-                if not waited:
-                    report(f"waiting for {holder}, which is converting {file.name} into {entry}")
-                    waited = True
-                if time.monotonic() - started > timeout_s:
-                    raise TimeoutError(
-                        f"model.gguf_file: waited {timeout_s:.0f} s for {holder} to convert "
-                        f"{file} into {entry}; it still holds the lock {lock}. If it is still "
-                        "working (a large vocabulary takes minutes), run again later; if it "
-                        "hangs, end it: its lock is released when it exits"
-                    ) from None
-                time.sleep(LOCK_POLL_S)
-        try:
-            if waited:
-                report(f"waited {_since(started)} for the conversion of {file.name}")
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()} on {socket.gethostname()}")
-            handle.flush()
+    try:
+        with exclusive(entry, f"converting {file.name} into {entry}", timeout_s, report):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _lock_holder(handle: Any) -> str:
-    handle.seek(0)
-    return handle.read().strip() or "another process"
+    except TimeoutError as error:
+        raise TimeoutError(f"model.gguf_file: {error}") from None
 
 
 def _since(started: float) -> str:

@@ -57,6 +57,9 @@ class CheckpointSpec:
         display_name: How figures and tables name the model (``all-MiniLM-L6-v2``);
             ``None``: the Hub repository's name for a ``hub_id``, else ``name``. Changes
             no number, so it is not part of the config hash.
+        steps: The training order of the revisions a sweep over ``model.revision``
+            compares (``[step0, step1000, step143000]``); ``None``: the order their
+            ``stepN`` names give. Changes no number, so it is not part of the config hash.
     """
 
     name: str
@@ -71,6 +74,7 @@ class CheckpointSpec:
     output_key: str | None = None
     allow_pickle: bool = False
     display_name: str | None = None
+    steps: list[str] | None = None
 
     @property
     def display(self) -> str:

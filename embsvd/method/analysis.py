@@ -155,6 +155,18 @@ class AnalysisResult:
     row_cosine: np.ndarray  # (n, n)
     # the axes asked for; more than projected where the group's rank has fewer
     n_components_requested: int | None = None
+    # the target's own rows on the axes, (n, n_components), where some are virtual (a
+    # multi-token word's mean row, ``embsvd.io.augmented``) and so not in ``projections``
+    target_projection_rows: np.ndarray | None = None
+
+    @property
+    def target_projections(self) -> np.ndarray:
+        """The target's tokens on the axes, ``(n, n_components)``, in ``target_ids``
+        order; a multi-token member's mean row included (``projections`` covers the real
+        vocabulary only)."""
+        if self.target_projection_rows is not None:
+            return self.target_projection_rows
+        return self.projections[list(self.target_ids)]
 
     @property
     def n_components(self) -> int:
@@ -371,4 +383,23 @@ def analyze(
         top_tokens=extreme_tokens(projections, vocab, ids[target], top_k),
         row_cosine=row_cosine(W[ids[target]], center),
         n_components_requested=n_components,
+        target_projection_rows=_virtual_projections(W, ids[target], target_svd, projections),
     )
+
+
+def _virtual_projections(
+    W: Any, ids: Sequence[int], svd: GroupSVD, projections: np.ndarray
+) -> np.ndarray | None:
+    """The target's rows on the axes where some ids are virtual (at or past
+    ``len(projections)``: multi-token words' mean rows): read from ``projections`` for
+    real ids, projected here for virtual ones; ``None`` where all are real."""
+    ids = np.asarray(ids, dtype=np.intp)
+    virtual = ids >= len(projections)
+    if not virtual.any():
+        return None
+    axes = svd.Vt[: projections.shape[1]].T
+    found = np.empty((len(ids), projections.shape[1]))
+    found[~virtual] = projections[ids[~virtual]]
+    rows = np.asarray(W[ids[virtual]], dtype=np.float64)
+    found[virtual] = rows @ axes - svd.offset @ axes
+    return found

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from embsvd.io.cache import intact, written_with_checksum
+from embsvd.io.cache import exclusive, intact, written_with_checksum
 from embsvd.io.rows import UnitRows, block_rows_for, release_rows, row_blocks
 from embsvd.method.svd import svd_flip
 
@@ -457,13 +457,17 @@ def _cached(
     if remembered is not None and remembered[:2] == (_stamp(cache_file), key):
         memory.move_to_end(str(cache_file))
         return remembered[2]
-    result = None
-    if intact(cache_file):
-        result = _load_npz(cache_file, key, load)
+    result = _load_npz(cache_file, key, load) if intact(cache_file) else None
     if result is None:
-        result = compute()
-        with written_with_checksum(cache_file) as stream:
-            np.savez(stream, **save(result), **key)
+        # one process computes (minutes on a large vocabulary); the jobs of a sweep that
+        # start together, on this machine or another node sharing the cache, wait for it
+        with exclusive(cache_file, f"computing {cache_file.name} in {cache_file.parent}"):
+            if intact(cache_file):
+                result = _load_npz(cache_file, key, load)
+            if result is None:
+                result = compute()
+                with written_with_checksum(cache_file) as stream:
+                    np.savez(stream, **save(result), **key)
     memory[str(cache_file)] = (_stamp(cache_file), key, result)
     memory.move_to_end(str(cache_file))
     while len(memory) > MEMORY_ENTRIES:

@@ -3,9 +3,12 @@
     embsvd run [HYDRA ARGS]          = python experiments/run.py [HYDRA ARGS] (-m: a sweep)
     embsvd figures [HYDRA ARGS]      = python experiments/figures.py [HYDRA ARGS]
     embsvd sweeps                    the store's sweeps, newest first, with their runs counted
-    embsvd export SWEEP [--format csv|parquet] [--output FILE]
-                                     every run of a sweep as one table (metrics, params, tags)
+    embsvd export SWEEP [--format csv|parquet] [--output FILE] [--replicates KEY,...]
+                                     every run of a sweep as one table (metrics, params, tags);
+                                     with --replicates a row per configuration (mean, lo, hi, n)
     embsvd ui [--port PORT]          the MLflow UI on the store, at 127.0.0.1
+    embsvd server [OPTIONS]          a shared MLflow server: database store, proxied
+                                     artifacts, basic auth (embsvd/pipeline/server.py)
     embsvd runs reconcile            close runs whose process is gone; replay refused writes
     python -m embsvd.pipeline.cli ...   (the same, without the script)
 
@@ -28,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from embsvd import tracking
-from embsvd.pipeline import app
+from embsvd.pipeline import app, server
 from embsvd.pipeline.report import SERVER_SCHEMES, mlflow_ui_command
 from embsvd.pipeline.secrets import redact_text
 
@@ -61,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
         "config groups; docs/sweeps.md#command-line has examples.",
     )
     groups = top.add_subparsers(
-        dest="group", required=True, metavar="{run,figures,sweeps,export,ui,runs}"
+        dest="group", required=True, metavar="{run,figures,sweeps,export,ui,server,runs}"
     )
     for name, hydra_app in app.APPS.items():  # listed here; main() hands them to Hydra
         groups.add_parser(
@@ -112,6 +115,15 @@ def parser() -> argparse.ArgumentParser:
         help="where to write (default: <sweep id>.<format> in the working directory; "
         "'-': CSV to stdout)",
     )
+    export.add_argument(
+        "--replicates",
+        action="append",
+        default=[],
+        metavar="KEY[,KEY...]",
+        help="pool the FINISHED runs that differ only in these params (e.g. "
+        "analysis.random_state): one row per configuration, each metric as "
+        "metrics.<key>.mean, .lo, .hi (95%% t interval) and .n; repeatable",
+    )
     export.set_defaults(command=export_command)
 
     ui = groups.add_parser(
@@ -128,6 +140,8 @@ def parser() -> argparse.ArgumentParser:
         "mlflow_options", nargs="*", metavar="OPTION", help="after --: options of `mlflow ui`"
     )
     ui.set_defaults(command=ui_command)
+
+    server_parser(groups)
 
     runs = groups.add_parser("runs", help="the runs of a tracking store: reconcile")
     actions = runs.add_subparsers(dest="action", required=True, metavar="{reconcile}")
@@ -270,6 +284,8 @@ def export_command(args: argparse.Namespace) -> int:
     except ValueError as error:  # no such sweep: the message lists the latest ones
         raise CommandError(str(error)) from error
     frame = table.frame
+    if args.replicates:
+        return export_pooled(args, table, file_format)
     counted = {
         p: sum(c.startswith(f"{p}.") for c in frame.columns) for p in tracking.COLUMN_PREFIXES
     }
@@ -298,6 +314,33 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_pooled(args: argparse.Namespace, table: tracking.SweepTable, file_format: str) -> int:
+    """``embsvd export --replicates``: the sweep's configurations, replicates pooled."""
+    keys = [key.strip() for given in args.replicates for key in given.split(",") if key.strip()]
+    try:
+        pooled = tracking.pooled_table(table, keys)
+    except ValueError as error:  # a key no run logged, repeats: the message names them
+        raise CommandError(str(error)) from error
+    sizes = sorted({int(n) for n in pooled.frame["n"]})
+    summary = (
+        f"{plural(len(pooled.frame), 'configuration')} of sweep {table.sweep.describe()}, "
+        f"{plural(pooled.n_runs, 'FINISHED run')} pooled over {', '.join(pooled.keys)} "
+        f"(n={', '.join(map(str, sizes))})"
+        + (f"; left out: {', '.join(pooled.left_out)}" if pooled.left_out else "")
+    )
+    if args.output == "-":
+        pooled.frame.to_csv(sys.stdout, index=False)
+        sys.stdout.flush()
+        print(summary, file=sys.stderr)
+        return 0
+    output = Path(args.output or f"{table.sweep.label}.replicates.{file_format}")
+    if output.is_dir() or not output.parent.resolve().is_dir():
+        raise CommandError(f"--output {output}: name a file in an existing folder")
+    tracking.write_table(pooled.frame, output, file_format)
+    print(f"{output}: {summary}")
+    return 0
+
+
 def ui_command(args: argparse.Namespace) -> int:
     uri = store_uri(args)
     if uri.startswith(SERVER_SCHEMES):
@@ -308,7 +351,7 @@ def ui_command(args: argparse.Namespace) -> int:
             "the UI listens on 127.0.0.1 only: it has no login, and whoever reaches it can "
             "change and delete runs. Reach it from elsewhere through SSH (ssh -N -L "
             "5000:127.0.0.1:5000 <host>), or serve the store with a password "
-            "(docs/sweeps.md#on-a-slurm-cluster)"
+            "(embsvd server: docs/sweeps.md#a-shared-tracking-server)"
         )
     options = list(args.mlflow_options)
     print(f"MLflow UI on {redact_text(uri)}: http://127.0.0.1:{args.port} (Ctrl-C stops it)")
@@ -317,6 +360,51 @@ def ui_command(args: argparse.Namespace) -> int:
     sys.stderr.flush()
     command = ui_argv(uri, args.port) + options
     os.execv(command[0], command)  # the UI takes this process: Ctrl-C and kill reach it
+    return 0  # not reached
+
+
+def server_parser(groups: argparse._SubParsersAction) -> None:
+    serve = groups.add_parser(
+        "server",
+        help="a shared MLflow server: a database store, proxied artifacts, basic auth",
+        description="Start `mlflow server` the way a lab runs one: the backend store in a "
+        "database (PostgreSQL), artifacts proxied from one folder (workers need no access to "
+        "it), MLflow's basic-auth app with the admin's password from "
+        "EMBSVD_SERVER_ADMIN_PASSWORD. Each option defaults to EMBSVD_SERVER_<OPTION> in the "
+        "environment (e.g. EMBSVD_SERVER_BACKEND_URI), then to the value shown. "
+        "docs/sweeps.md#a-shared-tracking-server has the recipe.",
+    )
+    serve.add_argument("--backend-uri", help="postgresql://user:password@host:port/database")
+    serve.add_argument("--artifacts", help="artifact folder (default: mlruns/server-artifacts)")
+    serve.add_argument("--state", help="auth config and users' database (default: mlruns/server)")
+    serve.add_argument("--host", help="default: 127.0.0.1 (0.0.0.0: every interface)")
+    serve.add_argument("--port", help=f"default: {server.DEFAULT_PORT}")
+    serve.add_argument("--workers", help=f"default: {server.DEFAULT_WORKERS}")
+    serve.add_argument("--allowed-hosts", help="names clients use (MLflow checks Host)")
+    serve.add_argument(
+        "--auth-cache-s",
+        help=f"seconds a verified login is remembered (default: {server.DEFAULT_AUTH_CACHE_S})",
+    )
+    serve.set_defaults(command=server_command)
+
+
+def server_command(args: argparse.Namespace) -> int:
+    options = {
+        key: getattr(args, key)
+        for key in ("backend_uri", "artifacts", "state", "host", "port", "workers")
+    }
+    options["allowed_hosts"] = args.allowed_hosts
+    options["auth_cache_s"] = args.auth_cache_s
+    try:
+        settings = server.settings_from(options, os.environ, app.find_project() or Path.cwd())
+    except server.ServerSettingsError as error:
+        raise CommandError(str(error)) from error
+    environment = {**os.environ, **server.prepare_state(settings)}
+    for line in server.describe(settings):
+        print(line)
+    sys.stdout.flush()
+    command = server.server_argv(settings)
+    os.execve(command[0], command, environment)  # Ctrl-C and kill reach the server itself
     return 0  # not reached
 
 

@@ -4,17 +4,19 @@ with one job that cannot run is refused whole, before its parent run opens.
 Under embsvd's sweeper (``hydra/sweeper=embsvd``, the default) a sweep also pays Hydra's
 composition once per choice of config groups: the jobs that differ only in plain values
 are derived from that composition by Hydra's own override parsing and application
-(``ComposeOnce.derive``)."""
+(``ComposeOnce.derive``). Its ``zip`` option pairs swept keys position by position instead
+of crossing them (``zipped_jobs``)."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import pickle
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import uuid4
@@ -368,15 +370,109 @@ EMBSVD_SWEEPER = "hydra_plugins.embsvd_sweeper.embsvd_sweeper.EmbsvdSweeper"
 def sweep_jobs(config: DictConfig, loader: Any) -> list[list[str]] | None:
     """Every job's overrides, expanded as Hydra's basic sweeper expands them (the sweep
     params of the config, then the command line's overrides) for it and for embsvd's
-    sweeper; ``None`` for another sweeper, which may choose its jobs as results come in."""
-    if config.hydra.sweeper.get("_target_") not in (BASIC_SWEEPER, EMBSVD_SWEEPER):
+    sweeper (whose ``zip`` groups are paired: ``zipped_jobs``); ``None`` for another
+    sweeper, which may choose its jobs as results come in.
+
+    Raises:
+        SweepRefused: a ``hydra.sweeper.zip`` group that cannot be paired."""
+    sweeper = config.hydra.sweeper.get("_target_")
+    if sweeper not in (BASIC_SWEEPER, EMBSVD_SWEEPER):
         return None
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()]
     arguments += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    [jobs] = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+    zipped = config.hydra.sweeper.get("zip") if sweeper == EMBSVD_SWEEPER else None
+    [jobs] = zipped_jobs(overrides, zipped, max_batch_size=None)
     return jobs
+
+
+ZIP = "hydra.sweeper.zip"  # embsvd's sweeper: groups of keys swept in step
+
+
+def zipped_jobs(
+    overrides: list[Override], zipped: Sequence[Sequence[str]] | None, max_batch_size: int | None
+) -> list[list[list[str]]]:
+    """The jobs of ``overrides`` in batches, as ``BasicSweeper.split_arguments`` makes
+    them (the Cartesian product of every key's values, each job's overrides in the order
+    their keys came), except that the keys of each group of ``zipped`` take their values
+    position by position: ``model=a,b model.revision=x,y`` zipped are 2 jobs (a with x,
+    b with y), not 4. A group counts once in the product, where the first of its keys came.
+
+    Raises:
+        SweepRefused: a group with fewer than 2 keys, a key in two groups or in none of
+            the overrides, or keys of one group with different numbers of values (naming
+            the keys, their numbers and values).
+    """
+    if not zipped:
+        return BasicSweeper.split_arguments(overrides, max_batch_size)
+    lines: dict[str, list[str]] = {}  # each key's overrides, one per value, as Hydra's
+    names: dict[str, str] = {}  # key as a zip group names it (no +, ~, @package) -> key
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():  # Hydra's own refusal: its message
+                return BasicSweeper.split_arguments(overrides, max_batch_size)
+            lines[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            lines[key] = [f"{key}={override.get_value_element_as_str()}"]
+        names.setdefault(override.key_or_group, key)
+        names.setdefault(key, key)
+    groups = _zip_groups(zipped, names, lines)
+    group_of = {key: group for group in groups for key in group}
+    placed: set[tuple[str, ...]] = set()
+    factors = []  # each a list of choices, a choice {key: override}
+    for key in lines:
+        if key not in group_of:
+            factors.append([{key: line} for line in lines[key]])
+        elif group_of[key] not in placed:
+            group = group_of[key]
+            placed.add(group)
+            paired = zip(*(lines[k] for k in group), strict=True)
+            factors.append([dict(zip(group, row, strict=True)) for row in paired])
+    jobs = []
+    for choices in itertools.product(*factors):
+        chosen = {k: line for choice in choices for k, line in choice.items()}
+        jobs.append([chosen[key] for key in lines])
+    if max_batch_size is None:
+        return [jobs]
+    return [jobs[i : i + max_batch_size] for i in range(0, len(jobs), max_batch_size)]
+
+
+def _zip_groups(
+    zipped: Sequence[Sequence[str]], names: dict[str, str], lines: dict[str, list[str]]
+) -> list[tuple[str, ...]]:
+    """The zip groups as the overrides' keys, checked (see ``zipped_jobs``)."""
+    groups, seen = [], set()
+    for given in zipped:
+        if isinstance(given, str) or len(given) < 2:
+            raise SweepRefused(
+                f"{ZIP}: {given!r} is not a group of keys; give lists of 2 or more keys "
+                f"swept in step, e.g. {ZIP}=[[model,model.revision]]"
+            )
+        group = []
+        for name in given:
+            if name not in names:
+                raise SweepRefused(
+                    f"{ZIP}: {name} is not swept (neither hydra.sweeper.params nor the "
+                    f"command line sets it); sweep it alongside, e.g. {name}=a,b"
+                )
+            if names[name] in seen:
+                raise SweepRefused(f"{ZIP}: {name} is in two groups; name each key once")
+            seen.add(names[name])
+            group.append(names[name])
+        counts = {key: len(lines[key]) for key in group}
+        if len(set(counts.values())) > 1:
+            each = ", ".join(
+                f"{key} has {n} ({','.join(v.partition('=')[2] for v in lines[key])})"
+                for key, n in counts.items()
+            )
+            raise SweepRefused(
+                f"{ZIP}: [{', '.join(given)}] pairs values position by position, but {each}; "
+                "give every key of the group as many values"
+            )
+        groups.append(tuple(group))
+    return groups
 
 
 def _reason(error: Exception) -> str:

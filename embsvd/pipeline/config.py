@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -30,15 +31,18 @@ from omegaconf import MISSING, Container, DictConfig, OmegaConf
 
 from embsvd.checks.matching import NullMatch
 from embsvd.checks.run import ChecksConfig
+from embsvd.checks.trajectory import check_steps
 from embsvd.figures.style import FigureFormat
 from embsvd.groups import (
     FORMS,
     ORDERS,
+    Form,
     GroupSpec,
     check_group_name,
     check_group_spec,
 )
 from embsvd.io.spec import MATRICES, CheckpointSpec
+from embsvd.method.concepts import ConceptSpec, check_concepts
 from embsvd.method.geometry import Geometry
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.secrets import is_secret_key, redact_config, secret_key_message
@@ -54,6 +58,9 @@ class AnalysisConfig:
     # per-run figures: true (drawn with each run), false (none) or deferred (none now;
     # `embsvd figures` draws them later from the run's tables and logs them to it)
     figures: bool | str = True
+    # the vocabulary explorer, with the per-run figures (none where figures=false): every
+    # token's projections (explorer/vocabulary_projections.csv) and explorer.html
+    explorer: bool = True
     # cpu: numpy; cuda, cuda:<n> or mps: torch on that device for the SVDs and the projection
     device: str = "cpu"
     random_state: int = 0  # seeds every random draw of the checks below
@@ -74,6 +81,9 @@ class AnalysisConfig:
     normalize_rows: bool = False  # unit-norm embeddings before anything else
     n_global: int = 50  # top components of the whole vocabulary to compare with (0: off)
     order: bool = True  # test the declared order of a linear or cyclic target group
+    # under-trained tokens (docs/undertrained.md): found once per checkpoint, left out of
+    # the null's pools and marked among the extremes
+    undertrained: bool = True
 
 
 @dataclass
@@ -91,6 +101,19 @@ class TrackingConfig:
 
 
 @dataclass
+class NumbersConfig:
+    """``numbers``: Fourier power of the integer tokens over their order
+    (``embsvd.checks.numbers``, docs/numbers.md); rides along with the run's target."""
+
+    enabled: bool = False
+    # the integers 0..max_value are tried; N is the run from 0 the tokenizer keeps whole
+    max_value: int = 999
+    form: Form = Form.auto  # which token an integer maps to, as a group's form
+    periods: list[int] = field(default_factory=lambda: [2, 5, 10])
+    n_null: int = 1000  # draws of each null (order permuted; frequency-only)
+
+
+@dataclass
 class EmbsvdConfig:
     """The whole config of one job."""
 
@@ -103,6 +126,11 @@ class EmbsvdConfig:
     group_files: list[str] = field(default_factory=list)
     # converted checkpoint data (GGUF); None: $EMBSVD_CACHE_DIR or ~/.cache/embsvd
     cache_dir: str | None = None
+    numbers: NumbersConfig = field(default_factory=NumbersConfig)  # number structure
+    # concept axes (conf/concepts/, docs/concepts.md): the configured concepts, and the
+    # one this run analyses beside its target (None: none, and nothing is computed)
+    concepts: dict[str, ConceptSpec] = field(default_factory=dict)
+    concept: str | None = None
 
 
 @dataclass
@@ -135,6 +163,9 @@ class FiguresConfig:
     )
     dpi: int = 300  # of the PNG files
     log_to_parent: bool = True  # also log the figure set to the sweep's parent run
+    # param keys whose runs, otherwise alike, are pooled as replicates (mean, 95% t
+    # interval, n), e.g. [analysis.random_state]; none: one line per run
+    replicates: list[str] = field(default_factory=list)
 
 
 # --- checks that composition cannot make -----------------------------------------------------
@@ -215,6 +246,8 @@ def validate(settings: EmbsvdConfig) -> None:
     _check_model(settings.model)
     _check_analysis(settings.analysis)
     _check_rank(settings)
+    _check_numbers(settings.numbers)
+    check_concepts(settings.concepts, settings.concept)  # concept axes
 
 
 def _check_groups(groups: dict[str, GroupSpec]) -> None:
@@ -251,6 +284,42 @@ def _check_rank(settings: EmbsvdConfig) -> None:
         )
 
 
+# Caps no real use comes near: every integer tried is one tokenizer call, every null draw
+# a Fourier transform of the N x d_model rows
+MAX_NUMBER = 100_000
+MAX_NUMBERS_NULL = 100_000
+
+
+def _check_numbers(numbers: NumbersConfig) -> None:
+    """``numbers.*``: the integers tried, the periods (each with a Fourier bin at the
+    length ``numbers.max_value + 1``), the draws of the nulls and the token form."""
+    if not 1 <= numbers.max_value <= MAX_NUMBER:
+        raise ValueError(
+            f"numbers.max_value: the integers 0..max_value are tried, so between 1 and "
+            f"{MAX_NUMBER}; got {numbers.max_value}"
+        )
+    periods = list(numbers.periods)
+    if not periods or any(p < 2 for p in periods) or len(set(periods)) < len(periods):
+        raise ValueError(
+            f"numbers.periods: {periods} must be distinct periods of at least 2 (period 1 "
+            "is the constant), e.g. [2,5,10]"
+        )
+    step = math.lcm(*periods)
+    if step > numbers.max_value + 1:
+        raise ValueError(
+            f"numbers.periods: {periods} need at least lcm = {step} integers for every "
+            f"period to have a Fourier bin, but numbers.max_value={numbers.max_value} tries "
+            f"{numbers.max_value + 1}; raise numbers.max_value to {step - 1} or more, or "
+            "drop a period"
+        )
+    if not 2 <= numbers.n_null <= MAX_NUMBERS_NULL:
+        raise ValueError(
+            f"numbers.n_null: draws of each null, between 2 and {MAX_NUMBERS_NULL}; got "
+            f"{numbers.n_null}"
+        )
+    _check_choice("numbers.form", numbers.form, FORMS)
+
+
 def _check_target(settings: EmbsvdConfig) -> None:
     target, groups = settings.target, settings.groups
     if target in groups and not groups[target].words:
@@ -272,6 +341,7 @@ def _check_model(model: CheckpointSpec) -> None:
     model.check_source()
     check_display_name("model.display_name", model.display_name)
     _check_choice("model.matrix", model.matrix, MATRICES)
+    check_steps(model)  # trajectories across training: the declared order of revisions
 
 
 def _check_analysis(analysis: AnalysisConfig) -> None:
@@ -366,14 +436,29 @@ def config_hash(settings: EmbsvdConfig, content: str | None = None) -> str:
         "target": settings.target,
         "analysis": asdict(settings.analysis),
     }
-    for key in ("figures", "device"):  # where or whether it is drawn changes no number
+    for key in ("figures", "device", "explorer"):  # where or whether drawn: no number
         decisive["analysis"].pop(key)
+    if settings.numbers.enabled:  # only then: runs without it keep their hashes
+        decisive["numbers"] = asdict(settings.numbers)
+    if settings.concept is not None:  # concept axes; runs without one keep their hashes
+        decisive["concept"] = settings.concept
+        decisive["concepts"] = {  # all of them: the axes' cosines are logged too
+            name: {k: v for k, v in asdict(spec).items() if k != "description"}
+            for name, spec in sorted(settings.concepts.items())
+        }
     # names people read change no number either; popped, so that runs logged before
     # display names existed keep their hashes
     decisive["model"].pop("display_name")
+    decisive["model"].pop("steps")  # the training order a sweep's parent reads, no number
     for spec in decisive["groups"].values():
         spec.pop("description")
         spec.pop("display_name")
+        # variants and subwords enter only where used: runs logged before they
+        # existed keep their hashes
+        if not spec["variants"]:
+            spec.pop("variants")
+        if spec["subwords"] == "skip":
+            spec.pop("subwords")
     encoded = json.dumps(decisive, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(encoded).hexdigest()
 

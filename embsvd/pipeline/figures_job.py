@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from embsvd import figures, tracking
 from embsvd.figures.run_data import RUN_FIGURE_TABLES
 from embsvd.figures.style import FigureFormat
+from embsvd.pipeline import explorer_job
 from embsvd.pipeline.config import DEFERRED_FIGURES, FiguresConfig, unknown_key_messages
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.secrets import redact_text
@@ -62,6 +63,7 @@ def figures_job(cfg: DictConfig) -> list[Path]:
             include_running=chosen.include_running,
         )
         sweep = tracking.read_sweep(uri, selection)
+        figures.check_replicates(sweep, style.replicates)  # refused before anything is drawn
         # the sweep's name is file-safe (a stored tag is anyone's text); the folder must
         # still lie in output_dir, and be absent or a figure set this command wrote
         output_dir = Path(settings.output_dir).expanduser().resolve()
@@ -72,6 +74,11 @@ def figures_job(cfg: DictConfig) -> list[Path]:
         print(f"figures: {redact_text(str(error))}", file=sys.stderr, flush=True)
         raise SystemExit(1) from error
     files = figures.write_figure_set(sweep, output_dir, style)
+    # --- vocabulary explorer: the sweep's page, from its runs' logged tables ---
+    explorer = explorer_job.write_sweep_explorer(uri, sweep, folder)
+    if explorer is not None:
+        files.append(explorer[0])
+    # --- end vocabulary explorer ---
     if settings.log_to_parent and sweep.parent_run_id is not None:
         tracking.log_figures(uri, sweep.parent_run_id, folder, FIGURES_ARTIFACT_PATH)
     drawn, failed = draw_deferred_run_figures(uri, sweep)
@@ -115,6 +122,7 @@ def draw_deferred_run_figures(uri: str, sweep: Sweep) -> tuple[list[str], list[s
                 model = run.tags.get(Tag.MODEL) or run.model_label
                 (folder / "figures").mkdir()
                 figures.draw_run_figures(logged, model, folder / "figures")
+                explorer_job.log_deferred_explorer(store, run, folder)  # its explorer.html
             except ValueError as error:
                 failed.append(f"run {run.run_id} ({run.name}): per-run figures not drawn: {error}")
                 continue
@@ -142,7 +150,9 @@ def figure_style(settings: FiguresConfig) -> figures.FigureStyle:
     unknown = sorted(set(settings.formats) - set(FIGURE_FORMATS))
     if unknown or not settings.formats:
         raise ValueError(f"formats={settings.formats}: choose from {list(FIGURE_FORMATS)}")
+    replicates = tracking.check_replicate_keys(settings.replicates)
     return figures.FigureStyle(
+        replicates=replicates,
         column_width=settings.column_width,
         text_width=settings.text_width,
         formats=tuple(settings.formats),

@@ -30,11 +30,19 @@ from embsvd.groups import (
     group_display_name,
     select_single_tokens,
 )
+from embsvd.io.augmented import VirtualIds
 from embsvd.io.checkpoint import content_digest, default_cache_dir, load_checkpoint
 from embsvd.io.spec import Checkpoint, CheckpointSpec
 from embsvd.method import geometry
 from embsvd.method.analysis import AnalysisResult, MeanReference, analyze
 from embsvd.method.backend import check_device
+from embsvd.pipeline import (
+    concept_job,
+    explorer_job,
+    numbers_job,
+    trajectory_job,
+    undertrained_job,
+)
 from embsvd.pipeline.config import (
     AnalysisConfig,
     EmbsvdConfig,
@@ -42,6 +50,7 @@ from embsvd.pipeline.config import (
     checks_config,
     config_hash,
 )
+from embsvd.pipeline.multi_token import multi_token_rows
 from embsvd.pipeline.phases import clock
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import GitState, git_state, library_versions, package_version
@@ -219,8 +228,12 @@ def _analyse_and_log(
         (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir, content)
         vocab = checkpoint.vocabulary  # read once per checkpoint, shared by a sweep's jobs
     run.set_tags({**checkpoint_tags(checkpoint), Tag.CHECKPOINT_CACHE: cached})
+    # --- trajectories across training: the analysed tensor's hash, the revision's step ---
+    with clock("embedding_hash"):  # once per weights file and tensor, then remembered
+        run.set_tags(trajectory_job.run_tags(settings.model, checkpoint))
     with clock("groups"):
-        groups = _token_groups(settings, checkpoint, forms, run)
+        virtual = VirtualIds(checkpoint.d_vocab)  # multi-token words' rows (subwords=mean)
+        groups = _token_groups(settings, checkpoint, forms, run, virtual)
     analysis = settings.analysis
     with clock("geometry"):
         W, geometry_metrics = analysis_matrix(checkpoint, analysis)
@@ -229,6 +242,8 @@ def _analyse_and_log(
         components = _global_components(W, checkpoint, analysis, cache_dir)
     if components is None and analysis.geometry == "whitened":
         run.set_tags({Tag.GLOBAL_VIEW: WHITENED_GLOBAL_VIEW})
+    # --- multi-token words (groups.<name>.subwords=mean): their mean rows, flagged ---
+    W = multi_token_rows(W, virtual, groups, run, warn_once, settings.model.name)
     with clock("method"):
         result = analyze(
             W,
@@ -244,9 +259,36 @@ def _analyse_and_log(
     # the confounds read the stored rows' norms (the vocabulary's), whatever the geometry:
     # a token's norm is what training made of it, not what unit rows or whitening did
     config = checks_config(analysis)
-    checks = run_checks(W, groups, result, vocab, config, global_components=components, timer=clock)
+    # --- under-trained tokens (analysis.undertrained; docs/undertrained.md) ---
+    undertrained = None
+    if analysis.undertrained:
+        with clock("undertrained"):  # once per checkpoint, then cached
+            undertrained = undertrained_job.undertrained_ids(
+                settings.model, checkpoint, cache_dir, run
+            )
+    # --- end under-trained tokens ---
+    checks = run_checks(
+        W,
+        groups,
+        result,
+        vocab,
+        config,
+        global_components=components,
+        timer=clock,
+        undertrained_ids=undertrained,
+    )
     with clock("writes"):
         tracking.log_result(run, result, checks)
+    # --- number structure (numbers.enabled; docs/numbers.md) ---
+    if settings.numbers.enabled:
+        with clock("numbers"):
+            numbers_job.log_numbers(settings, run, checkpoint, forms, W)
+    # --- end number structure ---
+    # --- concept axes (concept set; docs/concepts.md) ---
+    if settings.concept is not None:
+        with clock("concepts"):
+            concept_job.log_concept(settings, run, checkpoint, forms, W, undertrained)
+    # --- end concept axes ---
     with clock("figures"):
         if analysis.figures == "deferred":  # the figures command draws them from the tables
             run.set_tags({Tag.RUN_FIGURES: "deferred"})
@@ -254,6 +296,11 @@ def _analyse_and_log(
             with tempfile.TemporaryDirectory() as scratch:
                 figures.draw_run_figures(result, settings.model.name, Path(scratch), checks)
                 run.log_folder(Path(scratch), "figures")
+    # --- vocabulary explorer (analysis.explorer, with the per-run figures; docs/explorer.md) ---
+    if analysis.explorer and analysis.figures is not False:
+        with clock("explorer"):
+            explorer_job.log_run_explorer(settings, run, result, groups, vocab, run_name(settings))
+    # --- end vocabulary explorer ---
     return result
 
 
@@ -296,12 +343,17 @@ def loaded_checkpoint(
 
 
 def _token_groups(
-    settings: EmbsvdConfig, checkpoint: Checkpoint, forms: TokenForms, run: tracking.RunLogger
+    settings: EmbsvdConfig,
+    checkpoint: Checkpoint,
+    forms: TokenForms,
+    run: tracking.RunLogger,
+    virtual: VirtualIds | None = None,
 ) -> dict[str, TokenGroup]:
-    """Every configured group after the single-token rule, logged with the run."""
+    """Every configured group after the single-token rule, logged with the run;
+    multi-token members (``subwords=mean``) take their ids from ``virtual``."""
     groups = {
         name: select_single_tokens(
-            name, spec, checkpoint.tokenizer, settings.model.name, forms=forms
+            name, spec, checkpoint.tokenizer, settings.model.name, forms=forms, virtual=virtual
         )
         for name, spec in settings.groups.items()
     }

@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from embsvd import tracking
+from embsvd.pipeline import trajectory_job
 from embsvd.pipeline.compose import validate_sweep_or_exit
 from embsvd.pipeline.job import (
     PARENT_RUN_FILE,
@@ -198,6 +199,8 @@ class SweepTracking(Callback):
         store, parent_run_id = self._store, self._parent_run_id
         with tracking.deferred_signals():
             self._drain_writes()
+            if not self._interrupted:  # a revision sweep's trajectories, on the parent
+                trajectory_job.log_sweep_trajectories(store, parent_run_id)
             try:
                 outcome = tracking.finish_sweep(
                     store, parent_run_id, interrupted=self._interrupted, completed=completed

@@ -11,10 +11,15 @@ reads sweeps back for figures.
   refused, kept on disk and written by the next command that opens it;
 - ``sweeps``: a sweep's parent run and how its children ended;
 - ``writer``: a sweep's final writes in a process of their own, beside the next job;
+- ``trajectory``: a revision sweep's runs per configuration in training order, and
+  what its parent logs of them;
+- ``numbers``: the number-structure check's metrics and tables;
 - ``reconcile``: runs left RUNNING by a process that is gone, closed;
 - ``reading``: the runs of one sweep (by parent, sweep id or filter) for figures; the
   sweeps of a store listed;
-- ``export``: a sweep's runs as one table (CSV, Parquet) of metrics, params and tags.
+- ``export``: a sweep's runs as one table (CSV, Parquet) of metrics, params and tags;
+  pooled over replicates, a row per configuration;
+- ``replicates``: runs that differ only in declared params, pooled (mean, t interval, n).
 
 Later tools read runs through the contract: extend it, don't break it.
 """
@@ -36,6 +41,21 @@ _MODULE_OF = {
     "sweep_table": "export",
     "write_table": "export",
     "COLUMN_PREFIXES": "export",
+    "numbers_metrics": "numbers",
+    "write_numbers_tables": "numbers",
+    "PooledTable": "export",
+    "pooled_table": "export",
+    "Pooled": "replicates",
+    "ReplicateSet": "replicates",
+    "check_replicate_keys": "replicates",
+    "pool": "replicates",
+    "replicate_sets": "replicates",
+    "identical_message": "trajectory",
+    "is_revision_sweep": "trajectory",
+    "log_trajectories": "trajectory",
+    "sweep_runs": "trajectory",
+    "sweep_trajectories": "trajectory",
+    "TRAJECTORY_FIGURES": "trajectory",
     "log_figures": "reading",
     "read_tables": "reading",
     "with_tables": "reading",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,14 @@ class Table(StrEnum):
     ORDER = "order.csv"
     GLOBAL_SPECTRUM = "global_spectrum.csv"
     CHILDREN = "children.csv"
+    UNDERTRAINED = "undertrained.csv"  # reference and flagged tokens (analysis.undertrained)
+    # trajectories across training: a run's axes; a revision sweep's parent, its tables
+    AXES = "axes.csv"
+    TRAJECTORY_STEPS = "trajectory_steps.csv"
+    TRAJECTORY_ALIGNMENT = "trajectory_alignment.csv"
+    TRAJECTORY_ANGLES = "trajectory_angles.csv"
+    TRAJECTORY_SPECTRUM = "trajectory_spectrum.csv"
+    TRAJECTORY_GROUP_MEAN_CORR = "trajectory_group_mean_corr.csv"
 
 
 # Each table's header. A column with <...> stands for one column per value (a group, a
@@ -53,6 +61,7 @@ COLUMNS: dict[Table, tuple[str, ...]] = {
     Table.GROUP_MEAN_CORR: ("group", "<group>"),
     Table.TOP_TOKENS: (
         *("component", "side", "rank", "token_id", "token", "text", "projection", "in_group"),
+        "undertrained",
     ),
     Table.PROJECTION_HISTOGRAM: ("component", "bin_left", "bin_right", "count"),
     Table.GROUP_PROJECTIONS: ("word", "token_id", "projection_<k>"),
@@ -79,7 +88,86 @@ COLUMNS: dict[Table, tuple[str, ...]] = {
     Table.ORDER: ("position", "word", "coordinate_1", "coordinate_2"),
     Table.GLOBAL_SPECTRUM: _SPECTRUM,
     Table.CHILDREN: ("job_num", "run_id", "name", "status", "overrides", "error"),
+    Table.UNDERTRAINED: ("token_id", "token", "text", "indicator", "kind"),
+    Table.AXES: ("component", "dim_<d>"),
+    Table.TRAJECTORY_STEPS: (
+        *("configuration", "position", "step", "revision", "run_id"),
+        *("embedding_sha256", "identical_to"),
+    ),
+    Table.TRAJECTORY_ALIGNMENT: (
+        *("configuration", "position", "step", "revision", "run_id", "component"),
+        *("abs_cos", "sign"),
+    ),
+    Table.TRAJECTORY_ANGLES: (
+        *("configuration", "position", "step", "revision", "run_id", "index"),
+        "angle_degrees",
+    ),
+    Table.TRAJECTORY_SPECTRUM: (
+        *("configuration", "position", "step", "revision", "run_id", "component"),
+        *("singular_value", "explained_variance_ratio"),
+    ),
+    Table.TRAJECTORY_GROUP_MEAN_CORR: (
+        *("configuration", "position", "step", "revision", "run_id", "variant"),
+        *("group_a", "group_b", "r"),
+    ),
 }
+
+
+class NumbersTable(StrEnum):
+    """The number-structure check's CSV artifacts, logged only where ``numbers.enabled``
+    (so not in ``Table``, every member of which a run with the default checks logs);
+    written by ``embsvd.tracking.numbers``."""
+
+    SPECTRUM = "numbers_spectrum.csv"  # per frequency k: shares, both nulls
+    MEMBERS = "numbers_members.csv"  # the integers analysed, their tokens and frequencies
+
+
+NUMBERS_COLUMNS: dict[NumbersTable, tuple[str, ...]] = {
+    NumbersTable.SPECTRUM: (
+        *("k", "period", "tested", "share"),
+        *("perm_mean", "perm_q95", "perm_p", "freq_mean", "freq_q95", "freq_p", "zipf_share"),
+    ),
+    NumbersTable.MEMBERS: ("n", "token", "token_id", "form", "zipf", "analysed"),
+}
+
+
+class ConceptTable(StrEnum):
+    """A concept axis' CSV artifacts, logged only where ``concept`` is set (so not in
+    ``Table``); written by ``embsvd.tracking.concepts``, described in docs/concepts.md."""
+
+    TOP_TOKENS = "concept_top_tokens.csv"  # the vocabulary's ends on the axis
+    PAIRS = "concept_pairs.csv"  # each pair (sets: each cross pair) on the axis
+    LOO = "concept_loo.csv"  # leave-one-pair-out |cos|
+    NULL = "concept_null.csv"  # first-PC share and consistency against random pairs
+    COSINES = "concept_cosines.csv"  # every configured concept's axis against every other
+    PROJECTION_HISTOGRAM = "concept_projection_histogram.csv"  # the vocabulary on the axis
+
+
+CONCEPT_JSON = "concept.json"  # the concept's kept and dropped pairs, as groups.json
+CONCEPT_COLUMNS: dict[ConceptTable, tuple[str, ...]] = {
+    ConceptTable.TOP_TOKENS: (
+        *("side", "pole", "rank", "token_id", "token", "text", "projection", "in_concept"),
+    ),
+    ConceptTable.PAIRS: (
+        *("negative_word", "negative_token_id", "positive_word", "positive_token_id"),
+        *("negative_projection", "positive_projection", "difference_cos"),
+    ),
+    ConceptTable.LOO: ("left_out", "abs_cos"),
+    ConceptTable.NULL: (
+        *("statistic", "observed", "null_mean", "null_q95", "percentile", "p_value", "n_null"),
+    ),
+    ConceptTable.COSINES: ("geometry", "concept_a", "concept_b", "cosine"),
+    ConceptTable.PROJECTION_HISTOGRAM: ("bin_left", "bin_right", "count"),
+}
+
+# what a revision sweep's parent logs (``embsvd.tracking.trajectory``), not a run
+TRAJECTORY_TABLES = (
+    Table.TRAJECTORY_STEPS,
+    Table.TRAJECTORY_ALIGNMENT,
+    Table.TRAJECTORY_ANGLES,
+    Table.TRAJECTORY_SPECTRUM,
+    Table.TRAJECTORY_GROUP_MEAN_CORR,
+)
 # the CSV artifacts that tools reading a sweep back use
 TABLES_READ = (
     Table.TOP_TOKENS,
@@ -87,6 +175,72 @@ TABLES_READ = (
     Table.PROJECTION_HISTOGRAM,
     Table.GROUP_PROJECTIONS,
 )
+
+# --- the explorer: the whole vocabulary's projections and the page drawn from them -------
+# In a folder of their own (not a ``Table``): logged with the per-run figures, so a run
+# with ``analysis.figures=false`` has none. The page is built from the table alone.
+EXPLORER_FOLDER = "explorer"
+EXPLORER_TABLE = "explorer/vocabulary_projections.csv"
+EXPLORER_PAGE = "explorer.html"  # at the run's root: one click in the MLflow UI
+EXPLORER_COLUMNS = ("token_id", "text", "group", "special", "projection_<k>")
+EXPLORER_DIGITS = 6  # significant digits of the projections: 30k tokens in ~1.5 MB
+EXPLORER_GROUP_SEPARATOR = ";"  # a token in several groups lists them all
+
+
+def write_explorer_table(
+    file: Path,
+    projections: np.ndarray,
+    texts: Sequence[str],
+    groups: dict[str, Sequence[int]],
+    special_ids: Collection[int] = (),
+) -> None:
+    """Every token's projections on the run's axes, for the explorer page.
+
+    Args:
+        file: The CSV to write (``EXPLORER_TABLE``'s name).
+        projections: ``(d_vocab, n_components)``, written to ``EXPLORER_DIGITS``
+            significant digits (``%.6g``): relative error below 5e-7, and a number a
+            float32 holds exactly to those digits.
+        texts: The text people read for every row (``Vocabulary.display_texts``).
+        groups: Group name -> the token ids it kept; listed per token, sorted by name and
+            joined by ``EXPLORER_GROUP_SEPARATOR``.
+        special_ids: Special tokens: ``true`` in ``special``.
+    """
+    projections = np.asarray(projections, dtype=np.float64)
+    if len(texts) != len(projections):
+        raise ValueError(f"texts: {len(texts)} texts for {len(projections)} rows of projections")
+    member_of: dict[int, list[str]] = {}
+    for name in sorted(groups):
+        for token_id in groups[name]:
+            member_of.setdefault(int(token_id), []).append(name)
+    special = frozenset(int(i) for i in special_ids)
+    # a row's numbers formatted at once and the lines joined by hand (csv.writer's
+    # quoting rule kept): a third of the time of a csv.writer row by row at 256k tokens
+    numbers = ",".join([f"%.{EXPLORER_DIGITS}g"] * projections.shape[1])
+    lines = [",".join(header_of(EXPLORER_COLUMNS, range(projections.shape[1])))]
+    lines += [
+        f"{i},{_quoted(text)},{_quoted(EXPLORER_GROUP_SEPARATOR.join(member_of.get(i, ())))},"
+        f"{'true' if i in special else 'false'},{numbers % tuple(row)}"
+        for i, (text, row) in enumerate(zip(texts, projections.tolist(), strict=True))
+    ]
+    with open(file, "w", newline="", encoding="utf-8") as handle:
+        handle.write("\r\n".join(lines) + "\r\n")
+
+
+def _quoted(field: str) -> str:
+    """A CSV field as ``csv.writer`` writes it (``QUOTE_MINIMAL``)."""
+    if any(c in field for c in ',"\r\n'):
+        return '"' + field.replace('"', '""') + '"'
+    return field
+
+
+def header_of(columns: Sequence[str], values: Sequence[Any] = ()) -> list[str]:
+    """``columns``, a ``<...>`` column repeated for each of ``values`` (``header``)."""
+    return [
+        re.sub(r"<[^>]+>", str(value), column)
+        for column in columns
+        for value in (values if "<" in column else [None])
+    ]
 
 
 def header(table: Table, values: Sequence[Any] = ()) -> list[str]:
@@ -117,6 +271,8 @@ def write_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> 
         header(Table.TOP_TOKENS),
         [
             [t.component, t.side, t.rank, t.token_id, t.token, t.text, t.projection, t.in_group]
+            # empty where under-trained tokens were not looked for (analysis.undertrained)
+            + ["" if checks.undertrained is None else t.token_id in checks.undertrained]
             for t in result.top_tokens
         ],
     )
@@ -129,6 +285,7 @@ def write_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> 
     )
     _write_null_tables(result, checks, folder)
     _write_check_tables(result, checks, folder)
+    write_axes(result, folder)  # what a revision sweep's parent aligns across steps
 
 
 def _write_projection_tables(result: AnalysisResult, folder: Path) -> None:
@@ -143,8 +300,10 @@ def _write_projection_tables(result: AnalysisResult, folder: Path) -> None:
         folder / Table.GROUP_PROJECTIONS,
         header(Table.GROUP_PROJECTIONS, range(result.projections.shape[1])),
         [
-            [word, token_id, *result.projections[token_id]]
-            for word, token_id in zip(result.target_words, result.target_ids, strict=True)
+            [word, token_id, *row]  # a multi-token member's row: its mean row's projection
+            for word, token_id, row in zip(
+                result.target_words, result.target_ids, result.target_projections, strict=True
+            )
         ],
     )
 
@@ -243,6 +402,18 @@ def _write_check_tables(result: AnalysisResult, checks: ChecksResult, folder: Pa
             header(Table.GLOBAL_SPECTRUM),
             [[k, s, r] for k, (s, r) in enumerate(spectrum)],
         )
+
+
+def write_axes(result: AnalysisResult, folder: Path) -> None:
+    """``axes.csv``: the axes the vocabulary was projected on, one row per component and
+    a column per coordinate (``n_components x d_model``; ``Vt``'s rows with their
+    ``svd_flip`` signs), in the run's geometry."""
+    axes = result.svd.Vt[: result.n_components]
+    write_csv(
+        folder / Table.AXES,
+        header(Table.AXES, range(axes.shape[1])),
+        [[k, *row] for k, row in enumerate(axes)],
+    )
 
 
 def _band_rows(statistic: str, observed: np.ndarray, draws: np.ndarray) -> list[list[Any]]:

@@ -64,8 +64,14 @@ class Tag(StrEnum):
     D_VOCAB = "embsvd.d_vocab"
     D_MODEL = "embsvd.d_model"
     REVISION_COMMIT = "embsvd.revision_commit"
+    # trajectories across training: the analysed tensor's bytes and the revision's step
+    EMBEDDING_SHA256 = "embsvd.embedding_sha256"
+    STEP = "embsvd.step"
+    STEP_ORDER = "embsvd.step_order"
     CHECKPOINT_CACHE = "embsvd.checkpoint_cache"
     TARGET_FORMS = "embsvd.target_forms"
+    # groups.<name>.subwords=mean: members read as the mean of their subword rows
+    MULTI_TOKEN = "embsvd.multi_token"
     # the results and the checks' settings
     AXIS0_TOP = "embsvd.axis0.top"
     AXIS0_BOTTOM = "embsvd.axis0.bottom"
@@ -75,6 +81,14 @@ class Tag(StrEnum):
     INTERVAL_METHOD = "embsvd.interval_method"
     ORDER = "embsvd.order"
     GLOBAL_VIEW = "embsvd.global_view"
+    # under-trained tokens: which matrix, reference set and rule (analysis.undertrained)
+    UNDERTRAINED = "embsvd.undertrained"
+    # concept axes (`concept` set): which concept, its estimator, its axis' two ends
+    CONCEPT = "embsvd.concept"
+    CONCEPT_ESTIMATOR = "embsvd.concept_estimator"
+    CONCEPT_POSITIVE_END = "embsvd.concept_positive_end"
+    CONCEPT_NEGATIVE_END = "embsvd.concept_negative_end"
+    CONCEPT_NULL_MATCH = "embsvd.concept_null_match"
     RUN_FIGURES = "embsvd.run_figures"
     """``deferred`` on a run that drew no figures (``analysis.figures=deferred``): the
     figures command draws them later from the run's tables, logs them under ``figures/``
@@ -85,6 +99,8 @@ class Tag(StrEnum):
     WARNING_DEGENERATE_AXES = "embsvd.warning.degenerate_axes"
     WARNING_CONFOUNDS = "embsvd.warning.confounds"
     WARNING_N_COMPONENTS = "embsvd.warning.n_components"
+    WARNING_IDENTICAL_EMBEDDINGS = "embsvd.warning.identical_embeddings"
+    WARNING_TRAJECTORY = "embsvd.warning.trajectory"
     ERROR = "embsvd.error"
     RECOVERED = "embsvd.recovered"
     # sweeps: the parent run and its children
@@ -616,7 +632,8 @@ class LoggedRun:
     of strings. What the run analysed (``parts``) is read from its tags; a run that lacks
     one of them (older embsvd, a hand-made record) is read from its name instead, and a
     run whose tags and name do not say is refused here, when it is read, rather than
-    drawn under a wrong label.
+    drawn under a wrong label. ``params``: its config as logged (``analysis.random_state``:
+    text), what tells replicates apart (``embsvd.tracking.replicates``).
     """
 
     run_id: str
@@ -626,6 +643,7 @@ class LoggedRun:
     metrics: Mapping[str, float]
     series: Mapping[str, tuple[float, ...]]
     tables: Mapping[str, tuple[Mapping[str, str], ...]]
+    params: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.parts  # noqa: B018 (refused now, not when a figure first asks)

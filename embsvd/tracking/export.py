@@ -12,6 +12,10 @@ The columns, in this order (docs/sweeps.md#command-line):
 
 The prefixes are MLflow's own (``mlflow.search_runs``, and its filter strings), so a
 column reads as the key that filters on it.
+
+``pooled_table`` pools the replicates of each configuration (``embsvd.tracking.replicates``):
+a row per configuration, its metrics as ``metrics.<key>.mean``, ``.lo``, ``.hi`` (the
+95% Student-t interval) and ``.n``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from embsvd.tracking import contract, reading
+from embsvd.tracking import contract, reading, replicates
 
 EXPORT_FORMATS = ("csv", "parquet")
 RUN_COLUMNS = (
@@ -117,3 +121,109 @@ def _columns(rows: list[dict[str, object]]) -> list[str]:
         for prefix in COLUMN_PREFIXES
         for key in sorted(k for k in keys if k.startswith(f"{prefix}."))
     ]
+
+
+# the pooled table's first columns; then params.<key> and tags.<key> the replicates share,
+# then metrics.<key>.<statistic> for each metric
+POOLED_COLUMNS = ("sweep_id", "configuration", "n", "replicates", "run_ids")
+POOLED_STATISTICS = ("mean", "lo", "hi", "n")
+
+
+@dataclass(frozen=True)
+class PooledTable:
+    """A sweep's FINISHED runs pooled over replicate keys: a row per configuration."""
+
+    sweep: reading.SweepSummary
+    frame: pd.DataFrame
+    keys: tuple[str, ...]  # the replicate keys
+    n_runs: int  # FINISHED runs pooled
+    left_out: tuple[str, ...]  # runs not FINISHED, as ``<name> (<status>)``
+
+
+def pooled_table(table: SweepTable, keys: list[str] | tuple[str, ...]) -> PooledTable:
+    """The sweep's FINISHED runs pooled over the replicate ``keys``: one row per
+    configuration (runs whose params agree but for the keys), in the order of its first
+    run, with ``configuration`` (1, 2, ...), ``n`` (its replicates), ``replicates``
+    (what varies, ``analysis.random_state=0,1,2``), ``run_ids``, the ``params.<key>``
+    and ``tags.<key>`` its runs share, and per metric ``metrics.<key>.mean``, ``.lo``,
+    ``.hi`` (95% Student-t interval over the runs that logged it, ``n - 1`` degrees of
+    freedom; empty with one) and ``.n``. Runs not FINISHED are left out (and named):
+    a failed run's metrics are partial.
+
+    Raises:
+        ValueError: see ``replicates.replicate_sets``; also two runs with one config hash
+            (one configuration run twice: never pooled as two replicates).
+    """
+    frame = table.frame
+    finished = [row for row in frame.to_dict("records") if row["status"] == "FINISHED"]
+    left_out = tuple(
+        f"{row['run_name']} ({row['status']})"
+        for row in frame.to_dict("records")
+        if row["status"] != "FINISHED"
+    )
+    _refuse_repeats(finished)
+    sets = replicates.replicate_sets(
+        finished, keys, _prefixed("params"), _run_name, where="export --replicates"
+    )
+    metrics = [c.removeprefix("metrics.") for c in frame.columns if c.startswith("metrics.")]
+    rows = []
+    for number, found in enumerate(sets, start=1):
+        row: dict[str, object] = {
+            "sweep_id": table.sweep.label,
+            "configuration": number,
+            "n": found.n,
+            "replicates": found.describe(),
+            "run_ids": " ".join(str(r["run_id"]) for r in found.members),
+        }
+        row |= {f"params.{k}": v for k, v in found.shared.items()}
+        tags = [_prefixed("tags")(r) for r in found.members]
+        row |= {f"tags.{k}": v for k, v in tags[0].items() if all(t.get(k) == v for t in tags[1:])}
+        for metric in metrics:
+            pooled = replicates.pool(r[f"metrics.{metric}"] for r in found.members)
+            row |= {f"metrics.{metric}.{s}": getattr(pooled, s) for s in POOLED_STATISTICS}
+        rows.append(row)
+    columns = [*POOLED_COLUMNS] + [
+        key
+        for prefix in COLUMN_PREFIXES
+        for key in sorted({k for r in rows for k in r if k.startswith(f"{prefix}.")})
+    ]
+    pooled_frame = pd.DataFrame.from_records(rows, columns=columns)
+    return PooledTable(table.sweep, pooled_frame, tuple(keys), len(finished), left_out)
+
+
+def _prefixed(prefix: str):
+    """A frame row's ``<prefix>.<key>`` columns as ``{key: text}``, empty cells left out."""
+
+    def values(row: dict[str, object]) -> dict[str, str]:
+        return {
+            key.removeprefix(f"{prefix}."): str(value)
+            for key, value in row.items()
+            if key.startswith(f"{prefix}.") and not pd.isna(value)
+        }
+
+    return values
+
+
+def _run_name(row: dict[str, object]) -> str:
+    return f"{row['run_name']} (run {row['run_id']})"
+
+
+def _refuse_repeats(rows: list[dict[str, object]]) -> None:
+    """Runs with one config hash are one configuration run twice: refused, not pooled."""
+    by_hash: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        digest = row.get(f"tags.{contract.Tag.CONFIG_HASH}")
+        if isinstance(digest, str) and digest:
+            by_hash.setdefault(digest, []).append(row)
+    repeated = [runs for runs in by_hash.values() if len(runs) > 1]
+    if repeated:
+        named = "; ".join(
+            ", ".join(_run_name(r) for r in runs) + f" (config hash {str(digest)[:8]})"
+            for runs in repeated
+            for digest in [runs[0][f"tags.{contract.Tag.CONFIG_HASH}"]]
+        )
+        raise ValueError(
+            f"export --replicates: runs that repeat one configuration (the same config "
+            f"hash) would count twice: {named}; export without --replicates to see every "
+            "run, or delete the repeats"
+        )

@@ -507,6 +507,7 @@ def _logged_run(
         metrics=metrics,
         series=series,
         tables=tables,
+        params=dict(run.data.params),
     )
 
 

@@ -302,8 +302,11 @@ def signals_end_runs() -> Iterator[None]:
     into ``Terminated`` while the block runs, so that a ``tracked_run`` inside it ends
     KILLED instead of being left RUNNING by a process that just vanished.
 
-    A signal that already has a handler (a sweep's ``SweepTracking``, submitit's) or is
-    ignored (``nohup``) is left as it is; so is a block outside the main thread. When the
+    A signal that already has a handler (a sweep's ``SweepTracking``) or is ignored
+    (``nohup``) is left as it is; so is a block outside the main thread. submitit's
+    handler on a SLURM node only logs SIGTERM ("Bypassing signal SIGTERM": it waits for
+    SIGUSR2 to requeue), and SLURM follows a SIGTERM with SIGKILL, so a job under it
+    would vanish with its run left RUNNING: that handler is replaced too. When the
     exception was swallowed where it was raised (inside a ``__del__`` or a weakref
     callback Python prints it and goes on), it is raised again when the block ends."""
     if threading.current_thread() is not threading.main_thread():
@@ -318,7 +321,7 @@ def signals_end_runs() -> Iterator[None]:
     previous = {
         signum: signal.signal(signum, terminate)
         for signum in TERMINATING_SIGNALS
-        if signal.getsignal(signum) is signal.SIG_DFL
+        if signal.getsignal(signum) is signal.SIG_DFL or only_logs(signal.getsignal(signum))
     }
     try:
         yield
@@ -327,6 +330,14 @@ def signals_end_runs() -> Iterator[None]:
             signal.signal(signum, handler)
     if received:
         raise Terminated(received[0])
+
+
+def only_logs(handler: Any) -> bool:
+    """Whether ``handler`` is submitit's, which logs a signal and does nothing else."""
+    function = getattr(handler, "__func__", handler)
+    return getattr(function, "__module__", "").startswith("submitit.") and (
+        getattr(function, "__name__", "") == "bypass"
+    )
 
 
 # SIGINT is Ctrl-C; SIGTERM what kill, timeout and scancel send; SIGHUP a closed terminal

@@ -8,6 +8,10 @@ overrides applied by Hydra (``embsvd.pipeline.compose.ComposeOnce``); the launch
 those configs, and the sweeper composes no job again. ``hydra/sweeper=basic`` is Hydra's
 own, every job composed in full (still once for the sweeper's check and the launcher).
 
+``zip`` pairs swept keys instead of crossing them: ``hydra.sweeper.zip=[[model,
+model.revision]]`` with ``model=a,b model.revision=x,y`` runs a@x and b@y, not the 4
+pairs (``embsvd.pipeline.compose.zipped_jobs``; a group's keys need as many values).
+
 The module imports embsvd only when a sweep starts: Hydra imports every plugin module of
 ``hydra_plugins`` whenever it starts an app.
 """
@@ -26,11 +30,13 @@ from omegaconf import DictConfig
 @dataclass
 class EmbsvdSweeperConf:
     """The basic sweeper's settings (``params``: sweeps a config may set, as
-    conf/experiment/seed_replication.yaml does)."""
+    conf/experiment/seed_replication.yaml does), and ``zip``: groups of keys whose values
+    are paired position by position (conf/experiment/model_revisions.yaml)."""
 
     _target_: str = "hydra_plugins.embsvd_sweeper.embsvd_sweeper.EmbsvdSweeper"
     max_batch_size: int | None = None
     params: dict[str, str] | None = None
+    zip: list[list[str]] | None = None
 
 
 ConfigStore.instance().store(
@@ -40,7 +46,22 @@ ConfigStore.instance().store(
 
 class EmbsvdSweeper(BasicSweeper):
     """The basic sweeper over configs derived from one composition per choice of config
-    groups (see the module)."""
+    groups, its ``zip`` groups paired (see the module)."""
+
+    def __init__(
+        self,
+        max_batch_size: int | None,
+        params: dict[str, str] | None = None,
+        zip: list[list[str]] | None = None,  # noqa: A002 (the option's name)
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.zip = [list(group) for group in zip] if zip else None
+
+    def split_arguments(self, overrides: Any, max_batch_size: int | None) -> Any:  # type: ignore[override]
+        # the jobs validate_sweep composed and checked: the same expansion, zip included
+        from embsvd.pipeline.compose import zipped_jobs
+
+        return zipped_jobs(overrides, self.zip, max_batch_size)
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
