@@ -6,7 +6,7 @@ processes at once, each logging full runs) with errors and write latency.
     .venv/bin/python benchmarks/server_benchmark.py [--writers 2,4,8,16] [--runs 5]
     .venv/bin/python benchmarks/server_benchmark.py --small   # as the tests run it
 
-The PostgreSQL role comes from ``tests/cluster/.state/env`` (``EMBSVD_CLUSTER_ENV``) or
+The PostgreSQL role comes from ``/var/lib/embsvd-cluster/env`` (``EMBSVD_CLUSTER_ENV``) or
 ``--postgres-uri``; each measurement gets a database of its own, dropped afterwards. A
 "full run" is what a job of a 10-group sweep writes: 150 params, 150 tags, 1200 metric
 values in batches and a small artifact, through embsvd's own writer (``tracked_run``).
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CLUSTER_ENV = Path(os.environ.get("EMBSVD_CLUSTER_ENV", ROOT / "tests/cluster/.state/env"))
+CLUSTER_ENV = Path(os.environ.get("EMBSVD_CLUSTER_ENV", "/var/lib/embsvd-cluster/env"))
 sys.path.insert(0, str(ROOT))
 
 # One process of the ramp: logs ``n_runs`` full runs, each timed; prints one JSON line.

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,9 +31,8 @@ from tests.test_server_auth import CREDENTIAL_VARIABLES, embsvd_server, request
 
 pytestmark = pytest.mark.slow
 
-CLUSTER_ENV = Path(
-    os.environ.get("EMBSVD_CLUSTER_ENV", PROJECT_ROOT / "tests" / "cluster" / ".state" / "env")
-)
+# what tests/cluster/start_services.sh wrote: the machine's services, whichever checkout
+CLUSTER_ENV = Path(os.environ.get("EMBSVD_CLUSTER_ENV", "/var/lib/embsvd-cluster/env"))
 START = (
     "bash tests/cluster/start_services.sh  (as root: installs and starts munge, SLURM, PostgreSQL)"
 )
@@ -411,3 +411,62 @@ def test_the_server_benchmark_reports_the_writer_ramp(cluster):
     assert (step["finished"], step["errors"], step["crashed_writers"]) == (2, 0, 0)
     assert 0 < step["latency_median_s"] <= step["latency_p95_s"]
     assert step["runs_per_s"] > 0 and report["auth_cache_s"] == 60
+
+
+def test_jobs_logging_the_same_group_at_once_both_keep_it(server, monkeypatch):
+    """MLflow's database store looks a dataset up, then inserts it: two jobs of a sweep
+    logging the same group at the same moment both insert, and PostgreSQL refuses the
+    second (``dataset_pk``). Here the other job's insert is held open in a transaction
+    until this job's insert waits on it, then committed: the job must keep its input."""
+    import psycopg
+
+    from embsvd import tracking
+    from embsvd.groups import KeptToken, TokenGroup
+
+    for name, value in server.credentials().items():
+        monkeypatch.setenv(name, value)
+    store = tracking.TrackingStore(server.url, "dataset-race")
+    run = tracking.start_run(store, "race", {})
+    group = TokenGroup("digits", words=("1",), kept=(KeptToken("1", "1", 1),), dropped=())
+    dataset = tracking.runs.group_dataset(group, is_target=True).dataset
+    other_job = psycopg.connect(server.backend_uri)  # a transaction, committed below
+    other_job.execute(
+        "INSERT INTO datasets (dataset_uuid, experiment_id, name, digest, dataset_source_type,"
+        " dataset_source) VALUES (%s, %s, %s, %s, %s, %s)",
+        (
+            "0" * 32,
+            int(store.experiment_id),
+            dataset.name,
+            dataset.digest,
+            dataset.source_type,
+            dataset.source,
+        ),
+    )
+    failures: list[BaseException] = []
+
+    def log_inputs() -> None:
+        try:
+            tracking.RunLogger(store.client, run.run_id).log_inputs(
+                [tracking.runs.group_dataset(group, is_target=True)]
+            )
+        except BaseException as error:  # noqa: BLE001 (reported below)
+            failures.append(error)
+
+    job = threading.Thread(target=log_inputs)
+    job.start()
+    try:
+        wait_until(  # this job's insert waits on the other job's uncommitted row
+            lambda: psql(
+                server.backend_uri,
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query ILIKE 'INSERT INTO datasets%%'",
+            )[0][0],
+            "no insert waited on the held dataset row",
+        )
+    finally:
+        other_job.commit()
+        other_job.close()
+    job.join(timeout=STATE_TIMEOUT_S)
+    assert not job.is_alive() and failures == []
+    [logged] = store.client.get_run(run.run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("digits", dataset.digest)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from mlflow.utils.validation import (
@@ -78,8 +79,20 @@ class RunLogger:
             self.flush()
 
     def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
-        """Dataset inputs (the UI's Dataset column), written at once as params are."""
-        self.client.log_inputs(self.run_id, datasets=list(datasets))
+        """Dataset inputs (the UI's Dataset column), written at once as params are.
+
+        The parallel jobs of a sweep log the same groups at the same moment. MLflow's
+        database store looks a dataset up, then inserts it when missing, so on a store
+        with concurrent writers (PostgreSQL) two jobs may both insert it and the second
+        is refused (``dataset_pk``); sqlite's one write lock hides the race. The refused
+        job tries again: by then the other job's dataset is there and is reused."""
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                self.client.log_inputs(self.run_id, datasets=list(datasets))
+                return
+            except MlflowException as error:
+                if attempt == DATASET_ATTEMPTS - 1 or not lost_insert_race(error):
+                    raise
 
     def log_folder(self, folder: Path, artifact_path: str | None = None) -> None:
         if not self.buffered:
@@ -369,6 +382,20 @@ def deferred_signals() -> Iterator[None]:
             signal.signal(signum, handler)
         for signum in dict.fromkeys(noted):
             signal.raise_signal(signum)  # runs its handler here, which may raise
+
+
+DATASET_ATTEMPTS = 3  # a race lost twice in a row needs a third job inserting the same row
+
+
+def lost_insert_race(error: Exception) -> bool:
+    """Whether the store refused a row another writer inserted first: PostgreSQL's
+    ``duplicate key value violates unique constraint``, MySQL's ``Duplicate entry``,
+    sqlite's ``UNIQUE constraint failed``."""
+    text = str(error)
+    return any(
+        sign in text
+        for sign in ("violates unique constraint", "Duplicate entry", "UNIQUE constraint failed")
+    )
 
 
 def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) -> None:

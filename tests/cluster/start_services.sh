@@ -5,12 +5,13 @@
 #
 #   bash tests/cluster/start_services.sh            # prints the settings the tests read
 #
-# Writes tests/cluster/.state/env (gitignored): EMBSVD_CLUSTER_PG_URI, the partition and
-# the venv, which the tests read through EMBSVD_CLUSTER_ENV.
+# The services are the machine's, so their settings are too: it writes
+# /var/lib/embsvd-cluster/env (root only; EMBSVD_CLUSTER_STATE names another folder) with
+# EMBSVD_CLUSTER_PG_URI and the partition, which the tests read (EMBSVD_CLUSTER_ENV), from
+# whichever checkout runs them. The database role's password is made once and kept there.
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
-state="$here/.state"
-mkdir -p "$state"
+state="${EMBSVD_CLUSTER_STATE:-/var/lib/embsvd-cluster}"
+mkdir -p "$state" && chmod 700 "$state"
 
 if [ "$(id -u)" != 0 ]; then
     echo "start_services.sh: run as root (it starts munge, slurmctld, slurmd, postgresql)" >&2
