@@ -20,6 +20,8 @@ disk under their cache file and, within a process, in memory.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 import zipfile
@@ -33,7 +35,9 @@ from typing import Any
 import numpy as np
 
 from embsvd.io.cache import exclusive, intact, written_with_checksum
+from embsvd.io.checkpoint import default_cache_dir
 from embsvd.io.rows import UnitRows, block_rows_for, release_rows, row_blocks
+from embsvd.io.spec import Checkpoint
 from embsvd.method.svd import svd_flip
 
 log = logging.getLogger(__name__)
@@ -166,6 +170,27 @@ def fit_whitening(
         )
     transform = (vectors / np.sqrt(values)) @ vectors.T
     return Whitening(X.mean, (transform + transform.T) / 2, a, n)
+
+
+def checkpoint_whitening(
+    checkpoint: Checkpoint, W: Any, *, normalize_rows: bool, shrinkage: float | None
+) -> Whitening:
+    """The whitening of ``checkpoint``'s matrix ``W`` (unit rows already, with
+    ``normalize_rows``), estimated over its ordinary rows: ``cached_whitening`` at the one
+    cache file those settings name, under ``<cache>/whitening/``, so the whitened
+    geometry and the concept axes' whitened cosines share one fit."""
+    rows = checkpoint.ordinary_rows
+    rows_digest = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+    settings = {
+        "weights_sha256": checkpoint.weights_sha256,
+        "tensor_key": checkpoint.tensor_key,
+        "rows": rows_digest,
+        "normalize_rows": normalize_rows,
+        "whitening_shrinkage": shrinkage,
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
+    cache_file = (checkpoint.cache_dir or default_cache_dir()) / "whitening" / f"{digest}.npz"
+    return cached_whitening(W, cache_file, rows=rows, shrinkage=shrinkage)
 
 
 def cached_whitening(

@@ -8,8 +8,6 @@ Called from ``job._analyse_and_log`` once the target's analysis is logged; with
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import tempfile
 from collections.abc import Collection
@@ -21,7 +19,6 @@ import numpy as np
 from embsvd import figures
 from embsvd.checks.concept_null import ConceptResult, analyse_concept
 from embsvd.groups import TokenForms
-from embsvd.io.checkpoint import default_cache_dir
 from embsvd.io.spec import Checkpoint
 from embsvd.method import geometry
 from embsvd.method.concepts import (
@@ -105,7 +102,12 @@ def concept_cosines(
     """``{"euclidean": (names, cosines), "whitened": (names, cosines)}`` of the concepts'
     axes (see ``log_concept``)."""
     base = geometry.unit_rows(checkpoint.W) if analysis.normalize_rows else checkpoint.W
-    whitening = _whitening(checkpoint, analysis, base)
+    whitening = geometry.checkpoint_whitening(
+        checkpoint,
+        base,
+        normalize_rows=analysis.normalize_rows,
+        shrinkage=analysis.whitening_shrinkage,
+    )
     axes: dict[str, dict[str, np.ndarray]] = {"euclidean": {}, "whitened": {}}
     for name, concept in kept.items():
         negative = np.asarray(base[concept.negative_ids], dtype=np.float64)
@@ -116,22 +118,3 @@ def concept_cosines(
         }.items():
             axes[space][name] = concept_axis(neg, pos, concept.estimator, concept.paired).axis
     return {space: axis_cosines(found) for space, found in axes.items()}
-
-
-def _whitening(checkpoint: Checkpoint, analysis: Any, base: Any) -> geometry.Whitening:
-    """The checkpoint's whitening with the run's settings, from the cache file the
-    whitened geometry uses (``job.analysis_matrix``: the same key), fitted once."""
-    rows = checkpoint.ordinary_rows
-    rows_digest = hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
-    settings = {
-        "weights_sha256": checkpoint.weights_sha256,
-        "tensor_key": checkpoint.tensor_key,
-        "rows": rows_digest,
-        "normalize_rows": analysis.normalize_rows,
-        "whitening_shrinkage": analysis.whitening_shrinkage,
-    }
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
-    cache_file = (checkpoint.cache_dir or default_cache_dir()) / "whitening" / f"{digest}.npz"
-    return geometry.cached_whitening(
-        base, cache_file, rows=rows, shrinkage=analysis.whitening_shrinkage
-    )

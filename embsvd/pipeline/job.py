@@ -435,17 +435,11 @@ def analysis_matrix(
         W = geometry.unit_rows(W)
     metrics: list[tuple[str, float, int]] = []
     if analysis.geometry != "euclidean":
-        settings = {
-            "weights_sha256": checkpoint.weights_sha256,
-            "tensor_key": checkpoint.tensor_key,
-            "rows": _rows_digest(rows),
-            "normalize_rows": analysis.normalize_rows,
-            "whitening_shrinkage": analysis.whitening_shrinkage,
-        }
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:32]
-        cache_file = (checkpoint.cache_dir or default_cache_dir()) / "whitening" / f"{digest}.npz"
-        whitening = geometry.cached_whitening(
-            W, cache_file, rows=rows, shrinkage=analysis.whitening_shrinkage
+        whitening = geometry.checkpoint_whitening(
+            checkpoint,
+            W,
+            normalize_rows=analysis.normalize_rows,
+            shrinkage=analysis.whitening_shrinkage,
         )
         W = whitening.apply(W, dtype=np.float32)
         metrics = [("geometry/whitening_shrinkage", whitening.shrinkage, 0)]
