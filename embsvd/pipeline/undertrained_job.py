@@ -39,9 +39,14 @@ def undertrained_ids(
     source, matrix = indicator_matrix(spec, checkpoint, cache_dir)
     found = checkpoint_undertrained(source)
     log_undertrained(run, found, checkpoint.vocabulary, matrix)
-    if found.valid:
-        log.info("under-trained tokens of %s: %s", spec.name, found.rule)
+    said = f"{spec.name}: {found.rule}"
+    if found.valid and said not in _SAID:  # once per process and checkpoint, not per job
+        _SAID.add(said)
+        log.info("under-trained tokens of %s", said)
     return found.excluded_ids
+
+
+_SAID: set[str] = set()  # what this process has said of a checkpoint's under-trained tokens
 
 
 def indicator_matrix(
