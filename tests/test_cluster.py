@@ -27,7 +27,7 @@ import pytest
 
 from tests.blocking import RELEASE, wait_for_file
 from tests.conftest import PROJECT_ROOT
-from tests.test_server_auth import CREDENTIAL_VARIABLES, embsvd_server, request
+from tests.test_server_auth import create_user, embsvd_server, request
 
 pytestmark = pytest.mark.slow
 
@@ -111,21 +111,10 @@ def server(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     backend = cluster.postgres_uri.rsplit("/", 1)[0] + f"/{database}"
     folder = tmp_path_factory.mktemp("server")
     admin_password = secrets.token_urlsafe(18)
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES},
-        "EMBSVD_SERVER_BACKEND_URI": backend,
-        "EMBSVD_SERVER_ADMIN_PASSWORD": admin_password,
-    }
-    options = ["--state", str(folder / "state"), "--artifacts", str(folder / "artifacts")]
     try:
-        with embsvd_server(folder, *options, env=env) as url:
-            user, password = "lab-jobs", secrets.token_urlsafe(18)
-            status, body = request(
-                url + "/api/2.0/mlflow/users/create",
-                auth=("admin", admin_password),
-                payload={"username": user, "password": password},
-            )
-            assert status == 200, body
+        with embsvd_server(folder, backend, admin_password) as url:
+            user = "lab-jobs"
+            password = create_user(url, admin_password, user)
             printed = (folder / "server.log").read_text(errors="replace")
             assert admin_password not in printed and backend not in printed  # never shown
             database_password = urlsplit(backend).password

@@ -145,13 +145,24 @@ QUIET_SERVER = {
 @contextlib.contextmanager
 def mlflow_server(folder: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """``mlflow server <options>`` on a free 127.0.0.1 port; yields its base URL (with a
-    trailing ``/``) once it answers, and ends it afterwards. It runs in ``folder`` (what it
-    writes relative to its working directory stays there; its log is ``server.log``) and
-    in its own process group, so the uvicorn process it starts is ended with it."""
+    trailing ``/``) once it answers, and ends it afterwards (see ``running_server``)."""
     port = free_port()
-    log_path = folder / "server.log"
     command = [str(Path(sys.executable).parent / "mlflow"), "server", *options]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(folder, command, port, env) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def running_server(
+    folder: Path, command: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``command``, a server listening on 127.0.0.1:``port``; yields its base URL (with a
+    trailing ``/``) once it answers /health, and ends it afterwards. It runs in ``folder``
+    (what it writes relative to its working directory stays there; its log is
+    ``server.log``) and in its own process group, so the uvicorn process it starts is
+    ended with it."""
+    log_path = folder / "server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
             command,

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import secrets
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -22,7 +21,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tests.test_mlflow_ui import QUIET_SERVER, free_port, stop_server, wait_for_health
+from tests.test_mlflow_ui import free_port, running_server
 from tests.test_secrets import (
     FAST,
     assert_nowhere,
@@ -38,27 +37,34 @@ CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @contextlib.contextmanager
-def embsvd_server(folder: Path, *options: str, env: dict[str, str]) -> Iterator[str]:
-    """``embsvd server <options>`` on a free 127.0.0.1 port; yields its URL (no trailing
-    ``/``) once it answers, and ends it afterwards (its log: ``folder/server.log``)."""
+def embsvd_server(folder: Path, backend: str, admin_password: str) -> Iterator[str]:
+    """``embsvd server`` on ``backend`` (settings from the environment, as the docs start
+    it: no credential from this process's environment) on a free 127.0.0.1 port; yields
+    its URL (no trailing ``/``) once it answers, and ends it afterwards (its log:
+    ``folder/server.log``; its state and artifacts in ``folder``)."""
     port = free_port()
     command = [sys.executable, "-m", "embsvd.pipeline.cli", "server", "--port", str(port)]
-    command += ["--workers", "2", *options]
-    log_path = folder / "server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            command,
-            cwd=folder,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**env, **QUIET_SERVER},
-            start_new_session=True,
-        )
-    try:
-        wait_for_health(server, f"http://127.0.0.1:{port}/", log_path)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_server(server)
+    command += ["--workers", "2", "--state", str(folder / "state")]
+    command += ["--artifacts", str(folder / "artifacts")]
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES},
+        "EMBSVD_SERVER_BACKEND_URI": backend,
+        "EMBSVD_SERVER_ADMIN_PASSWORD": admin_password,
+    }
+    with running_server(folder, command, port, env) as base_url:
+        yield base_url.rstrip("/")
+
+
+def create_user(url: str, admin_password: str, user: str) -> str:
+    """A user of the server at ``url``, created by its admin; returns its password."""
+    password = secrets.token_urlsafe(18)
+    status, body = request(
+        url + "/api/2.0/mlflow/users/create",
+        auth=("admin", admin_password),
+        payload={"username": user, "password": password},
+    )
+    assert status == 200, body
+    return password
 
 
 @dataclass(frozen=True)
@@ -92,23 +98,12 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthServer
     jobs."""
     folder = tmp_path_factory.mktemp("auth_server")
     admin_password = secrets.token_urlsafe(18)
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in CREDENTIAL_VARIABLES},
-        "EMBSVD_SERVER_BACKEND_URI": f"sqlite:///{folder / 'mlflow.db'}",
-        "EMBSVD_SERVER_ADMIN_PASSWORD": admin_password,
-    }
-    options = ["--state", str(folder / "state"), "--artifacts", str(folder / "artifacts")]
-    with embsvd_server(folder, *options, env=env) as url:
+    with embsvd_server(folder, f"sqlite:///{folder / 'mlflow.db'}", admin_password) as url:
         printed = (folder / "server.log").read_text(errors="replace")
         assert "basic auth" in printed and admin_password not in printed
         assert oct((folder / "state" / "auth.ini").stat().st_mode & 0o777) == "0o600"
-        user, password = "alice", secrets.token_urlsafe(18)
-        status, body = request(
-            url + "/api/2.0/mlflow/users/create",
-            auth=("admin", admin_password),
-            payload={"username": user, "password": password},
-        )
-        assert status == 200, body
+        user = "alice"
+        password = create_user(url, admin_password, user)
         yield AuthServer(url, user, password)
 
 
