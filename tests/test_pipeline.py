@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import signal
@@ -22,6 +24,7 @@ CONTRACT_ARTIFACTS = {
     "config.yaml",
     "groups.json",
     "group_mean_corr.csv",
+    "group_pairs.csv",  # every pair; metrics: the target's pairs
     "row_cosine.csv",
     "spectrum.csv",
     "top_tokens.csv",
@@ -186,6 +189,63 @@ def test_summary_table_reads_runs_back(tiny_bert, session_store):
         assert float(r) == pytest.approx(run.metrics[metric], abs=5e-4)
         assert percentile == f"({run.metrics[f'null/{metric}/percentile']:.0f})"
     assert f"{run.metrics['stability/axis0_cos']:.2f}" in cells[2].split()[2:]
+
+
+def test_pairs_without_the_target_are_read_back_from_the_run_tables(tiny_bert, session_store):
+    """A run logs the pair metrics of its target's pairs only; the pairs between two other
+    groups are in its tables, and reading the run back gives every pair, exactly."""
+    from embsvd.tracking import contract
+    from embsvd.tracking.reading import SweepSelection, read_sweep
+
+    experiment = "pairs-without-target"
+    cfg = job_config(
+        tiny_bert,
+        session_store,
+        experiment,
+        "groups.extra.words=[cat,dog,red,paris]",
+        "target=extra",
+        "analysis.figures=false",
+    )
+    result = run_job(cfg)
+    client, [run] = runs_of(session_store, experiment)
+    logged = run.data.metrics
+    pairs = contract.pair_statistics(result)
+    assert {(a, b) for _, a, b, _ in pairs} == {
+        ("digits", "eu_countries"),
+        ("digits", "extra"),
+        ("eu_countries", "extra"),
+    }
+    for prefix, a, b, _ in pairs:
+        key = contract.pair_metric(prefix, a, b)
+        assert (key in logged) == ("extra" in (a, b)), key
+        if prefix.startswith("group_mean_corr"):
+            holm = contract.null_metric(key, "p_holm")
+            assert (holm in logged) == ("extra" in (a, b)), holm
+    assert "group_mean_corr/digits__eu_countries" not in logged
+    assert "null/group_mean_corr_centered/digits__eu_countries/percentile" not in logged
+
+    [read] = read_sweep(
+        session_store,
+        SweepSelection(experiment=experiment, filter_string="attributes.status = 'FINISHED'"),
+    ).runs
+    for prefix, a, b, value in pairs:
+        key = contract.pair_metric(prefix, a, b)
+        assert read.metrics[key] == value, key  # exact: the table holds the floats' repr
+    # the null's numbers of a pair without the target, as its table has them
+    null_rows = {
+        (r["variant"], r["group_a"], r["group_b"]): r
+        for r in csv.DictReader(
+            io.StringIO(read_artifact(client, run.info.run_id, "null_group_mean_corr.csv"))
+        )
+    }
+    row = null_rows[("centered", "digits", "eu_countries")]
+    key = "null/group_mean_corr_centered/digits__eu_countries"
+    assert read.metrics[f"{key}/p_holm"] == float(row["p_holm"])
+    assert read.metrics[f"{key}/sd"] == float(row["null_sd"])
+    assert 0 <= read.metrics[f"{key}/percentile"] <= 100
+    # the target's pairs: the metrics logged and the tables agree to the bit
+    for key, value in logged.items():
+        assert read.metrics[key] == value, key
 
 
 # every message of `validate` is tested in test_validation.py; these go through run_job

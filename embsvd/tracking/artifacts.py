@@ -18,7 +18,12 @@ import numpy as np
 
 from embsvd.checks.run import ChecksResult
 from embsvd.method.analysis import AnalysisResult, PairwiseStat, mean_corr_key
-from embsvd.tracking.contract import pair_metric
+from embsvd.tracking.contract import (
+    NULL_COMPARISON_FIELDS,
+    null_metric,
+    pair_metric,
+    pair_statistics,
+)
 
 NULL_QUANTILES = (2.5, 50.0, 97.5)  # the band of null spectra: a 95% interval and median
 PROJECTION_BINS = 200  # of the logged histogram of the vocabulary's projections
@@ -30,6 +35,7 @@ class Table(StrEnum):
 
     SPECTRUM = "spectrum.csv"
     GROUP_MEAN_CORR = "group_mean_corr.csv"
+    GROUP_PAIRS = "group_pairs.csv"  # every pair's statistics; metrics: the target's pairs
     TOP_TOKENS = "top_tokens.csv"
     PROJECTION_HISTOGRAM = "projection_histogram.csv"
     GROUP_PROJECTIONS = "group_projections.csv"
@@ -59,6 +65,7 @@ _SPECTRUM = ("component", "singular_value", "explained_variance_ratio")
 COLUMNS: dict[Table, tuple[str, ...]] = {
     Table.SPECTRUM: _SPECTRUM,
     Table.GROUP_MEAN_CORR: ("group", "<group>"),
+    Table.GROUP_PAIRS: ("statistic", "group_a", "group_b", "value"),
     Table.TOP_TOKENS: (
         *("component", "side", "rank", "token_id", "token", "text", "projection", "in_group"),
         "undertrained",
@@ -170,6 +177,8 @@ TRAJECTORY_TABLES = (
 )
 # the CSV artifacts that tools reading a sweep back use
 TABLES_READ = (
+    Table.GROUP_PAIRS,  # with NULL_GROUP_MEAN_CORR: the pairs a run logs no metric for
+    Table.NULL_GROUP_MEAN_CORR,
     Table.TOP_TOKENS,
     Table.NULL_SPECTRUM,
     Table.PROJECTION_HISTOGRAM,
@@ -266,6 +275,11 @@ def write_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> 
         ],
     )
     _write_square(folder / Table.GROUP_MEAN_CORR, result.group_mean_corr)
+    write_csv(
+        folder / Table.GROUP_PAIRS,
+        header(Table.GROUP_PAIRS),
+        [list(statistic) for statistic in pair_statistics(result)],
+    )
     write_csv(
         folder / Table.TOP_TOKENS,
         header(Table.TOP_TOKENS),
@@ -435,6 +449,26 @@ def _write_square(file: Path, stat: PairwiseStat) -> None:
         header(Table.GROUP_MEAN_CORR, names),
         [[n, *row] for n, row in zip(names, stat.values, strict=True)],
     )
+
+
+# null_group_mean_corr.csv's column of each null field a metric names
+_NULL_COLUMNS = {"mean": "null_mean", "sd": "null_sd", "p_holm": "p_holm"}
+
+
+def pair_metrics(tables: dict[str, Sequence[dict[str, str]]]) -> dict[str, float]:
+    """The pair statistics of ``group_pairs.csv`` and their null tests of
+    ``null_group_mean_corr.csv``, keyed as the metrics a run of either group logs
+    (``contract.with_target``): what a run read back holds for the pairs without its
+    target. Exact: the tables hold the floats' ``repr``."""
+    found = {
+        pair_metric(row["statistic"], row["group_a"], row["group_b"]): float(row["value"])
+        for row in tables.get(Table.GROUP_PAIRS, ())
+    }
+    for row in tables.get(Table.NULL_GROUP_MEAN_CORR, ()):
+        test = pair_metric(mean_corr_key(row["variant"]), row["group_a"], row["group_b"])
+        for field in (*NULL_COMPARISON_FIELDS, "p_holm"):
+            found[null_metric(test, field)] = float(row[_NULL_COLUMNS.get(field, field)])
+    return found
 
 
 def write_csv(file: Path, columns: Sequence[str], rows: list[list[Any]]) -> None:

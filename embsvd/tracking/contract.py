@@ -422,20 +422,48 @@ def result_metrics(result: AnalysisResult) -> list[Metric]:
     metrics += [("singular_value_first_over_second", S[0] / S[1], 0)]
     metrics += [(S1_SHARE, svd.explained_variance_ratio[0], 0)]
     metrics += [("effective_rank", effective_rank(S), 0)]
-    pairwise = {mean_corr_key(variant): stat for variant, stat in result.mean_corr.items()}
-    pairwise |= {"group_mean_cos": result.group_mean_cos, "axis_corr": result.axis_corr}
-    for prefix, stat in pairwise.items():
-        metrics += [(pair_metric(prefix, a, b), value, 0) for a, b, value in stat.pairs()]
+    metrics += [
+        (key, value, 0)
+        for prefix, a, b, value in pair_statistics(result)
+        if with_target(key := pair_metric(prefix, a, b), result.target)
+    ]
     return metrics
 
 
-def checks_metrics(checks: ChecksResult) -> list[Metric]:
-    """The checks' metrics; a check that did not run logs none."""
+def pair_statistics(result: AnalysisResult) -> list[tuple[str, str, str, float]]:
+    """Every statistic between two groups, ``(prefix, a, b, value)``: the group-mean r in
+    each variant, the group-mean cosine and the first axes' correlation, for every
+    unordered pair. A run logs as metrics only the pairs with its target
+    (``result_metrics``); all of them go to its table ``group_pairs.csv``, which
+    ``pair_metrics`` reads back."""
+    pairwise = {mean_corr_key(variant): stat for variant, stat in result.mean_corr.items()}
+    pairwise |= {"group_mean_cos": result.group_mean_cos, "axis_corr": result.axis_corr}
+    return [
+        (prefix, a, b, value) for prefix, stat in pairwise.items() for a, b, value in stat.pairs()
+    ]
+
+
+def with_target(key: str, target: str) -> bool:
+    """Whether a run of ``target`` logs the statistic ``key`` (a metric, or a null test's
+    name) as a metric: every one but a pair statistic ``<prefix>/<a>__<b>`` between two
+    other groups. Those are the same in every run of a sweep on one model and geometry;
+    a run keeps them in its tables (``group_pairs.csv``, ``null_group_mean_corr.csv``)
+    rather than as about 20 metrics a pair: with 10 groups, 720 of a run's ~1000 metrics
+    and most of its write to the store."""
+    group_a, found, group_b = key.rsplit("/", 1)[-1].partition("__")
+    return not found or target in (group_a, group_b)
+
+
+def checks_metrics(checks: ChecksResult, target: str) -> list[Metric]:
+    """The checks' metrics (the null's pair tests only those with ``target``); a check
+    that did not run logs none."""
     metrics: list[Metric] = []
     if (null := checks.null) is not None:
         metrics += [("null/n_null", null.n_null, 0), ("null/n_tests", null.n_tests, 0)]
         metrics += [("null/p_floor", null.p_floor, 0)]
         for name, comparison in null.tests().items():
+            if not with_target(name, target):
+                continue  # in null_group_mean_corr.csv, with its Holm p
             metrics += _comparison(name, comparison)
             metrics += [(null_metric(name, "p_holm"), null.p_holm[name], 0)]
         metrics += [(f"null/{name}", value, 0) for name, value in null.diagnostics.items()]

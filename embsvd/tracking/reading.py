@@ -499,6 +499,8 @@ def _logged_run(
         if key in metrics
     }
     tables = read_tables(client, run.info.run_id, artifacts.TABLES_READ, scratch)
+    # the pairs without the run's target: in its tables, not its metrics
+    metrics = {**artifacts.pair_metrics(tables), **metrics}
     return contract.LoggedRun(
         run_id=run.info.run_id,
         name=run.info.run_name,

@@ -449,7 +449,9 @@ def group_dataset(group: TokenGroup, is_target: bool) -> DatasetInput:
 
 def log_result(run: RunLogger, result: AnalysisResult, checks: ChecksResult) -> None:
     """The contract's metrics, tags and CSV tables of one analysis and its checks."""
-    run.log_metrics(contract.result_metrics(result) + contract.checks_metrics(checks))
+    run.log_metrics(
+        contract.result_metrics(result) + contract.checks_metrics(checks, result.target)
+    )
     tags = contract.result_tags(result, checks)
     run.set_tags(tags)
     earlier = {tag.key: tag.value for tag in run.unwritten[0]}  # the warnings set before

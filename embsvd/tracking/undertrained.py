@@ -52,10 +52,21 @@ def log_undertrained(
     which matrix the indicator was computed on, then the rule) and ``undertrained.csv``."""
     run.log_metrics(undertrained_metrics(found))
     run.set_tags({Tag.UNDERTRAINED: f"{matrix}; {found.rule}"})
+    run.log_text(_table_text(found, vocab), Table.UNDERTRAINED)
+
+
+def _table_text(found: UndertrainedTokens, vocab: Vocabulary) -> str:
+    """``undertrained.csv``'s text, written once per process for the tokens ``found`` on
+    a checkpoint and kept for a sweep's next run on it (``found`` and ``vocab`` are the
+    checkpoint's own, remembered per checkpoint: held here, so their ids stay theirs)."""
+    if _TABLE and _TABLE[0] is found and _TABLE[1] is vocab:
+        return _TABLE[2]
     with tempfile.TemporaryDirectory() as scratch:
-        write_csv(
-            Path(scratch) / Table.UNDERTRAINED,
-            header(Table.UNDERTRAINED),
-            undertrained_rows(found, vocab),
-        )
-        run.log_folder(Path(scratch))
+        file = Path(scratch) / Table.UNDERTRAINED
+        write_csv(file, header(Table.UNDERTRAINED), undertrained_rows(found, vocab))
+        text = file.read_bytes().decode("utf-8")  # write_csv's \r\n kept
+    _TABLE[:] = [found, vocab, text]
+    return text
+
+
+_TABLE: list = []  # [found, vocab, text] of the last checkpoint's table
