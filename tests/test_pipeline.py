@@ -478,3 +478,26 @@ def test_a_failed_run_stores_its_error_without_the_secret_it_quotes(tmp_path, se
     assert "hunter2" not in run.data.tags["embsvd.error"]
     error_txt = read_artifact(client, run.info.run_id, "error.txt")
     assert "token=***" in error_txt and "hunter2" not in error_txt
+
+
+def test_a_job_collects_earlier_garbage_before_freezing_the_heap():
+    """``settle_heap`` (each job's start) moves what is alive to the permanent generation,
+    after collecting the cycles earlier jobs left: those would otherwise never be freed."""
+    import gc
+    import weakref
+
+    from embsvd.pipeline.job import settle_heap
+
+    class Node:
+        pass
+
+    left = Node()
+    left.self = left  # a cycle: only the cyclic collector frees it
+    dead = weakref.ref(left)
+    del left
+    settle_heap()
+    assert dead() is None
+    assert gc.get_freeze_count() > 0
+    frozen = gc.get_freeze_count()
+    settle_heap()  # a second job's: what it froze stays frozen
+    assert gc.get_freeze_count() >= frozen

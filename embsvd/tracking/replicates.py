@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
-from scipy import stats
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,8 @@ def pool(values: Iterable[float], confidence: float = CONFIDENCE) -> Pooled:
     mean = float(x.mean())
     if n == 1:
         return Pooled(mean, math.nan, math.nan, 1)
+    from scipy import stats  # here: scipy.stats is 0.5-1 s of every job's start-up
+
     half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return Pooled(mean, mean - half, mean + half, n)
 
