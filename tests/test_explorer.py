@@ -31,6 +31,7 @@ from embsvd.figures.explorer import (
     decoded_coordinates,
     embedded_data,
     read_explorer_table,
+    table_as_read,
     write_explorer_page,
 )
 from embsvd.pipeline import explorer_job, run_job
@@ -126,6 +127,34 @@ def test_the_page_embeds_exactly_the_logged_table(tmp_path):
     # float32 holds 6 significant digits: the page gives back the logged decimal
     coordinates = decoded_coordinates(run, len(texts))
     assert [[f"{v:.6g}" for v in row] for row in coordinates] == logged
+
+
+def test_a_runs_own_page_from_memory_is_the_page_read_from_its_table(tmp_path):
+    """A run builds its page from what it wrote (``table_as_read``), not by parsing the
+    table back: the same table to the bit, and the same page byte for byte."""
+    rng = np.random.default_rng(3)
+    n = 300
+    projections = rng.normal(size=(n, 2)) * 10.0 ** rng.integers(-9, 9, size=(n, 1))
+    texts = [f"tok{i}" for i in range(n)]
+    texts[1 : 1 + len(HOSTILE)] = HOSTILE
+    # names out of order, a token in two groups, a virtual id past the vocabulary
+    groups = {"zeta": [7, 3, n + 2], "alpha": [3, 250], "mid": []}
+    file = tmp_path / "vocabulary_projections.csv"
+    written = write_explorer_table(file, projections, texts, groups, special_ids=[0, 5, n + 1])
+    from_memory = table_as_read(written, texts, groups, [0, 5, n + 1])
+    from_file = read_explorer_table(file)
+    np.testing.assert_array_equal(from_memory.projections, from_file.projections)
+    np.testing.assert_array_equal(from_memory.token_ids, from_file.token_ids)
+    np.testing.assert_array_equal(from_memory.special, from_file.special)
+    assert from_memory.texts == from_file.texts
+    assert list(from_memory.groups.items()) == list(from_file.groups.items())
+    assert from_memory.axes == from_file.axes
+    pages = []
+    for read in (from_memory, None):
+        page = tmp_path / f"{read is None}.html"
+        write_explorer_page([ExplorerRun("r", file, "m", "zeta", (0.6, 0.4), read)], page, "t")
+        pages.append(page.read_bytes())
+    assert pages[0] == pages[1]
 
 
 def test_the_page_keeps_hostile_tokens_inside_its_data(tmp_path):

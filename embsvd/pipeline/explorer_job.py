@@ -16,7 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from embsvd import tracking
-from embsvd.figures.explorer import SWEEP_MAX_VALUES, ExplorerRun, write_explorer_page
+from embsvd.figures.explorer import (
+    SWEEP_MAX_VALUES,
+    ExplorerRun,
+    table_as_read,
+    write_explorer_page,
+)
 from embsvd.figures.selection import distinct_runs
 from embsvd.groups import TokenGroup
 from embsvd.io.vocabulary import Vocabulary
@@ -46,12 +51,9 @@ def log_run_explorer(
     with tempfile.TemporaryDirectory() as scratch:
         table = Path(scratch) / EXPLORER_TABLE
         table.parent.mkdir()
-        write_explorer_table(
-            table,
-            result.projections,
-            vocab.display_texts,
-            {group_name: group.token_ids for group_name, group in groups.items()},
-            vocab.special_ids,
+        members = {group_name: group.token_ids for group_name, group in groups.items()}
+        written = write_explorer_table(
+            table, result.projections, vocab.display_texts, members, vocab.special_ids
         )
         run.log_folder(table.parent, EXPLORER_FOLDER)
         if settings.analysis.figures is True:
@@ -62,6 +64,7 @@ def log_run_explorer(
                 model=settings.model.name,
                 target=settings.target,
                 explained=tuple(result.svd.explained_variance_ratio.tolist()),
+                read=table_as_read(written, vocab.display_texts, members, vocab.special_ids),
             )
             write_explorer_page([explorer_run], page, title=f"{name}: vocabulary explorer")
             run.log_folder(page.parent)

@@ -202,8 +202,10 @@ def write_explorer_table(
     texts: Sequence[str],
     groups: dict[str, Sequence[int]],
     special_ids: Collection[int] = (),
-) -> None:
-    """Every token's projections on the run's axes, for the explorer page.
+) -> np.ndarray:
+    """Every token's projections on the run's axes, for the explorer page; returns the
+    projections as written (``(d_vocab, n_components)`` float64: what reading the file
+    back gives, exactly).
 
     Args:
         file: The CSV to write (``EXPLORER_TABLE``'s name).
@@ -226,14 +228,17 @@ def write_explorer_table(
     # a row's numbers formatted at once and the lines joined by hand (csv.writer's
     # quoting rule kept): a third of the time of a csv.writer row by row at 256k tokens
     numbers = ",".join([f"%.{EXPLORER_DIGITS}g"] * projections.shape[1])
+    written = [numbers % tuple(row) for row in projections.tolist()]
     lines = [",".join(header_of(EXPLORER_COLUMNS, range(projections.shape[1])))]
     lines += [
         f"{i},{_quoted(text)},{_quoted(EXPLORER_GROUP_SEPARATOR.join(member_of.get(i, ())))},"
-        f"{'true' if i in special else 'false'},{numbers % tuple(row)}"
-        for i, (text, row) in enumerate(zip(texts, projections.tolist(), strict=True))
+        f"{'true' if i in special else 'false'},{row}"
+        for i, (text, row) in enumerate(zip(texts, written, strict=True))
     ]
     with open(file, "w", newline="", encoding="utf-8") as handle:
         handle.write("\r\n".join(lines) + "\r\n")
+    # the text's numbers, parsed as a reader of the file parses them (correctly rounded)
+    return np.array(",".join(written).split(","), dtype=np.float64).reshape(projections.shape)
 
 
 def _quoted(field: str) -> str:
