@@ -629,3 +629,18 @@ def test_the_printed_ui_command_opens_the_sweeps_view():
     assert then == f"  then http://127.0.0.1:5001/{page}"
     server = mlflow_ui_command("http://alice:secret@host:5000/", page=page)
     assert server == f"http://alice:***@host:5000/{page}"
+
+
+def test_a_run_logs_the_pair_statistics_of_its_target_only():
+    """``with_target``: every key a run logs, but a pair between two other groups, as a
+    statistic or its null test; the pairs go to the run's tables instead."""
+    from embsvd.tracking.contract import with_target
+
+    assert with_target("group_mean_corr/digits__months", "digits")
+    assert with_target("group_mean_corr_centered/colors__digits", "digits")
+    assert with_target("null/group_mean_corr/colors__digits/p_holm", "digits")
+    assert not with_target("group_mean_corr/colors__months", "digits")
+    assert not with_target("axis_corr/colors__months", "digits")
+    assert not with_target("null/group_mean_corr_decorrelated/colors__months/sd", "digits")
+    for key in ("s1_share", "null/s1_share/p_value", "sv_1_lo", "confound/spearman_norm"):
+        assert with_target(key, "digits")

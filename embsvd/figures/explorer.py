@@ -31,6 +31,7 @@ from embsvd.tracking.artifacts import (
     EXPLORER_COLUMNS,
     EXPLORER_DIGITS,
     EXPLORER_GROUP_SEPARATOR,
+    explorer_memberships,
     header_of,
 )
 
@@ -92,10 +93,7 @@ def table_as_read(
     what the writer was given and returned (``written``: the projections as written):
     a run's own page without parsing its table back (a third of a second at 128k tokens)."""
     n = len(written)
-    member_of: dict[int, list[str]] = {}
-    for name in sorted(groups):  # the writer's order: each token's groups by name
-        for token_id in groups[name]:
-            member_of.setdefault(int(token_id), []).append(name)
+    member_of = explorer_memberships(groups)  # as the writer wrote each row's groups
     rows: dict[str, list[int]] = {}
     for i in sorted(t for t in member_of if 0 <= t < n):  # a virtual id has no row
         for name in member_of[i]:

@@ -92,7 +92,7 @@ def settle_heap() -> None:
     the collector's permanent generation (``gc.freeze``): its full passes, which a job's
     allocations (MLflow's ORM rows, a table's 30k lines) set off, then scan the job's own
     objects, not the ~400k of mlflow, SQLAlchemy and matplotlib. Measured: the seed
-    replication 7.6 s -> 6.1 s; the call costs about 1 ms once the first has run."""
+    replication 7.6 s -> 6.0 s; the call costs about 1 ms once the first has run."""
     gc.collect()
     gc.freeze()
 

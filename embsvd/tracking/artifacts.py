@@ -220,10 +220,7 @@ def write_explorer_table(
     projections = np.asarray(projections, dtype=np.float64)
     if len(texts) != len(projections):
         raise ValueError(f"texts: {len(texts)} texts for {len(projections)} rows of projections")
-    member_of: dict[int, list[str]] = {}
-    for name in sorted(groups):
-        for token_id in groups[name]:
-            member_of.setdefault(int(token_id), []).append(name)
+    member_of = explorer_memberships(groups)
     special = frozenset(int(i) for i in special_ids)
     # a row's numbers formatted at once and the lines joined by hand (csv.writer's
     # quoting rule kept): a third of the time of a csv.writer row by row at 256k tokens
@@ -239,6 +236,16 @@ def write_explorer_table(
         handle.write("\r\n".join(lines) + "\r\n")
     # the text's numbers, parsed as a reader of the file parses them (correctly rounded)
     return np.array(",".join(written).split(","), dtype=np.float64).reshape(projections.shape)
+
+
+def explorer_memberships(groups: dict[str, Sequence[int]]) -> dict[int, list[str]]:
+    """Token id -> the names of the groups that kept it, sorted: an explorer table's
+    ``group`` cell, joined by ``EXPLORER_GROUP_SEPARATOR``."""
+    member_of: dict[int, list[str]] = {}
+    for name in sorted(groups):
+        for token_id in groups[name]:
+            member_of.setdefault(int(token_id), []).append(name)
+    return member_of
 
 
 def _quoted(field: str) -> str:

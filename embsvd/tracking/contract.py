@@ -444,14 +444,17 @@ def pair_statistics(result: AnalysisResult) -> list[tuple[str, str, str, float]]
 
 
 def with_target(key: str, target: str) -> bool:
-    """Whether a run of ``target`` logs the statistic ``key`` (a metric, or a null test's
-    name) as a metric: every one but a pair statistic ``<prefix>/<a>__<b>`` between two
-    other groups. Those are the same in every run of a sweep on one model and geometry;
-    a run keeps them in its tables (``group_pairs.csv``, ``null_group_mean_corr.csv``)
-    rather than as about 20 metrics a pair: with 10 groups, 720 of a run's ~1000 metrics
-    and most of its write to the store."""
-    group_a, found, group_b = key.rsplit("/", 1)[-1].partition("__")
-    return not found or target in (group_a, group_b)
+    """Whether a run of ``target`` logs ``key`` as a metric: every key but those of a pair
+    statistic between two other groups (``<prefix>/<a>__<b>``, with its null test's
+    ``null/<prefix>/<a>__<b>/<field>``). Those are the same in every run of a sweep on one
+    model and geometry; a run keeps them in its tables (``group_pairs.csv``,
+    ``null_group_mean_corr.csv``) rather than as about 20 metrics a pair: with 10 groups,
+    720 of a run's ~1000 metrics and most of its write to the store."""
+    pair = next((part for part in key.split("/") if "__" in part), None)
+    if pair is None:
+        return True
+    group_a, _, group_b = pair.partition("__")
+    return target in (group_a, group_b)
 
 
 def checks_metrics(checks: ChecksResult, target: str) -> list[Metric]:
