@@ -446,10 +446,11 @@ def pair_statistics(result: AnalysisResult) -> list[tuple[str, str, str, float]]
 def with_target(key: str, target: str) -> bool:
     """Whether a run of ``target`` logs ``key`` as a metric: every key but those of a pair
     statistic between two other groups (``<prefix>/<a>__<b>``, with its null test's
-    ``null/<prefix>/<a>__<b>/<field>``). Those are the same in every run of a sweep on one
-    model and geometry; a run keeps them in its tables (``group_pairs.csv``,
-    ``null_group_mean_corr.csv``) rather than as about 20 metrics a pair: with 10 groups,
-    720 of a run's ~1000 metrics and most of its write to the store."""
+    ``null/<prefix>/<a>__<b>/<field>``). Those repeat from run to run of a sweep (the same
+    on one model, geometry and centering, but for the Holm p); a run keeps them in its
+    tables (``group_pairs.csv``, ``null_group_mean_corr.csv``) rather than as about 20
+    metrics a pair: with 10 groups, 720 of a run's ~1000 metrics and most of its write to
+    the store."""
     pair = next((part for part in key.split("/") if "__" in part), None)
     if pair is None:
         return True
