@@ -433,3 +433,22 @@ def test_the_bundled_minilm_page_in_a_browser(browser, tmp_path):
     folder = Path(os.environ.get("EMBSVD_TEST_ARTIFACTS") or PROJECT_ROOT / "test-artifacts")
     shot = browser.screenshot(folder / "explorer_minilm_digits.png")
     assert shot.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_reading_a_runs_tables_draws_no_progress_bar(store, tmp_path, capfd):
+    """The figures command reads each run's tables and explorer table: MLflow would draw
+    a progress bar per download, a line per run and file in the command's output."""
+    from embsvd.tracking.reading import PROGRESS_BAR_VARIABLE
+
+    client, run_id = store["client"], store["runs"]["true"]
+    os.environ[PROGRESS_BAR_VARIABLE] = "true"  # MLflow's default: bars on
+    try:
+        table = explorer_job.logged_table(client, run_id, tmp_path / "explorer")
+        assert table is not None and table.is_file()
+        (tmp_path / "tables").mkdir()
+        tables = tracking.read_tables(client, run_id, ["spectrum.csv"], tmp_path / "tables")
+        assert tables["spectrum.csv"]  # read, rows and all
+        assert "Downloading artifacts" not in capfd.readouterr().err
+        assert os.environ[PROGRESS_BAR_VARIABLE] == "true"  # as it was
+    finally:
+        del os.environ[PROGRESS_BAR_VARIABLE]

@@ -82,7 +82,8 @@ def logged_table(client, run_id: str, scratch: Path) -> Path | None:
     if not has_table(client, run_id):
         return None
     scratch.mkdir(parents=True, exist_ok=True)
-    return Path(client.download_artifacts(run_id, EXPLORER_TABLE, str(scratch)))
+    with tracking.no_progress_bars():  # a bar per run in the figures command's output
+        return Path(client.download_artifacts(run_id, EXPLORER_TABLE, str(scratch)))
 
 
 def explorer_run(run: LoggedRun, table: Path) -> ExplorerRun:

@@ -57,6 +57,7 @@ _MODULE_OF = {
     "sweep_trajectories": "trajectory",
     "TRAJECTORY_FIGURES": "trajectory",
     "log_figures": "reading",
+    "no_progress_bars": "reading",
     "read_tables": "reading",
     "with_tables": "reading",
     "read_sweep": "reading",

@@ -254,7 +254,7 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
     if not finished:
         statuses = ", ".join(f"{r.info.run_name} {r.info.status}" for r in runs)
         raise ValueError(f"{described}: no FINISHED run to draw ({statuses})")
-    with tempfile.TemporaryDirectory() as scratch, _no_progress_bars():
+    with tempfile.TemporaryDirectory() as scratch:
         logged = tuple(_logged_run(client, r, experiments, Path(scratch)) for r in finished)
     return contract.Sweep(
         name=name,
@@ -268,7 +268,7 @@ def read_sweep(tracking_uri: str, selection: SweepSelection) -> contract.Sweep:
 
 
 @contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
     """MLflow draws a progress bar per artifact download: dozens of lines per sweep."""
     previous = os.environ.get(PROGRESS_BAR_VARIABLE)
     os.environ[PROGRESS_BAR_VARIABLE] = "false"
@@ -522,7 +522,8 @@ def read_tables(
     tables = {}
     for file in files:
         if file in logged:
-            local = client.download_artifacts(run_id, file, str(scratch))
+            with no_progress_bars():  # MLflow's bar per file: a line per run and table
+                local = client.download_artifacts(run_id, file, str(scratch))
             text = Path(local).read_text(encoding="utf-8")
             tables[file] = tuple(csv.DictReader(io.StringIO(text)))
     return tables
@@ -535,8 +536,7 @@ def with_tables(
     the paper figures need, ``artifacts.TABLES_READ``); ``scratch`` is created."""
     scratch.mkdir()
     wanted = [file for file in files if file not in run.tables]
-    with _no_progress_bars():
-        tables = read_tables(client, run.run_id, wanted, scratch)
+    tables = read_tables(client, run.run_id, wanted, scratch)
     return dataclasses.replace(run, tables={**run.tables, **tables})
 
 
