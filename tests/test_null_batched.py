@@ -26,6 +26,7 @@ from embsvd.checks.matching import (
     draw_random_groups,
     match_groups,
     matrix_row_norms,
+    remember_row_norms,
     token_pools,
 )
 from embsvd.checks.null import (
@@ -484,6 +485,36 @@ def test_row_norms_are_read_once_per_matrix_a_block_at_a_time(tmp_path):
         assert matrix_row_norms(matrix) is norms
         assert not norms.flags.writeable
     assert matrix_row_norms(W.copy()) is not matrix_row_norms(W)
+
+
+class Unreadable(BFloat16Rows):
+    """A ``BFloat16Rows`` that fails when a block of its rows is read (a pass over it);
+    the memo's fingerprint, a gather of 64 rows, still reads."""
+
+    def _rows(self, key):
+        if isinstance(key, slice):
+            raise AssertionError("a block of the matrix was read")
+        return super()._rows(key)
+
+
+def test_the_vocabularys_norms_are_the_matchings_without_a_pass_over_the_matrix(tmp_path):
+    """``remember_row_norms`` hands the vocabulary's norms (kept in the cache between
+    processes) to the null's norm matching: the same values ``matrix_row_norms`` computes,
+    and no pass over the matrix for them."""
+    rng = np.random.default_rng(7)
+    bits = bfloat16_bits(rng.normal(size=(5000, 8)))
+    vocab = Vocabulary.from_matrix(BFloat16Rows(bits), [f"t{i}" for i in range(5000)])
+    np.testing.assert_array_equal(vocab.token_norms, matrix_row_norms(BFloat16Rows(bits)))
+    W = Unreadable(bits)
+    given = remember_row_norms(W, vocab.token_norms)
+    assert matrix_row_norms(W) is given
+    assert Matching.of_matrix(W, "norm").norms is given
+    np.testing.assert_array_equal(given, vocab.token_norms)
+    assert not given.flags.writeable
+    with pytest.raises(AssertionError, match="a block of the matrix was read"):
+        matrix_row_norms(Unreadable(bits))  # another matrix object: computed, so read
+    with pytest.raises(ValueError, match=r"norms: shape \(4999,\) for the 5000 rows of W"):
+        remember_row_norms(Unreadable(bits), vocab.token_norms[:-1])
 
 
 def test_token_pools_are_read_once_per_vocabulary():

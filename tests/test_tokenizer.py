@@ -77,3 +77,28 @@ def test_bundled_tokenizers_equal_transformers_on_every_library_word(model, smol
         ours = select_single_tokens(name, spec, fast, model, forms=fast_forms)
         theirs = select_single_tokens(name, spec, reference, model, forms=reference_forms)
         assert ours == theirs, name
+
+
+def test_the_vocabulary_is_read_once_and_each_caller_gets_its_own_copy(tmp_path):
+    write_tiny_bpe(tmp_path / "bpe")
+    tokenizer = load_tokenizer(tmp_path / "bpe")
+    assert isinstance(tokenizer, FastTokenizer)
+    expected = tokenizer.backend.get_vocab(with_added_tokens=True)
+
+    class CountedReads:
+        """The tokenizer's backend, counting its reads of the vocabulary."""
+
+        def __init__(self, backend):
+            self.backend, self.reads = backend, 0
+
+        def get_vocab(self, with_added_tokens):
+            self.reads += 1
+            return self.backend.get_vocab(with_added_tokens=with_added_tokens)
+
+    tokenizer.backend = counted = CountedReads(tokenizer.backend)
+    first = tokenizer.get_vocab()
+    assert first == expected
+    first["[not a token]"] = -1  # a caller's change stays its own
+    second = tokenizer.get_vocab()
+    assert second is not first and second == expected
+    assert counted.reads == 1

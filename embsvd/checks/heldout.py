@@ -29,13 +29,16 @@ uses some of them; a centered offset is their mean), so a block is read once ont
 orthonormal basis of that span, at most ``n`` columns, and every fit's products come from
 those coordinates: ``n`` columns of ``d_model``-long products instead of ``(n + 1)(1 + c)``.
 A group of at least ``d_model`` words spans the whole space; its blocks are multiplied by
-the offsets and axes themselves.
+the offsets and axes themselves. Each block counts the tokens ahead of the left-out words
+(one word per fit); the remainder, every word of it under the kept words' fit, is placed
+after the pass by sorting that fit's scores once each, whatever its size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,8 +94,10 @@ class HeldOutValidation:
 
 
 # float64 bytes of one block's rows (as read and widened) and its scores under every fit:
-# 32 MiB is ~650 rows at d_model = 4096 with 11 fits, enough for full BLAS speed
-BLOCK_BYTES = 1 << 25
+# 8 MiB is ~160 rows at d_model = 4096 with 11 fits. Measured on 2026-11-30 (one group of
+# 10 words and 14 held out): 30522 x 384 float32 in 35-42 ms against 44-56 ms with 32 MiB,
+# 128256 x 4096 bfloat16 in 1.2 s against 1.3 s with 32 MiB and 1.5 s with 2 MiB
+BLOCK_BYTES = 1 << 23
 # The basis the vocabulary is read onto may leave out of any fit's offset or axis at most
 # this many float64 epsilons per dimension of their stack (``max(d_model, width)``), of
 # its length: the worst-case rounding of one d_model-long product. Directions of the kept
@@ -167,36 +172,62 @@ def validate_held_out(
     # vocabulary's rows but is none of them
     real_ids = kept_ids[kept_ids < d_vocab]
     rankable[real_ids] = False
-    full_distances = np.empty(d_vocab)  # the kept words' fit: precision@k, pool median
-    closer = np.zeros(len(words), dtype=np.int64)  # ranked tokens closer to the subspace
-    larger = np.zeros(own_sizes.shape, dtype=np.int64)  # ... with a larger |projection|
+    # the kept words' fit (fit n), for every row: its distances give precision@k and the
+    # pool median, and with its |projections| they rank the remainder after the pass
+    full_distances = np.empty(d_vocab)
+    full_sizes = np.empty((d_vocab, c)) if group.held_out else None
+    # ranked tokens ahead of each left-out word (word i, fit i), counted block by block
+    closer = np.zeros(n, dtype=np.int64)
+    larger = np.zeros((n, c), dtype=np.int64)
     if block_rows is None:  # a block's rows (read and widened) and scores: BLOCK_BYTES
         width = W.shape[1] * 3 // 2 + stacked.read_width + 3 * stacked.width
-        width += 2 * len(words) * (1 + c)
+        width += 2 * n * (1 + c)
         block_rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (8 * width)))
     for rows, block in row_blocks(W, block_rows):
         distances, projections = stacked.scores(block.astype(np.float64, copy=False))
         full_distances[rows] = distances[:, n]
+        if full_sizes is not None:
+            np.abs(projections[:, :, n], out=full_sizes[rows])
         ranked_here = rankable[rows, None]
         # a gap > 0 ranks the row ahead of the word (x - y > 0 exactly when x > y)
-        distance_gap = own_distances - distances[:, word_fits]  # (b, n_words)
-        size_gap = np.abs(projections[:, word_fits])  # (b, n_words, c)
-        size_gap -= own_sizes
+        distance_gap = own_distances[:n] - distances[:, :n]  # (b, n)
+        size_gap = np.abs(projections[:, :, :n])  # (b, c, n)
+        size_gap -= own_sizes[:n].T
         del distances, projections
         is_closer = (distance_gap > 0) & ranked_here
-        is_larger = (size_gap > 0) & ranked_here[..., None]
+        is_larger = (size_gap > 0) & ranked_here[:, None]
         # rounding can put a copy of a word's row (its own, or a duplicate) just ahead of
         # it: a row within the band of a word is compared with the word's row itself
-        near = (is_closer & (distance_gap <= bands)) | (
-            is_larger & (size_gap <= bands[:, None])
-        ).any(axis=2)
+        near = (is_closer & (distance_gap <= bands[:n])) | (
+            is_larger & (size_gap <= bands[:n])
+        ).any(axis=1)
         rows_near, words_near = np.nonzero(near)
         same = (block[rows_near] == own_rows[words_near]).all(axis=1)
         is_closer[rows_near[same], words_near[same]] = False
-        is_larger[rows_near[same], words_near[same]] = False
+        is_larger[rows_near[same], :, words_near[same]] = False
         closer += np.count_nonzero(is_closer, axis=0)
-        larger += np.count_nonzero(is_larger, axis=0)
-    ahead = np.column_stack([closer, larger])  # (n_words, 1 + c)
+        larger += np.count_nonzero(is_larger, axis=0).T
+    ranked = np.flatnonzero(rankable)
+    by_distance = np.argsort(full_distances[ranked], kind="stable")  # closest first
+    ahead = np.column_stack([closer, larger])  # (n, 1 + c)
+    if group.held_out:  # the remainder, all under fit n: ranked by sorting its scores
+        remainder = slice(n, None)
+        ahead = np.vstack(
+            [
+                ahead,
+                _ahead_by_sorting(
+                    W,
+                    ranked,
+                    full_distances[ranked],
+                    by_distance,
+                    full_sizes[ranked],
+                    own_rows[remainder],
+                    own_distances[remainder],
+                    own_sizes[remainder],
+                    bands[remainder],
+                ),
+            ]
+        )
 
     n_eligible = int(eligible.sum())
     placed = []
@@ -216,20 +247,71 @@ def validate_held_out(
                 axis_rank_pct=tuple(percent[1:]),
             )
         )
-    ranked = np.flatnonzero(rankable)
     k = precision = None
     if group.held_out:
         k = min(precision_k, len(group.held_out))
-        closest = ranked[np.argsort(full_distances[ranked], kind="stable")[:k]]
-        remainder = {token.token_id for token in group.held_out}
-        precision = sum(int(i) in remainder for i in closest) / k
+        closest = ranked[by_distance[:k]]
+        remainder_ids = {token.token_id for token in group.held_out}
+        precision = sum(int(i) in remainder_ids for i in closest) / k
     pool_median = None
     if pool_ids is not None and len(pool_ids):
         pool = np.setdiff1d(np.asarray(pool_ids), kept_ids)
-        sorted_ranked = np.sort(full_distances[ranked])
+        sorted_ranked = full_distances[ranked][by_distance]
         ahead_of_pool = np.searchsorted(sorted_ranked, full_distances[pool], side="left")
         pool_median = float(np.median(100.0 * ahead_of_pool / len(ranked)))
     return HeldOutValidation(tuple(placed), c, k, precision, pool_median)
+
+
+def _ahead_by_sorting(
+    W: Any,
+    ranked: np.ndarray,
+    distances: np.ndarray,
+    by_distance: np.ndarray,
+    sizes: np.ndarray,
+    own_rows: np.ndarray,
+    own_distances: np.ndarray,
+    own_sizes: np.ndarray,
+    bands: np.ndarray,
+) -> np.ndarray:
+    """Ranked tokens ahead of each of ``m`` words held out from one fit, ``(m, 1 + c)``:
+    closer to the subspace (a smaller distance) and, per axis, larger (a larger
+    ``|projection|``), strictly. ``distances`` ``(r,)`` and ``sizes`` ``(r, c)`` are the
+    fit's scores of the ranked tokens ``ranked``; ``by_distance`` sorts ``distances``.
+
+    Each score is sorted once and every word placed in it by bisection, instead of every
+    token compared with every word. The band rule is the pass's: the tokens ahead of a
+    word by at most its band in any score are compared with its row, and a token with the
+    same row leaves every count it was in. A token within the band lies inside a range of
+    the sorted scores twice the band wide (rounding one subtraction moves a gap by far
+    less than the band), and the band is then checked on the gap itself."""
+    m, c = own_sizes.shape
+    ahead = np.empty((m, 1 + c), dtype=np.int64)
+    near: list[set[int]] = [set() for _ in range(m)]  # positions in ``ranked``
+    for j in range(1 + c):
+        values = distances if j == 0 else sizes[:, j - 1]
+        order = by_distance if j == 0 else np.argsort(values, kind="stable")
+        sorted_values = values[order]
+        own = own_distances if j == 0 else own_sizes[:, j - 1]
+        if j == 0:  # ahead: a distance below the word's
+            end = np.searchsorted(sorted_values, own, side="left")
+            start = np.searchsorted(sorted_values, own - 2 * bands, side="left")
+            ahead[:, j] = end
+        else:  # ahead: a |projection| above the word's
+            start = np.searchsorted(sorted_values, own, side="right")
+            end = np.searchsorted(sorted_values, own + 2 * bands, side="right")
+            ahead[:, j] = len(values) - start
+        for w in range(m):
+            span = sorted_values[start[w] : end[w]]
+            gaps = own[w] - span if j == 0 else span - own[w]
+            near[w].update(order[start[w] : end[w]][gaps <= bands[w]].tolist())
+    for w in range(m):
+        if not near[w]:
+            continue
+        positions = np.array(sorted(near[w]), dtype=np.intp)
+        same = positions[(np.asarray(W[ranked[positions]]) == own_rows[w]).all(axis=1)]
+        ahead[w, 0] -= np.count_nonzero(distances[same] < own_distances[w])
+        ahead[w, 1:] -= np.count_nonzero(sizes[same] > own_sizes[w], axis=0)
+    return ahead
 
 
 class _StackedFits:
@@ -237,8 +319,9 @@ class _StackedFits:
 
     Every fit's distances and projections come from the products of a row ``w`` with the
     fit's offset and axes, by the expansion ``|w - o|^2 - |V (w - o)|^2`` with ``V (w - o)
-    = V w - V o``. The products with the ``(d_model, n_fits * (1 + c))`` stack ``A`` of
-    every offset and axis are read through an orthonormal basis ``Q`` of its columns'
+    = V w - V o``. The products with the ``(d_model, (1 + c) n_fits)`` stack ``A`` of
+    every offset and axis (term by term: every fit's offset, then every fit's first axis,
+    ...) are read through an orthonormal basis ``Q`` of its columns'
     span: ``w @ A = (w @ Q) @ (Q.T @ A)``, exact in exact arithmetic since ``A = Q Q.T A``,
     and ``Q`` has at most ``n`` columns (the kept rows' span; more only where a fit's axes
     leave it, see ``_span_basis``) against ``A``'s ``(n + 1)(1 + c)``. Where that would not
@@ -252,7 +335,9 @@ class _StackedFits:
         self.c = c
         self.n_fits = len(fits)
         self.width = self.n_fits * (1 + c)
-        self.A = np.concatenate([np.vstack([f.offset, f.Vt[:c]]).T for f in fits], axis=1)
+        # (d_model, 1 + c, n_fits): [:, 0] the offsets, [:, 1 + a] every fit's axis a
+        by_term = np.stack([np.vstack([f.offset, f.Vt[:c]]).T for f in fits], axis=2)
+        self.A = np.ascontiguousarray(by_term.reshape(len(by_term), self.width))
         self.offset_on_axes = np.array([f.offset @ f.Vt[:c].T for f in fits]).reshape(len(fits), c)
         self.offset_sq = np.array([f.offset @ f.offset for f in fits])
         basis = _span_basis(self.A, fits[-1])
@@ -263,13 +348,13 @@ class _StackedFits:
         self.read_width = self.reader.shape[1]
 
     def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Distances ``(b, n_fits)`` and projections ``(b, n_fits, c)`` of float64 rows."""
+        """Distances ``(b, n_fits)`` and projections ``(b, c, n_fits)`` of float64 rows."""
         products = rows @ self.reader
         if self.coefficients is not None:
             products = products @ self.coefficients
-        products = products.reshape(len(rows), self.n_fits, 1 + self.c)
+        products = products.reshape(len(rows), 1 + self.c, self.n_fits)
         norms_sq = np.einsum("ij,ij->i", rows, rows)[:, None]
-        return _expansion(products, norms_sq, self.offset_on_axes, self.offset_sq)
+        return _expansion(products, norms_sq, self.offset_on_axes.T, self.offset_sq)
 
     def own_scores(
         self, rows: np.ndarray, fits: np.ndarray
@@ -278,17 +363,20 @@ class _StackedFits:
         on each axis ``(m, c)`` and the band ``(m,)`` within which another row's score is
         checked for coming from the same row."""
         rows64 = rows.astype(np.float64)
-        by_fit = self.A.reshape(len(self.A), self.n_fits, 1 + self.c)
+        by_fit = self.A.reshape(len(self.A), 1 + self.c, self.n_fits)
         products = np.empty((len(rows), 1 + self.c))
         for fit in np.unique(fits):  # one product per fit: no gathered copy of the stack
             mine = fits == fit
-            products[mine] = rows64[mine] @ by_fit[:, fit]
+            products[mine] = rows64[mine] @ by_fit[:, :, fit]
         norms_sq = np.einsum("ij,ij->i", rows64, rows64)
         distances, projections = _expansion(
-            products, norms_sq, self.offset_on_axes[fits], self.offset_sq[fits]
+            products[:, :, None],
+            norms_sq[:, None],
+            self.offset_on_axes[fits][:, :, None],
+            self.offset_sq[fits][:, None],
         )
         bands = TIE_BAND * (np.sqrt(norms_sq) + np.sqrt(self.offset_sq[fits]))
-        return distances, np.abs(projections), bands
+        return distances[:, 0], np.abs(projections[:, :, 0]), bands
 
 
 def _span_basis(A: np.ndarray, full: GroupSVD) -> np.ndarray | None:
@@ -334,9 +422,15 @@ def _saves(r: int, d_model: int, width: int) -> bool:
 def _expansion(
     products: np.ndarray, norms_sq: np.ndarray, offset_on_axes: np.ndarray, offset_sq: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and projections from ``w . [o, V]`` (``products``, last axis ``1 + c``),
-    ``|w|^2`` and the offsets' own terms, term for term as one fit at a time did it."""
-    projections = products[..., 1:] - offset_on_axes
-    offset_sq = norms_sq - 2 * products[..., 0] + offset_sq
-    residual = offset_sq - (projections**2).sum(axis=-1)
-    return np.sqrt(np.clip(residual, 0.0, None)), projections
+    """Distances ``(b, n_fits)`` and projections ``(b, c, n_fits)`` from ``w . [o, V]``
+    (``products``, ``(b, 1 + c, n_fits)``), ``|w|^2`` ``(b, 1)`` and the offsets' own terms
+    (``offset_on_axes`` ``(c, n_fits)``, ``offset_sq`` ``(n_fits,)``), term for term as one
+    fit at a time did it: the squared projections are added axis by axis, in order."""
+    projections = products[:, 1:] - offset_on_axes
+    residual = norms_sq - 2 * products[:, 0] + offset_sq
+    on_axes = np.zeros(residual.shape)
+    for axis in range(projections.shape[1]):
+        on_axes += np.square(projections[:, axis])
+    residual -= on_axes
+    np.clip(residual, 0.0, None, out=residual)
+    return np.sqrt(residual, out=residual), projections

@@ -42,7 +42,7 @@ import numpy as np
 from embsvd.groups import TokenGroup
 from embsvd.io.augmented import real_rows, with_virtual_norms
 from embsvd.io.frequency import TokenFrequencies, surface
-from embsvd.io.rows import row_blocks
+from embsvd.io.vocabulary import row_norms
 
 WHOLE_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
 
@@ -199,18 +199,36 @@ def clear_memos() -> None:
 
 
 def matrix_row_norms(W: Any) -> np.ndarray:
-    """``np.linalg.norm(W, axis=1)`` of the matrix analysed, ``(d_vocab,)``, read a block of
-    rows at a time (``row_blocks``: a ``BFloat16Rows`` is never widened whole) and computed
-    once per matrix object (``MatrixMemo``). The same values as the whole-matrix norm."""
+    """``np.linalg.norm(W, axis=1)`` of the matrix analysed, ``(d_vocab,)``: the vocabulary's
+    ``row_norms`` (a block of rows at a time: a ``BFloat16Rows`` is never widened whole),
+    computed once per matrix object (``MatrixMemo``), or given by ``remember_row_norms``."""
 
     def norms() -> np.ndarray:
-        found = np.empty(len(W), dtype=np.result_type(W.dtype, np.float32))
-        for rows, block in row_blocks(W):
-            found[rows] = np.linalg.norm(block, axis=1)
+        found = row_norms(W)
         found.flags.writeable = False  # shared by every run that hits the memo
         return found
 
     return _NORMS.get(W, "row norms", norms)
+
+
+def remember_row_norms(W: Any, norms: np.ndarray) -> np.ndarray:
+    """Give ``matrix_row_norms(W)`` norms already computed by the same ``row_norms``: the
+    vocabulary's (``Vocabulary.token_norms``, kept between processes in the cache), so
+    that the null's norm matching reads no row of ``W`` (a pass over a 128256 x 4096
+    bfloat16 matrix takes about 0.3 s). Returns what the memo holds for ``W``.
+
+    Raises:
+        ValueError: ``norms`` is not one value per row of ``W``.
+    """
+    if np.shape(norms) != (len(W),):
+        raise ValueError(f"norms: shape {np.shape(norms)} for the {len(W)} rows of W")
+
+    def given() -> np.ndarray:
+        found = np.array(norms)  # a copy: the memo's is read-only, the caller's stays as it was
+        found.flags.writeable = False
+        return found
+
+    return _NORMS.get(W, "row norms", given)
 
 
 def frequencies_digest(frequencies: TokenFrequencies | None) -> str | None:

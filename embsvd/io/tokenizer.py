@@ -53,6 +53,13 @@ class FastTokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def get_vocab(self) -> dict[str, int]:
+        """Token -> id, a fresh dict each call, copied from one read of the tokenizer: a
+        run asks three times, and ``tokenizers`` builds the dict anew each time (70 ms at
+        128k tokens against 5 ms for the copy)."""
+        return dict(self._vocab)
+
+    @cached_property
+    def _vocab(self) -> dict[str, int]:
         return self.backend.get_vocab(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:

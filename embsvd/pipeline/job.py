@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from embsvd import figures, tracking
+from embsvd.checks.matching import remember_row_norms
 from embsvd.checks.run import run_checks
 from embsvd.groups import (
     TokenForms,
@@ -241,6 +242,8 @@ def _analyse_and_log(
     with clock("load"):
         (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir, content)
         vocab = checkpoint.vocabulary  # read once per checkpoint, shared by a sweep's jobs
+        # the null's norm matching reads the stored rows' norms from the vocabulary's
+        remember_row_norms(checkpoint.W, vocab.token_norms)
     run.set_tags({**checkpoint_tags(checkpoint), Tag.CHECKPOINT_CACHE: cached})
     # --- trajectories across training: the analysed tensor's hash, the revision's step ---
     with clock("embedding_hash"):  # once per weights file and tensor, then remembered
