@@ -183,8 +183,14 @@ def validate_held_out(
         width = W.shape[1] * 3 // 2 + stacked.read_width + 3 * stacked.width
         width += 2 * n * (1 + c)
         block_rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (8 * width)))
+    widened = np.empty((min(block_rows, d_vocab), W.shape[1]))  # reused: no fresh pages
     for rows, block in row_blocks(W, block_rows):
-        distances, projections = stacked.scores(block.astype(np.float64, copy=False))
+        if block.dtype == np.float64:
+            rows64 = block
+        else:
+            rows64 = widened[: len(block)]
+            np.copyto(rows64, block)
+        distances, projections = stacked.scores(rows64)
         full_distances[rows] = distances[:, n]
         if full_sizes is not None:
             np.abs(projections[:, :, n], out=full_sizes[rows])
