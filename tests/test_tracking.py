@@ -408,6 +408,87 @@ def test_finish_sweep_closes_running_children_and_earns_the_parent_status(sessio
     ]
 
 
+class CountedReads:
+    """``store.children``, counting how often the sweep's children are read."""
+
+    def __init__(self, store: tracking.TrackingStore):
+        self.read, self.reads = store.children, 0
+        store.children = self
+
+    def __call__(self, parent_run_id: str) -> list[tracking.RunRecord]:
+        self.reads += 1
+        return self.read(parent_run_id)
+
+
+def test_finish_sweep_reuses_the_children_read_at_the_close_unless_they_changed(tmp_path):
+    """The close reads a sweep's children once (for its trajectories and its status); a
+    RUNNING child or a replayed write changes them, and they are read again."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = make_store(uri, "children-once")
+    parent = tracking.start_run(store, "sweep/z", {"embsvd.role": "sweep"})
+    child = {"mlflow.parentRunId": parent.run_id, "embsvd.job_num": 0}
+    with tracking.tracked_run(store, "a", child):
+        pass
+    children = store.children(parent.run_id)
+    counted = CountedReads(store)
+
+    outcome = tracking.finish_sweep(
+        store, parent.run_id, interrupted=False, completed=True, children=children
+    )
+
+    assert counted.reads == 0 and outcome.children == children
+    assert outcome.status == "FINISHED"
+
+    # a child RUNNING in the list read: closed KILLED, and the children read again
+    parent = tracking.start_run(store, "sweep/w", {"embsvd.role": "sweep"})
+    child = {"mlflow.parentRunId": parent.run_id, "embsvd.job_num": 0}
+    with tracking.tracked_run(store, "b", child):
+        pass
+    tracking.start_run(store, "c", {**child, "embsvd.job_num": 1})  # its worker died
+    children = store.children(parent.run_id)
+    outcome = tracking.finish_sweep(
+        store, parent.run_id, interrupted=False, completed=True, children=children
+    )
+    assert counted.reads == 2  # the test's own read, and the close's after the kill
+    assert outcome.status == "KILLED"
+    assert sorted((c.name, c.status) for c in outcome.children) == [
+        ("b", "FINISHED"),
+        ("c", "KILLED"),
+    ]
+
+    # a pending final write (a child's status) replayed at the close: read again
+    parent = tracking.start_run(store, "sweep/v", {"embsvd.role": "sweep"})
+    late = tracking.start_run(store, "d", {"mlflow.parentRunId": parent.run_id})
+    children = store.children(parent.run_id)
+    keep(uri, late.run_id, "d", "FINISHED", [], [], None, "database is locked")
+    reads = counted.reads
+    outcome = tracking.finish_sweep(
+        store, parent.run_id, interrupted=False, completed=True, children=children
+    )
+    assert counted.reads == reads + 1
+    assert [(c.name, c.status) for c in outcome.children] == [("d", "FINISHED")]
+    assert outcome.status == "FINISHED"
+
+
+def test_close_running_children_finds_the_running_ones_alone(session_store):
+    store = make_store(session_store, "running-children")
+    parent = tracking.start_run(store, "sweep/u", {"embsvd.role": "sweep"})
+    child = {"mlflow.parentRunId": parent.run_id}
+    with tracking.tracked_run(store, "done", child):
+        pass
+    running = tracking.start_run(store, "cut off", child)
+
+    assert tracking.close_running_children(store, parent.run_id, "gone") == 1
+
+    closed = store.client.get_run(running.run_id)
+    assert closed.info.status == "KILLED" and closed.data.tags[Tag.ERROR] == "gone"
+    assert tracking.close_running_children(store, parent.run_id, "gone") == 0
+    assert {c.name: c.status for c in store.children(parent.run_id)} == {
+        "done": "FINISHED",
+        "cut off": "KILLED",
+    }
+
+
 def test_sweep_that_stopped_before_its_jobs_reported_fails_its_parent(session_store):
     store = make_store(session_store, "stopped-sweep")
     parent = tracking.start_run(store, "sweep/y", {"embsvd.role": "sweep"})

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -199,11 +200,20 @@ class SweepTracking(Callback):
         store, parent_run_id = self._store, self._parent_run_id
         with tracking.deferred_signals():
             self._drain_writes()
+            # the children, read once for the trajectories and the close (a read loads
+            # every run's params, metrics and tags: 0.9 s for 100 runs with the checks)
+            children = None
             if not self._interrupted:  # a revision sweep's trajectories, on the parent
-                trajectory_job.log_sweep_trajectories(store, parent_run_id)
+                with suppress(Exception):  # else each reads them, and reports its failure
+                    children = store.children(parent_run_id)
+                trajectory_job.log_sweep_trajectories(store, parent_run_id, children)
             try:
                 outcome = tracking.finish_sweep(
-                    store, parent_run_id, interrupted=self._interrupted, completed=completed
+                    store,
+                    parent_run_id,
+                    interrupted=self._interrupted,
+                    completed=completed,
+                    children=children,
                 )
             except tracking.FinalWriteError:  # printed; kept pending with the status earned
                 self._close_failed, self._parent_run_id = True, None

@@ -46,13 +46,18 @@ def run_tags(model: CheckpointSpec, checkpoint: Checkpoint) -> dict[str, Any]:
     return tags
 
 
-def log_sweep_trajectories(store: tracking.TrackingStore, parent_run_id: str) -> None:
+def log_sweep_trajectories(
+    store: tracking.TrackingStore,
+    parent_run_id: str,
+    children: list[tracking.RunRecord] | None = None,
+) -> None:
     """At a sweep's close, before its parent is closed: when its FINISHED runs differ in
     ``model.revision``, log the trajectory tables and figures to the parent, tag and print
     the revisions with identical matrices, and print (and tag) why a configuration has
-    no trajectory. Never raises: a failure is printed, and the sweep closes as it would."""
+    no trajectory. Never raises: a failure is printed, and the sweep closes as it would.
+    ``children``: the parent's children as read (``store.children``); ``None``: read here."""
     try:
-        runs = tracking.sweep_runs(store, parent_run_id)
+        runs = tracking.sweep_runs(store, parent_run_id, children)
         if not tracking.is_revision_sweep(runs):
             return
         found = tracking.sweep_trajectories(store, runs)

@@ -86,6 +86,7 @@ _MODULE_OF = {
     "process_tags": "recovery",
     "SweepOutcome": "sweeps",
     "abandon_sweep": "sweeps",
+    "close_running_children": "sweeps",
     "finish_sweep": "sweeps",
     "format_sweep_table": "sweeps",
     "RunWriter": "writer",

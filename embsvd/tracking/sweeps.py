@@ -39,7 +39,12 @@ class SweepOutcome:
 
 
 def finish_sweep(
-    store: TrackingStore, parent_run_id: str, *, interrupted: bool, completed: bool
+    store: TrackingStore,
+    parent_run_id: str,
+    *,
+    interrupted: bool,
+    completed: bool,
+    children: list[RunRecord] | None = None,
 ) -> SweepOutcome:
     """Close a sweep's parent run with the status its children earned.
 
@@ -53,12 +58,22 @@ def finish_sweep(
     pending when the store refuses). The experiment gets the sweep's saved view of the
     runs table (``save_sweep_view``; best effort).
 
+    ``children``: the parent's children as the caller read them once its jobs had ended
+    (``store.children``; the sweep's close reads them once for its trajectories too),
+    used as they are unless a pending write was replayed or a child was still RUNNING,
+    which change them: then they are read again. Reading a sweep's children loads every
+    param, metric and tag of each: about 0.9 s for 100 runs with the checks.
+
     Raises:
         FinalWriteError: the parent's final write failed (its results are kept pending).
     """
-    recovery.replay(store.client, store.uri, recovery.report_to_stderr)
-    close_running_children(store, parent_run_id, "still RUNNING when its sweep ended")
-    children = store.children(parent_run_id)
+    if recovery.replay(store.client, store.uri, recovery.report_to_stderr):
+        children = None  # a replayed write may have been a child's status
+    closed = close_running_children(
+        store, parent_run_id, "still RUNNING when its sweep ended", children
+    )
+    if children is None or closed:
+        children = store.children(parent_run_id)
     parent = store.client.get_run(parent_run_id)
     skipped = {str(job): run_id for job, run_id in contract.skipped_jobs(parent.data.tags).items()}
     statuses = [c.status for c in children]
@@ -99,12 +114,24 @@ def sweep_note(name: str, status: str, table: str) -> str:
     return head + tail
 
 
-def close_running_children(store: TrackingStore, parent_run_id: str, reason: str) -> None:
-    """Close the parent's children still RUNNING as KILLED, with ``reason`` as their error."""
-    for child in store.children(parent_run_id):
-        if child.status == "RUNNING":
-            store.client.set_tag(child.run_id, Tag.ERROR, reason)
-            store.client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.KILLED))
+def close_running_children(
+    store: TrackingStore,
+    parent_run_id: str,
+    reason: str,
+    children: list[RunRecord] | None = None,
+) -> int:
+    """Close the parent's children still RUNNING as KILLED, with ``reason`` as their error;
+    how many. ``children``: the parent's children as read (``store.children``); ``None``:
+    the RUNNING ones are looked up (a search of those alone, not of every child's data)."""
+    if children is None:
+        children = store.find_runs(
+            f"tags.`{Tag.PARENT_RUN_ID}` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+        )
+    running = [child for child in children if child.status == "RUNNING"]
+    for child in running:
+        store.client.set_tag(child.run_id, Tag.ERROR, reason)
+        store.client.set_terminated(child.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return len(running)
 
 
 def abandon_sweep(

@@ -110,9 +110,14 @@ def is_revision_sweep(runs: Iterable[RunRecord]) -> bool:
     return len({run.tags.get(Tag.REVISION) for run in runs if run.status == "FINISHED"}) > 1
 
 
-def sweep_runs(store: TrackingStore, parent_run_id: str) -> list[RunRecord]:
-    """The parent's FINISHED children, and the FINISHED runs its skipped jobs reuse."""
-    runs = [c for c in store.children(parent_run_id) if c.status == "FINISHED"]
+def sweep_runs(
+    store: TrackingStore, parent_run_id: str, children: list[RunRecord] | None = None
+) -> list[RunRecord]:
+    """The parent's FINISHED children, and the FINISHED runs its skipped jobs reuse.
+    ``children``: the parent's children as read (``store.children``); ``None``: read here."""
+    if children is None:
+        children = store.children(parent_run_id)
+    runs = [c for c in children if c.status == "FINISHED"]
     tags = store.client.get_run(parent_run_id).data.tags
     known = {run.run_id for run in runs}
     for run_id in sorted(set(contract.skipped_jobs(tags).values()) - known):
