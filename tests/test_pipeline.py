@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.pipeline import SweepTracking, flatten, run_job
-from tests.conftest import CONFIG_DIR, tiny_embeddings, write_tiny_bert
+from tests.conftest import CONFIG_DIR, PROJECT_ROOT, tiny_embeddings, write_tiny_bert
 from tests.test_tracking import read_artifact
 
 CONTRACT_ARTIFACTS = {
@@ -501,3 +501,34 @@ def test_a_job_collects_earlier_garbage_before_freezing_the_heap():
     frozen = gc.get_freeze_count()
     settle_heap()  # a second job's: what it froze stays frozen
     assert gc.get_freeze_count() >= frozen
+
+
+def test_a_single_run_starts_with_the_collector_off_until_its_job_settles_the_heap():
+    """``experiments/run.py`` turns the cyclic collector off before its imports; the job's
+    ``settle_heap`` turns it on (a sweep's open does, see ``test_sweeps``)."""
+    import gc
+    import runpy
+
+    from embsvd.pipeline.job import settle_heap
+
+    try:
+        runpy.run_path(str(PROJECT_ROOT / "experiments" / "run.py"), run_name="run_script")
+        assert not gc.isenabled()
+        settle_heap()
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_embsvd_run_gives_the_collector_back_as_it_found_it(tmp_path, monkeypatch, capsys):
+    """``embsvd run`` in a process that goes on (a notebook, a test): the collector is on
+    afterwards even when no job ran to settle the heap (``--cfg job`` composes only)."""
+    import gc
+
+    from embsvd.pipeline import app
+
+    monkeypatch.chdir(PROJECT_ROOT)
+    assert gc.isenabled()
+    assert app.run_app("run", ["--cfg", "job", "target=eu_countries"]) == 0
+    assert "target: eu_countries" in capsys.readouterr().out
+    assert gc.isenabled()

@@ -11,6 +11,7 @@ them, whatever folder of the project the command starts in.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,12 +77,16 @@ def run_app(name: str, argv: Sequence[str]) -> int:
         )
         return 1
     main = hydra.main(version_base="1.3", config_path=str(config_dir), config_name=app.config_name)
-    saved = sys.argv
+    saved, collecting = sys.argv, gc.isenabled()
     sys.argv = [f"embsvd {name}", *argv]  # what Hydra parses, and shows in its usage line
+    if name == "run":  # as experiments/run.py: off until the first job settles the heap
+        gc.disable()
     try:
         main(Task(app.name, app.task))()
     finally:
         sys.argv = saved
+        if collecting:  # on again, whether or not a job ran (--cfg job, --help, an error)
+            gc.enable()
     return 0
 
 

@@ -93,9 +93,14 @@ def settle_heap() -> None:
     the collector's permanent generation (``gc.freeze``): its full passes, which a job's
     allocations (MLflow's ORM rows, a table's 30k lines) set off, then scan the job's own
     objects, not the ~400k of mlflow, SQLAlchemy and matplotlib. Measured: the seed
-    replication 7.6 s -> 6.0 s; the call costs about 1 ms once the first has run."""
+    replication 7.6 s -> 6.0 s; the call costs about 1 ms once the first has run.
+
+    The collector is then on, whether or not ``experiments/run.py`` turned it off for the
+    process's start (imports, Hydra's composition): that start makes objects that stay,
+    and a few MB of garbage that this first call collects."""
     gc.collect()
     gc.freeze()
+    gc.enable()
 
 
 def _run_job(cfg: DictConfig) -> AnalysisResult | None:

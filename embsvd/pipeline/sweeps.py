@@ -30,6 +30,7 @@ from embsvd.pipeline.job import (
     code_state,
     jobs_share_this_process,
     last_run,
+    settle_heap,
 )
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import package_version
@@ -130,6 +131,9 @@ class SweepTracking(Callback):
             flush=True,
         )
         atexit.register(self._close_at_exit)
+        # the libraries (MLflow's now), Hydra's and the jobs' configs stay: frozen, and the
+        # collector on, for this process's jobs or its wait for a launcher's
+        settle_heap()
         previous_hook = sys.excepthook
 
         def note_interrupt(kind, value, traceback):  # noqa: ANN001 (sys.excepthook's)
