@@ -91,6 +91,28 @@ def test_the_table_holds_every_token_to_six_significant_digits(tmp_path):
     assert [r["special"] for r in rows].count("true") == 2 and rows[0]["special"] == "true"
 
 
+def test_the_table_is_byte_for_byte_what_csv_writer_writes(tmp_path):
+    """The lines are joined by hand for speed; csv.writer's quoting (QUOTE_MINIMAL: a
+    field with a comma, a quote or a line break) and line ends are kept exactly, for
+    hostile texts, a lone carriage return, a group cell of several names, one axis or
+    three."""
+    for k in (3, 1):
+        file, projections, texts, groups = synthetic_table(tmp_path, n=60, k=k)
+        texts = [*texts[:-2], "cr\ronly", '"']
+        write_explorer_table(file, projections, texts, groups, special_ids=[0, 59, 99])
+        expected = io.StringIO(newline="")
+        writer = csv.writer(expected)
+        writer.writerow(
+            ["token_id", "text", "group", "special"] + [f"projection_{j}" for j in range(k)]
+        )
+        member_of = {25: "digits;other", 40: "other", 41: "other"}
+        member_of.update({i: "digits" for i in range(20, 30) if i != 25})
+        for i, (text, row) in enumerate(zip(texts, projections.tolist(), strict=True)):
+            special = "true" if i in (0, 59) else "false"
+            writer.writerow([i, text, member_of.get(i, ""), special, *(f"{v:.6g}" for v in row)])
+        assert file.read_bytes() == expected.getvalue().encode("utf-8")
+
+
 def test_the_table_refuses_texts_that_do_not_fit_the_rows(tmp_path):
     with pytest.raises(ValueError, match="texts: 2 texts for 3 rows of projections"):
         write_explorer_table(tmp_path / "t.csv", np.zeros((3, 2)), ["a", "b"], {})

@@ -9,7 +9,7 @@ import pytest
 
 from embsvd.groups import GroupSpec, TokenForms, select_single_tokens
 from embsvd.io.checkpoint import load_tokenizer
-from embsvd.io.tokenizer import word_start_marker
+from embsvd.io.tokenizer import WORD_START_MARKERS, word_start_marker
 from tests.conftest import VOCAB, write_tiny_bpe, write_tokenizer
 
 
@@ -59,6 +59,10 @@ def test_marker_is_detected_from_the_vocabulary(bpe, wordpiece):
     assert word_start_marker(bpe.get_vocab()) == "Ġ"
     assert word_start_marker(wordpiece.get_vocab()) is None
     assert word_start_marker(["▁a", "▁b", "c", "d"]) == "▁"
+    # counted by a token's first character: a marker is one
+    assert all(len(marker) == 1 for marker in WORD_START_MARKERS)
+    assert word_start_marker(["", "Ġ", "ĠĠ", "aĠ", "b", "c"]) == "Ġ"  # 2 of 6: at least 5%
+    assert word_start_marker(["a" * 3] * 20 + ["▁x"]) is None  # 1 of 21, under 5%
 
 
 def test_auto_prefers_the_word_initial_token_and_falls_back_to_the_bare_one(bpe):
