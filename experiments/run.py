@@ -8,7 +8,7 @@ import gc
 
 # The cyclic collector is off until the first job (or a sweep's open) settles the heap
 # (embsvd.pipeline.job.settle_heap): its full passes over the objects that imports and
-# Hydra's composition make, and keep, cost 0.5-0.9 s of every run's start.
+# Hydra's composition make, and keep, cost about 0.4-0.5 s of every run's start.
 gc.disable()
 
 import hydra  # noqa: E402 (after the collector is off)

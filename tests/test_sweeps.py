@@ -106,8 +106,8 @@ def read_csv_artifact(client: MlflowClient, run_id: str, path: str) -> list[dict
 
 def test_a_sweep_starts_with_the_collector_off_and_on_once_its_parent_opened(tiny_bert, tmp_path):
     """``experiments/run.py`` turns the cyclic collector off before its imports and
-    Hydra's composition (their full passes cost 0.5-0.9 s of a run's start); the sweep's
-    open settles the heap and turns it on, before any job, wherever the jobs run."""
+    Hydra's composition (their full passes cost about 0.4-0.5 s of a run's start); the
+    sweep's open settles the heap and turns it on, before any job, wherever the jobs run."""
     probe = tmp_path / "collector.txt"
     done = subprocess.run(
         sweep_command(
