@@ -278,11 +278,7 @@ def header_of(columns: Sequence[str], values: Sequence[Any] = ()) -> list[str]:
 
 def header(table: Table, values: Sequence[Any] = ()) -> list[str]:
     """``table``'s columns, its ``<...>`` column repeated for each of ``values``."""
-    return [
-        re.sub(r"<[^>]+>", str(value), column)
-        for column in COLUMNS[table]
-        for value in (values if "<" in column else [None])
-    ]
+    return header_of(COLUMNS[table], values)
 
 
 def write_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> None:
