@@ -325,6 +325,29 @@ def test_the_fast_global_svd_matches_the_exact_one_on_known_spectra(spectrum, la
             assert sine <= residual[i] / gap * (1 + 1e-6) + 1e-12, (spectrum, i)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        SPECTRA["gaps"] ** 2,
+        np.concatenate([[50, 50, 40, 30, 30, 30, 20, 20], 10 * 0.9 ** np.arange(232)]),
+    ],
+    ids=["gaps", "ties"],
+)
+def test_the_block_lanczos_iteration_converges_to_the_top_eigenpairs(values):
+    """The iteration itself, not the full eigendecomposition it falls back to: its
+    projected matrix (filled a check at a time) gives the top eigenpairs of ``S``."""
+    Q = np.linalg.qr(np.random.default_rng(5).normal(size=(len(values), len(values))))[0]
+    S = (Q * values) @ Q.T
+    k = 12
+    found = embsvd.method.geometry._block_lanczos(S, k)
+    assert found is not None
+    theta, vectors = found
+    np.testing.assert_allclose(theta, values[:k], rtol=1e-10)
+    residual = np.linalg.norm(S @ vectors - vectors * theta, axis=0)
+    assert residual.max() <= embsvd.method.geometry.LANCZOS_TOLERANCE * values[0]
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-12)
+
+
 def test_the_fast_global_svd_on_bfloat16_data_is_the_exact_one():
     X, _ = known_spectrum(100.0 * 0.95 ** np.arange(200), n=2500, seed=3)
     X = ((X.astype(np.float32).view(np.uint32) >> 16) << 16).view(np.float32)

@@ -146,6 +146,42 @@ def test_unit_rows_are_normalize_rows_computed_where_read():
     )
 
 
+@pytest.mark.parametrize("kind", ["bfloat16", "float16"])
+def test_narrow_rows_read_into_a_buffer_are_their_rows(kind):
+    if kind == "bfloat16":
+        W, _ = bfloat16_pair(40, 6)
+    else:
+        values = np.random.default_rng(4).normal(size=(40, 6)).astype(np.float16)
+        W = Float16Rows(values.view("<f2"))
+    for key in (slice(3, 17), np.array([39, 0, 5, 5, 12])):
+        out = np.full((len(np.arange(40)[key]), 6), np.nan, dtype=np.float32)
+        W.read_into(key, out)
+        np.testing.assert_array_equal(out, W[key])
+    with pytest.raises(ValueError, match=r"out: expected float32 \(4, 6\), got float64 \(4, 6\)"):
+        W.read_into(slice(0, 4), np.empty((4, 6)))
+    with pytest.raises(ValueError, match=r"out: expected float32 \(4, 6\), got float32 \(5, 6\)"):
+        W.read_into(slice(0, 4), np.empty((5, 6), dtype=np.float32))
+
+
+@pytest.mark.parametrize("rows", ["all", "some"])
+def test_the_fast_scatter_of_bf16_rows_is_the_float32_arrays_one(rows, monkeypatch):
+    """The float32 scatter widens bfloat16 blocks straight into its buffer: the same
+    centered values, so the same products as the float32 array's path, bit for bit, over
+    several blocks (the last one short) and through a gather of some of the rows."""
+    W, widened = bfloat16_pair(1000, 16, seed=2)
+    selected = None
+    if rows == "some":
+        selected = np.ones(1000, dtype=bool)
+        selected[[0, 3, 500, 998]] = False
+    monkeypatch.setattr(geometry, "SCATTER_BLOCK_BYTES", 4 * 16 * 300)  # 300 rows a block
+    streamed = geometry._Centered(W, selected, 7).scatter_float32()  # gathers of 7 rows
+    array = geometry._Centered(widened, selected, 7).scatter_float32()
+    np.testing.assert_array_equal(streamed, array)
+    X = widened.astype(np.float64)[slice(None) if selected is None else selected]
+    X -= X.mean(axis=0)
+    np.testing.assert_allclose(streamed, X.T @ X, rtol=1e-5, atol=1e-4 * np.abs(X.T @ X).max())
+
+
 def test_float16_rows_read_as_float32_and_their_non_finite_rows_are_found():
     values = np.random.default_rng(3).normal(size=(50, 6)).astype(np.float16)
     values[[7, 40], [1, 5]] = [np.inf, np.nan]

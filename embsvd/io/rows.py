@@ -154,8 +154,17 @@ class NarrowRows(StreamedRows):
     def _rows(self, key: Any) -> np.ndarray:
         return self.widen(np.asarray(self.raw[key]))
 
+    def read_into(self, key: Any, out: np.ndarray) -> None:
+        """``self[key]`` written into ``out`` (float32, of its shape): a pass that reuses
+        one buffer allocates nothing per block."""
+        self.widen_into(np.asarray(self.raw[key]), out)
+
     @staticmethod
     def widen(raw: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def widen_into(raw: np.ndarray, out: np.ndarray) -> None:
         raise NotImplementedError
 
     def non_finite(self, raw: np.ndarray) -> np.ndarray:
@@ -177,6 +186,11 @@ class BFloat16Rows(NarrowRows):
     def widen(raw: np.ndarray) -> np.ndarray:
         return widen_bfloat16(raw)
 
+    @staticmethod
+    def widen_into(raw: np.ndarray, out: np.ndarray) -> None:
+        _check_out(raw, out)
+        np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32)
+
 
 class Float16Rows(NarrowRows):
     """A ``(d_vocab, d_model)`` float16 matrix (``raw``), read as float32 rows (exact)."""
@@ -188,6 +202,11 @@ class Float16Rows(NarrowRows):
     @staticmethod
     def widen(raw: np.ndarray) -> np.ndarray:
         return raw.astype(np.float32)
+
+    @staticmethod
+    def widen_into(raw: np.ndarray, out: np.ndarray) -> None:
+        _check_out(raw, out)
+        np.copyto(out, raw, casting="safe")
 
 
 class UnitRows(StreamedRows):
@@ -220,6 +239,11 @@ class UnitRows(StreamedRows):
     def _rows(self, key: Any) -> np.ndarray:
         rows = np.asarray(self.source[key]).astype(np.float64)
         return rows / self.norms[key][..., None]
+
+
+def _check_out(raw: np.ndarray, out: np.ndarray) -> None:
+    if out.dtype != np.float32 or out.shape != raw.shape:
+        raise ValueError(f"out: expected float32 {raw.shape}, got {out.dtype} {out.shape}")
 
 
 def widen_bfloat16(raw: np.ndarray) -> np.ndarray:
