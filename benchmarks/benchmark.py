@@ -99,21 +99,27 @@ class Side:
         return found
 
 
+BESIDE_THE_JOBS = ("writer", "drawer")  # processes whose phase lines run beside the jobs
+
+
 def phase_summary(repeats: list[list[dict]], walls: list[float]) -> dict:
     """Per phase, over the repeats of one side: the median total seconds in a process, the
     median seconds per job it ran in, and its share of the process's wall time; plus
     ``other``, the wall time no phase covers (imports, Hydra, the sweep's open and close),
-    and the writer process's busy time, which runs beside the jobs (no share of the wall).
+    and the busy time of the processes beside the jobs (the writer's, the figure
+    drawer's), which is not the wall's (no share of it).
     """
     totals: dict[str, list[float]] = {}
     per_job: dict[str, list[float]] = {}
-    covered, beside = [], []
+    covered = []
+    beside: dict[str, list[float]] = {kind: [] for kind in BESIDE_THE_JOBS}
     for records, wall in zip(repeats, walls, strict=True):
         sums: dict[str, float] = {}
-        # the writer process works beside the jobs: its time is not the wall's
-        beside.append(sum(sum(r["phases"].values()) for r in records if r["kind"] == "writer"))
+        for kind in BESIDE_THE_JOBS:
+            busy = [sum(r["phases"].values()) for r in records if r["kind"] == kind]
+            beside[kind].append(sum(busy))
         for record in records:
-            if record["kind"] == "writer":
+            if record["kind"] in BESIDE_THE_JOBS:
                 continue
             for name, seconds in record["phases"].items():
                 sums[name] = sums.get(name, 0.0) + seconds
@@ -131,12 +137,13 @@ def phase_summary(repeats: list[list[dict]], walls: list[float]) -> dict:
         }
         for name, values in sorted(totals.items(), key=lambda item: -statistics.median(item[1]))
     }
-    if any(beside):
-        found["writer_process (beside the jobs)"] = {
-            "total_s": statistics.median(beside),
-            "per_job_s": None,
-            "share": 0.0,
-        }
+    for kind, busy in beside.items():
+        if any(busy):
+            found[f"{kind}_process (beside the jobs)"] = {
+                "total_s": statistics.median(busy),
+                "per_job_s": None,
+                "share": 0.0,
+            }
     found["other"] = {
         "total_s": wall * (1 - statistics.median(covered)),
         "per_job_s": None,

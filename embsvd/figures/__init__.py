@@ -16,6 +16,7 @@ import importlib
 
 _MODULE_OF = {
     "draw_run_figures": "run_figures",
+    "write_run_figures": "run_figures",
     "write_figure_set": "paper",
     "figure_folder": "paper",
     "check_replaceable": "paper",

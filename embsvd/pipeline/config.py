@@ -61,6 +61,10 @@ class AnalysisConfig:
     # the vocabulary explorer, with the per-run figures (none where figures=false): every
     # token's projections (explorer/vocabulary_projections.csv) and explorer.html
     explorer: bool = True
+    # a sweep whose jobs run one after another in this process (Hydra's basic launcher)
+    # draws each run's figures in a process of its own, beside the job's tables and
+    # explorer (embsvd.figures.drawer); false draws them in the job's process
+    figure_process: bool = True
     # cpu: numpy; cuda, cuda:<n> or mps: torch on that device for the SVDs and the projection
     device: str = "cpu"
     random_state: int = 0  # seeds every random draw of the checks below
@@ -436,7 +440,7 @@ def config_hash(settings: EmbsvdConfig, content: str | None = None) -> str:
         "target": settings.target,
         "analysis": asdict(settings.analysis),
     }
-    for key in ("figures", "device", "explorer"):  # where or whether drawn: no number
+    for key in ("figures", "figure_process", "device", "explorer"):  # where or whether drawn
         decisive["analysis"].pop(key)
     if settings.numbers.enabled:  # only then: runs without it keep their hashes
         decisive["numbers"] = asdict(settings.numbers)

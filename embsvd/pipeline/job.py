@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -21,9 +22,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from embsvd import figures, tracking
+from embsvd import tracking
 from embsvd.checks.matching import remember_row_norms
-from embsvd.checks.run import run_checks
+from embsvd.checks.run import ChecksResult, run_checks
+from embsvd.figures.drawer import FigureDrawer, PendingFigures, sweep_drawer
+from embsvd.figures.run_data import run_figure_data
 from embsvd.groups import (
     TokenForms,
     TokenGroup,
@@ -299,31 +302,69 @@ def _analyse_and_log(
         timer=clock,
         undertrained_ids=undertrained,
     )
-    with clock("writes"):
-        tracking.log_result(run, result, checks)
-    # --- number structure (numbers.enabled; docs/numbers.md) ---
-    if settings.numbers.enabled:
-        with clock("numbers"):
-            numbers_job.log_numbers(settings, run, checkpoint, forms, W)
-    # --- end number structure ---
-    # --- concept axes (concept set; docs/concepts.md) ---
-    if settings.concept is not None:
-        with clock("concepts"):
-            concept_job.log_concept(settings, run, checkpoint, forms, W, undertrained)
-    # --- end concept axes ---
-    with clock("figures"):
-        if analysis.figures == "deferred":  # the figures command draws them from the tables
-            run.set_tags({Tag.RUN_FIGURES: "deferred"})
-        elif analysis.figures:
-            with tempfile.TemporaryDirectory() as scratch:
-                figures.draw_run_figures(result, settings.model.name, Path(scratch), checks)
-                run.log_folder(Path(scratch), "figures")
-    # --- vocabulary explorer (analysis.explorer, with the per-run figures; docs/explorer.md) ---
-    if analysis.explorer and analysis.figures is not False:
-        with clock("explorer"):
-            explorer_job.log_run_explorer(settings, run, result, groups, vocab, run_name(settings))
-    # --- end vocabulary explorer ---
+    with contextlib.ExitStack() as cleanup:
+        with clock("figures"):  # handed to the figure process here, collected below
+            drawing = _draw_run_figures(settings, run, result, checks, cleanup)
+        with clock("writes"):
+            tracking.log_result(run, result, checks)
+        # --- number structure (numbers.enabled; docs/numbers.md) ---
+        if settings.numbers.enabled:
+            with clock("numbers"):
+                numbers_job.log_numbers(settings, run, checkpoint, forms, W)
+        # --- end number structure ---
+        # --- concept axes (concept set; docs/concepts.md) ---
+        if settings.concept is not None:
+            with clock("concepts"):
+                concept_job.log_concept(settings, run, checkpoint, forms, W, undertrained)
+        # --- end concept axes ---
+        # --- vocabulary explorer (analysis.explorer, with the figures; docs/explorer.md) ---
+        if analysis.explorer and analysis.figures is not False:
+            with clock("explorer"):
+                explorer_job.log_run_explorer(
+                    settings, run, result, groups, vocab, run_name(settings)
+                )
+        # --- end vocabulary explorer ---
+        if drawing is not None:
+            with clock("figures"):
+                drawing.wait()
+                run.log_folder(drawing.folder, "figures")
     return result
+
+
+def _draw_run_figures(
+    settings: EmbsvdConfig,
+    run: tracking.RunLogger,
+    result: AnalysisResult,
+    checks: ChecksResult,
+    cleanup: contextlib.ExitStack,
+) -> PendingFigures | None:
+    """The run's quick looks handed to the figure process (``figure_drawer``), or drawn
+    here; ``None`` where there are none to draw now (``analysis.figures`` false or
+    deferred). Their folder lasts as long as ``cleanup``."""
+    analysis = settings.analysis
+    if analysis.figures == "deferred":  # the figures command draws them from the tables
+        run.set_tags({Tag.RUN_FIGURES: "deferred"})
+        return None
+    if not analysis.figures:
+        return None
+    folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+    data = run_figure_data(result, settings.model.name, checks)
+    drawer = figure_drawer(settings)
+    if drawer is None:
+        return PendingFigures(None, data, folder)  # drawn in place when waited for
+    return drawer.submit(data, folder)
+
+
+def figure_drawer(settings: EmbsvdConfig) -> FigureDrawer | None:
+    """The process that draws this run's figures, where the sweep's next job runs in this
+    process (Hydra's basic launcher) and ``analysis.figure_process`` is on; else ``None``:
+    they are drawn in the job's process."""
+    if not settings.analysis.figure_process or not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    if not jobs_share_this_process(hydra.mode, hydra.launcher):
+        return None
+    return sweep_drawer()
 
 
 def job_cache_dir(settings: EmbsvdConfig) -> Path | None:

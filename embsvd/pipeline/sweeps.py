@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from embsvd import tracking
+from embsvd.figures.drawer import sweep_drawer
 from embsvd.pipeline import trajectory_job
 from embsvd.pipeline.compose import validate_sweep_or_exit
 from embsvd.pipeline.job import (
@@ -121,6 +122,13 @@ class SweepTracking(Callback):
             RunMode.MULTIRUN, config.hydra.launcher
         ):
             tracking.sweep_writer().start()  # it imports MLflow while the jobs get ready
+        analysis = config.get("analysis") or {}
+        if (
+            analysis.get("figures") is True
+            and analysis.get("figure_process", True)
+            and jobs_share_this_process(RunMode.MULTIRUN, config.hydra.launcher)
+        ):
+            sweep_drawer().start()  # it imports matplotlib while the jobs get ready
         parent = tracking.start_run(self._store, name, tags)
         self._parent_run_id = parent.run_id
         self._sweep_id = tags[Tag.SWEEP_ID]

@@ -1,0 +1,137 @@
+"""The figure process (``embsvd.figures.drawer``): a run's quick looks drawn beside the
+job, the same files as drawn in place, and drawn in place whenever the process fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from embsvd.figures.drawer import FigureDrawer, draw_here
+from embsvd.figures.run_data import run_figure_data
+from tests.test_run_figures_fast import SIZES, analysis  # noqa: F401 (a fixture)
+from tests.test_sweeps import parents_and_children, run_sweep, tiny_model
+
+
+@pytest.fixture(scope="module")
+def data(analysis):  # noqa: F811 (the fixture imported above)
+    result, checks = analysis
+    return run_figure_data(result, "tiny_bert", checks)
+
+
+@pytest.fixture
+def drawer():
+    drawer = FigureDrawer()
+    yield drawer
+    drawer.close()
+
+
+def folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_the_figure_process_writes_the_files_drawing_in_place_writes(data, drawer, tmp_path):
+    pending = drawer.submit(data, folder(tmp_path / "process"))
+    paths = pending.wait()
+    assert pending.drawn_by not in (None, os.getpid())  # another process drew them
+    assert pending.drawn_by == drawer._process.pid
+    assert sorted(p.name for p in paths) == sorted(SIZES)
+    draw_here(data, folder(tmp_path / "here"))
+    assert files(tmp_path / "process") == files(tmp_path / "here")  # byte for byte
+    # the process draws one run after another
+    again = drawer.submit(data, folder(tmp_path / "again"))
+    again.wait()
+    assert again.drawn_by == pending.drawn_by
+    assert files(tmp_path / "again") == files(tmp_path / "here")
+
+
+def test_a_drawing_the_process_cannot_make_is_drawn_here_and_fails_as_it_would(
+    data, drawer, tmp_path, capsys
+):
+    (tmp_path / "a_file").write_text("")
+    pending = drawer.submit(data, tmp_path / "a_file")  # a file, not a folder
+    with pytest.raises(NotADirectoryError):
+        pending.wait()
+    err = capsys.readouterr().err
+    assert f"the figure process could not draw {tmp_path / 'a_file'}" in err
+    assert "NotADirectoryError" in err and "drawing them here" in err
+    # the process goes on drawing the next run's figures
+    pending = drawer.submit(data, folder(tmp_path / "next"))
+    pending.wait()
+    assert pending.drawn_by == drawer._process.pid
+    assert sorted(p.name for p in (tmp_path / "next").iterdir()) == sorted(SIZES)
+
+
+def test_a_figure_process_that_dies_leaves_the_figures_drawn_here(data, tmp_path, capsys):
+    # a drawer that reads a little of its first request, then exits with status 3
+    dying = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(1); sys.exit(3)"]
+    drawer = FigureDrawer(command=dying)
+    try:
+        pending = drawer.submit(data, folder(tmp_path / "figures"))
+        paths = pending.wait()
+    finally:
+        drawer.close()
+    assert pending.drawn_by == os.getpid()
+    assert sorted(p.name for p in paths) == sorted(SIZES)
+    err = capsys.readouterr().err
+    assert "the figure process ended (exit status 3); drawing the figures here" in err
+    draw_here(data, folder(tmp_path / "here"))
+    assert files(tmp_path / "figures") == files(tmp_path / "here")
+
+
+def test_a_drawer_that_cannot_start_draws_here(data, tmp_path, capsys):
+    drawer = FigureDrawer(command=[str(tmp_path / "no-such-program")])
+    pending = drawer.submit(data, folder(tmp_path / "figures"))
+    pending.wait()
+    drawer.close()
+    assert pending.drawn_by == os.getpid()
+    assert "no figure process" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(SIZES)
+
+
+def test_a_drawing_left_behind_is_collected_before_the_next_is_handed_over(data, drawer, tmp_path):
+    """A job that failed after handing its figures over never waits for them: the next
+    job's figures are still the next job's (the answers stay in step)."""
+    left = drawer.submit(data, folder(tmp_path / "left"))
+    nxt = drawer.submit(data, folder(tmp_path / "next"))
+    paths = nxt.wait()
+    assert {p.parent for p in paths} == {tmp_path / "next"}
+    assert nxt.drawn_by == drawer._process.pid
+    assert left.drawn_by == drawer._process.pid  # it was drawn, and its answer read
+    assert files(tmp_path / "left") == files(tmp_path / "next")
+
+
+def test_a_sweep_draws_its_runs_figures_in_the_figure_process(tiny_bert, tmp_path, monkeypatch):
+    """Two jobs on the basic launcher: the figure process draws both runs' figures (its
+    own line in the phases file says so), and each run logs all of them."""
+    phases = tmp_path / "phases.jsonl"
+    monkeypatch.setenv("EMBSVD_PHASES", str(phases))
+    done = run_sweep(
+        tmp_path,
+        *tiny_model(tiny_bert),
+        "groups=[digits,eu_countries]",
+        "target=digits",
+        "analysis.center=true,false",
+        "analysis.n_null=40",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in phases.read_text().splitlines()]
+    drawers = [line for line in lines if line["kind"] == "drawer"]
+    jobs = [line for line in lines if line["kind"] == "job"]
+    assert len(jobs) == 2 and len(drawers) == 1
+    assert drawers[0]["drawings"] == 2 and drawers[0]["pid"] not in {j["pid"] for j in jobs}
+    store, _, children = parents_and_children(tmp_path)
+    client = MlflowClient(store.uri)
+    assert len(children) == 2
+    for child in children:
+        names = {a.path for a in client.list_artifacts(child.run_id, "figures")}
+        assert names == {f"figures/{name}" for name in SIZES}, child.run_id
