@@ -110,6 +110,23 @@ def test_a_drawing_left_behind_is_collected_before_the_next_is_handed_over(data,
     assert files(tmp_path / "left") == files(tmp_path / "next")
 
 
+def test_settling_a_drawing_lets_the_process_finish_it_before_its_folder_goes(
+    data, drawer, tmp_path
+):
+    """A job that fails after handing its figures over settles them before its scratch
+    folder is removed: the drawer is not left writing into a folder being deleted."""
+    pending = drawer.submit(data, folder(tmp_path / "settled"))
+    pending.settle()
+    assert drawer._in_flight is None
+    assert pending.drawn_by == drawer._process.pid
+    assert sorted(p.name for p in (tmp_path / "settled").iterdir()) == sorted(SIZES)
+    pending.settle()  # once is enough; a drawing drawn here has nothing to settle
+    here = drawer.submit(data, folder(tmp_path / "waited"))
+    here.wait()
+    here.settle()
+    assert sorted(p.name for p in (tmp_path / "waited").iterdir()) == sorted(SIZES)
+
+
 def test_a_sweep_draws_its_runs_figures_in_the_figure_process(tiny_bert, tmp_path, monkeypatch):
     """Two jobs on the basic launcher: the figure process draws both runs' figures (its
     own line in the phases file says so), and each run logs all of them."""

@@ -71,6 +71,12 @@ class PendingFigures:
                 self._paths, self.drawn_by = draw_here(self.data, self.folder), os.getpid()
         return self._paths
 
+    def settle(self) -> None:
+        """Let the drawer finish this drawing, its answer read and nothing drawn here: its
+        job failed, and its folder is about to go."""
+        if self._drawer is not None and self._paths is None:
+            self._drawer._discard_in_flight(self)
+
 
 class FigureDrawer:
     """The job process's end of the drawer. The process starts on ``start`` or the first
@@ -111,10 +117,11 @@ class FigureDrawer:
             process.wait()
             process.stdout.close()
 
-    def _discard_in_flight(self) -> None:
-        """Read the answer to a drawing whose job failed before it waited: nobody takes
-        those figures, and the next answer must be the next drawing's."""
-        if self._in_flight is not None:
+    def _discard_in_flight(self, pending: PendingFigures | None = None) -> None:
+        """Read the answer to the drawing in flight (``pending``, when given, only if it is
+        that one), whose job failed before it waited: nobody takes those figures, and the
+        next answer must be the next drawing's."""
+        if self._in_flight is not None and pending in (None, self._in_flight):
             self._reply_for(self._in_flight, quiet=True)
 
     def _reply_for(self, pending: PendingFigures, quiet: bool = False) -> list[Path] | None:

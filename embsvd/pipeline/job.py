@@ -352,7 +352,9 @@ def _draw_run_figures(
     drawer = figure_drawer(settings)
     if drawer is None:
         return PendingFigures(None, data, folder)  # drawn in place when waited for
-    return drawer.submit(data, folder)
+    drawing = drawer.submit(data, folder)
+    cleanup.callback(drawing.settle)  # a failed job: the drawer done before the folder goes
+    return drawing
 
 
 def figure_drawer(settings: EmbsvdConfig) -> FigureDrawer | None:
