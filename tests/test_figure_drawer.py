@@ -3,16 +3,23 @@ job, the same files as drawn in place, and drawn in place whenever the process f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
 from embsvd.figures.drawer import FigureDrawer, draw_here
-from embsvd.figures.run_data import run_figure_data
+from embsvd.figures.run_data import (
+    FIGURES_WITH_CHECKS,
+    FIGURES_WITHOUT_CHECKS,
+    UNDERTRAINED_MARK,
+    run_figure_data,
+)
 from tests.test_run_figures_fast import SIZES, analysis  # noqa: F401 (a fixture)
 from tests.test_sweeps import parents_and_children, run_sweep, tiny_model
 
@@ -110,6 +117,38 @@ def test_a_drawing_left_behind_is_collected_before_the_next_is_handed_over(data,
     assert files(tmp_path / "left") == files(tmp_path / "next")
 
 
+def test_the_figures_drawn_before_the_checks_are_those_drawn_after_them(
+    analysis,  # noqa: F811 (the fixture imported above)
+    drawer,
+    tmp_path,
+):
+    """A job hands over the figures that need no check before its checks run, from data
+    without them, and the rest after: together, byte for byte the figures of the whole
+    analysis drawn at once; the extremes marked under-trained either way."""
+    result, checks = analysis
+    extreme = next(t for t in result.top_tokens if t.component == 0 and not t.in_group)
+    flagged = frozenset({extreme.token_id})
+    checks = dataclasses.replace(checks, undertrained=flagged)
+    whole = run_figure_data(result, "tiny_bert", checks)
+    early = run_figure_data(result, "tiny_bert", None, flagged)
+    np.testing.assert_array_equal(early.projection.counts, whole.projection.counts)
+    np.testing.assert_array_equal(early.projection.edges, whole.projection.edges)
+    assert early.projection.members == whole.projection.members
+    assert early.projection.extremes == whole.projection.extremes
+    assert any(label.endswith(UNDERTRAINED_MARK) for _, label in early.projection.extremes)
+    assert early.group_mean_corr.names == whole.group_mean_corr.names
+    np.testing.assert_array_equal(early.row_cosine.values, whole.row_cosine.values)
+    split = folder(tmp_path / "split")
+    before = drawer.submit(early, split, FIGURES_WITHOUT_CHECKS)
+    after = drawer.submit(whole, split, FIGURES_WITH_CHECKS)
+    after.wait()  # reads both answers, in order
+    assert before.drawn_by == after.drawn_by == drawer._process.pid
+    assert not drawer._in_flight
+    assert sorted(p.name for p in before.wait() + after.wait()) == sorted(SIZES)
+    draw_here(whole, folder(tmp_path / "whole"))
+    assert files(split) == files(tmp_path / "whole")
+
+
 def test_settling_a_drawing_lets_the_process_finish_it_before_its_folder_goes(
     data, drawer, tmp_path
 ):
@@ -117,7 +156,7 @@ def test_settling_a_drawing_lets_the_process_finish_it_before_its_folder_goes(
     folder is removed: the drawer is not left writing into a folder being deleted."""
     pending = drawer.submit(data, folder(tmp_path / "settled"))
     pending.settle()
-    assert drawer._in_flight is None
+    assert not drawer._in_flight
     assert pending.drawn_by == drawer._process.pid
     assert sorted(p.name for p in (tmp_path / "settled").iterdir()) == sorted(SIZES)
     pending.settle()  # once is enough; a drawing drawn here has nothing to settle
@@ -145,7 +184,8 @@ def test_a_sweep_draws_its_runs_figures_in_the_figure_process(tiny_bert, tmp_pat
     drawers = [line for line in lines if line["kind"] == "drawer"]
     jobs = [line for line in lines if line["kind"] == "job"]
     assert len(jobs) == 2 and len(drawers) == 1
-    assert drawers[0]["drawings"] == 2 and drawers[0]["pid"] not in {j["pid"] for j in jobs}
+    # two drawings a run: the figures without the checks, while they run, then the rest
+    assert drawers[0]["drawings"] == 4 and drawers[0]["pid"] not in {j["pid"] for j in jobs}
     store, _, children = parents_and_children(tmp_path)
     client = MlflowClient(store.uri)
     assert len(children) == 2

@@ -1,28 +1,29 @@
-"""A run's figures drawn in a process of their own, while the job writes its tables and
-its explorer page.
+"""A run's figures drawn in a process of their own, while the job runs its checks and
+writes its tables and its explorer page.
 
 A run's five quick looks cost about 0.2 s of matplotlib, mostly Python, and the first
 run of a process also pays matplotlib's import (0.25 s): a thread would wait for the
-interpreter's lock, a process draws on another core. The job hands the figures' data
-over (``submit``) before it writes its tables, and takes the files (``PendingFigures.wait``)
-before its run closes: the run's artifacts are what they would be without the drawer.
+interpreter's lock, a process draws on another core. The job hands over the figures
+that need no check before its checks run, the others after (``submit``), and takes the
+files (``PendingFigures.wait``) before its run closes: the run's artifacts are what they
+would be without the drawer.
 
 What it promises:
 
 - *the same files*: the drawer calls ``write_run_figures`` on the data the job computed
   (``run_data.run_figure_data``), as drawing in place would;
-- *one drawing at a time*: a job waits for its figures before it closes its run, so at
-  most one is in flight; a drawing left behind (its job failed) is collected before the
-  next is handed over;
+- *answers in order*: drawings are answered in the order they were handed over; a
+  job's wait reads the answers up to its own (a drawing whose job failed is settled
+  before its folder goes);
 - *no silent loss*: a drawing that fails in the drawer, or a drawer that dies or cannot
   start, is drawn again in the job's process, which then raises what drawing raises
   there (the job fails as it would have without the drawer);
 - *signals*: the drawer ignores SIGINT, SIGTERM and SIGHUP (the job's process handles
   them) and ends when its stdin closes: when the job's process closes it, exits or dies.
 
-The protocol is pickles: ``(data, folder)`` per drawing on the drawer's stdin, ``{"pid",
-"paths", "error"}`` per drawing on its stdout. Both ends are this package: the drawer only ever
-unpickles what its own parent wrote.
+The protocol is pickles: ``(data, folder, names)`` per drawing on the drawer's stdin,
+``{"pid", "paths", "error"}`` per drawing on its stdout, in the same order. Both ends
+are this package: the drawer only ever unpickles what its own parent wrote.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
+from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,33 +52,50 @@ PHASES_ENV = "EMBSVD_PHASES"  # embsvd.pipeline.phases' file: the drawer records
 SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def draw_here(data: RunFigureData, folder: Path) -> list[Path]:
+def draw_here(
+    data: RunFigureData, folder: Path, names: Collection[str] | None = None
+) -> list[Path]:
     """The figures drawn in this process (``embsvd.figures`` imports matplotlib then)."""
-    return figures.write_run_figures(data, folder)
+    return figures.write_run_figures(data, folder, names)
 
 
 class PendingFigures:
     """A drawing handed over: ``wait`` returns its files once they are written."""
 
-    def __init__(self, drawer: FigureDrawer | None, data: RunFigureData, folder: Path):
-        self._drawer, self.data, self.folder = drawer, data, folder
+    def __init__(
+        self,
+        drawer: FigureDrawer | None,
+        data: RunFigureData,
+        folder: Path,
+        names: Collection[str] | None = None,
+    ):
+        self._drawer, self.data, self.folder, self.names = drawer, data, folder, names
         self._paths: list[Path] | None = None
+        self._error: str | None = None  # why the drawer could not draw it
         self.drawn_by: int | None = None  # the process that drew them (its pid)
 
     def wait(self) -> list[Path]:
         """The figures' paths, once written (drawn here where the drawer failed)."""
         if self._paths is None:
             if self._drawer is not None:
-                self._paths = self._drawer._reply_for(self)
+                self._drawer._collect(self)
+            if self._error is not None:
+                print(
+                    f"the figure process could not draw {self.folder}: {self._error}; "
+                    "drawing them here",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if self._paths is None:
-                self._paths, self.drawn_by = draw_here(self.data, self.folder), os.getpid()
+                self._paths = draw_here(self.data, self.folder, self.names)
+                self.drawn_by = os.getpid()
         return self._paths
 
     def settle(self) -> None:
         """Let the drawer finish this drawing, its answer read and nothing drawn here: its
         job failed, and its folder is about to go."""
         if self._drawer is not None and self._paths is None:
-            self._drawer._discard_in_flight(self)
+            self._drawer._collect(self)
 
 
 class FigureDrawer:
@@ -85,70 +105,63 @@ class FigureDrawer:
     def __init__(self, command: list[str] | None = None):
         self.command = command or [sys.executable, "-m", "embsvd.figures.drawer"]
         self._process: subprocess.Popen | None = None
-        self._in_flight: PendingFigures | None = None
+        self._in_flight: deque[PendingFigures] = deque()  # handed over, unanswered, in order
 
     def start(self) -> None:
         """Start the drawer now, so that matplotlib is imported when the first figures
         are handed over."""
         self._started()
 
-    def submit(self, data: RunFigureData, folder: Path) -> PendingFigures:
-        """Hand a run's figures over, to be drawn into ``folder``."""
-        self._discard_in_flight()
-        pending = PendingFigures(self, data, folder)
+    def submit(
+        self, data: RunFigureData, folder: Path, names: Collection[str] | None = None
+    ) -> PendingFigures:
+        """Hand a run's figures over (those named in ``names``, when given), to be drawn
+        into ``folder``."""
         process = self._started()
         if process is None:
-            return PendingFigures(None, data, folder)  # drawn in place on ``wait``
+            return PendingFigures(None, data, folder, names)  # drawn in place on ``wait``
         try:
-            pickle.dump((data, str(folder)), process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            request = (data, str(folder), None if names is None else tuple(names))
+            pickle.dump(request, process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             process.stdin.flush()
         except (BrokenPipeError, OSError):
             self._drawer_died()
-            return PendingFigures(None, data, folder)
-        self._in_flight = pending
+            return PendingFigures(None, data, folder, names)
+        pending = PendingFigures(self, data, folder, names)
+        self._in_flight.append(pending)
         return pending
 
     def close(self) -> None:
-        """End the drawer, once it has answered a drawing still in flight."""
-        self._discard_in_flight()
+        """End the drawer, once it has answered every drawing in flight."""
+        if self._in_flight:
+            self._collect(self._in_flight[-1])
         process, self._process = self._process, None
         if process is not None:
             process.stdin.close()
             process.wait()
             process.stdout.close()
 
-    def _discard_in_flight(self, pending: PendingFigures | None = None) -> None:
-        """Read the answer to the drawing in flight (``pending``, when given, only if it is
-        that one), whose job failed before it waited: nobody takes those figures, and the
-        next answer must be the next drawing's."""
-        if self._in_flight is not None and pending in (None, self._in_flight):
-            self._reply_for(self._in_flight, quiet=True)
-
-    def _reply_for(self, pending: PendingFigures, quiet: bool = False) -> list[Path] | None:
-        """The drawer's answer for ``pending``: its paths, or ``None`` where it must be
-        drawn here (the drawer failed to draw it, or died)."""
-        if pending is not self._in_flight:
-            return None
-        self._in_flight = None
-        try:
-            reply = pickle.load(self._process.stdout)
-        except (EOFError, OSError, pickle.UnpicklingError):
-            self._drawer_died()
-            return None
-        if reply["error"] is not None and not quiet:
-            print(
-                f"the figure process could not draw {pending.folder}: {reply['error']}; "
-                "drawing them here",
-                file=sys.stderr,
-                flush=True,
-            )
-            return None
-        pending.drawn_by = reply["pid"]
-        return [Path(path) for path in reply["paths"]]
+    def _collect(self, pending: PendingFigures) -> None:
+        """Read the drawer's answers, in order, up to ``pending``'s: each drawing answered
+        gets its paths, or the drawer's error (then ``wait`` draws it here). Where the
+        drawer died, every drawing in flight is left to be drawn here."""
+        while any(waiting is pending for waiting in self._in_flight):
+            answered = self._in_flight.popleft()
+            try:
+                reply = pickle.load(self._process.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                self._drawer_died()
+                return
+            answered.drawn_by = reply["pid"]
+            if reply["error"] is None:
+                answered._paths = [Path(path) for path in reply["paths"]]
+            else:
+                answered._error = reply["error"]
 
     def _started(self) -> subprocess.Popen | None:
         if self._process is not None and self._process.poll() is None:
             return self._process
+        self._in_flight.clear()  # a drawer that ended answers nothing more
         package_root = str(Path(__file__).resolve().parents[2])
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         try:
@@ -165,7 +178,7 @@ class FigureDrawer:
 
     def _drawer_died(self) -> None:
         process, self._process, code = self._process, None, None
-        self._in_flight = None
+        self._in_flight.clear()
         if process is not None:
             try:
                 code = process.wait(timeout=30)
@@ -208,13 +221,13 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
     seconds, drawings = 0.0, 0
     while True:
         try:
-            data, folder = pickle.load(requests)
+            data, folder, names = pickle.load(requests)
         except EOFError:
             break
         started = time.perf_counter()
         reply: dict[str, Any] = {"pid": os.getpid(), "paths": [], "error": None}
         try:
-            paths = draw_here(data, Path(folder))
+            paths = draw_here(data, Path(folder), names)
             reply["paths"] = [str(path) for path in paths]
         except Exception as failure:  # noqa: BLE001 (the job's process draws it again)
             reply["error"] = f"{type(failure).__name__}: {failure}"

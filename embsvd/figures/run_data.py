@@ -90,6 +90,12 @@ class OrderView:
     title: str
 
 
+# the figures whose numbers need no check (no null band, interval or order test): they
+# can be drawn while the checks run; and the others
+FIGURES_WITHOUT_CHECKS = ("group_mean_corr.png", "row_cosine.png", "projection_component0.png")
+FIGURES_WITH_CHECKS = ("scree.png", "order.png")
+
+
 @dataclass(frozen=True)
 class RunFigureData:
     """Everything a run's figures show."""
@@ -109,10 +115,19 @@ class RunFigureData:
 
 
 def run_figure_data(
-    result: AnalysisResult, model_name: str, checks: ChecksResult | None = None
+    result: AnalysisResult,
+    model_name: str,
+    checks: ChecksResult | None = None,
+    undertrained: frozenset[int] | None = None,
 ) -> RunFigureData:
     """What the figures of an analysis show; numbers computed as the run's tables log them
-    (``embsvd.tracking.artifacts``), so that a run drawn later from them looks the same."""
+    (``embsvd.tracking.artifacts``), so that a run drawn later from them looks the same.
+
+    The extremes are marked where ``checks.undertrained`` flags them, or, without the
+    checks, ``undertrained`` (what the checks will flag): the figures that need no check
+    (``FIGURES_WITHOUT_CHECKS``) can then be drawn before the checks run, as they would be
+    after."""
+    flagged = checks.undertrained if checks is not None else undertrained
     spectrum = Spectrum(result.svd.singular_values)
     if checks is not None and (null := checks.null) is not None:
         band = np.percentile(np.sqrt(null.explained_variance_ratio), NULL_QUANTILES, axis=0)
@@ -134,7 +149,10 @@ def run_figure_data(
         ),
         extremes=tuple(
             # as people read it, marked where flagged under-trained (analysis.undertrained)
-            (float(t.projection), (getattr(t, "text", None) or t.token) + _mark(t.token_id, checks))
+            (
+                float(t.projection),
+                (getattr(t, "text", None) or t.token) + _mark(t.token_id, flagged),
+            )
             for t in result.top_tokens
             if t.component == 0 and not t.in_group and t.rank <= N_EXTREMES_LABELLED
         ),
@@ -210,9 +228,8 @@ def logged_figure_data(run: LoggedRun, model_name: str) -> RunFigureData:
     )
 
 
-def _mark(token_id: int, checks: ChecksResult | None) -> str:
-    """``UNDERTRAINED_MARK`` for a token the checks found under-trained, else nothing."""
-    flagged = checks.undertrained if checks is not None else None
+def _mark(token_id: int, flagged: frozenset[int] | None) -> str:
+    """``UNDERTRAINED_MARK`` for a token flagged under-trained, else nothing."""
     return UNDERTRAINED_MARK if flagged and token_id in flagged else ""
 
 

@@ -15,7 +15,7 @@ compression. No seaborn: its import costs seconds.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import matplotlib
@@ -95,8 +95,11 @@ def draw_run_figures(
     return write_run_figures(data, folder)
 
 
-def write_run_figures(data: RunFigureData, folder: Path) -> list[Path]:
-    """``data``'s figures as PNG files in ``folder`` (see ``draw_run_figures``)."""
+def write_run_figures(
+    data: RunFigureData, folder: Path, names: Collection[str] | None = None
+) -> list[Path]:
+    """``data``'s figures as PNG files in ``folder`` (see ``draw_run_figures``); only
+    those whose file name is in ``names``, when given."""
     drawers: dict[str, Callable[[], Figure]] = {
         "scree.png": lambda: scree_figure(data.spectrum, data.target),
         "group_mean_corr.png": lambda: heatmap_figure(
@@ -111,6 +114,8 @@ def write_run_figures(data: RunFigureData, folder: Path) -> list[Path]:
     }
     if data.order is not None:
         drawers["order.png"] = functools.partial(order_view_figure, data.order)
+    if names is not None:
+        drawers = {name: draw for name, draw in drawers.items() if name in names}
     paths = []
     with matplotlib.rc_context(RUN_THEME):
         for file_name, draw in drawers.items():

@@ -26,7 +26,11 @@ from embsvd import tracking
 from embsvd.checks.matching import remember_row_norms
 from embsvd.checks.run import ChecksResult, run_checks
 from embsvd.figures.drawer import FigureDrawer, PendingFigures, sweep_drawer
-from embsvd.figures.run_data import run_figure_data
+from embsvd.figures.run_data import (
+    FIGURES_WITH_CHECKS,
+    FIGURES_WITHOUT_CHECKS,
+    run_figure_data,
+)
 from embsvd.groups import (
     TokenForms,
     TokenGroup,
@@ -292,19 +296,29 @@ def _analyse_and_log(
                 settings.model, checkpoint, cache_dir, run
             )
     # --- end under-trained tokens ---
-    checks = run_checks(
-        W,
-        groups,
-        result,
-        vocab,
-        config,
-        global_components=components,
-        timer=clock,
-        undertrained_ids=undertrained,
-    )
+    flagged = None if undertrained is None else frozenset(int(i) for i in undertrained)
     with contextlib.ExitStack() as cleanup:
-        with clock("figures"):  # handed to the figure process here, collected below
-            drawing = _draw_run_figures(settings, run, result, checks, cleanup)
+        with clock("figures"):  # those that need no check are drawn while the checks run
+            folder = _figures_folder(settings, run, cleanup)
+            if folder is not None:
+                early = _hand_over_figures(
+                    settings, result, None, flagged, folder, FIGURES_WITHOUT_CHECKS, cleanup
+                )
+        checks = run_checks(
+            W,
+            groups,
+            result,
+            vocab,
+            config,
+            global_components=components,
+            timer=clock,
+            undertrained_ids=undertrained,
+        )
+        with clock("figures"):
+            if folder is not None:
+                late = _hand_over_figures(
+                    settings, result, checks, flagged, folder, FIGURES_WITH_CHECKS, cleanup
+                )
         with clock("writes"):
             tracking.log_result(run, result, checks)
         # --- number structure (numbers.enabled; docs/numbers.md) ---
@@ -324,35 +338,43 @@ def _analyse_and_log(
                     settings, run, result, groups, vocab, run_name(settings)
                 )
         # --- end vocabulary explorer ---
-        if drawing is not None:
+        if folder is not None:
             with clock("figures"):
-                drawing.wait()
-                run.log_folder(drawing.folder, "figures")
+                early.wait()
+                late.wait()
+                run.log_folder(folder, "figures")
     return result
 
 
-def _draw_run_figures(
-    settings: EmbsvdConfig,
-    run: tracking.RunLogger,
-    result: AnalysisResult,
-    checks: ChecksResult,
-    cleanup: contextlib.ExitStack,
-) -> PendingFigures | None:
-    """The run's quick looks handed to the figure process (``figure_drawer``), or drawn
-    here; ``None`` where there are none to draw now (``analysis.figures`` false or
-    deferred). Their folder lasts as long as ``cleanup``."""
-    analysis = settings.analysis
-    if analysis.figures == "deferred":  # the figures command draws them from the tables
+def _figures_folder(
+    settings: EmbsvdConfig, run: tracking.RunLogger, cleanup: contextlib.ExitStack
+) -> Path | None:
+    """A scratch folder for the run's quick looks (it lasts as long as ``cleanup``), or
+    ``None`` where none are drawn now (``analysis.figures`` false, or deferred: tagged)."""
+    if settings.analysis.figures == "deferred":  # the figures command draws them later
         run.set_tags({Tag.RUN_FIGURES: "deferred"})
         return None
-    if not analysis.figures:
+    if not settings.analysis.figures:
         return None
-    folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
-    data = run_figure_data(result, settings.model.name, checks)
+    return Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+
+
+def _hand_over_figures(
+    settings: EmbsvdConfig,
+    result: AnalysisResult,
+    checks: ChecksResult | None,
+    undertrained: frozenset[int] | None,
+    folder: Path,
+    names: tuple[str, ...],
+    cleanup: contextlib.ExitStack,
+) -> PendingFigures:
+    """The figures ``names`` handed to the figure process (``figure_drawer``), or left to
+    be drawn here when waited for."""
+    data = run_figure_data(result, settings.model.name, checks, undertrained)
     drawer = figure_drawer(settings)
     if drawer is None:
-        return PendingFigures(None, data, folder)  # drawn in place when waited for
-    drawing = drawer.submit(data, folder)
+        return PendingFigures(None, data, folder, names)
+    drawing = drawer.submit(data, folder, names)
     cleanup.callback(drawing.settle)  # a failed job: the drawer done before the folder goes
     return drawing
 
