@@ -287,6 +287,11 @@ def _main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing printed may corrupt replies
     sys.stdout = sys.stderr
     serve(sys.stdin.buffer, replies)
+    # every answer is written and every file closed: skip the interpreter's teardown of
+    # matplotlib's modules, which the job's process would wait for at its exit
+    replies.close()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
