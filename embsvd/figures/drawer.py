@@ -46,6 +46,7 @@ import numpy as np
 
 from embsvd import figures
 from embsvd.figures.run_data import OrderView, Projection, RunFigureData, Spectrum, Square
+from embsvd.io.processes import exit_status, start_process
 
 PHASES_ENV = "EMBSVD_PHASES"  # embsvd.pipeline.phases' file: the drawer records its time
 # the drawer needs no BLAS threads: it would only contend with the job's for the cores
@@ -162,29 +163,17 @@ class FigureDrawer:
         if self._process is not None and self._process.poll() is None:
             return self._process
         self._in_flight.clear()  # a drawer that ended answers nothing more
-        package_root = str(Path(__file__).resolve().parents[2])
-        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         try:
-            self._process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                env={**os.environ, **SINGLE_THREADED, "PYTHONPATH": path},
-            )
+            self._process = start_process(self.command, SINGLE_THREADED)
         except OSError as error:
             print(f"no figure process ({error}): figures are drawn in place", file=sys.stderr)
             self._process = None
         return self._process
 
     def _drawer_died(self) -> None:
-        process, self._process, code = self._process, None, None
+        process, self._process = self._process, None
         self._in_flight.clear()
-        if process is not None:
-            try:
-                code = process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
+        code = exit_status(process) if process is not None else None
         print(
             f"the figure process ended (exit status {code}); drawing the figures here",
             file=sys.stderr,

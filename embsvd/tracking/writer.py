@@ -40,6 +40,7 @@ from typing import IO, Any
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
+from embsvd.io.processes import exit_status, start_process
 from embsvd.tracking.runs import FinalWriteError, RunLogger, close_run, describe
 
 MAX_IN_FLIGHT = 2  # runs handed over and not yet written
@@ -142,16 +143,8 @@ class RunWriter:
     def _started(self) -> subprocess.Popen | None:
         if self._process is not None and self._process.poll() is None:
             return self._process
-        package_root = str(Path(__file__).resolve().parents[2])
-        path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         try:
-            self._process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-                env={**os.environ, "PYTHONPATH": path},
-            )
+            self._process = start_process(self.command, text=True)
         except OSError as error:
             print(f"no writer process ({error}): runs are written in place", file=sys.stderr)
             self._process = None
@@ -171,13 +164,8 @@ class RunWriter:
     def _writer_died(self) -> None:
         """The writer is gone: write what it had not confirmed here (writing a run twice
         is harmless: its tags are overwritten, identical metrics stored once)."""
-        process, self._process, code = self._process, None, None
-        if process is not None:  # its replies ended: it is exiting, or stuck
-            try:
-                code = process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
+        process, self._process = self._process, None
+        code = exit_status(process) if process is not None else None
         left = list(self._in_flight.values())
         self._in_flight.clear()
         if left:
