@@ -95,6 +95,24 @@ def test_a_figure_process_that_dies_leaves_the_figures_drawn_here(data, tmp_path
     assert files(tmp_path / "figures") == files(tmp_path / "here")
 
 
+def test_drawings_in_flight_when_the_process_ends_are_drawn_here(data, tmp_path, capsys):
+    """The job learns of the end when it hands the next drawing over (the process has
+    exited) or when it reads an answer (it has not yet): either way both are drawn here."""
+    dying = [sys.executable, "-c", "import sys; sys.stdin.buffer.read(1); sys.exit(3)"]
+    drawer = FigureDrawer(command=dying)
+    try:
+        first = drawer.submit(data, folder(tmp_path / "first"))
+        second = drawer.submit(data, folder(tmp_path / "second"))
+        second.wait()
+        first.wait()
+    finally:
+        drawer.close()
+    assert first.drawn_by == second.drawn_by == os.getpid()
+    assert "the figure process ended (exit status 3)" in capsys.readouterr().err
+    assert files(tmp_path / "first") == files(tmp_path / "second")
+    assert sorted(files(tmp_path / "first")) == sorted(SIZES)
+
+
 def test_a_drawer_that_cannot_start_draws_here(data, tmp_path, capsys):
     drawer = FigureDrawer(command=[str(tmp_path / "no-such-program")])
     pending = drawer.submit(data, folder(tmp_path / "figures"))

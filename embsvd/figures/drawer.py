@@ -160,9 +160,10 @@ class FigureDrawer:
                 answered._error = reply["error"]
 
     def _started(self) -> subprocess.Popen | None:
-        if self._process is not None and self._process.poll() is None:
-            return self._process
-        self._in_flight.clear()  # a drawer that ended answers nothing more
+        if self._process is not None:
+            if self._process.poll() is None:
+                return self._process
+            self._drawer_died()  # it ended: what it had not answered is drawn here
         try:
             self._process = start_process(self.command, SINGLE_THREADED)
         except OSError as error:
