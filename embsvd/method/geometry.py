@@ -565,20 +565,37 @@ class _Centered:
             total += block.sum(axis=0, dtype=np.float64)
         self.mean = total / self.shape[0]
 
-    def raw_blocks(self, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
+    def raw_blocks(
+        self, block_rows: int | None = None, into: np.ndarray | None = None
+    ) -> Iterator[tuple[slice, np.ndarray]]:
         """``(positions, block of W[rows])``, as read (float32 for bfloat16), in blocks of
         ``block_rows`` (default: this matrix's); a mapped matrix's pages are released
-        after each block (``embsvd.io.rows.release_rows``)."""
+        after each block (``embsvd.io.rows.release_rows``). A bfloat16 or float16 block
+        is widened into ``into`` (float32, ``block_rows`` rows) where given, not into a
+        fresh array."""
         step = block_rows or self.block_rows
         for start in range(0, self.shape[0], step):
             part = slice(start, min(start + step, self.shape[0]))
             if self.index is None:
-                read = part
+                ids = read = part
             else:  # the rows' span (the ordinary rows: all but a few)
                 ids = self.index[part]
                 read = slice(int(ids.min()), int(ids.max()) + 1)
-            yield part, np.asarray(self.W[part] if self.index is None else self.W[ids])
+            if into is not None and isinstance(self.W, NarrowRows):
+                yield part, self._read_into(ids, into[: part.stop - part.start])
+            else:
+                yield part, np.asarray(self.W[ids])
             release_rows(self.W, read)
+
+    def _read_into(self, ids: slice | np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``W[ids]`` widened into ``out``; a gather's copy of the stored rows a block of
+        rows at a time."""
+        if isinstance(ids, slice):
+            self.W.read_into(ids, out)
+            return out
+        for at in range(0, len(ids), self.block_rows):
+            self.W.read_into(ids[at : at + self.block_rows], out[at : at + self.block_rows])
+        return out
 
     def blocks(self, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """``(positions, block of X)``, each a fresh float64 array."""
@@ -610,39 +627,16 @@ class _Centered:
         scatter, product = np.zeros((d, d)), np.empty((d, d), dtype=np.float32)
         # blocks of SCATTER_BLOCK_BYTES: a product of fewer rows runs below BLAS speed
         step = max(self.block_rows, SCATTER_BLOCK_BYTES // (4 * d))
-        for _, Y in self._centered_float32(m, step):
+        centered = np.empty((min(step, n), d), dtype=np.float32)
+        for part, block in self.raw_blocks(step, into=centered):
+            Y = centered[: part.stop - part.start]
+            # in the block's precision (float32, or float64 rounded once into Y); a
+            # bfloat16 or float16 block was widened into Y itself (exact)
+            np.subtract(block, m if block.dtype == np.float32 else m.astype(np.float64), out=Y)
             np.matmul(Y.T, Y, out=product)  # numpy hands Y^T Y to BLAS syrk: half the work
             scatter += product
         scatter -= n * np.outer(e, e)
         return scatter
-
-    def _centered_float32(self, m: np.ndarray, step: int) -> Iterator[tuple[slice, np.ndarray]]:
-        """``(positions, W[rows] - m)`` in float32 blocks of ``step`` rows, each in one
-        reused buffer: a bfloat16 or float16 block is widened into it (exact) and ``m``
-        subtracted there, a float32 or float64 one is subtracted into it; either way one
-        rounding per value, as a float64 block cast to float32 would have."""
-        n, d = self.shape
-        buffer = np.empty((min(step, n), d), dtype=np.float32)
-        if not isinstance(self.W, NarrowRows):
-            for part, block in self.raw_blocks(step):
-                Y = buffer[: part.stop - part.start]
-                np.subtract(block, m if block.dtype == np.float32 else m.astype(np.float64), out=Y)
-                yield part, Y
-            return
-        for start in range(0, n, step):
-            part = slice(start, min(start + step, n))
-            Y = buffer[: part.stop - part.start]
-            if self.index is None:
-                self.W.read_into(part, Y)
-                read = part
-            else:  # the rows' span (the ordinary rows: all but a few)
-                ids = self.index[part]
-                for at in range(0, len(ids), self.block_rows):  # a gather's copy: one block
-                    self.W.read_into(ids[at : at + self.block_rows], Y[at : at + self.block_rows])
-                read = slice(int(ids.min()), int(ids.max()) + 1)
-            Y -= m
-            yield part, Y
-            release_rows(self.W, read)
 
     def moments(self) -> tuple[np.ndarray, float]:
         """The scatter ``X^T X``, ``(d_model, d_model)``, and ``sum_i |x_i|^4``."""
