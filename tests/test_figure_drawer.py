@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +22,13 @@ from embsvd.figures.run_data import (
     run_figure_data,
 )
 from tests.test_run_figures_fast import SIZES, analysis  # noqa: F401 (a fixture)
-from tests.test_sweeps import parents_and_children, run_sweep, tiny_model
+from tests.test_sweeps import (  # noqa: F401 (fresh_store: a migrated store per test)
+    fresh_store,
+    parents_and_children,
+    run_sweep,
+    sweep_command,
+    tiny_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +217,26 @@ def test_a_sweep_draws_its_runs_figures_in_the_figure_process(tiny_bert, tmp_pat
     for child in children:
         names = {a.path for a in client.list_artifacts(child.run_id, "figures")}
         assert names == {f"figures/{name}" for name in SIZES}, child.run_id
+
+
+def test_a_single_run_draws_its_figures_in_the_figure_process(tiny_bert, tmp_path, monkeypatch):
+    phases = tmp_path / "phases.jsonl"
+    monkeypatch.setenv("EMBSVD_PHASES", str(phases))
+    command = [part for part in sweep_command(tmp_path) if part != "-m"]
+    done = subprocess.run(
+        [*command, *tiny_model(tiny_bert), "groups=[digits,eu_countries]", "target=digits"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in phases.read_text().splitlines()]
+    (job,) = [line for line in lines if line["kind"] == "job"]
+    (drawer,) = [line for line in lines if line["kind"] == "drawer"]
+    assert drawer["drawings"] == 2 and drawer["pid"] != job["pid"]
+    store, _, _ = parents_and_children(tmp_path)
+    (run,) = store.find_runs()
+    names = {a.path for a in MlflowClient(store.uri).list_artifacts(run.run_id, "figures")}
+    assert names == {f"figures/{name}" for name in SIZES}

@@ -186,7 +186,8 @@ _drawer: FigureDrawer | None = None
 
 
 def sweep_drawer() -> FigureDrawer:
-    """This process's drawer, started on first use and closed at exit."""
+    """This process's drawer (its sweep's jobs', or its single run's), started on first
+    use and closed at exit."""
     global _drawer
     if _drawer is None:
         _drawer = FigureDrawer()

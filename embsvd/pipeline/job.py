@@ -251,6 +251,8 @@ def _analyse_and_log(
     if settings.analysis.device != "cpu":
         check_device(settings.analysis.device)
     cache_dir = job_cache_dir(settings)
+    if settings.analysis.figures is True and (drawer := figure_drawer(settings)) is not None:
+        drawer.start()  # a single run's: it imports matplotlib while the job loads
     with clock("load"):
         (checkpoint, forms), cached = loaded_checkpoint(settings.model, cache_dir, content)
         vocab = checkpoint.vocabulary  # read once per checkpoint, shared by a sweep's jobs
@@ -380,13 +382,14 @@ def _hand_over_figures(
 
 
 def figure_drawer(settings: EmbsvdConfig) -> FigureDrawer | None:
-    """The process that draws this run's figures, where the sweep's next job runs in this
-    process (Hydra's basic launcher) and ``analysis.figure_process`` is on; else ``None``:
-    they are drawn in the job's process."""
+    """The process that draws this run's figures, where ``analysis.figure_process`` is on
+    and this process runs the job alone or a sweep's jobs one after another (Hydra's basic
+    launcher); else ``None``: they are drawn in the job's process (a notebook's, or a
+    launcher's worker, which may run beside others)."""
     if not settings.analysis.figure_process or not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
-    if not jobs_share_this_process(hydra.mode, hydra.launcher):
+    if hydra.mode != RunMode.RUN and not jobs_share_this_process(hydra.mode, hydra.launcher):
         return None
     return sweep_drawer()
 
