@@ -61,9 +61,9 @@ class AnalysisConfig:
     # the vocabulary explorer, with the per-run figures (none where figures=false): every
     # token's projections (explorer/vocabulary_projections.csv) and explorer.html
     explorer: bool = True
-    # a sweep whose jobs run one after another in this process (Hydra's basic launcher)
-    # draws each run's figures in a process of its own, beside the job's tables and
-    # explorer (embsvd.figures.drawer); false draws them in the job's process
+    # a single run, or a sweep whose jobs run one after another in this process (Hydra's
+    # basic launcher), draws each run's figures in a process of its own, beside the job's
+    # checks, tables and explorer (embsvd.figures.drawer); false: in the job's process
     figure_process: bool = True
     # cpu: numpy; cuda, cuda:<n> or mps: torch on that device for the SVDs and the projection
     device: str = "cpu"
