@@ -3,6 +3,8 @@ importable, and ended without hanging on one that does not end."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 
@@ -28,3 +30,19 @@ def test_a_helper_that_does_not_end_is_killed(monkeypatch):
     assert exit_status(stuck) == -signal.SIGKILL
     done = start_process([sys.executable, "-c", "raise SystemExit(4)"])
     assert exit_status(done) == 4
+
+
+def test_a_helper_records_its_busy_time_where_the_phases_file_is_named(tmp_path, monkeypatch):
+    phases = tmp_path / "phases.jsonl"
+    monkeypatch.delenv(processes.PHASES_ENV, raising=False)
+    processes.record_busy_time("drawer", 1.5, drawings=3)  # no file named: nothing
+    monkeypatch.setenv(processes.PHASES_ENV, str(phases))
+    processes.record_busy_time("writer", 0.0)  # never busy: no line
+    processes.record_busy_time("drawer", 1.5, drawings=3)
+    (line,) = [json.loads(text) for text in phases.read_text().splitlines()]
+    assert line == {
+        "kind": "drawer",
+        "pid": os.getpid(),
+        "drawings": 3,
+        "phases": {"drawer_process": 1.5},
+    }

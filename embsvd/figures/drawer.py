@@ -29,10 +29,8 @@ are this package: the drawer only ever unpickles what its own parent wrote.
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,9 +44,8 @@ import numpy as np
 
 from embsvd import figures
 from embsvd.figures.run_data import OrderView, Projection, RunFigureData, Spectrum, Square
-from embsvd.io.processes import exit_status, start_process
+from embsvd.io.processes import exit_status, record_busy_time, replies_channel, start_process
 
-PHASES_ENV = "EMBSVD_PHASES"  # embsvd.pipeline.phases' file: the drawer records its time
 # the drawer needs no BLAS threads: it would only contend with the job's for the cores
 SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -228,7 +225,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
             replies.flush()
         except (BrokenPipeError, OSError):
             break  # the job's process is gone
-    _record(seconds, drawings)
+    record_busy_time("drawer", seconds, drawings=drawings)
 
 
 def _warm_up() -> None:
@@ -257,26 +254,8 @@ def _warm_up() -> None:
         draw_here(data, Path(folder))
 
 
-def _record(seconds: float, drawings: int) -> None:
-    """The drawer's time, as a line of ``$EMBSVD_PHASES`` (``embsvd.pipeline.phases``)."""
-    target = os.environ.get(PHASES_ENV)
-    if target and drawings:
-        line = {
-            "kind": "drawer",
-            "pid": os.getpid(),
-            "drawings": drawings,
-            "phases": {"drawer_process": seconds},
-        }
-        with open(target, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
-
-
 def _main() -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # nothing printed may corrupt replies
-    sys.stdout = sys.stderr
+    replies = replies_channel("wb")
     serve(sys.stdin.buffer, replies)
     # every answer is written and every file closed: skip the interpreter's teardown of
     # matplotlib's modules, which the job's process would wait for at its exit

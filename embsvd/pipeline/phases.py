@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-PHASES_ENV = "EMBSVD_PHASES"
+from embsvd.io.processes import PHASES_ENV
 
 
 class PhaseClock:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -40,11 +38,10 @@ from typing import IO, Any
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
-from embsvd.io.processes import exit_status, start_process
+from embsvd.io.processes import exit_status, record_busy_time, replies_channel, start_process
 from embsvd.tracking.runs import FinalWriteError, RunLogger, close_run, describe
 
 MAX_IN_FLIGHT = 2  # runs handed over and not yet written
-PHASES_ENV = "EMBSVD_PHASES"  # embsvd.pipeline.phases' file: the writer records its time
 
 
 class _Store:
@@ -233,23 +230,11 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
             replies.flush()
         except (BrokenPipeError, OSError):
             pass  # the job's process is gone: go on writing what it handed over
-    _record(seconds)
-
-
-def _record(seconds: float) -> None:
-    target = os.environ.get(PHASES_ENV)
-    if target and seconds:
-        line = {"kind": "writer", "pid": os.getpid(), "phases": {"writer_process": seconds}}
-        with open(target, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(line) + "\n")
+    record_busy_time("writer", seconds)
 
 
 def _main() -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
-    sys.stdout = sys.stderr  # nothing a library prints may corrupt the replies
-    serve(sys.stdin, replies)
+    serve(sys.stdin, replies_channel("w"))
 
 
 if __name__ == "__main__":
