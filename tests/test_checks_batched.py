@@ -27,7 +27,14 @@ from embsvd.checks.stability import jackknife_rank, resample_stability
 from embsvd.groups import KeptToken, TokenForms, TokenGroup, select_single_tokens
 from embsvd.io.checkpoint import load_checkpoint
 from embsvd.io.rows import BFloat16Rows, widen_bfloat16
-from embsvd.method.analysis import decompose
+from embsvd.method.analysis import (
+    VocabularySpan,
+    analyze,
+    decompose,
+    project,
+    project_with_span,
+    span_basis,
+)
 from embsvd.pipeline import with_group_files
 from tests.test_config import compose_config
 
@@ -73,6 +80,30 @@ class Unwidened(BFloat16Rows):
         raise AssertionError("np.asarray of a BFloat16Rows: the whole matrix was widened")
 
 
+class Gathered(np.ndarray):
+    """An array whose rows may be gathered (an index array) but not read in slices:
+    ``row_blocks``' reads of a pass over the vocabulary fail."""
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) or (isinstance(key, tuple) and isinstance(key[0], slice)):
+            raise AssertionError(f"a pass over the vocabulary read rows {key}")
+        return np.asarray(self)[key]
+
+
+def with_span(W, group: TokenGroup, *, center: bool, n_components: int, **settings):
+    """``validate_held_out`` given the span the analysis' projection pass read (on the
+    kept words' fit, projected on as many axes as the held-out fits have); also returns
+    the span (``None`` where the analysis kept none)."""
+    svd = decompose(np.asarray(W[list(group.token_ids)], dtype=np.float64), center)
+    n_axes = min(n_components, len(group.token_ids) - int(center))
+    # the analysis' own pass reads every row (a Gathered matrix's checks the held-out's)
+    _, span = project_with_span(W.view(np.ndarray) if isinstance(W, Gathered) else W, svd, n_axes)
+    found = validate_held_out(
+        W, group, center=center, n_components=n_components, span=span, **settings
+    )
+    return found, span
+
+
 # ---- held-out ranks
 
 
@@ -82,6 +113,7 @@ def test_held_out_from_one_blocked_pass_equals_one_pass_per_fit(center, n_remain
     rng = np.random.default_rng(11 + n_remainder + int(center))
     # c < d_model in each: a subspace that spans the whole space puts every token at
     # distance 0, and their order is rounding noise in either implementation
+    spans = 0
     for d_vocab, d_model, n_kept, n_components in [
         (97, 4, 4, 5),  # more components asked for than a leave-one-out fit has
         (300, 8, 7, 3),
@@ -104,6 +136,14 @@ def test_held_out_from_one_blocked_pass_equals_one_pass_per_fit(center, n_remain
             found = validate_held_out(W, group, block_rows=block_rows, **settings)
             assert_same_held_out(found, expected)
         assert len(found.of("remainder")) == n_remainder
+        # scored from the analysis' span: no pass of its own, the same ranks (a span is
+        # kept where it is at most half as wide as the model: the 513 x 24 case)
+        from_span, span = with_span(W, group, **settings)
+        assert_same_held_out(from_span, expected)
+        if span is not None:
+            spans += 1
+            assert_same_held_out(with_span(W.view(Gathered), group, **settings)[0], expected)
+    assert spans == 1
 
 
 def test_copies_of_a_words_row_tie_with_it_in_every_block_layout():
@@ -231,6 +271,9 @@ def test_held_out_with_duplicate_and_zero_kept_rows_equals_the_reference(center)
         assert_same_held_out(
             validate_held_out(W, group, block_rows=block_rows, **settings), expected
         )
+    from_span, span = with_span(W.view(Gathered), group, **settings)
+    assert span.basis.shape[1] == 8  # the null directions left out of the span too
+    assert_same_held_out(from_span, expected)
     # a small group whose leave-one-out fits have fewer independent rows than axes: a fit
     # of a, a, 0, e has rank 2, and its third axis is whatever direction the SVD completed
     # it with, outside the kept rows' span; the basis then comes from the fits' offsets
@@ -247,6 +290,12 @@ def test_held_out_with_duplicate_and_zero_kept_rows_equals_the_reference(center)
         assert_same_held_out(
             validate_held_out(W, small, block_rows=block_rows, **settings), expected
         )
+    # the analysis' span lacks the completed direction: the vocabulary is read again
+    found, span = with_span(W, small, **settings)
+    assert span is not None and span.basis.shape[1] < stacked.read_width
+    assert_same_held_out(found, expected)
+    with pytest.raises(AssertionError, match="a pass over the vocabulary"):
+        with_span(W.view(Gathered), small, **settings)
 
 
 @pytest.mark.parametrize("center", [True, False])
@@ -273,6 +322,9 @@ def test_a_group_wider_than_the_model_is_scored_without_a_basis(center):
         assert_same_held_out(
             validate_held_out(W, group, block_rows=block_rows, **settings), expected
         )
+    found, span = with_span(W, group, **settings)  # no span kept: as wide as the model
+    assert span is None
+    assert_same_held_out(found, expected)
 
 
 def test_the_basis_spans_every_fits_offset_and_axes_and_no_more():
@@ -288,6 +340,50 @@ def test_the_basis_spans_every_fits_offset_and_axes_and_no_more():
         np.testing.assert_allclose(stacked.reader.T @ stacked.reader, np.eye(10), atol=1e-12)
         np.testing.assert_allclose(
             stacked.reader @ stacked.coefficients, stacked.A, rtol=0, atol=TOLERANCE
+        )
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_the_projection_pass_reads_the_vocabulary_onto_the_groups_span(center):
+    """``project_with_span``: the projections ``project`` makes, and in the same pass every
+    row's coordinates on an orthonormal basis of the group's rows' span (the projected
+    axes first) and its squared norm."""
+    rng = np.random.default_rng(26 + int(center))
+    W = (rng.normal(size=(700, 48)) + 2.0).astype(np.float32)
+    svd = decompose(W[:9], center)
+    projections, span = project_with_span(W, svd, 3)
+    np.testing.assert_allclose(projections, project(W, svd, 3), rtol=0, atol=1e-12)
+    basis = span.basis
+    assert basis.shape == (48, 9)  # 8 centered axes and the mean, or 9 raw axes
+    np.testing.assert_allclose(basis.T @ basis, np.eye(9), atol=1e-12)
+    np.testing.assert_array_equal(basis[:, :3], svd.Vt[:3].T)
+    np.testing.assert_allclose(span.coordinates, W.astype(np.float64) @ basis, atol=1e-12)
+    np.testing.assert_allclose(span.norms_sq, (W.astype(np.float64) ** 2).sum(axis=1), rtol=1e-14)
+    # every row of the group lies in the span: its coordinates keep all of its length
+    np.testing.assert_allclose(
+        (span.coordinates[:9] ** 2).sum(axis=1), span.norms_sq[:9], rtol=1e-12
+    )
+    assert span_basis(svd, 3).shape == basis.shape
+
+
+def test_analyze_keeps_the_span_only_when_asked_and_projects_the_same(minilm):
+    checkpoint, groups = minilm
+    W, vocab = checkpoint.W, checkpoint.vocabulary
+    plain = analyze(W, groups, "months", vocab)
+    kept = analyze(W, groups, "months", vocab, vocabulary_span=True)
+    assert plain.vocabulary_span is None and isinstance(kept.vocabulary_span, VocabularySpan)
+    np.testing.assert_allclose(kept.projections, plain.projections, rtol=0, atol=1e-12)
+    assert [t.token_id for t in kept.top_tokens] == [t.token_id for t in plain.top_tokens]
+
+
+def test_a_span_of_another_matrix_is_refused():
+    rng = np.random.default_rng(27)
+    W = rng.normal(size=(300, 12))
+    group = held_out_group(range(6))
+    _, span = project_with_span(W[:200], decompose(W[:6], True), 3)
+    with pytest.raises(ValueError, match="coordinates of 200 rows for a matrix of 300"):
+        validate_held_out(
+            W, group, center=True, n_components=3, excluded_ids=(), precision_k=3, span=span
         )
 
 
@@ -474,10 +570,9 @@ def test_bundled_minilm_checks_equal_their_references(minilm):
                 precision_k=10,
                 pool_ids=np.arange(1000, 4000),
             )
-            assert_same_held_out(
-                validate_held_out(W, group, **settings),
-                reference.validate_held_out(W, group, **settings),
-            )
+            expected = reference.validate_held_out(W, group, **settings)
+            assert_same_held_out(validate_held_out(W, group, **settings), expected)
+            assert_same_held_out(with_span(W.view(Gathered), group, **settings)[0], expected)
             svd = decompose(M, center)
             expected = reference.resample_stability(M, svd, 3, 500, np.random.default_rng(0))
             found = resample_stability(M, svd, 3, 500, np.random.default_rng(0))

@@ -44,7 +44,14 @@ import numpy as np
 
 from embsvd.groups import TokenGroup
 from embsvd.io.rows import BLOCK_ROWS, row_blocks
-from embsvd.method.analysis import GroupSVD, decompose
+from embsvd.method.analysis import (
+    EPSILON,
+    SPAN_EPSILONS,
+    GroupSVD,
+    VocabularySpan,
+    decompose,
+    span_basis,
+)
 
 
 @dataclass(frozen=True)
@@ -99,13 +106,11 @@ class HeldOutValidation:
 # 128256 x 4096 bfloat16 in 1.2 s against 1.3 s with 32 MiB and 1.5 s with 2 MiB
 BLOCK_BYTES = 1 << 23
 # The basis the vocabulary is read onto may leave out of any fit's offset or axis at most
-# this many float64 epsilons per dimension of their stack (``max(d_model, width)``), of
-# its length: the worst-case rounding of one d_model-long product. Directions of the kept
-# rows (or of the stack) whose singular value is below that share of the largest are
-# dropped (numpy's matrix_rank rule): duplicate or zero kept rows leave such null
+# SPAN_EPSILONS float64 epsilons per dimension of their stack (``max(d_model, width)``),
+# of its length: the worst-case rounding of one d_model-long product. Directions of the
+# kept rows (or of the stack) whose singular value is below that share of the largest
+# are dropped (numpy's matrix_rank rule): duplicate or zero kept rows leave such null
 # directions, at rounding level.
-SPAN_EPSILONS = 1.0
-EPSILON = np.finfo(np.float64).eps
 # The held-out words' own scores come from their rows (a product with each fit's offset
 # and axes), the vocabulary's from the blocks (read onto the span's basis first): the same
 # numbers by different arithmetic, so a copy of a word's row can land a rounding error
@@ -125,6 +130,7 @@ def validate_held_out(
     precision_k: int,
     pool_ids: Sequence[int] | None = None,
     block_rows: int | None = None,
+    span: VocabularySpan | None = None,
 ) -> HeldOutValidation:
     """Leave-one-out and remainder ranks of a group's words (see the module docstring).
 
@@ -149,15 +155,26 @@ def validate_held_out(
         pool_ids: The group's candidate pool, for the reference median.
         block_rows: Rows of ``W`` read at a time; ``None``: as many as ``BLOCK_BYTES``
             of float64 allow (at most ``embsvd.io.rows.BLOCK_ROWS``).
+        span: The vocabulary already read onto the kept words' span
+            (``AnalysisResult.vocabulary_span``, from the projection's pass over this
+            ``W``): where its basis holds every fit, the vocabulary is scored from its
+            coordinates and ``W`` is not read again (but for the rows a tie compares).
     """
     d_vocab = len(W)
+    if span is not None and span.coordinates.shape[0] != d_vocab:
+        raise ValueError(
+            f"span: coordinates of {span.coordinates.shape[0]} rows for a matrix of "
+            f"{d_vocab}; pass the span of this matrix's analysis, or none"
+        )
     kept_ids = np.array(group.token_ids, dtype=np.intp)
     n = len(kept_ids)
     c = min(n_components, n - 1 - int(center))
     M = np.asarray(W[kept_ids], dtype=np.float64)
     fits = [decompose(np.delete(M, i, axis=0), center) for i in range(n)]
     fits.append(decompose(M, center))
-    stacked = _StackedFits(fits, c)
+    stacked = _StackedFits(fits, c, None if span is None else span.basis)
+    # the vocabulary's products with the basis, already made: no pass over W
+    read = span is None or stacked.reader is not span.basis
     words = [(token, "leave_one_out", i) for i, token in enumerate(group.kept)]
     words += [(token, "remainder", n) for token in group.held_out]
     word_ids = np.array([token.token_id for token, _, _ in words], dtype=np.intp)
@@ -180,17 +197,24 @@ def validate_held_out(
     closer = np.zeros(n, dtype=np.int64)
     larger = np.zeros((n, c), dtype=np.int64)
     if block_rows is None:  # a block's rows (read and widened) and scores: BLOCK_BYTES
-        width = W.shape[1] * 3 // 2 + stacked.read_width + 3 * stacked.width
-        width += 2 * n * (1 + c)
+        width = stacked.read_width + 3 * stacked.width + 2 * n * (1 + c)
+        width += W.shape[1] * 3 // 2 if read else 0
         block_rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (8 * width)))
-    widened = np.empty((min(block_rows, d_vocab), W.shape[1]))  # reused: no fresh pages
-    for rows, block in row_blocks(W, block_rows):
-        if block.dtype == np.float64:
-            rows64 = block
+    if read:
+        widened = np.empty((min(block_rows, d_vocab), W.shape[1]))  # reused: no fresh pages
+        blocks = row_blocks(W, block_rows)
+    else:
+        starts = range(0, d_vocab, block_rows)
+        blocks = ((slice(i, min(i + block_rows, d_vocab)), None) for i in starts)
+    for rows, block in blocks:
+        if block is None:
+            distances, projections = stacked.scores_of(span.coordinates[rows], span.norms_sq[rows])
+        elif block.dtype == np.float64:
+            distances, projections = stacked.scores(block)
         else:
             rows64 = widened[: len(block)]
             np.copyto(rows64, block)
-        distances, projections = stacked.scores(rows64)
+            distances, projections = stacked.scores(rows64)
         full_distances[rows] = distances[:, n]
         if full_sizes is not None:
             np.abs(projections[:, :, n], out=full_sizes[rows])
@@ -208,7 +232,11 @@ def validate_held_out(
             is_larger & (size_gap <= bands[:n])
         ).any(axis=1)
         rows_near, words_near = np.nonzero(near)
-        same = (block[rows_near] == own_rows[words_near]).all(axis=1)
+        if block is None:  # read the few rows compared (as stored, widened as own_rows)
+            near_rows = np.asarray(W[rows_near + rows.start]) if len(rows_near) else own_rows[:0]
+        else:
+            near_rows = block[rows_near]
+        same = (near_rows == own_rows[words_near]).all(axis=1)
         is_closer[rows_near[same], words_near[same]] = False
         is_larger[rows_near[same], :, words_near[same]] = False
         closer += np.count_nonzero(is_closer, axis=0)
@@ -337,7 +365,7 @@ class _StackedFits:
     ``fits[-1]`` is the fit of every kept row: the others' rows are subsets of its own.
     """
 
-    def __init__(self, fits: list[GroupSVD], c: int):
+    def __init__(self, fits: list[GroupSVD], c: int, span: np.ndarray | None = None):
         self.c = c
         self.n_fits = len(fits)
         self.width = self.n_fits * (1 + c)
@@ -346,7 +374,7 @@ class _StackedFits:
         self.A = np.ascontiguousarray(by_term.reshape(len(by_term), self.width))
         self.offset_on_axes = np.array([f.offset @ f.Vt[:c].T for f in fits]).reshape(len(fits), c)
         self.offset_sq = np.array([f.offset @ f.offset for f in fits])
-        basis = _span_basis(self.A, fits[-1])
+        basis = _span_basis(self.A, fits[-1], span)
         # a block's rows are multiplied by ``reader``; ``coefficients`` (when not None)
         # turns those coordinates into the products with ``A``
         self.reader = self.A if basis is None else basis
@@ -355,12 +383,18 @@ class _StackedFits:
 
     def scores(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distances ``(b, n_fits)`` and projections ``(b, c, n_fits)`` of float64 rows."""
-        products = rows @ self.reader
+        return self.scores_of(rows @ self.reader, np.einsum("ij,ij->i", rows, rows))
+
+    def scores_of(
+        self, coordinates: np.ndarray, norms_sq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``scores`` of rows given by their products with ``reader`` ``(b, read_width)``
+        and their squared norms ``(b,)``."""
+        products = coordinates
         if self.coefficients is not None:
             products = products @ self.coefficients
-        products = products.reshape(len(rows), 1 + self.c, self.n_fits)
-        norms_sq = np.einsum("ij,ij->i", rows, rows)[:, None]
-        return _expansion(products, norms_sq, self.offset_on_axes.T, self.offset_sq)
+        products = products.reshape(len(coordinates), 1 + self.c, self.n_fits)
+        return _expansion(products, norms_sq[:, None], self.offset_on_axes.T, self.offset_sq)
 
     def own_scores(
         self, rows: np.ndarray, fits: np.ndarray
@@ -385,33 +419,37 @@ class _StackedFits:
         return distances[:, 0], np.abs(projections[:, :, 0]), bands
 
 
-def _span_basis(A: np.ndarray, full: GroupSVD) -> np.ndarray | None:
+def _span_basis(
+    A: np.ndarray, full: GroupSVD, given: np.ndarray | None = None
+) -> np.ndarray | None:
     """An orthonormal basis ``(d_model, r)`` of the span of ``A``'s columns (every fit's
     offset and axes), or ``None`` where reading a block onto it costs at least as much as
     multiplying by ``A`` (``r (d_model + width) >= d_model width``).
 
-    The basis is the kept rows' span, from the fit of all of them (``full``): its right
-    singular vectors, and the mean when centered; no further factorization. It is checked:
-    every column of ``A`` scaled to unit length must lie in it to ``SPAN_EPSILONS``. A fit
-    can ask for more axes than its rows have (a leave-one-out fit of ``a, a, 0, e``
-    has rank 2), and the SVD completes those with directions outside the rows' span: then
-    the basis is the stack's own, from its SVD.
+    The basis is ``given`` (a ``VocabularySpan``'s, whose coordinates the vocabulary
+    already has) where it holds every column and saves arithmetic; else the kept rows'
+    span, from the fit of all of them (``full``): its right singular vectors, and the mean
+    when centered (``span_basis``); no further factorization. It is checked: every column
+    of ``A`` scaled to unit length must lie in it to ``SPAN_EPSILONS``. A fit can ask for
+    more axes than its rows have (a leave-one-out fit of ``a, a, 0, e`` has rank 2), and
+    the SVD completes those with directions outside the rows' span: then the basis is the
+    stack's own, from its SVD.
     """
     d_model, width = A.shape
     tolerance = SPAN_EPSILONS * max(A.shape) * EPSILON
     lengths = np.linalg.norm(A, axis=0)
     unit = A / np.where(lengths > 0, lengths, 1.0)  # a zero offset (raw fits) stays zero
-    singular = full.singular_values
-    basis = full.Vt[singular > singular[:1].max(initial=0.0) * tolerance].T
-    if full.center:  # the mean, less its part along the centered rows (twice: to rounding)
-        mean = full.mean - basis @ (basis.T @ full.mean)
-        mean -= basis @ (basis.T @ mean)
-        if np.linalg.norm(mean) > tolerance * np.linalg.norm(full.mean):
-            basis = np.column_stack([basis, mean / np.linalg.norm(mean)])
+
+    def holds(basis: np.ndarray) -> bool:
+        outside = unit - basis @ (basis.T @ unit)
+        return np.einsum("ij,ij->j", outside, outside).max(initial=0.0) <= tolerance**2
+
+    if given is not None and _saves(given.shape[1], d_model, width) and holds(given):
+        return given
+    basis = span_basis(full, tolerance=tolerance)
     if not _saves(basis.shape[1], d_model, width):
         return None
-    outside = unit - basis @ (basis.T @ unit)
-    if np.einsum("ij,ij->j", outside, outside).max(initial=0.0) > tolerance**2:
+    if not holds(basis):
         U, singular, _ = np.linalg.svd(unit, full_matrices=False)
         basis = U[:, singular > singular[:1].max(initial=0.0) * tolerance]
         if not _saves(basis.shape[1], d_model, width):

@@ -261,6 +261,7 @@ def run_checks(
                 excluded_ids=never_ranked,
                 precision_k=config.precision_k,
                 pool_ids=pool,
+                span=result.vocabulary_span,
             )
     if config.confounds:
         correlated = np.ones(len(W), dtype=bool)  # every row but the never-ranked, in order

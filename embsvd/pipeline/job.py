@@ -275,6 +275,9 @@ def _analyse_and_log(
         run.set_tags({Tag.GLOBAL_VIEW: WHITENED_GLOBAL_VIEW})
     # --- multi-token words (groups.<name>.subwords=mean): their mean rows, flagged ---
     W = multi_token_rows(W, virtual, groups, run, warn_once, settings.model.name)
+    # the confounds read the stored rows' norms (the vocabulary's), whatever the geometry:
+    # a token's norm is what training made of it, not what unit rows or whitening did
+    config = checks_config(analysis)
     with clock("method"):
         result = analyze(
             W,
@@ -286,10 +289,8 @@ def _analyse_and_log(
             top_k=analysis.top_k,
             device=analysis.device,
             reference=_mean_reference(W, checkpoint, components, analysis),
+            vocabulary_span=config.heldout,  # the held-out ranks score the projection's pass
         )
-    # the confounds read the stored rows' norms (the vocabulary's), whatever the geometry:
-    # a token's norm is what training made of it, not what unit rows or whitening did
-    config = checks_config(analysis)
     # --- under-trained tokens (analysis.undertrained; docs/undertrained.md) ---
     undertrained = None
     if analysis.undertrained:
