@@ -15,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from embsvd.figures.drawer import FigureDrawer, draw_here
+from embsvd.figures.explorer import PAGE_FOLDER, RunExplorer, write_run_explorer
 from embsvd.figures.run_data import (
     FIGURES_WITH_CHECKS,
     FIGURES_WITHOUT_CHECKS,
@@ -66,6 +67,68 @@ def test_the_figure_process_writes_the_files_drawing_in_place_writes(data, drawe
     again.wait()
     assert again.drawn_by == pending.drawn_by
     assert files(tmp_path / "again") == files(tmp_path / "here")
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path, with its bytes."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def explorer(analysis):  # noqa: F811 (the fixture imported above)
+    result, _ = analysis
+    n = len(result.projections)
+    return RunExplorer(
+        name="tiny run",
+        model="tiny_bert",
+        target=result.target,
+        explained=tuple(result.svd.explained_variance_ratio.tolist()),
+        projections=result.projections,
+        texts=tuple(f"tok,{i}" if i % 7 == 0 else f"t{i}" for i in range(n)),  # some quoted
+        members={result.target: tuple(result.target_ids)},
+        special_ids=(0, 1),
+        page=True,
+    )
+
+
+def test_the_figure_process_writes_the_explorer_writing_in_place_writes(
+    explorer, data, drawer, tmp_path
+):
+    """The explorer's table and page, written by the process between two drawings (the
+    answers in order), are the files writing them here makes, byte for byte."""
+    early = drawer.submit(data, folder(tmp_path / "early"))
+    pending = drawer.submit(explorer, folder(tmp_path / "process"))
+    paths = pending.wait()
+    assert early._paths is not None  # answered first
+    assert pending.drawn_by == drawer._process.pid != os.getpid()
+    here = write_run_explorer(explorer, folder(tmp_path / "here"))
+    assert [p.relative_to(tmp_path / "process") for p in paths] == [
+        p.relative_to(tmp_path / "here") for p in here
+    ]
+    assert tree(tmp_path / "process") == tree(tmp_path / "here")
+    assert set(tree(tmp_path / "here")) == {
+        "explorer/vocabulary_projections.csv",
+        f"{PAGE_FOLDER}/explorer.html",
+    }
+    # the table alone where the run draws no page (its figures deferred)
+    table_only = dataclasses.replace(explorer, page=False)
+    drawer.submit(table_only, folder(tmp_path / "table")).wait()
+    assert set(tree(tmp_path / "table")) == {"explorer/vocabulary_projections.csv"}
+
+
+def test_an_explorer_the_process_cannot_write_is_written_here_and_fails_as_it_would(
+    explorer, drawer, tmp_path, capsys
+):
+    (tmp_path / "a_file").write_text("")
+    pending = drawer.submit(explorer, tmp_path / "a_file")  # a file, not a folder
+    with pytest.raises((NotADirectoryError, FileExistsError)):
+        pending.wait()
+    err = capsys.readouterr().err
+    assert f"the figure process could not draw {tmp_path / 'a_file'}" in err
 
 
 def test_a_drawing_the_process_cannot_make_is_drawn_here_and_fails_as_it_would(
@@ -209,14 +272,19 @@ def test_a_sweep_draws_its_runs_figures_in_the_figure_process(tiny_bert, tmp_pat
     drawers = [line for line in lines if line["kind"] == "drawer"]
     jobs = [line for line in lines if line["kind"] == "job"]
     assert len(jobs) == 2 and len(drawers) == 1
-    # two drawings a run: the figures without the checks, while they run, then the rest
-    assert drawers[0]["drawings"] == 4 and drawers[0]["pid"] not in {j["pid"] for j in jobs}
+    # three a run: the figures without the checks and the explorer, while they run, then
+    # the rest of the figures
+    assert drawers[0]["drawings"] == 6 and drawers[0]["pid"] not in {j["pid"] for j in jobs}
     store, _, children = parents_and_children(tmp_path)
     client = MlflowClient(store.uri)
     assert len(children) == 2
     for child in children:
         names = {a.path for a in client.list_artifacts(child.run_id, "figures")}
         assert names == {f"figures/{name}" for name in SIZES}, child.run_id
+        logged = {a.path for a in client.list_artifacts(child.run_id)}
+        assert {"explorer", "explorer.html"} <= logged, child.run_id
+        table = {a.path for a in client.list_artifacts(child.run_id, "explorer")}
+        assert table == {"explorer/vocabulary_projections.csv"}, child.run_id
 
 
 def test_a_single_run_draws_its_figures_in_the_figure_process(tiny_bert, tmp_path, monkeypatch):
@@ -235,8 +303,10 @@ def test_a_single_run_draws_its_figures_in_the_figure_process(tiny_bert, tmp_pat
     lines = [json.loads(line) for line in phases.read_text().splitlines()]
     (job,) = [line for line in lines if line["kind"] == "job"]
     (drawer,) = [line for line in lines if line["kind"] == "drawer"]
-    assert drawer["drawings"] == 2 and drawer["pid"] != job["pid"]
+    assert drawer["drawings"] == 3 and drawer["pid"] != job["pid"]
     store, _, _ = parents_and_children(tmp_path)
     (run,) = store.find_runs()
-    names = {a.path for a in MlflowClient(store.uri).list_artifacts(run.run_id, "figures")}
+    client = MlflowClient(store.uri)
+    names = {a.path for a in client.list_artifacts(run.run_id, "figures")}
     assert names == {f"figures/{name}" for name in SIZES}
+    assert {"explorer", "explorer.html"} <= {a.path for a in client.list_artifacts(run.run_id)}

@@ -31,8 +31,11 @@ from embsvd.tracking.artifacts import (
     EXPLORER_COLUMNS,
     EXPLORER_DIGITS,
     EXPLORER_GROUP_SEPARATOR,
+    EXPLORER_PAGE,
+    EXPLORER_TABLE,
     explorer_memberships,
     header_of,
+    write_explorer_table,
 )
 
 # A sweep's page embeds runs until their coordinates reach this many values (~5.3 bytes
@@ -81,6 +84,61 @@ class ExplorerRun:
     explained: tuple[float, ...] = field(default=())
     # the table as reading ``table`` gives it, where the caller has it (``table_as_read``)
     read: ExplorerTable | None = field(default=None, compare=False, repr=False)
+
+
+PAGE_FOLDER = "page"  # a run's page, under the folder ``write_run_explorer`` writes into
+
+
+@dataclass(frozen=True)
+class RunExplorer:
+    """What a run's explorer table (and page) are written from: the numbers the job
+    computed, so that writing them in the figure process (``embsvd.figures.drawer``) or
+    in the job's gives the same files.
+
+    Attributes:
+        name: The run's name, the page's title.
+        model, target, explained: How the page names the run (``ExplorerRun``).
+        projections: ``(d_vocab, n_components)``, every token on the run's axes.
+        texts: The text people read for every row (``Vocabulary.display_texts``).
+        members: Group name -> the token ids it kept.
+        special_ids: Special tokens.
+        page: Write the page too (the run draws its figures), not the table alone.
+    """
+
+    name: str
+    model: str
+    target: str
+    explained: tuple[float, ...]
+    projections: np.ndarray
+    texts: Sequence[str]
+    members: dict[str, tuple[int, ...]]
+    special_ids: tuple[int, ...]
+    page: bool
+
+
+def write_run_explorer(explorer: RunExplorer, folder: Path) -> list[Path]:
+    """Write a run's table (``folder / EXPLORER_TABLE``) and, where asked, its page
+    (``folder / PAGE_FOLDER / EXPLORER_PAGE``), built from what the table holds; return
+    their paths."""
+    table = folder / EXPLORER_TABLE
+    table.parent.mkdir(parents=True, exist_ok=True)
+    members, special_ids = explorer.members, explorer.special_ids
+    written = write_explorer_table(
+        table, explorer.projections, explorer.texts, members, special_ids
+    )
+    if not explorer.page:
+        return [table]
+    page = folder / PAGE_FOLDER / EXPLORER_PAGE
+    run = ExplorerRun(
+        name=explorer.name,
+        table=table,
+        model=explorer.model,
+        target=explorer.target,
+        explained=explorer.explained,
+        read=table_as_read(written, explorer.texts, members, special_ids),
+    )
+    write_explorer_page([run], page, title=f"{explorer.name}: vocabulary explorer")
+    return [table, page]
 
 
 def table_as_read(

@@ -17,10 +17,12 @@ from pathlib import Path
 
 from embsvd import tracking
 from embsvd.figures.explorer import (
+    PAGE_FOLDER,
     SWEEP_MAX_VALUES,
     ExplorerRun,
-    table_as_read,
+    RunExplorer,
     write_explorer_page,
+    write_run_explorer,
 )
 from embsvd.figures.selection import distinct_runs
 from embsvd.groups import TokenGroup
@@ -31,43 +33,48 @@ from embsvd.tracking.artifacts import (
     EXPLORER_FOLDER,
     EXPLORER_PAGE,
     EXPLORER_TABLE,
-    write_explorer_table,
 )
 from embsvd.tracking.contract import LoggedRun, Sweep, Tag
 
 SWEEP_PAGE = "explorer.html"  # in the sweep's figure set, beside the paper figures
 
 
-def log_run_explorer(
+def run_explorer(
     settings: EmbsvdConfig,
-    run: tracking.RunLogger,
     result: AnalysisResult,
     groups: Mapping[str, TokenGroup],
     vocab: Vocabulary,
     name: str,
-) -> None:
-    """Log the run's explorer table, and its page where the run draws its own figures
-    (``analysis.figures=true``; ``deferred``: the figures command builds it)."""
+) -> RunExplorer:
+    """What the run's explorer is written from: its table, and its page where the run
+    draws its own figures (``analysis.figures=true``; ``deferred``: the figures command
+    builds it)."""
+    return RunExplorer(
+        name=name,
+        model=settings.model.name,
+        target=settings.target,
+        explained=tuple(result.svd.explained_variance_ratio.tolist()),
+        projections=result.projections,
+        texts=vocab.display_texts,
+        members={group_name: tuple(group.token_ids) for group_name, group in groups.items()},
+        special_ids=tuple(sorted(vocab.special_ids)),
+        page=settings.analysis.figures is True,
+    )
+
+
+def log_run_explorer(run: tracking.RunLogger, explorer: RunExplorer) -> None:
+    """Write the run's explorer here and log it."""
     with tempfile.TemporaryDirectory() as scratch:
-        table = Path(scratch) / EXPLORER_TABLE
-        table.parent.mkdir()
-        members = {group_name: group.token_ids for group_name, group in groups.items()}
-        written = write_explorer_table(
-            table, result.projections, vocab.display_texts, members, vocab.special_ids
-        )
-        run.log_folder(table.parent, EXPLORER_FOLDER)
-        if settings.analysis.figures is True:
-            page = Path(scratch) / "page" / EXPLORER_PAGE
-            explorer_run = ExplorerRun(
-                name=name,
-                table=table,
-                model=settings.model.name,
-                target=settings.target,
-                explained=tuple(result.svd.explained_variance_ratio.tolist()),
-                read=table_as_read(written, vocab.display_texts, members, vocab.special_ids),
-            )
-            write_explorer_page([explorer_run], page, title=f"{name}: vocabulary explorer")
-            run.log_folder(page.parent)
+        write_run_explorer(explorer, Path(scratch))
+        log_written_explorer(run, Path(scratch))
+
+
+def log_written_explorer(run: tracking.RunLogger, folder: Path) -> None:
+    """Log what ``write_run_explorer`` wrote into ``folder``: the table under
+    ``EXPLORER_FOLDER``, the page (where written) at the run's root."""
+    run.log_folder(folder / EXPLORER_FOLDER, EXPLORER_FOLDER)
+    if (folder / PAGE_FOLDER).is_dir():
+        run.log_folder(folder / PAGE_FOLDER)
 
 
 def has_table(client, run_id: str) -> bool:

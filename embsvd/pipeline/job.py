@@ -26,9 +26,11 @@ from embsvd import tracking
 from embsvd.checks.matching import remember_row_norms
 from embsvd.checks.run import ChecksResult, run_checks
 from embsvd.figures.drawer import FigureDrawer, PendingFigures, sweep_drawer
+from embsvd.figures.explorer import RunExplorer
 from embsvd.figures.run_data import (
     FIGURES_WITH_CHECKS,
     FIGURES_WITHOUT_CHECKS,
+    RunFigureData,
     run_figure_data,
 )
 from embsvd.groups import (
@@ -307,6 +309,16 @@ def _analyse_and_log(
                 early = _hand_over_figures(
                     settings, result, None, flagged, folder, FIGURES_WITHOUT_CHECKS, cleanup
                 )
+        # --- vocabulary explorer (analysis.explorer, with the figures; docs/explorer.md):
+        # written by the figure process beside the checks, where it draws the figures ---
+        explorer = None
+        if analysis.explorer and analysis.figures is not False:
+            explorer = explorer_job.run_explorer(
+                settings, result, groups, vocab, run_name(settings)
+            )
+            if folder is not None and (drawer := figure_drawer(settings)) is not None:
+                with clock("explorer"):
+                    explorer = _hand_over(drawer, explorer, _scratch(cleanup), cleanup)
         checks = run_checks(
             W,
             groups,
@@ -334,12 +346,14 @@ def _analyse_and_log(
             with clock("concepts"):
                 concept_job.log_concept(settings, run, checkpoint, forms, W, undertrained)
         # --- end concept axes ---
-        # --- vocabulary explorer (analysis.explorer, with the figures; docs/explorer.md) ---
-        if analysis.explorer and analysis.figures is not False:
+        # --- vocabulary explorer: logged ---
+        if explorer is not None:
             with clock("explorer"):
-                explorer_job.log_run_explorer(
-                    settings, run, result, groups, vocab, run_name(settings)
-                )
+                if isinstance(explorer, PendingFigures):  # written by the figure process
+                    explorer.wait()
+                    explorer_job.log_written_explorer(run, explorer.folder)
+                else:
+                    explorer_job.log_run_explorer(run, explorer)
         # --- end vocabulary explorer ---
         if folder is not None:
             with clock("figures"):
@@ -359,6 +373,11 @@ def _figures_folder(
         return None
     if not settings.analysis.figures:
         return None
+    return _scratch(cleanup)
+
+
+def _scratch(cleanup: contextlib.ExitStack) -> Path:
+    """A scratch folder that lasts as long as ``cleanup``."""
     return Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
 
 
@@ -377,8 +396,20 @@ def _hand_over_figures(
     drawer = figure_drawer(settings)
     if drawer is None:
         return PendingFigures(None, data, folder, names)
+    return _hand_over(drawer, data, folder, cleanup, names)
+
+
+def _hand_over(
+    drawer: FigureDrawer,
+    data: RunFigureData | RunExplorer,
+    folder: Path,
+    cleanup: contextlib.ExitStack,
+    names: tuple[str, ...] | None = None,
+) -> PendingFigures:
+    """``data`` handed to the figure process, to be written into ``folder`` (made by
+    ``cleanup`` before this call: a failed job lets the drawer finish before it goes)."""
     drawing = drawer.submit(data, folder, names)
-    cleanup.callback(drawing.settle)  # a failed job: the drawer done before the folder goes
+    cleanup.callback(drawing.settle)
     return drawing
 
 
