@@ -255,8 +255,9 @@ def test_settling_a_drawing_lets_the_process_finish_it_before_its_folder_goes(
 
 
 def test_a_sweep_draws_its_runs_figures_in_the_figure_process(tiny_bert, tmp_path, monkeypatch):
-    """Two jobs on the basic launcher: the figure process draws both runs' figures (its
-    own line in the phases file says so), and each run logs all of them."""
+    """Two jobs on the basic launcher: the figure process draws both runs' figures and
+    writes their explorers (asked from 0 tokens up: the tiny vocabulary is below the
+    default), its own line in the phases file says so, and each run logs all of them."""
     phases = tmp_path / "phases.jsonl"
     monkeypatch.setenv("EMBSVD_PHASES", str(phases))
     done = run_sweep(
@@ -266,6 +267,7 @@ def test_a_sweep_draws_its_runs_figures_in_the_figure_process(tiny_bert, tmp_pat
         "target=digits",
         "analysis.center=true,false",
         "analysis.n_null=40",
+        "analysis.explorer_process_min_tokens=0",
     )
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in phases.read_text().splitlines()]
@@ -288,6 +290,8 @@ def test_a_sweep_draws_its_runs_figures_in_the_figure_process(tiny_bert, tmp_pat
 
 
 def test_a_single_run_draws_its_figures_in_the_figure_process(tiny_bert, tmp_path, monkeypatch):
+    """A single run's figures drawn by the process; its explorer, of a vocabulary below
+    ``analysis.explorer_process_min_tokens``, written in the job's (and logged alike)."""
     phases = tmp_path / "phases.jsonl"
     monkeypatch.setenv("EMBSVD_PHASES", str(phases))
     command = [part for part in sweep_command(tmp_path) if part != "-m"]
@@ -303,7 +307,7 @@ def test_a_single_run_draws_its_figures_in_the_figure_process(tiny_bert, tmp_pat
     lines = [json.loads(line) for line in phases.read_text().splitlines()]
     (job,) = [line for line in lines if line["kind"] == "job"]
     (drawer,) = [line for line in lines if line["kind"] == "drawer"]
-    assert drawer["drawings"] == 3 and drawer["pid"] != job["pid"]
+    assert drawer["drawings"] == 2 and drawer["pid"] != job["pid"]
     store, _, _ = parents_and_children(tmp_path)
     (run,) = store.find_runs()
     client = MlflowClient(store.uri)

@@ -143,6 +143,11 @@ def refusal(*overrides: str) -> str:
         ("analysis.n_resamples=-5", "analysis.n_resamples: must be 0 (off) or at least 2, got -5"),
         ("analysis.n_global=-1", "analysis.n_global: must be 0 (off) or more, got -1"),
         ("analysis.remove_global=-1", "analysis.remove_global: must be 0 (off) or more, got -1"),
+        (
+            "analysis.explorer_process_min_tokens=-1",
+            "analysis.explorer_process_min_tokens: must be 0 (the figure process writes every "
+            "run's explorer) or more, got -1",
+        ),
         ("analysis.alpha=1.5", "analysis.alpha: a level between 0 and 1, got 1.5"),
         (
             "analysis.confound_threshold=2",

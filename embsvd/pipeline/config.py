@@ -65,6 +65,9 @@ class AnalysisConfig:
     # basic launcher), draws each run's figures in a process of its own, beside the job's
     # checks, tables and explorer (embsvd.figures.drawer); false: in the job's process
     figure_process: bool = True
+    # ... and its explorer there too, from this many tokens up: where the checks are long
+    # enough to leave that process idle (a smaller vocabulary's is written after them)
+    explorer_process_min_tokens: int = 65536
     # cpu: numpy; cuda, cuda:<n> or mps: torch on that device for the SVDs and the projection
     device: str = "cpu"
     random_state: int = 0  # seeds every random draw of the checks below
@@ -361,6 +364,11 @@ def _check_analysis(analysis: AnalysisConfig) -> None:
         raise ValueError(
             f"analysis.remove_global: must be 0 (off) or more, got {analysis.remove_global}"
         )
+    if analysis.explorer_process_min_tokens < 0:
+        raise ValueError(
+            "analysis.explorer_process_min_tokens: must be 0 (the figure process writes "
+            f"every run's explorer) or more, got {analysis.explorer_process_min_tokens}"
+        )
     try:  # the checks' own settings: ChecksConfig holds their ranges
         checks_config(analysis)
     except ValueError as error:
@@ -440,7 +448,8 @@ def config_hash(settings: EmbsvdConfig, content: str | None = None) -> str:
         "target": settings.target,
         "analysis": asdict(settings.analysis),
     }
-    for key in ("figures", "figure_process", "device", "explorer"):  # where or whether drawn
+    # where or whether drawn
+    for key in ("figures", "figure_process", "explorer_process_min_tokens", "device", "explorer"):
         decisive["analysis"].pop(key)
     if settings.numbers.enabled:  # only then: runs without it keep their hashes
         decisive["numbers"] = asdict(settings.numbers)

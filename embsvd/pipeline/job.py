@@ -310,13 +310,18 @@ def _analyse_and_log(
                     settings, result, None, flagged, folder, FIGURES_WITHOUT_CHECKS, cleanup
                 )
         # --- vocabulary explorer (analysis.explorer, with the figures; docs/explorer.md):
-        # written by the figure process beside the checks, where it draws the figures ---
+        # written by the figure process beside the checks, where it draws the figures and
+        # the vocabulary is large enough for the checks to leave it idle ---
         explorer = None
         if analysis.explorer and analysis.figures is not False:
             explorer = explorer_job.run_explorer(
                 settings, result, groups, vocab, run_name(settings)
             )
-            if folder is not None and (drawer := figure_drawer(settings)) is not None:
+            drawer = figure_drawer(settings) if folder is not None else None
+            if (
+                drawer is not None
+                and len(result.projections) >= analysis.explorer_process_min_tokens
+            ):
                 with clock("explorer"):
                     explorer = _hand_over(drawer, explorer, _scratch(cleanup), cleanup)
         checks = run_checks(
