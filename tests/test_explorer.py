@@ -36,6 +36,7 @@ from embsvd.figures.explorer import (
 )
 from embsvd.pipeline import explorer_job, run_job
 from embsvd.pipeline.figures_job import draw_deferred_run_figures
+from embsvd.tracking import artifacts
 from embsvd.tracking.artifacts import EXPLORER_PAGE, EXPLORER_TABLE, write_explorer_table
 from embsvd.tracking.contract import Tag
 from tests.browser import Chromium
@@ -111,6 +112,32 @@ def test_the_table_is_byte_for_byte_what_csv_writer_writes(tmp_path):
             special = "true" if i in (0, 59) else "false"
             writer.writerow([i, text, member_of.get(i, ""), special, *(f"{v:.6g}" for v in row)])
         assert file.read_bytes() == expected.getvalue().encode("utf-8")
+
+
+def test_a_vocabularys_row_cells_are_reused_only_for_the_same_groups_and_specials(tmp_path):
+    """A sweep's runs of one vocabulary write the same cells before the numbers; a run
+    with other groups or special tokens writes its own, and a list of texts (which could
+    change) is never remembered."""
+    rng = np.random.default_rng(3)
+    texts = tuple(f"t,{i}" if i % 5 == 0 else f"t{i}" for i in range(40))
+    projections = rng.normal(size=(40, 2))
+
+    def written(groups, special_ids, texts=texts):
+        file = tmp_path / "t.csv"
+        write_explorer_table(file, projections, texts, groups, special_ids)
+        return [(r["text"], r["group"], r["special"]) for r in csv_rows(file.read_text())]
+
+    first = written({"a": [1, 2]}, [0])
+    assert artifacts._LAST_PREFIXES[0] is texts
+    assert written({"a": [1, 2]}, [0]) == first
+    other = written({"b": [3]}, [4])
+    assert other[1] == ("t1", "", "false") and other[3] == ("t3", "b", "false")
+    assert other[4][2] == "true" and other[0][2] == "false"
+    assert written({"a": [1, 2]}, [0]) == first
+    listed = list(texts)
+    written({"a": [1, 2]}, [0], texts=listed)
+    listed[1] = "changed"
+    assert written({"a": [1, 2]}, [0], texts=listed)[1] == ("changed", "a", "false")
 
 
 def test_the_table_refuses_texts_that_do_not_fit_the_rows(tmp_path):
