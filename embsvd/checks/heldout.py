@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from embsvd.groups import TokenGroup
-from embsvd.io.rows import BLOCK_ROWS, row_blocks
+from embsvd.io.rows import BLOCK_ROWS, release_rows, row_blocks
 from embsvd.method.analysis import (
     EPSILON,
     SPAN_EPSILONS,
@@ -233,7 +233,11 @@ def validate_held_out(
         ).any(axis=1)
         rows_near, words_near = np.nonzero(near)
         if block is None:  # read the few rows compared (as stored, widened as own_rows)
-            near_rows = np.asarray(W[rows_near + rows.start]) if len(rows_near) else own_rows[:0]
+            near_rows = own_rows[:0]
+            if len(rows_near):
+                near_rows = np.asarray(W[rows_near + rows.start])
+                # a mapped file's read maps a large folio (up to 2 MiB) per row: let go
+                release_rows(W, rows)
         else:
             near_rows = block[rows_near]
         same = (near_rows == own_rows[words_near]).all(axis=1)
