@@ -5,10 +5,14 @@ python experiments/figures.py sweep.sweep_id=<id>          # or sweep.parent_run
 python experiments/figures.py sweep.experiment=embsvd "sweep.filter=tags.embsvd.center = 'true'"
 """
 
-import hydra
-from omegaconf import DictConfig
+from embsvd import openblas
 
-from embsvd.pipeline import figures_job
+openblas.prepare()  # before numpy loads: OpenBLAS's idle threads sleep at once
+
+import hydra  # noqa: E402 (after OpenBLAS's set-up)
+from omegaconf import DictConfig  # noqa: E402
+
+from embsvd.pipeline import figures_job  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="figures")

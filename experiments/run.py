@@ -6,6 +6,10 @@ python experiments/run.py -m +experiment=seed_replication
 
 import gc
 
+from embsvd import openblas
+
+openblas.prepare()  # before numpy loads: OpenBLAS's idle threads sleep at once
+
 # The cyclic collector is off until the first job (or a sweep's open) settles the heap
 # (embsvd.pipeline.job.settle_heap): its full passes over the objects that imports and
 # Hydra's composition make, and keep, cost about 0.4-0.5 s of every run's start.
