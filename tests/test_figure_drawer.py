@@ -22,6 +22,7 @@ from embsvd.figures.run_data import (
     UNDERTRAINED_MARK,
     run_figure_data,
 )
+from embsvd.io.display import DisplayTexts, TokenDecoding
 from tests.test_run_figures_fast import SIZES, analysis  # noqa: F401 (a fixture)
 from tests.test_sweeps import (  # noqa: F401 (fresh_store: a migrated store per test)
     fresh_store,
@@ -118,6 +119,18 @@ def test_the_figure_process_writes_the_explorer_writing_in_place_writes(
     table_only = dataclasses.replace(explorer, page=False)
     drawer.submit(table_only, folder(tmp_path / "table")).wait()
     assert set(tree(tmp_path / "table")) == {"explorer/vocabulary_projections.csv"}
+
+
+def test_texts_the_process_computes_give_the_same_explorer(explorer, drawer, tmp_path):
+    """A large vocabulary's texts are handed over as its tokens and decoding
+    (``DisplayTexts``) and computed in the process: the same files, nothing computed
+    here."""
+    lazy = DisplayTexts(explorer.texts, TokenDecoding())  # no steps: the texts as given
+    pending = drawer.submit(dataclasses.replace(explorer, texts=lazy), folder(tmp_path / "p"))
+    pending.wait()
+    assert pending.drawn_by == drawer._process.pid and "texts" not in lazy.__dict__
+    write_run_explorer(explorer, folder(tmp_path / "here"))
+    assert tree(tmp_path / "p") == tree(tmp_path / "here")
 
 
 def test_an_explorer_the_process_cannot_write_is_written_here_and_fails_as_it_would(

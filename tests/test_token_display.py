@@ -5,6 +5,7 @@ people read it (top_tokens.csv, the paper tables, the sweep table)."""
 from __future__ import annotations
 
 import csv
+import pickle
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from embsvd.figures.tables import latex_tables, markdown_tables
 from embsvd.io.checkpoint import load_checkpoint, load_tokenizer
 from embsvd.io.display import (
     BYTE_OF_CHARACTER,
+    DisplayTexts,
     Step,
     TokenDecoding,
     display_text,
@@ -211,6 +213,22 @@ def test_the_vocabulary_shows_each_row_once_decoded():
     assert vocab.display_texts == tuple(vocab.display_text(i) for i in range(vocab.d_vocab))
     given = Vocabulary.from_matrix(np.ones((2, 2)), ["Ġa", "b"], decoding=TokenDecoding())
     assert given.display_texts == ("Ġa", "b")  # the decoding given is the one used
+
+
+def test_texts_handed_over_are_computed_where_read_and_equal_the_vocabularys():
+    """``display_texts_to_hand_over``: before the vocabulary computed its texts, a
+    ``DisplayTexts`` that computes them where it is read (and pickles as its tokens and
+    decoding, computed or not); after, the texts themselves."""
+    vocab, _ = byte_level_vocabulary()
+    lazy = vocab.display_texts_to_hand_over()
+    assert isinstance(lazy, DisplayTexts) and "display_texts" not in vocab.__dict__
+    size = len(pickle.dumps(lazy))
+    assert "texts" not in lazy.__dict__  # nothing computed yet
+    assert tuple(lazy) == vocab.display_texts and len(lazy) == vocab.d_vocab
+    assert lazy[3] == "␣strugg" and lazy[:2] == vocab.display_texts[:2]
+    assert len(pickle.dumps(lazy)) == size
+    assert tuple(pickle.loads(pickle.dumps(lazy))) == vocab.display_texts
+    assert vocab.display_texts_to_hand_over() is vocab.display_texts  # computed: as is
 
 
 def test_top_tokens_table_keeps_the_raw_token_and_adds_its_text(tmp_path):

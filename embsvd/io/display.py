@@ -27,8 +27,9 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from embsvd.io.tokenizer import word_start_marker
@@ -143,6 +144,32 @@ def display_text(token: str | None, decoding: TokenDecoding) -> str:
     does (``decoding``, from :func:`token_decoding`), then made visible by
     :func:`escape_text`; ``""`` for ``None`` (a row the tokenizer lacks)."""
     return "" if token is None else escape_text(decoding.decode(token))
+
+
+class DisplayTexts(Sequence[str]):
+    """:func:`display_text` of every token, computed on first use and then kept: what a
+    vocabulary's texts are handed to another process as (the figure process writes a
+    large vocabulary's explorer), so that the process that hands them over does not
+    compute them (0.16 s at 128k tokens). Pickles as its tokens and decoding."""
+
+    def __init__(self, tokens: Sequence[str | None], decoding: TokenDecoding):
+        self.tokens, self.decoding = tuple(tokens), decoding
+
+    @cached_property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(display_text(token, self.decoding) for token in self.tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.texts[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.texts)
+
+    def __reduce__(self):
+        return DisplayTexts, (self.tokens, self.decoding)
 
 
 # --- reading a tokenizer's decoder ------------------------------------------------------------

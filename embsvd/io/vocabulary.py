@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from embsvd.io.cache import intact, written_with_checksum
-from embsvd.io.display import TokenDecoding, display_text, guess_decoding
+from embsvd.io.display import DisplayTexts, TokenDecoding, display_text, guess_decoding
 from embsvd.io.frequency import TokenFrequencies, token_frequencies
 from embsvd.io.rows import row_blocks
 
@@ -129,6 +129,13 @@ class Vocabulary:
         """:meth:`display_text` of every row, ``(d_vocab,)``, computed once on first use."""
         decoding = self.token_decoding
         return tuple(display_text(token, decoding) for token in self.token_strings)
+
+    def display_texts_to_hand_over(self) -> Sequence[str]:
+        """``display_texts`` for another process: these where already computed, else
+        computed there, on first use (``embsvd.io.display.DisplayTexts``)."""
+        if "display_texts" in self.__dict__:
+            return self.display_texts
+        return DisplayTexts(self.token_strings, self.token_decoding)
 
 
 def row_norms(W: Any) -> np.ndarray:

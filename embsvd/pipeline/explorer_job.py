@@ -45,17 +45,20 @@ def run_explorer(
     groups: Mapping[str, TokenGroup],
     vocab: Vocabulary,
     name: str,
+    elsewhere: bool = False,
 ) -> RunExplorer:
     """What the run's explorer is written from: its table, and its page where the run
     draws its own figures (``analysis.figures=true``; ``deferred``: the figures command
-    builds it)."""
+    builds it). ``elsewhere``: written by another process (the figure process), which
+    computes the tokens' display texts where this one has not."""
+    texts = vocab.display_texts_to_hand_over() if elsewhere else vocab.display_texts
     return RunExplorer(
         name=name,
         model=settings.model.name,
         target=settings.target,
         explained=tuple(result.svd.explained_variance_ratio.tolist()),
         projections=result.projections,
-        texts=vocab.display_texts,
+        texts=texts,
         members={group_name: tuple(group.token_ids) for group_name, group in groups.items()},
         special_ids=tuple(sorted(vocab.special_ids)),
         page=settings.analysis.figures is True,

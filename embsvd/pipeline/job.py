@@ -314,14 +314,14 @@ def _analyse_and_log(
         # the vocabulary is large enough for the checks to leave it idle ---
         explorer = None
         if analysis.explorer and analysis.figures is not False:
-            explorer = explorer_job.run_explorer(
-                settings, result, groups, vocab, run_name(settings)
-            )
             drawer = figure_drawer(settings) if folder is not None else None
-            if (
-                drawer is not None
-                and len(result.projections) >= analysis.explorer_process_min_tokens
-            ):
+            elsewhere = drawer is not None and (
+                len(result.projections) >= analysis.explorer_process_min_tokens
+            )
+            explorer = explorer_job.run_explorer(
+                settings, result, groups, vocab, run_name(settings), elsewhere
+            )
+            if elsewhere:
                 with clock("explorer"):
                     explorer = _hand_over(drawer, explorer, _scratch(cleanup), cleanup)
         checks = run_checks(
