@@ -5,7 +5,7 @@ python experiments/figures.py sweep.sweep_id=<id>          # or sweep.parent_run
 python experiments/figures.py sweep.experiment=embsvd "sweep.filter=tags.embsvd.center = 'true'"
 """
 
-from embsvd import openblas
+from embsvd.io import openblas
 
 openblas.prepare()  # before numpy loads: OpenBLAS's idle threads sleep at once
 

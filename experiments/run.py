@@ -6,7 +6,7 @@ python experiments/run.py -m +experiment=seed_replication
 
 import gc
 
-from embsvd import openblas
+from embsvd.io import openblas
 
 openblas.prepare()  # before numpy loads: OpenBLAS's idle threads sleep at once
 

@@ -1,4 +1,4 @@
-"""The entry points let OpenBLAS's idle threads sleep at once (``embsvd.openblas``): the
+"""The entry points let OpenBLAS's idle threads sleep at once (``embsvd.io.openblas``): the
 variable is set before numpy loads, so the library that loads reads it, and a value the
 user set is kept."""
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from embsvd import openblas
+from embsvd.io import openblas
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_the_entry_points_set_it_before_numpy_loads():
     assert timeout_read(figures_py) == openblas.THREAD_TIMEOUT
     command = (
         "sys.argv = ['embsvd', 'run', '--cfg', 'job']\n"
-        "from embsvd.command import main\n"
+        "from embsvd.__main__ import main\n"
         "sys.exit(main())"
     )
     assert timeout_read(command) == openblas.THREAD_TIMEOUT

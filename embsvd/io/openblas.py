@@ -10,7 +10,8 @@ asleep at once (1.37-1.44 s with one thread); one warm 128256 x 4096 run 4.70-5.
 against 4.54-4.86 s. A large product (the global components' scatter) still runs on
 every core: only the threads' idle wait changes, never a result.
 
-Only the entry points (``experiments/*.py``, the ``embsvd`` command) call ``prepare``:
+Only the entry points (``experiments/*.py``, the ``embsvd`` command: ``embsvd.__main__``)
+call ``prepare``:
 OpenBLAS reads the variable when it loads, and a library imported into someone's
 notebook leaves their environment alone.
 """
