@@ -5,9 +5,10 @@ A run's five quick looks cost about 0.2 s of matplotlib, mostly Python, and the 
 run of a process also pays matplotlib's import (0.25 s); its explorer table and page,
 about 0.1 s at 30k tokens and 0.35 s at 128k, are Python's number formatting: a thread
 would wait for the interpreter's lock, a process works on another core. The job hands
-over the figures that need no check and the explorer before its checks run, the other
-figures after (``submit``), and takes the files (``PendingFigures.wait``) before its run
-closes: the run's artifacts are what they would be without the drawer.
+over the figures that need no check (and a large vocabulary's explorer) before its
+checks run, the other figures after (``submit``), and takes the files
+(``PendingFigures.wait``) before its run closes: the run's artifacts are what they would
+be without the drawer.
 
 What it promises:
 

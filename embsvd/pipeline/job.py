@@ -312,7 +312,7 @@ def _analyse_and_log(
         # --- vocabulary explorer (analysis.explorer, with the figures; docs/explorer.md):
         # written by the figure process beside the checks, where it draws the figures and
         # the vocabulary is large enough for the checks to leave it idle ---
-        explorer = None
+        explorer = handed_over = None
         if analysis.explorer and analysis.figures is not False:
             drawer = figure_drawer(settings) if folder is not None else None
             elsewhere = drawer is not None and (
@@ -323,7 +323,7 @@ def _analyse_and_log(
             )
             if elsewhere:
                 with clock("explorer"):
-                    explorer = _hand_over(drawer, explorer, _scratch(cleanup), cleanup)
+                    handed_over = _hand_over(drawer, explorer, _scratch(cleanup), cleanup)
         checks = run_checks(
             W,
             groups,
@@ -354,9 +354,9 @@ def _analyse_and_log(
         # --- vocabulary explorer: logged ---
         if explorer is not None:
             with clock("explorer"):
-                if isinstance(explorer, PendingFigures):  # written by the figure process
-                    explorer.wait()
-                    explorer_job.log_written_explorer(run, explorer.folder)
+                if handed_over is not None:  # written by the figure process
+                    handed_over.wait()
+                    explorer_job.log_written_explorer(run, handed_over.folder)
                 else:
                     explorer_job.log_run_explorer(run, explorer)
         # --- end vocabulary explorer ---
