@@ -100,15 +100,10 @@ class SweepTracking(Callback):
         # the processes beside the jobs start first: they import MLflow or matplotlib on
         # the other core while this one imports MLflow and opens the store (about 1.4 s)
         analysis = config.get("analysis") or {}
-        if (
-            analysis.get("figures") is True
-            and analysis.get("figure_process", True)
-            and jobs_share_this_process(RunMode.MULTIRUN, config.hydra.launcher)
-        ):
+        shared = jobs_share_this_process(RunMode.MULTIRUN, config.hydra.launcher)
+        if shared and analysis.get("figures") is True and analysis.get("figure_process", True):
             sweep_drawer().start()
-        if config.tracking.get("background_writes") and jobs_share_this_process(
-            RunMode.MULTIRUN, config.hydra.launcher
-        ):
+        if shared and config.tracking.get("background_writes"):
             tracking.sweep_writer().start()
         self._project = project_root(config)
         uri = self._uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
