@@ -58,6 +58,124 @@ def test_runs_handed_to_the_writer_process_are_written_in_full(store):
     assert writer.close() == [] and writer._process is None
 
 
+class _NoWrites:
+    """A client for a job's process that must not write the store: every call fails."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the job's process called MlflowClient.{name}")
+
+
+def test_a_run_the_writer_opens_is_written_by_it_alone(store):
+    """Opened through the writer, a run's every write (its creation with this process's
+    tags and start time, params, dataset inputs, tags, metrics, artifacts and status)
+    is done by the writer process: the job's process holds a client that fails on any
+    call. The run's id is there once asked for."""
+    from embsvd.tracking.runs import group_dataset, log_groups
+    from tests.conftest import token_group
+
+    writer = RunWriter()
+    job_store = TrackingStore(store.uri, "writer")
+    job_store.client = _NoWrites()
+    before = int(time.time() * 1000)
+    run = writer.open(job_store, "opened elsewhere", {"embsvd.test": "writer"})
+    run.log_params({"analysis.center": True, "long": "x" * 9000})
+    groups = {"digits": token_group("digits", [3, 4, 5]), "other": token_group("other", [6, 7])}
+    log_groups(run, groups, "digits")
+    run.set_tags({"which": "5"})
+    run.log_metrics([("m", 5.0, 0), ("m", 5.5, 1), ("other", -1.0, 0)])
+    run.log_text("artifact of run 5\n", "tables/note.txt")
+    writer.submit(store.uri, run, "FINISHED")
+    assert writer.drain() == []
+
+    run_id = run.run_id
+    assert_written(store, run_id, 5)
+    written = MlflowClient(store.uri).get_run(run_id)
+    assert written.info.run_name == "opened elsewhere"
+    assert before <= written.info.start_time <= written.info.end_time
+    assert written.data.tags["embsvd.pid"] == str(os.getpid())  # the job's, not the writer's
+    assert written.data.params["analysis.center"] == "True"
+    assert len(written.data.params["long"]) == 6000  # cut to MLflow's limit, as in place
+    inputs = {d.dataset.name: d for d in written.inputs.dataset_inputs}
+    assert inputs.keys() == {"digits", "other"}
+    expected = group_dataset(groups["digits"], True)
+    assert inputs["digits"].dataset.digest == expected.dataset.digest
+    assert {t.key: t.value for t in inputs["digits"].tags} == {"mlflow.data.context": "target"}
+    writer.close()
+
+
+def test_a_run_the_store_refuses_to_open_fails_its_job_with_the_reason(store, capsys):
+    """An open the store refuses (an experiment that does not exist): asking for the
+    run's id raises with the store's reason; its params are not written, said once each;
+    the failure path of ``tracked_run`` closes nothing and keeps the block's error."""
+    from embsvd.tracking.runs import tracked_run
+    from embsvd.tracking.writer import OpenFailedError
+
+    writer = RunWriter()
+    wrong = TrackingStore(store.uri, "writer")
+    wrong.experiment_id = "999"
+    run = writer.open(wrong, "refused", {})
+    run.log_params({"a": 1})
+    with pytest.raises(OpenFailedError, match="run refused: .*999"):
+        run.run_id  # noqa: B018
+    assert writer.drain() == ["run refused was not opened: its params are lost"]
+
+    with pytest.raises(ValueError, match="the block's"):
+        with tracked_run(wrong, "refused too", {}, writer=writer):
+            raise ValueError("the block's error")
+    assert "run refused too not closed: run refused too: " in capsys.readouterr().err
+    writer.close()
+    assert MlflowClient(store.uri).search_runs([store.experiment_id]) == []
+
+
+def test_a_failed_job_under_the_writer_closes_its_run_in_place(store):
+    """A block that raises: the run the writer opened ends FAILED with the error and the
+    traceback, written once the writer has opened it."""
+    from embsvd.tracking.runs import tracked_run
+
+    writer = RunWriter()
+    with pytest.raises(KeyError):
+        with tracked_run(store, "fails", {}, writer=writer) as run:
+            run.log_params({"a": 1})
+            raise KeyError("no such group")
+    written = MlflowClient(store.uri).get_run(run.run_id)
+    assert written.info.status == "FAILED"
+    assert written.data.tags["embsvd.error"] == "KeyError: 'no such group'"
+    assert written.data.params == {"a": "1"}
+    assert "error.txt" in [a.path for a in MlflowClient(store.uri).list_artifacts(run.run_id)]
+    writer.close()
+
+
+def test_a_run_a_dead_writer_opened_unsaid_is_found_not_opened_twice(store, capsys):
+    """A writer that opens the run in the store and dies before saying so: the job's
+    process finds that run (its name, start time and this process's pid), writes its
+    params and final write there, and no second run appears."""
+    opens_and_dies = textwrap.dedent(
+        """
+        import json, sys
+        from mlflow.tracking import MlflowClient
+        item = json.loads(sys.stdin.readline())
+        MlflowClient(item["uri"]).create_run(
+            item["experiment_id"], start_time=item["start_time"], tags=item["tags"],
+            run_name=item["run_name"],
+        )
+        sys.exit(5)
+        """
+    )
+    writer = RunWriter(command=[sys.executable, "-c", opens_and_dies])
+    run = writer.open(store, "opened unsaid", {"which": "9"})
+    run.log_params({"a": 1})
+    run.log_metrics([("m", 9.0, 0), ("m", 9.5, 1), ("other", -1.0, 0)])
+    run.log_text("artifact of run 9\n", "tables/note.txt")
+    writer.submit(store.uri, run, "FINISHED")
+    assert writer.drain() == []
+
+    assert "the writer process ended (exit status 5) with" in capsys.readouterr().err
+    [found] = MlflowClient(store.uri).search_runs([store.experiment_id])
+    assert found.info.run_id == run.run_id
+    assert found.data.params == {"a": "1"}
+    assert_written(store, run.run_id, 9)
+
+
 def test_a_failed_write_is_reported_by_drain(store):
     """The writer's reply carries the failure (``close_run`` printed it and kept the run
     pending); here a stand-in writer replies with one."""
@@ -66,7 +184,8 @@ def test_a_failed_write_is_reported_by_drain(store):
         import json, sys
         for line in sys.stdin:
             item = json.loads(line)
-            print(json.dumps({"run_id": item["run_id"], "error": "disk full"}), flush=True)
+            reply = {"token": item["token"], "run_id": None, "error": "disk full"}
+            print(json.dumps(reply), flush=True)
         """
     )
     writer = RunWriter(command=[sys.executable, "-c", reply])
@@ -87,7 +206,7 @@ def test_runs_a_dead_writer_had_not_confirmed_are_written_in_place(store, capsys
 
     assert writer.drain() == []
 
-    assert "the writer process ended (exit status 3) with 1 runs unconfirmed" in (
+    assert "the writer process ended (exit status 3) with 1 requests unconfirmed" in (
         capsys.readouterr().err
     )
     assert_written(store, logger.run_id, 7)
@@ -103,9 +222,10 @@ def test_at_most_max_in_flight_runs_wait_for_the_writer(store):
         items = [json.loads(sys.stdin.readline()) for _ in range(2)]
         open({gate!r} + ".read", "w").close()
         for item in items:
-            print(json.dumps({{"run_id": item["run_id"], "error": None}}), flush=True)
+            print(json.dumps({{"token": item["token"], "run_id": None, "error": None}}), flush=True)
         for line in sys.stdin:
-            print(json.dumps({{"run_id": json.loads(line)["run_id"], "error": None}}), flush=True)
+            reply = {{"token": json.loads(line)["token"], "run_id": None, "error": None}}
+            print(json.dumps(reply), flush=True)
         """
     )
     writer = RunWriter(max_in_flight=2, command=[sys.executable, "-c", held])

@@ -102,9 +102,9 @@ class TrackingConfig:
     experiment: str = "embsvd"
     # skip a job when a FINISHED run of the experiment has its config hash (resume a sweep)
     skip_existing: bool = False
-    # a sweep's runs written by a process of their own while the next job computes (off:
-    # on sqlite both processes wait for one write lock, so it measured no gain)
-    background_writes: bool = False
+    # a sweep's runs opened and written by a process of their own while the jobs compute
+    # (Hydra's basic launcher; embsvd/tracking/writer.py)
+    background_writes: bool = True
 
 
 @dataclass

@@ -93,6 +93,9 @@ def run_job(cfg: DictConfig) -> AnalysisResult | None:
     try:
         return _run_job(cfg)
     finally:
+        logger = last_run.pop("logger", None)
+        if logger is not None:  # the run has ended: the writer has said its id by now
+            last_run["run_id"] = logger.known_run_id
         clock.record("job", run_name=last_run.get("name"), run_id=last_run.get("run_id"))
 
 
@@ -154,7 +157,8 @@ def _run_job(cfg: DictConfig) -> AnalysisResult | None:
                 store, run_name(settings), tags, redact_text, writer=background_writer(settings)
             ) as run,
         ):
-            last_run.update(name=run.run_name, run_id=run.run_id, store=store)
+            # the run's id once it is known: a sweep's writer process opens the run
+            last_run.update(name=run.run_name, store=store, logger=run)
             # the run records no secret given on the command line (a password in tracking.uri)
             config = redact_config(OmegaConf.to_container(cfg, resolve=True))
             run.log_params(flatten(config))
@@ -172,7 +176,7 @@ def _run_job(cfg: DictConfig) -> AnalysisResult | None:
     except KeyboardInterrupt:
         if not HydraConfig.initialized():  # a notebook or a test: its own Ctrl-C handling
             raise
-        run_id = last_run.get("run_id")
+        run_id = last_run["logger"].known_run_id if "logger" in last_run else None
         ended = f"run {run_id} ({run_name(settings)}) KILLED" if run_id else "no run opened"
         print(f"interrupted: {ended}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None  # what a shell reports of a process Ctrl-C ended

@@ -66,8 +66,7 @@ class RunLogger:
             self.flush()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
-        for chunk in recovery.chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+        for chunk in recovery.chunks(param_items(params), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
 
     def log_metrics(self, metrics: Sequence[tuple[str, float, int]]) -> None:
@@ -114,6 +113,11 @@ class RunLogger:
         return self._staging / relative
 
     @property
+    def known_run_id(self) -> str | None:
+        """The run's id, or ``None`` while another process opens it (``WriterRun``)."""
+        return self.run_id
+
+    @property
     def unwritten(self) -> tuple[list[RunTag], list[Metric], Path | None]:
         """What :meth:`flush` has not written yet: tags, metrics and the staged artifacts."""
         return list(self._tags.values()), list(self._metrics), self._staging
@@ -158,10 +162,26 @@ def start_run(
     the process that writes it (``recovery.process_tags``: what ``embsvd runs
     reconcile`` checks when the run is left RUNNING)."""
     tags = {**recovery.process_tags(), **tags}
-    run = store.client.create_run(
-        store.experiment_id, run_name=run_name, tags={str(k): str(v) for k, v in tags.items()}
-    )
-    return RunLogger(store.client, run.info.run_id, buffered, run_name)
+    run_id = create_run(store.client, store.experiment_id, run_name, tags)
+    return RunLogger(store.client, run_id, buffered, run_name)
+
+
+def create_run(
+    client: MlflowClient,
+    experiment_id: str,
+    run_name: str,
+    tags: Mapping[str, Any],
+    start_time: int | None = None,
+) -> str:
+    """A RUNNING run's id (``start_time`` in ms since the epoch; now when ``None``)."""
+    tags = {str(k): str(v) for k, v in tags.items()}
+    run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
+    return run.info.run_id
+
+
+def param_items(params: Mapping[str, Any]) -> list[Param]:
+    """``params`` as MLflow's entities, each value cut to MLflow's limit."""
+    return [Param(k, str(v)[:MAX_PARAM_VAL_LENGTH]) for k, v in params.items()]
 
 
 @contextmanager
@@ -183,11 +203,15 @@ def tracked_run(
     error and the traceback before they are stored (an exception may quote a URI with
     its password).
 
-    With a ``writer`` (``embsvd.tracking.writer``: a sweep's jobs in one process), a
-    FINISHED run's final write is handed to it and done while the caller goes on; a
-    failed or killed run waits for the writer's earlier runs, then closes in place.
+    With a ``writer`` (``embsvd.tracking.writer``: a sweep's jobs in one process), the
+    writer opens the run and takes its params, and a FINISHED run's final write is handed
+    to it and done while the caller goes on; a failed or killed run waits for the
+    writer's earlier requests, then closes in place.
     """
-    logger = start_run(store, run_name, tags, buffered=True)
+    if writer is not None:
+        logger = writer.open(store, run_name, tags)
+    else:
+        logger = start_run(store, run_name, tags, buffered=True)
     try:
         yield logger
     except Exception as error:
@@ -221,6 +245,12 @@ def _close_after(
     with suppress(FinalWriteError), deferred_signals():
         if writer is not None:
             writer.drain()
+            try:
+                logger.run_id  # noqa: B018 (the writer opened it, or said why not)
+            except RuntimeError as error:  # writer.OpenFailedError: printed
+                logger.discard_staging()
+                print(f"run {logger.run_name} not closed: {error}", file=sys.stderr, flush=True)
+                return
         close_run(store, logger, RunStatus.to_string(status))
 
 
