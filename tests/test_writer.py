@@ -119,9 +119,11 @@ def test_a_run_the_store_refuses_to_open_fails_its_job_with_the_reason(store, ca
         run.run_id  # noqa: B018
     assert writer.drain() == ["run refused was not opened: its params are lost"]
 
-    with pytest.raises(ValueError, match="the block's"):
-        with tracked_run(wrong, "refused too", {}, writer=writer):
-            raise ValueError("the block's error")
+    with (
+        pytest.raises(ValueError, match="the block's"),
+        tracked_run(wrong, "refused too", {}, writer=writer),
+    ):
+        raise ValueError("the block's error")
     assert "run refused too not closed: run refused too: " in capsys.readouterr().err
     writer.close()
     assert MlflowClient(store.uri).search_runs([store.experiment_id]) == []
@@ -133,10 +135,9 @@ def test_a_failed_job_under_the_writer_closes_its_run_in_place(store):
     from embsvd.tracking.runs import tracked_run
 
     writer = RunWriter()
-    with pytest.raises(KeyError):
-        with tracked_run(store, "fails", {}, writer=writer) as run:
-            run.log_params({"a": 1})
-            raise KeyError("no such group")
+    with pytest.raises(KeyError), tracked_run(store, "fails", {}, writer=writer) as run:
+        run.log_params({"a": 1})
+        raise KeyError("no such group")
     written = MlflowClient(store.uri).get_run(run.run_id)
     assert written.info.status == "FAILED"
     assert written.data.tags["embsvd.error"] == "KeyError: 'no such group'"
