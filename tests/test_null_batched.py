@@ -140,18 +140,51 @@ def null_of(world: World, result, match="norm_frequency", n_null=600, seed=11, *
 # --- the batched code equals the loop, given the same draws ---------------------------
 
 
+def without_structural_zero(spectra: np.ndarray, center: bool, d_model: int) -> np.ndarray:
+    """The reference's spectra with a centered draw's structurally zero singular value
+    (rank ``n - 1`` when ``n <= d_model``) given as 0, as ``null_spectra`` gives it; the
+    reference had rounding noise there, checked here to be below ``1e-6 s_1``."""
+    n = spectra.shape[1]
+    if not center or n > d_model:
+        return spectra
+    assert np.all(spectra[:, n - 1] <= 1e-6 * spectra[:, 0])
+    exact = spectra.copy()
+    exact[:, n - 1] = 0.0
+    return exact
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batched_spectra_and_shares_equal_the_reference_loop(dtype):
+@pytest.mark.parametrize(("pool", "route"), [(300, "rows"), (40, "tokens")])
+def test_batched_spectra_and_shares_equal_the_reference_loop(dtype, pool, route, monkeypatch):
+    """From the draws' gathered rows (many distinct tokens) or from the distinct tokens'
+    Gram matrix (few): the reference's spectra and shares, the structural zero aside."""
+    import embsvd.checks.null as null_module
+
+    other = {"rows": "_spectra_from_tokens", "tokens": "_spectra_from_rows"}[route]
+    monkeypatch.setattr(null_module, other, None)  # the other route would fail
     rng = np.random.default_rng(3)
     W = (rng.normal(size=(300, 20)) + 0.7).astype(dtype)
-    draws = np.stack([rng.choice(300, size=7, replace=False) for _ in range(1234)])
+    draws = np.stack([rng.choice(pool, size=7, replace=False) for _ in range(1234)])
     axes = np.linalg.qr(rng.normal(size=(20, 4)))[0].T
     for center in (True, False):
         spectra, shares = null_spectra(W, draws, center, axes)
         expected, expected_shares = reference.null_spectra(W, draws, center, axes)
+        expected = without_structural_zero(expected, center, W.shape[1])
         np.testing.assert_allclose(spectra, expected, rtol=0, atol=TOLERANCE)
         np.testing.assert_allclose(shares, expected_shares, rtol=0, atol=TOLERANCE)
         assert null_spectra(W, draws, center)[1] is None
+        if center:
+            assert np.all(spectra[:, -1] == 0.0)  # 7 tokens in 20 dimensions: rank 6
+
+
+def test_a_draw_wider_than_the_model_keeps_its_last_singular_value():
+    """Centered, 7 tokens in 5 dimensions have rank 5: no zero is imposed."""
+    rng = np.random.default_rng(8)
+    W = rng.normal(size=(60, 5)) + 0.3
+    draws = np.stack([rng.choice(60, size=7, replace=False) for _ in range(200)])
+    spectra, _ = null_spectra(W, draws, True)
+    np.testing.assert_allclose(spectra, reference.null_spectra(W, draws, True)[0], atol=TOLERANCE)
+    assert spectra.shape == (200, 5) and np.all(spectra[:, -1] > 1e-3)
 
 
 def test_batched_mean_correlations_equal_the_reference_loop_for_unequal_groups():
@@ -183,6 +216,7 @@ def reference_tests(world_W, groups, result, pools, matching, null, seed, global
     pairs_rng = np.random.Generator(streams.bit_generator(streams.pairs))
     drawn = pair_draws(groups, members, pools, matching, null.n_null, pairs_rng)
     spectra, shares = reference.null_spectra(world_W, redrawn, result.center, global_axes)
+    spectra = without_structural_zero(spectra, result.center, world_W.shape[1])
     power = spectra**2
     ratios = power / power.sum(axis=1, keepdims=True)
     names = sorted(groups)

@@ -199,24 +199,62 @@ def null_spectra(
     W: Any, draws: np.ndarray, center: bool, global_axes: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Singular values of every drawn group's submatrix, ``(n_draws, min(n, d_model))``,
-    from the eigenvalues of its ``n x n`` Gram matrix (cheaper than an SVD when n << d;
-    a zero singular value comes out as about ``sqrt(eps) s_1``, which the statistics of
-    the null do not feel); and, with ``global_axes`` (``(g, d_model)`` orthonormal), each
-    draw's share of variance about its own mean inside their span, ``(n_draws,)``.
+    from the eigenvalues of its ``n x n`` Gram matrix (cheaper than an SVD when n << d);
+    and, with ``global_axes`` (``(g, d_model)`` orthonormal), each draw's share of
+    variance about its own mean inside their span, ``(n_draws,)``.
 
-    Batched: ``SPECTRA_BLOCK`` float64s of gathered rows at a time. The share projects
-    each distinct drawn token on the axes once (the draws of a matched null reuse a few
-    hundred tokens) and centers the projections per draw, which equals projecting the
-    draw's deviations."""
+    A centered draw of ``n <= d_model`` tokens has rank ``n - 1``: its last singular
+    value is 0, and is given as 0 (from the eigenvalues it would come out as rounding
+    noise of about ``sqrt(eps) s_1``, which an SVD of the observed group does not have).
+    Other zeros (a draw holding two equal rows) come out as such noise, which the
+    statistics of the null do not feel.
+
+    The draws of a matched null reuse a few hundred distinct tokens: then each draw's
+    Gram matrix is gathered from the Gram matrix of the distinct tokens' rows, centered
+    as ``H G H`` (``H = I - 1/n``); else the draws' rows are gathered, ``SPECTRA_BLOCK``
+    float64s at a time. The share projects each distinct token on the axes once and
+    centers the projections per draw, which equals projecting the draw's deviations."""
     n_draws, n = draws.shape
     k = min(n, W.shape[1])
-    spectra = np.empty((n_draws, k))
+    tokens, local = np.unique(draws, return_inverse=True)
+    local = local.reshape(draws.shape)
+    if len(tokens) ** 2 <= n_draws * n * n:  # the distinct tokens' Gram is the cheaper
+        spectra, totals = _spectra_from_tokens(W, tokens, local, center, k)
+    else:
+        spectra, totals = _spectra_from_rows(W, draws, center, k, global_axes is not None)
+    if center and n <= W.shape[1]:
+        spectra[:, n - 1] = 0.0
     shares = None
     if global_axes is not None:
-        shares = np.empty(n_draws)
-        tokens, local = np.unique(draws, return_inverse=True)
-        projected = _projections(W, tokens, global_axes)[local.reshape(draws.shape)]
+        projected = _projections(W, tokens, global_axes)[local]
         projected -= projected.mean(axis=1, keepdims=True)  # (n_draws, n, g)
+        shares = np.einsum("bng,bng->b", projected, projected) / totals
+    return spectra, shares
+
+
+def _spectra_from_tokens(
+    W: Any, tokens: np.ndarray, local: np.ndarray, center: bool, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``null_spectra``'s spectra and each draw's summed squared deviations, from the
+    Gram matrix of the distinct ``tokens``' rows (``local``: each draw's indices into
+    them)."""
+    rows = _projections(W, tokens, None)
+    gram = (rows @ rows.T)[local[:, :, None], local[:, None, :]]  # (n_draws, n, n)
+    means = gram.mean(axis=2, keepdims=True)  # each row's product with the draw's mean
+    centered = gram - means - means.transpose(0, 2, 1) + means.mean(axis=1, keepdims=True)
+    eigenvalues = np.linalg.eigvalsh(centered if center else gram)[:, ::-1][:, :k]
+    totals = np.trace(centered, axis1=1, axis2=2)
+    return np.sqrt(np.clip(eigenvalues, 0.0, None)), totals
+
+
+def _spectra_from_rows(
+    W: Any, draws: np.ndarray, center: bool, k: int, with_totals: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``null_spectra``'s spectra (and each draw's summed squared deviations), from the
+    draws' gathered rows, ``SPECTRA_BLOCK`` float64s at a time."""
+    n_draws, n = draws.shape
+    spectra = np.empty((n_draws, k))
+    totals = np.empty(n_draws) if with_totals else None
     rows = max(1, SPECTRA_BLOCK // max(1, n * W.shape[1]))
     for start in range(0, n_draws, rows):
         block = slice(start, min(start + rows, n_draws))
@@ -228,24 +266,25 @@ def null_spectra(
         gram = M @ M.transpose(0, 2, 1)
         eigenvalues = np.linalg.eigvalsh(gram)[:, ::-1][:, :k]
         spectra[block] = np.sqrt(np.clip(eigenvalues, 0.0, None))
-        if shares is not None:
-            inside = np.einsum("bng,bng->b", projected[block], projected[block])
-            total = (
+        if totals is not None:
+            totals[block] = (
                 np.trace(gram, axis1=1, axis2=2)  # the deviations' squares, summed
                 if center
                 else np.einsum("bnd,bnd->b", deviations, deviations)
             )
-            shares[block] = inside / total
-    return spectra, shares
+    return spectra, totals
 
 
-def _projections(W: Any, tokens: np.ndarray, axes: np.ndarray) -> np.ndarray:
-    """``W[tokens] @ axes.T`` in float64, ``(len(tokens), g)``, a block of rows at a time."""
-    found = np.empty((len(tokens), len(axes)))
+def _projections(W: Any, tokens: np.ndarray, axes: np.ndarray | None) -> np.ndarray:
+    """``W[tokens] @ axes.T`` in float64, ``(len(tokens), g)``, a block of rows at a
+    time; the rows themselves in float64 without ``axes``."""
+    width = W.shape[1] if axes is None else len(axes)
+    found = np.empty((len(tokens), width))
     rows = max(1, SPECTRA_BLOCK // max(1, W.shape[1]))
     for start in range(0, len(tokens), rows):
         block = slice(start, start + rows)
-        found[block] = np.asarray(W[tokens[block]], dtype=np.float64) @ axes.T
+        gathered = np.asarray(W[tokens[block]], dtype=np.float64)
+        found[block] = gathered if axes is None else gathered @ axes.T
     return found
 
 
