@@ -366,6 +366,44 @@ def test_the_projection_pass_reads_the_vocabulary_onto_the_groups_span(center):
     assert span_basis(svd, 3).shape == basis.shape
 
 
+class CountedPasses(np.ndarray):
+    """An array that counts the row slices read from it: a pass over the vocabulary."""
+
+    slices = 0
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) or (isinstance(key, tuple) and isinstance(key[0], slice)):
+            type(self).slices += 1
+        return np.asarray(self)[key]
+
+
+def test_runs_that_differ_in_n_components_share_one_pass_over_the_vocabulary():
+    """The span is memoized by the matrix and the basis: the same group's fit projected on
+    another number of axes reads no row (its projections those of a pass of its own), a
+    matrix changed in place is read again, and a fit of other rows is not served."""
+    rng = np.random.default_rng(28)
+    W = ((rng.normal(size=(700, 48)) + 2.0).astype(np.float32)).view(CountedPasses)
+    svd = decompose(np.asarray(W)[:9], True)
+    CountedPasses.slices = 0
+    _, first = project_with_span(W, svd, 1)
+    assert CountedPasses.slices > 0
+    CountedPasses.slices = 0
+    projections, again = project_with_span(W, svd, 3)
+    assert CountedPasses.slices == 0 and again is first
+    np.testing.assert_array_equal(projections, project_with_span(np.asarray(W), svd, 3)[0])
+    assert not first.coordinates.flags.writeable  # shared: no run may change it
+
+    W.view(np.ndarray)[0] += 1.0  # row 0 is among the rows the memo's fingerprint reads
+    _, changed = project_with_span(W, svd, 3)
+    assert CountedPasses.slices > 0 and changed is not first
+    np.testing.assert_allclose(
+        changed.coordinates[0], np.asarray(W, dtype=np.float64)[0] @ changed.basis, atol=1e-12
+    )
+    CountedPasses.slices = 0
+    _, other = project_with_span(W, decompose(np.asarray(W)[10:19], True), 3)
+    assert CountedPasses.slices > 0 and other is not changed
+
+
 def test_analyze_keeps_the_span_only_when_asked_and_projects_the_same(minilm):
     checkpoint, groups = minilm
     W, vocab = checkpoint.W, checkpoint.vocabulary

@@ -26,22 +26,19 @@ small LRU (``MEMO_SIZE`` entries); ``clear_memos`` empties them.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
-import threading
-import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from embsvd.groups import TokenGroup
 from embsvd.io.augmented import real_rows, with_virtual_norms
 from embsvd.io.frequency import TokenFrequencies, surface
+from embsvd.io.memo import MatrixMemo, ValueMemo, value_digest
 from embsvd.io.vocabulary import row_norms
 
 WHOLE_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
@@ -59,132 +56,7 @@ class NullMatch(StrEnum):
 
 NULL_MATCHES = tuple(NullMatch)
 MAX_REDRAWS = 1000  # rounds of redrawing the picks of a member whose token was taken
-MEMO_SIZE = 4  # entries of each memo: a sweep alternates between few checkpoints
-FINGERPRINT_ROWS = 64  # rows of a matrix hashed to tell it from one changed in place
 KEYS_BLOCK = 1 << 22  # random sort keys held at once when a small pool is drawn from
-T = TypeVar("T")
-
-
-def value_digest(*parts: Any) -> str:
-    """A digest of arrays (dtype, shape and bytes), strings, numbers, ``None`` and tuples,
-    lists or dicts of them, for a memo key that compares values without holding them."""
-    digest = hashlib.blake2b(digest_size=20)
-
-    def update(part: Any) -> None:
-        if isinstance(part, np.ndarray):
-            array = np.ascontiguousarray(part)
-            digest.update(f"<{array.dtype.str}{array.shape}>".encode())
-            digest.update(array.data if array.size else b"")
-        elif isinstance(part, tuple | list):
-            digest.update(f"<{type(part).__name__}{len(part)}>".encode())
-            for item in part:
-                update(item)
-        elif isinstance(part, dict):
-            update(list(part.items()))
-        else:
-            digest.update(f"<{type(part).__name__}:{part!r}>".encode())
-
-    for part in parts:
-        update(part)
-    return digest.hexdigest()
-
-
-def matrix_fingerprint(W: Any) -> str:
-    """A digest of ``W``'s shape and of ``FINGERPRINT_ROWS`` rows spread over it (read with
-    ``W[ids]``, so a ``BFloat16Rows`` reads only those rows): a memo keyed by the matrix
-    object rereads one changed in place since by any transform of its rows (normalized,
-    centered, scaled, reordered). An edit of a few rows it does not sample goes unseen:
-    give such a matrix as a new object (or call ``clear_memos``)."""
-    rows = np.unique(np.linspace(0, len(W) - 1, min(len(W), FINGERPRINT_ROWS)).astype(np.int64))
-    return value_digest(tuple(W.shape), np.asarray(W[rows]))
-
-
-class MatrixMemo:
-    """A small LRU of values computed from a token matrix ``W``: keyed by the matrix
-    object (held weakly: an entry goes when its matrix does, and a new matrix never finds
-    another's entry even at a reused address) and a hashable key of everything else by
-    value. A hit also needs ``matrix_fingerprint(W)`` unchanged. A matrix that cannot be
-    referenced weakly is not memoized."""
-
-    def __init__(self, size: int = MEMO_SIZE):
-        self.size = size
-        self.entries: OrderedDict[tuple[int, Hashable], tuple[weakref.ref, str, Any]] = (
-            OrderedDict()
-        )
-        self.lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, W: Any, key: Hashable, compute: Callable[[], T]) -> T:
-        slot = (id(W), key)
-        fingerprint = matrix_fingerprint(W)
-        with self.lock:
-            stale = [
-                other
-                for other, (ref, known, _) in self.entries.items()
-                if other[0] == id(W) and (ref() is not W or known != fingerprint)
-            ]
-            for other in stale:  # of a matrix changed in place since: never to be hit
-                del self.entries[other]
-            if slot in self.entries:
-                self.entries.move_to_end(slot)
-                self.hits += 1
-                return self.entries[slot][2]
-            self.misses += 1
-        value = compute()
-        try:
-            memo = weakref.ref(self)  # the callback must not keep the memo alive
-            ref = weakref.ref(W, lambda _: _forget(memo, slot))
-        except TypeError:  # no weak reference: cannot tell a new matrix at this address
-            return value
-        with self.lock:
-            self.entries[slot] = (ref, fingerprint, value)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-            self.hits = self.misses = 0
-
-
-def _forget(memo: weakref.ref, slot: tuple[int, Hashable]) -> None:
-    """Drop the entry of a matrix that is gone (unless a new one took its slot)."""
-    found = memo()
-    if found is not None:
-        with found.lock:
-            entry = found.entries.get(slot)
-            if entry is not None and entry[0]() is None:
-                del found.entries[slot]
-
-
-class ValueMemo:
-    """A small LRU keyed by value (the key compared by equality, as a dict does)."""
-
-    def __init__(self, size: int = MEMO_SIZE):
-        self.size = size
-        self.entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self.lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
-        with self.lock:
-            if key in self.entries:
-                self.entries.move_to_end(key)
-                self.hits += 1
-                return self.entries[key]
-            self.misses += 1
-        value = compute()
-        with self.lock:
-            self.entries[key] = value
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-            self.hits = self.misses = 0
 
 
 _POOLS = ValueMemo()

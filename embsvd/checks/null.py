@@ -55,16 +55,15 @@ import numpy as np
 
 from embsvd.checks.matching import (
     Matching,
-    MatrixMemo,
     MemberMatch,
     TokenPools,
     clear_memos,
     describe_match,
     draw_random_groups,
     match_groups,
-    value_digest,
 )
 from embsvd.groups import TokenGroup
+from embsvd.io.memo import MatrixMemo, value_digest
 from embsvd.method.analysis import AnalysisResult, MeanReference, effective_rank, mean_corr_key
 
 SPECTRA_BLOCK = 1 << 20  # float64s of the target's gathered draws at once (8 MB)
