@@ -10,6 +10,7 @@ from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import (
     analyze,
     decompose,
+    extreme_positions,
     extreme_tokens,
     pairwise,
     project,
@@ -122,6 +123,26 @@ def test_extreme_tokens_skip_special_and_unnamed_rows_and_mark_the_group():
     assert top == [(1, "Ġfive", "␣five", True), (2, "four", "four", False)]
     assert bottom == [(1, "Ã¶m", "öm", True), (2, "ĠĠ", "␣␣", False)]
     assert {t.projection for t in found} == {5.0, 4.0, -7.0, -1.0}
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+def test_the_ends_found_by_partition_are_those_of_a_stable_sort(k):
+    """``extreme_positions`` against the whole stable argsort it replaces: values with
+    many ties (at each end's threshold too), distinct values, fewer values than two
+    ends, and a NaN (sorted last, as the sort puts it)."""
+    rng = np.random.default_rng(29)
+    cases = [
+        rng.integers(-4, 5, size=500).astype(np.float64),  # ties everywhere
+        rng.normal(size=3000),
+        rng.normal(size=2 * k),
+        np.r_[rng.normal(size=100), np.nan, rng.normal(size=50)],
+        np.zeros(60),
+    ]
+    for values in cases:
+        order = np.argsort(values, kind="stable")
+        top, bottom = extreme_positions(values, k)
+        np.testing.assert_array_equal(top, order[::-1][:k])
+        np.testing.assert_array_equal(bottom, order[:k])
 
 
 def test_row_cosine_against_direct_computation(cloud):

@@ -271,6 +271,30 @@ CHECK_METRICS = [
 ]
 
 
+def test_log_result_writes_the_same_tables_buffered_or_not(session_store):
+    """A buffered run's tables are written where its artifacts wait (no copy); a logger
+    that writes at once uploads the same files; only a buffered logger has a staging
+    folder."""
+    store = make_store(session_store, "tables either way")
+    result, _ = small_result()
+    with tracking.tracked_run(store, "buffered", {}) as buffered:
+        tracking.log_result(buffered, result, ChecksResult(random_state=0))
+    plain = tracking.start_run(store, "at once", {})
+    tracking.log_result(plain, result, ChecksResult(random_state=0))
+    with pytest.raises(ValueError, match="not buffered; use log_folder"):
+        plain.staged_folder()
+
+    def tables(run_id: str) -> dict[str, str]:
+        found = {}
+        for item in store.client.list_artifacts(run_id):
+            if item.path.endswith(".csv"):
+                found[item.path] = read_artifact(store.client, run_id, item.path)
+        return found
+
+    written = tables(buffered.run_id)
+    assert "spectrum.csv" in written and written == tables(plain.run_id)
+
+
 def test_log_result_writes_the_checks_contract(session_store):
     store = make_store(session_store, "checks-contract")
     W, groups = world(planted=True)

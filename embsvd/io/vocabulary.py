@@ -111,6 +111,16 @@ class Vocabulary:
         return token_frequencies(self.token_strings, self.marker, self.special_ids, self.cache_dir)
 
     @cached_property
+    def reportable_ids(self) -> np.ndarray:
+        """The rows a projection's top tokens may name, ascending: those with a token
+        string, less the special tokens; computed once (read-only)."""
+        eligible = np.array([s is not None for s in self.token_strings], dtype=bool)
+        eligible[list(self.special_ids)] = False
+        ids = np.flatnonzero(eligible)
+        ids.flags.writeable = False
+        return ids
+
+    @cached_property
     def token_decoding(self) -> TokenDecoding:
         """``decoding``, or the one the strings and marker imply; decided once."""
         if self.decoding is not None:

@@ -374,15 +374,13 @@ def extreme_tokens(
     rows without a token string are skipped; ``in_group`` marks members of the group
     whose axes these are. Only the tokens reported are decoded for display.
     """
-    eligible = np.array([s is not None for s in vocab.token_strings])
-    eligible[list(vocab.special_ids)] = False
-    candidates = np.flatnonzero(eligible)
+    candidates = vocab.reportable_ids
     members = set(group_ids)
     found = []
     for component in range(projections.shape[1]):
         values = projections[candidates, component]
-        order = candidates[np.argsort(values, kind="stable")]
-        ends = {"top": order[::-1][:top_k], "bottom": order[:top_k]}
+        top, bottom = extreme_positions(values, top_k)
+        ends = {"top": candidates[top], "bottom": candidates[bottom]}
         for side, ids in ends.items():
             found += [
                 ProjectedToken(
@@ -398,6 +396,24 @@ def extreme_tokens(
                 for rank, i in enumerate(ids, start=1)
             ]
     return tuple(found)
+
+
+def extreme_positions(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions of the ``k`` largest and the ``k`` smallest of ``values``, as a
+    stable ascending argsort orders them: the largest first, ties by the later position;
+    the smallest first, ties by the earlier one. Only the values at or beyond each end's
+    ``k``-th are sorted (``np.partition`` finds them): the same positions as the whole
+    sort's ends, ties at the threshold included."""
+    m = len(values)
+    if m <= 2 * k or k < 1 or not np.isfinite(values).all():  # NaN sorts last: the sort
+        order = np.argsort(values, kind="stable")
+        return order[::-1][:k], order[:k]
+    low, high = np.partition(values, [k - 1, m - k])[[k - 1, m - k]]
+    upper = np.flatnonzero(values >= high)  # ascending positions: a stable sort keeps them
+    top = upper[np.argsort(values[upper], kind="stable")][::-1][:k]
+    lower = np.flatnonzero(values <= low)
+    bottom = lower[np.argsort(values[lower], kind="stable")][:k]
+    return top, bottom
 
 
 def row_cosine(M: np.ndarray, center: bool) -> np.ndarray:

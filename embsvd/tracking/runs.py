@@ -107,6 +107,15 @@ class RunLogger:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
 
+    def staged_folder(self, artifact_path: str = "") -> Path:
+        """A buffered logger's folder for the artifacts under ``artifact_path``, to write
+        them in place (uploaded by :meth:`flush` as ``log_folder``'s copies are)."""
+        if not self.buffered:
+            raise ValueError("staged_folder: the logger is not buffered; use log_folder")
+        folder = self._staged(artifact_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     def _staged(self, relative: str) -> Path:
         if self._staging is None:
             self._staging = Path(tempfile.mkdtemp(prefix="embsvd-artifacts-"))
@@ -487,6 +496,9 @@ def log_result(run: RunLogger, result: AnalysisResult, checks: ChecksResult) -> 
     earlier = {tag.key: tag.value for tag in run.unwritten[0]}  # the warnings set before
     note = contract.run_note(run.run_name, result, checks, {**earlier, **tags})
     run.set_tags({Tag.NOTE: note})
+    if run.buffered:  # written where the run's artifacts wait: no copy
+        artifacts.write_tables(result, checks, run.staged_folder())
+        return
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         artifacts.write_tables(result, checks, folder)
