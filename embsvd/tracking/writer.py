@@ -37,6 +37,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -406,7 +407,13 @@ def serve(requests: IO[str], replies: IO[str]) -> None:
 
 
 def _main() -> None:
-    serve(sys.stdin, replies_channel("w"))
+    replies = replies_channel("w")
+    serve(sys.stdin, replies)
+    # every request is written and confirmed: skip the interpreter's teardown of MLflow's
+    # and SQLAlchemy's modules (0.4 s), which the job's process waits for at its exit
+    replies.close()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
