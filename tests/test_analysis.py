@@ -123,6 +123,9 @@ def test_extreme_tokens_skip_special_and_unnamed_rows_and_mark_the_group():
     assert top == [(1, "Ġfive", "␣five", True), (2, "four", "four", False)]
     assert bottom == [(1, "Ã¶m", "öm", True), (2, "ĠĠ", "␣␣", False)]
     assert {t.projection for t in found} == {5.0, 4.0, -7.0, -1.0}
+    assert vocab.unnamed_ids == {5}
+    assert vocab.reportable_ids.tolist() == [1, 2, 3, 4, 6]
+    assert not vocab.reportable_ids.flags.writeable  # computed once, shared by every run
 
 
 @pytest.mark.parametrize("k", [1, 3, 20])

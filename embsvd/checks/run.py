@@ -202,8 +202,7 @@ def run_checks(
     target = groups[result.target]
     M = W[target.token_ids]
     n_components = result.projections.shape[1]
-    unnamed = [i for i, token in enumerate(vocab.token_strings) if token is None]
-    never_ranked = vocab.special_ids | set(unnamed)
+    never_ranked = vocab.special_ids | vocab.unnamed_ids
     ordered = config.order and target.order != "none" and len(target.kept) >= MIN_ORDERED
     frequencies = vocab.frequencies if _needs_frequencies(target, config) else None
     # a multi-token member (subwords=mean) is matched on its own word's frequency

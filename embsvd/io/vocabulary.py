@@ -111,11 +111,16 @@ class Vocabulary:
         return token_frequencies(self.token_strings, self.marker, self.special_ids, self.cache_dir)
 
     @cached_property
+    def unnamed_ids(self) -> frozenset[int]:
+        """The rows without a token string (no token of the tokenizer); computed once."""
+        return frozenset(i for i, token in enumerate(self.token_strings) if token is None)
+
+    @cached_property
     def reportable_ids(self) -> np.ndarray:
         """The rows a projection's top tokens may name, ascending: those with a token
         string, less the special tokens; computed once (read-only)."""
-        eligible = np.array([s is not None for s in self.token_strings], dtype=bool)
-        eligible[list(self.special_ids)] = False
+        eligible = np.ones(self.d_vocab, dtype=bool)
+        eligible[list(self.unnamed_ids | self.special_ids)] = False
         ids = np.flatnonzero(eligible)
         ids.flags.writeable = False
         return ids
