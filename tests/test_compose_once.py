@@ -20,6 +20,7 @@ from embsvd.pipeline.compose import (
     EMBSVD_SWEEPER,
     ComposeOnce,
     SweepRefused,
+    settings_checked,
     sweep_jobs,
     validate_sweep,
 )
@@ -304,6 +305,36 @@ def test_the_sweeper_composes_once_and_checks_without_the_callbacks(start_app, t
     refusal = capsys.readouterr().err
     assert "The sweep was refused before it started; no run was opened. 1 of 2 jobs" in refusal
     assert "analysis.n_components: must be at least 1, got 0" in refusal
+
+
+def test_a_job_takes_the_settings_the_sweeps_validation_checked(start_app, tmp_path):
+    """Under embsvd's sweeper each job takes the settings its config was checked into
+    before the sweep (equal to checking its config again), once; a job whose config
+    holds an interpolation outside ``hydra`` checks its own, as does a job asked for
+    again, and a config outside a Hydra app."""
+    from embsvd.pipeline.config import checked_settings
+
+    def taken(cfg):
+        return settings_checked(cfg), settings_checked(cfg), checked_settings(cfg)
+
+    plain = ["analysis=fast", "target=digits,eu_countries", "analysis.center=true,false"]
+    app = start_app()
+    [returns] = app.multirun(
+        "config", taken, [*QUIET, f"hydra.sweep.dir={tmp_path / 'a'}", *plain], False
+    )
+    assert len(returns) == 4
+    for job in returns:
+        first, again, checked = job.return_value
+        assert first == checked and first is not None and again is None
+    assert app.config_loader.checked_settings == {}  # every job took its own
+
+    app = start_app()
+    [returns] = app.multirun(
+        "config", taken, [*QUIET, f"hydra.sweep.dir={tmp_path / 'b'}", *SWEEP], False
+    )
+    assert [job.return_value[0] for job in returns] == [None] * 8  # n_components=${...}
+    GlobalHydra.instance().clear()
+    assert settings_checked(returns[0].cfg) is None  # no Hydra app
 
 
 # --- experiments/run.py -m, as a user types it ---------------------------------------------

@@ -54,6 +54,7 @@ from embsvd.pipeline import (
     trajectory_job,
     undertrained_job,
 )
+from embsvd.pipeline.compose import settings_checked
 from embsvd.pipeline.config import (
     AnalysisConfig,
     EmbsvdConfig,
@@ -118,8 +119,8 @@ def settle_heap() -> None:
 def _run_job(cfg: DictConfig) -> AnalysisResult | None:
     last_run.clear()
     opened = time.perf_counter()
-    try:
-        settings = checked_settings(cfg)
+    try:  # checked by the sweep's validation already, or here
+        settings = settings_checked(cfg) or checked_settings(cfg)
     except (OSError, ValueError) as error:  # Hydra prints the traceback; the log keeps why
         log_to_files(f"refused before opening a run: {error}")
         raise
