@@ -148,6 +148,11 @@ def refusal(*overrides: str) -> str:
             "analysis.explorer_process_min_tokens: must be 0 (the figure process writes every "
             "run's explorer) or more, got -1",
         ),
+        (
+            "tracking.writer_min_jobs=-2",
+            "tracking.writer_min_jobs: must be 0 (every sweep of the basic launcher has a "
+            "writer process) or more, got -2",
+        ),
         ("analysis.alpha=1.5", "analysis.alpha: a level between 0 and 1, got 1.5"),
         (
             "analysis.confound_threshold=2",

@@ -238,6 +238,63 @@ def test_at_most_max_in_flight_runs_wait_for_the_writer(store):
     writer.close()
 
 
+def test_a_sweep_has_a_writer_process_from_its_minimum_of_jobs():
+    """The basic launcher's jobs share this process: their runs go to a writer when
+    ``tracking.background_writes`` is on and the sweep has ``tracking.writer_min_jobs``
+    jobs, or a count not known ahead; another launcher's jobs write their own."""
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from embsvd.pipeline.job import BASIC_LAUNCHER, writes_beside
+
+    basic = OmegaConf.create({"_target_": BASIC_LAUNCHER})
+    joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher"})
+    on = OmegaConf.create({"background_writes": True, "writer_min_jobs": 16})
+    off = OmegaConf.create({"background_writes": False, "writer_min_jobs": 16})
+    multirun = RunMode.MULTIRUN
+    assert writes_beside(multirun, basic, on, 16) and writes_beside(multirun, basic, on, None)
+    assert not writes_beside(multirun, basic, on, 15)  # the seed replication has 4
+    assert not writes_beside(multirun, basic, off, 100)
+    assert not writes_beside(multirun, joblib, on, 100)
+    assert not writes_beside(RunMode.RUN, basic, on, None)
+
+
+@pytest.mark.slow
+def test_a_short_sweep_writes_its_own_runs(tmp_path, tiny_bert):
+    """A sweep of fewer jobs than ``tracking.writer_min_jobs`` starts no writer process:
+    its phases record no writer's busy time, and its runs are written all the same."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    phases = tmp_path / "phases.jsonl"
+    subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "experiments" / "run.py"),
+            "-m",
+            "model=local",
+            f"model.path={tiny_bert}",
+            "model.name=tiny_bert",
+            f"tracking.uri={uri}",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "analysis.center=true,false",
+            "analysis.figures=false",
+            "analysis.n_null=50",
+            "analysis.n_resamples=20",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "EMBSVD_CACHE_DIR": str(tmp_path / "cache"),
+            "EMBSVD_PHASES": str(phases),
+        },
+        timeout=600,
+    )
+    kinds = [json.loads(line)["kind"] for line in phases.read_text().splitlines()]
+    assert kinds.count("job") == 2 and "writer" not in kinds
+    assert [run["status"] for run in _contents(uri).values()] == ["FINISHED"] * 2
+
+
 @pytest.mark.slow
 def test_runs_handed_over_are_written_after_the_job_process_is_killed(tmp_path):
     """SIGKILL of the job's process right after it handed two runs over: the writer
@@ -301,6 +358,7 @@ def test_a_sweep_writes_the_same_runs_with_and_without_the_writer(tmp_path, tiny
                 "model.name=tiny_bert",
                 f"tracking.uri={uri}",
                 f"tracking.background_writes={background}",
+                "tracking.writer_min_jobs=0",  # two jobs: fewer than a writer pays back
                 f"hydra.sweep.dir={tmp_path / background / 'sweep'}",
                 "analysis.center=true,false",
                 "analysis.figures=false",

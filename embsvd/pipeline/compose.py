@@ -372,6 +372,14 @@ def _task_interpolates(config: DictConfig) -> bool:
     )
 
 
+def sweep_size() -> int | None:
+    """The running sweep's count of jobs, where its validation knew them ahead
+    (``ComposeOnce.n_jobs``); ``None`` elsewhere."""
+    hydra = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    loader = getattr(hydra, "config_loader", None)
+    return loader.n_jobs if isinstance(loader, ComposeOnce) else None
+
+
 def settings_checked(task_config: DictConfig) -> Any:
     """The settings the sweep's validation checked for this job (``ComposeOnce``): the
     job of a derived sweep whose config holds no interpolation takes them instead of

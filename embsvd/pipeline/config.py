@@ -103,8 +103,10 @@ class TrackingConfig:
     # skip a job when a FINISHED run of the experiment has its config hash (resume a sweep)
     skip_existing: bool = False
     # a sweep's runs opened and written by a process of their own while the jobs compute
-    # (Hydra's basic launcher; embsvd/tracking/writer.py)
+    # (Hydra's basic launcher; embsvd/tracking/writer.py), in a sweep of at least
+    # writer_min_jobs jobs: a shorter one does not pay back the writer's start
     background_writes: bool = True
+    writer_min_jobs: int = 16
 
 
 @dataclass
@@ -255,6 +257,11 @@ def validate(settings: EmbsvdConfig) -> None:
     _check_rank(settings)
     _check_numbers(settings.numbers)
     check_concepts(settings.concepts, settings.concept)  # concept axes
+    if settings.tracking.writer_min_jobs < 0:
+        raise ValueError(
+            "tracking.writer_min_jobs: must be 0 (every sweep of the basic launcher has a "
+            f"writer process) or more, got {settings.tracking.writer_min_jobs}"
+        )
 
 
 def _check_groups(groups: dict[str, GroupSpec]) -> None:

@@ -54,7 +54,7 @@ from embsvd.pipeline import (
     trajectory_job,
     undertrained_job,
 )
-from embsvd.pipeline.compose import settings_checked
+from embsvd.pipeline.compose import settings_checked, sweep_size
 from embsvd.pipeline.config import (
     AnalysisConfig,
     EmbsvdConfig,
@@ -205,15 +205,23 @@ BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 def background_writer(settings: EmbsvdConfig) -> tracking.RunWriter | None:
-    """The writer process that takes this run's final write, where the sweep's next job
-    runs in this process (Hydra's basic launcher) and ``tracking.background_writes`` is
-    on; else ``None``: the run is written before the job returns."""
-    if not settings.tracking.background_writes or not HydraConfig.initialized():
+    """The writer process that opens and writes this run (``writes_beside``); else
+    ``None``: the job writes its run itself."""
+    if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
-    if not jobs_share_this_process(hydra.mode, hydra.launcher):
+    if not writes_beside(hydra.mode, hydra.launcher, settings.tracking, sweep_size()):
         return None
     return tracking.sweep_writer()
+
+
+def writes_beside(mode: RunMode | None, launcher: Any, tracking_config: Any, n_jobs: Any) -> bool:
+    """Whether a sweep's runs go to a writer process: its jobs share this process (the
+    basic launcher), ``tracking.background_writes`` is on and the sweep has at least
+    ``tracking.writer_min_jobs`` jobs (or a count its validation did not know ahead)."""
+    if not jobs_share_this_process(mode, launcher) or not tracking_config.background_writes:
+        return False
+    return n_jobs is None or n_jobs >= tracking_config.writer_min_jobs
 
 
 def jobs_share_this_process(mode: RunMode | None, launcher: Any) -> bool:

@@ -32,6 +32,7 @@ from embsvd.pipeline.job import (
     jobs_share_this_process,
     last_run,
     settle_heap,
+    writes_beside,
 )
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.provenance import package_version
@@ -103,7 +104,8 @@ class SweepTracking(Callback):
         shared = jobs_share_this_process(RunMode.MULTIRUN, config.hydra.launcher)
         if shared and analysis.get("figures") is True and analysis.get("figure_process", True):
             sweep_drawer().start()
-        if shared and config.tracking.get("background_writes"):
+        n_jobs = loader.n_jobs if loader is not None else None
+        if writes_beside(RunMode.MULTIRUN, config.hydra.launcher, config.tracking, n_jobs):
             tracking.sweep_writer().start()
         self._project = project_root(config)
         uri = self._uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
