@@ -466,6 +466,29 @@ def test_confounds_equal_the_reference_and_rank_a_vocabulary_once():
     assert not first["norm"].flags.writeable
 
 
+def test_an_axis_is_ranked_once_for_the_runs_that_project_on_it():
+    """Runs that differ only in ``n_components`` share their first axes: each column's
+    ranks are memoized by its values, so the second run ranks only its new axis, with
+    the reference's correlations; a column with other values is ranked afresh."""
+    rng = np.random.default_rng(30)
+    norms, strings = vocabulary(rng)
+    ids = np.arange(len(strings))
+    projections = rng.normal(size=(len(strings), 3))
+    memo = confounds_module._COLUMN_RANKS
+    memo.clear()
+    token_confounds(projections[:, :2], norms, strings, ids, "Ġ", 0.3)
+    assert (memo.hits, memo.misses) == (0, 2)
+    found = token_confounds(projections, norms, strings, ids, "Ġ", 0.3)
+    assert (memo.hits, memo.misses) == (2, 3)
+    expected = reference.token_confounds(projections, norms, strings, ids, "Ġ", 0.3)
+    for name, rho in expected.spearman.items():
+        np.testing.assert_allclose(found.spearman[name], rho, rtol=0, atol=TOLERANCE)
+    changed = projections.copy()
+    changed[7, 0] += 1.0
+    token_confounds(changed[:, :1], norms, strings, ids, "Ġ", 0.3)
+    assert (memo.hits, memo.misses) == (2, 4)
+
+
 def test_another_vocabulary_never_gets_a_kept_vocabularys_ranks():
     rng = np.random.default_rng(17)
     norms, strings = vocabulary(rng)

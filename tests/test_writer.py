@@ -118,6 +118,12 @@ def test_a_run_the_store_refuses_to_open_fails_its_job_with_the_reason(store, ca
     with pytest.raises(OpenFailedError, match="run refused: .*999"):
         run.run_id  # noqa: B018
     assert writer.drain() == ["run refused was not opened: its params are lost"]
+    run.log_text("kept\n", "note.txt")
+    staged = run.unwritten[2]
+    with pytest.raises(OpenFailedError):
+        writer.submit(store.uri, run, "FINISHED")  # the job's end: it fails with the reason
+    assert run.unwritten[2] == staged and (staged / "note.txt").exists()  # nothing taken
+    run.discard_staging()
 
     with (
         pytest.raises(ValueError, match="the block's"),

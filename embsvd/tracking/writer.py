@@ -76,13 +76,15 @@ class _Store:
 
 def payload(store_uri: str, logger: RunLogger, status: str) -> dict[str, Any]:
     """A run's final write as plain data, taken from ``logger`` (which is left empty:
-    the staged artifacts now belong to whoever writes the payload)."""
+    the staged artifacts now belong to whoever writes the payload). A run the writer
+    could not open raises (``OpenFailedError``) before anything is taken."""
+    run_id = logger.run_id
     tags, metrics, staging = logger.unwritten
     logger.hand_over()
     return {
         "op": "close",
         "uri": store_uri,
-        "run_id": logger.run_id,
+        "run_id": run_id,
         "run_name": logger.run_name,
         "status": status,
         "tags": [[t.key, t.value] for t in tags],
