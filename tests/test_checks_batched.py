@@ -404,6 +404,29 @@ def test_runs_that_differ_in_n_components_share_one_pass_over_the_vocabulary():
     assert CountedPasses.slices > 0 and other is not changed
 
 
+def test_runs_without_a_span_share_the_projections_on_every_axis():
+    """Without the checks' span the analysis projects the vocabulary on every axis of
+    the target once per matrix and fit: another ``n_components`` takes its first
+    columns (the projections ``project`` makes) and reads no row."""
+    from embsvd.io.vocabulary import Vocabulary
+
+    rng = np.random.default_rng(31)
+    base = (rng.normal(size=(400, 24)) + 1.0).astype(np.float32)
+    W = base.view(CountedPasses)
+    groups = {"g": held_out_group(range(7)), "h": held_out_group(range(20, 26))}
+    vocab = Vocabulary.from_matrix(base, [f"t{i}" for i in range(400)])
+    CountedPasses.slices = 0
+    first = analyze(W, groups, "g", vocab, n_components=2, top_k=3)
+    assert CountedPasses.slices > 0
+    CountedPasses.slices = 0
+    second = analyze(W, groups, "g", vocab, n_components=4, top_k=3)
+    assert CountedPasses.slices == 0
+    expected = project(base, second.svd, 4)
+    np.testing.assert_allclose(second.projections, expected, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(second.projections[:, :2], first.projections)
+    assert not second.projections.flags.writeable
+
+
 def test_analyze_keeps_the_span_only_when_asked_and_projects_the_same(minilm):
     checkpoint, groups = minilm
     W, vocab = checkpoint.W, checkpoint.vocabulary

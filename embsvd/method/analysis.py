@@ -278,6 +278,7 @@ SPAN_BLOCK_BYTES = 1 << 22
 # SVD does not see) share one pass; 3 MB each at 30522 tokens, 13 MB at 128256
 SPANS_KEPT = 4
 _SPANS = MatrixMemo(SPANS_KEPT)
+_PROJECTIONS = MatrixMemo(SPANS_KEPT)  # without a span: the projections on every axis
 
 
 @dataclass(frozen=True)
@@ -357,9 +358,23 @@ def _span_pass(W_E: Any, basis: np.ndarray) -> VocabularySpan:
     return VocabularySpan(basis, coordinates, norms_sq)
 
 
+def project_on_all_axes(W_E: Any, svd: GroupSVD, n_axes: int) -> np.ndarray:
+    """``project(W_E, svd, n_axes)``, memoized per process by the matrix, the axes and the
+    offset (read-only): runs that differ only in ``n_components`` take their first
+    columns from one pass over ``W_E``."""
+    key = value_digest(svd.Vt[:n_axes], svd.offset)
+    return _PROJECTIONS.get(W_E, key, lambda: _read_only(project(W_E, svd, n_axes)))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False  # shared by the runs that hit the memo
+    return array
+
+
 def clear_span_memo() -> None:
-    """Forget the vocabulary spans read so far."""
+    """Forget the vocabulary spans and projections read so far."""
     _SPANS.clear()
+    _PROJECTIONS.clear()
 
 
 def extreme_tokens(
@@ -487,6 +502,8 @@ def analyze(
     span = None
     if vocabulary_span and device == "cpu":
         projections, span = project_with_span(W, target_svd, min(n_components, n_axes))
+    elif device == "cpu" and n_axes <= SPAN_MAX_COLUMNS:
+        projections = project_on_all_axes(W, target_svd, n_axes)[:, :n_components]
     else:
         projections = project(W, target_svd, min(n_components, n_axes), device)
     means = {name: svd.mean for name, svd in svds.items()}
