@@ -265,12 +265,10 @@ def test_a_sweep_has_a_writer_process_from_its_minimum_of_jobs():
     assert not writes_beside(RunMode.RUN, basic, on, None)
 
 
-@pytest.mark.slow
-def test_a_short_sweep_writes_its_own_runs(tmp_path, tiny_bert):
-    """A sweep of fewer jobs than ``tracking.writer_min_jobs`` starts no writer process:
-    its phases record no writer's busy time, and its runs are written all the same."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    phases = tmp_path / "phases.jsonl"
+def tiny_sweep(folder: Path, tiny_bert: Path, *overrides: str, env: dict | None = None) -> str:
+    """``experiments/run.py -m`` of two jobs (centered and raw) on the tiny BERT, with a
+    store in ``folder``: its URI."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
     subprocess.run(
         [
             sys.executable,
@@ -280,7 +278,8 @@ def test_a_short_sweep_writes_its_own_runs(tmp_path, tiny_bert):
             f"model.path={tiny_bert}",
             "model.name=tiny_bert",
             f"tracking.uri={uri}",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            *overrides,
+            f"hydra.sweep.dir={folder / 'sweep'}",
             "analysis.center=true,false",
             "analysis.figures=false",
             "analysis.n_null=50",
@@ -288,14 +287,19 @@ def test_a_short_sweep_writes_its_own_runs(tmp_path, tiny_bert):
         ],
         check=True,
         capture_output=True,
-        cwd=tmp_path,
-        env={
-            **os.environ,
-            "EMBSVD_CACHE_DIR": str(tmp_path / "cache"),
-            "EMBSVD_PHASES": str(phases),
-        },
+        cwd=folder,
+        env={**os.environ, "EMBSVD_CACHE_DIR": str(folder / "cache"), **(env or {})},
         timeout=600,
     )
+    return uri
+
+
+@pytest.mark.slow
+def test_a_short_sweep_writes_its_own_runs(tmp_path, tiny_bert):
+    """A sweep of fewer jobs than ``tracking.writer_min_jobs`` starts no writer process:
+    its phases record no writer's busy time, and its runs are written all the same."""
+    phases = tmp_path / "phases.jsonl"
+    uri = tiny_sweep(tmp_path, tiny_bert, env={"EMBSVD_PHASES": str(phases)})
     kinds = [json.loads(line)["kind"] for line in phases.read_text().splitlines()]
     assert kinds.count("job") == 2 and "writer" not in kinds
     assert [run["status"] for run in _contents(uri).values()] == ["FINISHED"] * 2
@@ -353,29 +357,13 @@ def test_a_sweep_writes_the_same_runs_with_and_without_the_writer(tmp_path, tiny
     metrics, tags and artifacts."""
     stores = {}
     for background in ("true", "false"):
-        uri = f"sqlite:///{tmp_path / background / 'mlflow.db'}"
-        subprocess.run(
-            [
-                sys.executable,
-                str(Path(__file__).parents[1] / "experiments" / "run.py"),
-                "-m",
-                "model=local",
-                f"model.path={tiny_bert}",
-                "model.name=tiny_bert",
-                f"tracking.uri={uri}",
-                f"tracking.background_writes={background}",
-                "tracking.writer_min_jobs=0",  # two jobs: fewer than a writer pays back
-                f"hydra.sweep.dir={tmp_path / background / 'sweep'}",
-                "analysis.center=true,false",
-                "analysis.figures=false",
-                "analysis.n_null=50",
-                "analysis.n_resamples=20",
-            ],
-            check=True,
-            capture_output=True,
-            cwd=tmp_path,
-            env={**os.environ, "EMBSVD_CACHE_DIR": str(tmp_path / "cache")},
-            timeout=600,
+        (tmp_path / background).mkdir()
+        uri = tiny_sweep(
+            tmp_path / background,
+            tiny_bert,
+            f"tracking.background_writes={background}",
+            "tracking.writer_min_jobs=0",  # two jobs: fewer than a writer pays back
+            env={"EMBSVD_CACHE_DIR": str(tmp_path / "cache")},  # converted once for both
         )
         stores[background] = _contents(uri)
     assert len(stores["true"]) == 2
