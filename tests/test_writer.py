@@ -251,18 +251,19 @@ def test_a_sweep_has_a_writer_process_from_its_minimum_of_jobs():
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from embsvd.pipeline.job import BASIC_LAUNCHER, writes_beside
+    from embsvd.pipeline.job import BASIC_LAUNCHER, jobs_share_this_process, writes_beside
 
     basic = OmegaConf.create({"_target_": BASIC_LAUNCHER})
     joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher"})
+    assert jobs_share_this_process(RunMode.MULTIRUN, basic)
+    assert not jobs_share_this_process(RunMode.MULTIRUN, joblib)
+    assert not jobs_share_this_process(RunMode.RUN, basic)
     on = OmegaConf.create({"background_writes": True, "writer_min_jobs": 16})
     off = OmegaConf.create({"background_writes": False, "writer_min_jobs": 16})
-    multirun = RunMode.MULTIRUN
-    assert writes_beside(multirun, basic, on, 16) and writes_beside(multirun, basic, on, None)
-    assert not writes_beside(multirun, basic, on, 15)  # the seed replication has 4
-    assert not writes_beside(multirun, basic, off, 100)
-    assert not writes_beside(multirun, joblib, on, 100)
-    assert not writes_beside(RunMode.RUN, basic, on, None)
+    assert writes_beside(True, on, 16) and writes_beside(True, on, None)
+    assert not writes_beside(True, on, 15)  # the seed replication has 4
+    assert not writes_beside(True, off, 100)
+    assert not writes_beside(False, on, 100)  # another launcher's jobs
 
 
 def tiny_sweep(folder: Path, tiny_bert: Path, *overrides: str, env: dict | None = None) -> str:

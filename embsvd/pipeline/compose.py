@@ -363,21 +363,27 @@ def validate_sweep(config: DictConfig, loader: Any = None) -> ComposeOnce | None
 def _task_interpolates(config: DictConfig) -> bool:
     """Whether a job's config outside its ``hydra`` node holds an interpolation: its value
     may then depend on when it is resolved (the ``hydra`` node is completed per job)."""
-    return any(
-        isinstance(node := config._get_node(key), Container)
-        and _holds_interpolation(node)
-        or getattr(node, "_is_interpolation", lambda: False)()
-        for key in config
-        if key != "hydra"
-    )
+    for key in config:
+        node = config._get_node(key)
+        if key != "hydra" and (
+            node._is_interpolation() or (isinstance(node, Container) and _holds_interpolation(node))
+        ):
+            return True
+    return False
+
+
+def _running_loader() -> ComposeOnce | None:
+    """The running Hydra app's ``ComposeOnce`` (``validate_sweep`` installed it)."""
+    hydra = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    loader = getattr(hydra, "config_loader", None)
+    return loader if isinstance(loader, ComposeOnce) else None
 
 
 def sweep_size() -> int | None:
     """The running sweep's count of jobs, where its validation knew them ahead
     (``ComposeOnce.n_jobs``); ``None`` elsewhere."""
-    hydra = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    loader = getattr(hydra, "config_loader", None)
-    return loader.n_jobs if isinstance(loader, ComposeOnce) else None
+    loader = _running_loader()
+    return loader.n_jobs if loader is not None else None
 
 
 def settings_checked(task_config: DictConfig) -> Any:
@@ -385,9 +391,8 @@ def settings_checked(task_config: DictConfig) -> Any:
     job of a derived sweep whose config holds no interpolation takes them instead of
     checking its config again (5 ms a job). ``None`` elsewhere, and for a job asked for
     twice."""
-    hydra = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    loader = getattr(hydra, "config_loader", None)
-    if not isinstance(loader, ComposeOnce) or not HydraConfig.initialized():
+    loader = _running_loader()
+    if loader is None or not HydraConfig.initialized():
         return None
     return loader.checked_settings.pop(tuple(HydraConfig.get().overrides.task), None)
 

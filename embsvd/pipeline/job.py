@@ -210,16 +210,17 @@ def background_writer(settings: EmbsvdConfig) -> tracking.RunWriter | None:
     if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
-    if not writes_beside(hydra.mode, hydra.launcher, settings.tracking, sweep_size()):
+    shared = jobs_share_this_process(hydra.mode, hydra.launcher)
+    if not writes_beside(shared, settings.tracking, sweep_size()):
         return None
     return tracking.sweep_writer()
 
 
-def writes_beside(mode: RunMode | None, launcher: Any, tracking_config: Any, n_jobs: Any) -> bool:
-    """Whether a sweep's runs go to a writer process: its jobs share this process (the
-    basic launcher), ``tracking.background_writes`` is on and the sweep has at least
-    ``tracking.writer_min_jobs`` jobs (or a count its validation did not know ahead)."""
-    if not jobs_share_this_process(mode, launcher) or not tracking_config.background_writes:
+def writes_beside(shared: bool, tracking_config: Any, n_jobs: int | None) -> bool:
+    """Whether a sweep's runs go to a writer process: its jobs share this process
+    (``shared``: the basic launcher), ``tracking.background_writes`` is on and the sweep
+    has at least ``tracking.writer_min_jobs`` jobs (or a count not known ahead)."""
+    if not shared or not tracking_config.background_writes:
         return False
     return n_jobs is None or n_jobs >= tracking_config.writer_min_jobs
 

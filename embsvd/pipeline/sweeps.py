@@ -105,7 +105,7 @@ class SweepTracking(Callback):
         if shared and analysis.get("figures") is True and analysis.get("figure_process", True):
             sweep_drawer().start()
         n_jobs = loader.n_jobs if loader is not None else None
-        if writes_beside(RunMode.MULTIRUN, config.hydra.launcher, config.tracking, n_jobs):
+        if writes_beside(shared, config.tracking, n_jobs):
             tracking.sweep_writer().start()
         self._project = project_root(config)
         uri = self._uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
