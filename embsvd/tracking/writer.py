@@ -117,17 +117,15 @@ def handle(
     ``open`` first looks for the run (a writer that died may have opened it unsaid)."""
     try:
         if item["op"] == "open":
-            run_id = (
-                find
-                and _opened_run(store, item)
-                or create_run(
+            run_id = _opened_run(store, item) if find else None
+            if run_id is None:
+                run_id = create_run(
                     store.client,
                     item["experiment_id"],
                     item["run_name"],
                     item["tags"],
                     start_time=item["start_time"],
                 )
-            )
             opened[item["token"]] = run_id
             return run_id, None
         if item["op"] in ("params", "inputs"):
@@ -155,8 +153,8 @@ def _opened_run(store: _Store, item: dict[str, Any]) -> str | None:
         f"attributes.start_time = {item['start_time']} and "
         f"tags.`{Tag.PID}` = '{item['tags'][Tag.PID]}'",
     )
-    names = [run.info.run_id for run in found if run.info.run_name == item["run_name"]]
-    return names[0] if names else None
+    ids = [run.info.run_id for run in found if run.info.run_name == item["run_name"]]
+    return ids[0] if ids else None
 
 
 def _dataset_input(entry: dict[str, Any]) -> DatasetInput:
