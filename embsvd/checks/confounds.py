@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embsvd.io.memo import ValueMemo, value_digest
+from embsvd.io.memo import ValueMemo, read_only, value_digest
 
 PROPERTIES = ("norm", "token_id", "length")
 CONTINUATION = "##"  # WordPiece's mark of a word-internal token
@@ -85,12 +85,7 @@ def _centered_ranks_of_columns(Y: np.ndarray) -> np.ndarray:
 def _ranks(column: np.ndarray) -> np.ndarray:
     """``rankdata(column)``, memoized per process by the column's values: a sweep's runs
     that differ only in ``n_components`` project the vocabulary on the same first axes."""
-    return _COLUMN_RANKS.get(value_digest(column), lambda: _read_only(rankdata(column)))
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array.flags.writeable = False  # shared by the runs that hit the memo
-    return array
+    return _COLUMN_RANKS.get(value_digest(column), lambda: read_only(rankdata(column)))
 
 
 COLUMN_RANKS_KEPT = 16  # axes whose ranks a process keeps (0.25 MB each at 30522 tokens)

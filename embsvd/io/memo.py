@@ -51,20 +51,51 @@ def matrix_fingerprint(W: Any) -> str:
     return value_digest(tuple(W.shape), np.asarray(W[rows]))
 
 
-class MatrixMemo:
+class _Lru:
+    """The bookkeeping of a memo: at most ``size`` entries, the least recently used
+    dropped first, a lock, and counts of hits and misses."""
+
+    def __init__(self, size: int = MEMO_SIZE):
+        self.size = size
+        self.entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self.lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def _keep(self, key: Hashable, entry: Any) -> None:
+        """Store ``entry`` as the most recent, dropping the oldest beyond ``size``."""
+        with self.lock:
+            self.entries[key] = entry
+            while len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+            self.hits = self.misses = 0
+
+
+class ValueMemo(_Lru):
+    """A small LRU keyed by value (the key compared by equality, as a dict does)."""
+
+    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
+        with self.lock:
+            if key in self.entries:
+                self.entries.move_to_end(key)
+                self.hits += 1
+                return self.entries[key]
+            self.misses += 1
+        value = compute()
+        self._keep(key, value)
+        return value
+
+
+class MatrixMemo(_Lru):
     """A small LRU of values computed from a token matrix ``W``: keyed by the matrix
     object (held weakly: an entry goes when its matrix does, and a new matrix never finds
     another's entry even at a reused address) and a hashable key of everything else by
     value. A hit also needs ``matrix_fingerprint(W)`` unchanged. A matrix that cannot be
-    referenced weakly is not memoized."""
-
-    def __init__(self, size: int = MEMO_SIZE):
-        self.size = size
-        self.entries: OrderedDict[tuple[int, Hashable], tuple[weakref.ref, str, Any]] = (
-            OrderedDict()
-        )
-        self.lock = threading.Lock()
-        self.hits = self.misses = 0
+    referenced weakly is not memoized. Its entries are ``(slot, (weak reference,
+    fingerprint, value))``, ``slot`` being ``(id(W), key)``."""
 
     def get(self, W: Any, key: Hashable, compute: Callable[[], T]) -> T:
         slot = (id(W), key)
@@ -88,16 +119,8 @@ class MatrixMemo:
             ref = weakref.ref(W, lambda _: _forget(memo, slot))
         except TypeError:  # no weak reference: cannot tell a new matrix at this address
             return value
-        with self.lock:
-            self.entries[slot] = (ref, fingerprint, value)
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
+        self._keep(slot, (ref, fingerprint, value))
         return value
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-            self.hits = self.misses = 0
 
 
 def _forget(memo: weakref.ref, slot: tuple[int, Hashable]) -> None:
@@ -110,30 +133,7 @@ def _forget(memo: weakref.ref, slot: tuple[int, Hashable]) -> None:
                 del found.entries[slot]
 
 
-class ValueMemo:
-    """A small LRU keyed by value (the key compared by equality, as a dict does)."""
-
-    def __init__(self, size: int = MEMO_SIZE):
-        self.size = size
-        self.entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self.lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: Hashable, compute: Callable[[], T]) -> T:
-        with self.lock:
-            if key in self.entries:
-                self.entries.move_to_end(key)
-                self.hits += 1
-                return self.entries[key]
-            self.misses += 1
-        value = compute()
-        with self.lock:
-            self.entries[key] = value
-            while len(self.entries) > self.size:
-                self.entries.popitem(last=False)
-        return value
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-            self.hits = self.misses = 0
+def read_only(array: np.ndarray) -> np.ndarray:
+    """``array``, made read-only: a memoized value that the runs which hit it share."""
+    array.flags.writeable = False
+    return array

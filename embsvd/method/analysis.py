@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from embsvd.groups import TokenGroup
-from embsvd.io.memo import MatrixMemo, value_digest
+from embsvd.io.memo import MatrixMemo, read_only, value_digest
 from embsvd.io.rows import BLOCK_ROWS, row_blocks
 from embsvd.io.vocabulary import Vocabulary
 from embsvd.method import backend
@@ -363,12 +363,7 @@ def project_on_all_axes(W_E: Any, svd: GroupSVD, n_axes: int) -> np.ndarray:
     offset (read-only): runs that differ only in ``n_components`` take their first
     columns from one pass over ``W_E``."""
     key = value_digest(svd.Vt[:n_axes], svd.offset)
-    return _PROJECTIONS.get(W_E, key, lambda: _read_only(project(W_E, svd, n_axes)))
-
-
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array.flags.writeable = False  # shared by the runs that hit the memo
-    return array
+    return _PROJECTIONS.get(W_E, key, lambda: read_only(project(W_E, svd, n_axes)))
 
 
 def clear_span_memo() -> None:
