@@ -182,6 +182,28 @@ def test_the_fast_scatter_of_bf16_rows_is_the_float32_arrays_one(rows, monkeypat
     np.testing.assert_allclose(streamed, X.T @ X, rtol=1e-5, atol=1e-4 * np.abs(X.T @ X).max())
 
 
+@pytest.mark.parametrize("rows", ["all", "consecutive", "some"])
+def test_the_rayleigh_ritz_pass_is_the_float64_product_over_every_selected_row(rows, monkeypatch):
+    """The fast global SVD's check pass, ``X^T (X V)`` and ``sum(X**2)`` in float64,
+    in blocks of many rows (the last one short): consecutive selected rows are read as a
+    slice, rows around a gap are gathered; either way every selected row counts once."""
+    W, widened = bfloat16_pair(1000, 16, seed=4)
+    selected = {
+        "all": None,
+        "consecutive": np.arange(5, 1000),  # all but the first few (special) tokens
+        "some": np.setdiff1d(np.arange(1000), [0, 3, 500, 998]),
+    }[rows]
+    monkeypatch.setattr(geometry, "PRODUCT_BLOCK_BYTES", 8 * 16 * 300)  # 300 rows a block
+    V = np.random.default_rng(0).normal(size=(16, 3))
+    streamed = geometry._Centered(W, selected, 7).scatter_times(V)
+    array = geometry._Centered(widened, selected, 7).scatter_times(V)
+    X = widened.astype(np.float64)[slice(None) if selected is None else selected]
+    X -= X.mean(axis=0)
+    for G, total in (streamed, array):
+        np.testing.assert_allclose(G, X.T @ (X @ V), rtol=1e-12, atol=1e-12 * np.abs(G).max())
+        assert total == pytest.approx(np.sum(X**2), rel=1e-12)
+
+
 def test_float16_rows_read_as_float32_and_their_non_finite_rows_are_found():
     values = np.random.default_rng(3).normal(size=(50, 6)).astype(np.float16)
     values[[7, 40], [1, 5]] = [np.inf, np.nan]
