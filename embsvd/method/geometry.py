@@ -61,9 +61,11 @@ MEMORY_ENTRIES = 2  # per-checkpoint results kept in memory per kind (a d x d ea
 # float32 rows per product of the fast scatter: 16384 at 4096 (OpenBLAS's syrk over
 # 128256 x 4096: 11.4 s in such blocks, 12.7 s in blocks of 4096 rows)
 SCATTER_BLOCK_BYTES = 1 << 28
-# float64 rows per product of a pass with a few axes (the fast path's Rayleigh-Ritz
-# step): 4096 at d_model = 4096, its float32 buffer beside it 64 MB more
+# float64 rows per block of a pass that multiplies whole blocks (the exact scatter, the
+# whitening's moments, the fast path's Rayleigh-Ritz step): 4096 at d_model = 4096; at
+# most a PRODUCT_BLOCK_SHARE-th of the rows, so that no block is a float64 copy of W
 PRODUCT_BLOCK_BYTES = 1 << 27
+PRODUCT_BLOCK_SHARE = 16
 
 
 class Geometry(StrEnum):
@@ -606,10 +608,20 @@ class _Centered:
             block -= self.mean
             yield part, block
 
+    def product_rows(self) -> int:
+        """Rows per block of a pass that multiplies whole blocks (``PRODUCT_BLOCK_BYTES``
+        of float64): BLAS runs a product at its speed only on thousands of rows, and
+        adding each block's ``d x d`` product to a sum costs as much as the product of a
+        few dozen rows (the float64 scatter of 16384 x 4096 rows: 26 s in blocks of 64,
+        3.9 s in blocks of 4096)."""
+        n, d = self.shape
+        most = min(PRODUCT_BLOCK_BYTES // (8 * d), -(-n // PRODUCT_BLOCK_SHARE))
+        return max(self.block_rows, most)
+
     def scatter(self) -> np.ndarray:
         """The scatter ``X^T X``, ``(d_model, d_model)``, in float64."""
         scatter = np.zeros((self.shape[1], self.shape[1]))
-        for _, block in self.blocks():
+        for _, block in self.blocks(self.product_rows()):
             scatter += block.T @ block
         return scatter
 
@@ -643,11 +655,10 @@ class _Centered:
     def scatter_times(self, V: np.ndarray) -> tuple[np.ndarray, float]:
         """``X^T (X V)`` for ``V`` (``d_model x k``) and ``sum(X**2)``, both in float64
         from the float64 rows of ``X`` (as ``blocks`` gives them), in blocks of
-        ``PRODUCT_BLOCK_BYTES``: products of a few dozen columns run at BLAS speed only on
-        thousands of rows (this pass over the ordinary rows of a 128256 x 4096 bfloat16
+        ``product_rows`` (this pass over the ordinary rows of a 128256 x 4096 bfloat16
         matrix: 8 s in ``blocks``' gathers of 64 rows, 2.9 s in slices of 4096)."""
         n, d = self.shape
-        step = max(self.block_rows, PRODUCT_BLOCK_BYTES // (8 * d))
+        step = self.product_rows()
         rows = min(step, n)
         narrow = np.empty((rows, d), dtype=np.float32) if isinstance(self.W, NarrowRows) else None
         wide = np.empty((rows, d))
@@ -662,7 +673,7 @@ class _Centered:
     def moments(self) -> tuple[np.ndarray, float]:
         """The scatter ``X^T X``, ``(d_model, d_model)``, and ``sum_i |x_i|^4``."""
         scatter, fourth = np.zeros((self.shape[1], self.shape[1])), 0.0
-        for _, block in self.blocks():
+        for _, block in self.blocks(self.product_rows()):
             scatter += block.T @ block
             fourth += float(np.sum(np.sum(block**2, axis=1) ** 2))
         return scatter, fourth
