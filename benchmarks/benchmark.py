@@ -20,7 +20,9 @@ outside (wall clock, end to end, imports included) with its peak RSS from ``wait
 
 - ``scale``: one default run (every check, per-run figures) on synthetic bf16 checkpoints
   of 32k x 1024, 128k x 4096 and 256k x 2048, cold (a fresh cache: hashing, conversion
-  and the per-checkpoint work) and warm (the same cache), with time per phase and peak RSS.
+  and the per-checkpoint work: the global components) and warm (the same cache), and
+  ``whitened``: cold in the whitened geometry (its one-off: the whitening transform, in
+  the phase ``geometry``), with time per phase and peak RSS.
 
 Every embsvd process writes its phases (``embsvd.pipeline.phases``: store, load, method,
 each check, writes, figures, composition) to a file; the report gives each phase's
@@ -59,6 +61,8 @@ CASES = ("seed", "sweep", "large", "scale")
 OPTIONAL_CASES = ("server",)
 SCALE_SHAPES = ((32768, 1024), (128256, 4096), (262144, 2048))
 SMALL_SCALE_SHAPES = ((4096, 64), (8192, 128), (16384, 32))
+# each shape's runs: cold, then warm on the same cache; then cold in the whitened geometry
+SCALE_MODES = {"cold": [], "warm": [], "whitened": ["analysis.geometry=whitened"]}
 SWEEP_GROUPS = [
     "digits",
     "eu_countries",
@@ -478,23 +482,27 @@ def age_written_files() -> None:
 
 def measure_scale(small: bool, repeats: int, work: Path, template: Path) -> dict:
     """One default run (every check, per-run figures) on each synthetic shape, cold (a
-    fresh cache) then warm (the same cache), ``repeats`` times: wall, peak RSS, phases."""
+    fresh cache) then warm (the same cache), then cold in the whitened geometry (a fresh
+    cache), ``repeats`` times: wall, peak RSS, phases."""
     shapes = SMALL_SCALE_SHAPES if small else SCALE_SHAPES
     words = [w for name in ("digits", "eu_countries") for w in library_group(name)[0]]
     found = {}
     for d_vocab, d_model in shapes:
         folder = write_synthetic_checkpoint(work / "scale" / "model", d_vocab, d_model, words)
         age_written_files()
-        sides = {mode: Side(mode, 1) for mode in ("cold", "warm")}
+        sides = {mode: Side(mode, 1) for mode in SCALE_MODES}
         for repeat in range(repeats):
-            cache = work / "scale" / f"cache-{repeat}"
             for mode, side in sides.items():
+                # the whitened run has a cache of its own: its one-off work is done cold
+                geometry = "whitened" if mode == "whitened" else "euclidean"
+                cache = work / "scale" / f"cache-{repeat}-{geometry}"
                 store = work / "scale" / f"store-{d_vocab}-{mode}-{repeat}"
                 store.mkdir(parents=True)
                 shutil.copyfile(template, store / "mlflow.db")
                 args = [
                     *("model=local", f"model.path={folder}", "model.name=synthetic"),
                     *("groups=[digits,eu_countries]", "target=digits"),
+                    *SCALE_MODES[mode],
                 ]
                 env = {**os.environ, "EMBSVD_CACHE_DIR": str(cache)}
                 uri = f"sqlite:///{store / 'mlflow.db'}"
@@ -502,7 +510,8 @@ def measure_scale(small: bool, repeats: int, work: Path, template: Path) -> dict
                 side.seconds.append(seconds)
                 side.peak_rss_mb.append(rss)
                 side.phase_records.append(phases)
-            shutil.rmtree(cache, ignore_errors=True)
+            for cache in (work / "scale").glob(f"cache-{repeat}-*"):
+                shutil.rmtree(cache, ignore_errors=True)
         bf16_mb = d_vocab * d_model * 2 / 2**20
         found[f"{d_vocab}x{d_model}"] = {
             "d_vocab": d_vocab,
@@ -737,7 +746,7 @@ def format_report(report: dict) -> str:
     if "scale" in report["cases"]:
         lines.append("scale: one default run on synthetic bf16 embeddings")
         for shape, result in report["cases"]["scale"].items():
-            for mode in ("cold", "warm"):
+            for mode in SCALE_MODES:
                 side = result[mode]
                 rss = side["median_peak_rss_mb"]
                 lines.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from benchmark import CASES, SIDES, SMALL_SCALE_SHAPES, run_benchmark
+from benchmark import CASES, SCALE_MODES, SIDES, SMALL_SCALE_SHAPES, run_benchmark
 
 pytestmark = pytest.mark.slow
 SIDE_FIELDS = {
@@ -68,10 +68,12 @@ def test_small_benchmark_reports_every_case_and_field(tmp_path, capsys):
     scale = report["cases"]["scale"]
     assert set(scale) == {f"{v}x{d}" for v, d in SMALL_SCALE_SHAPES}
     for result in scale.values():
-        for mode in ("cold", "warm"):
+        for mode in SCALE_MODES:
             assert result[mode]["median_s"] > 0
             assert JOB_PHASES | CHECK_PHASES | {"figures"} <= set(result[mode]["phases"])
         assert result["peak_rss_over_bf16"] > 0
+        # the whitened run's one-off: the whitening transform, fit in its geometry phase
+        assert result["whitened"]["phases"]["geometry"]["total_s"] > 0
     assert report["cfg_job_s"] > 0
     table = capsys.readouterr().out
     assert "notebook/embsvd" in table and "marginal cost of a run" in table
