@@ -21,8 +21,8 @@ outside (wall clock, end to end, imports included) with its peak RSS from ``wait
 - ``scale``: one default run (every check, per-run figures) on synthetic bf16 checkpoints
   of 32k x 1024, 128k x 4096 and 256k x 2048, cold (a fresh cache: hashing, conversion
   and the per-checkpoint work: the global components) and warm (the same cache), and
-  ``whitened``: cold in the whitened geometry (its one-off: the whitening transform, in
-  the phase ``geometry``), with time per phase and peak RSS.
+  ``whitened``: cold in the whitened geometry (its one-off, the whitening transform and
+  the whitened matrix, in the phase ``geometry``), with time per phase and peak RSS.
 
 Every embsvd process writes its phases (``embsvd.pipeline.phases``: store, load, method,
 each check, writes, figures, composition) to a file; the report gives each phase's

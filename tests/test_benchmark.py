@@ -72,7 +72,7 @@ def test_small_benchmark_reports_every_case_and_field(tmp_path, capsys):
             assert result[mode]["median_s"] > 0
             assert JOB_PHASES | CHECK_PHASES | {"figures"} <= set(result[mode]["phases"])
         assert result["peak_rss_over_bf16"] > 0
-        # the whitened run's one-off: the whitening transform, fit in its geometry phase
+        # the whitened run's one-off (the transform, the whitened matrix): its geometry phase
         assert result["whitened"]["phases"]["geometry"]["total_s"] > 0
     assert report["cfg_job_s"] > 0
     table = capsys.readouterr().out
