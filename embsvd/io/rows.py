@@ -38,13 +38,13 @@ BLOCK_ROWS = 8192  # the most rows widened at a time
 BLOCK_BYTES = 1 << 21
 
 
-def block_rows_for(W: Any, block_rows: int | None = None) -> int:
+def block_rows_for(W: Any, block_rows: int | None = None, block_bytes: int = BLOCK_BYTES) -> int:
     """Rows per block for ``W``: ``block_rows`` when given, else as many as fit
-    ``BLOCK_BYTES`` of float64 (at most ``BLOCK_ROWS``, at least 1)."""
+    ``block_bytes`` of float64 (at most ``BLOCK_ROWS``, at least 1)."""
     if block_rows is not None:
         return max(1, int(block_rows))
     width = W.shape[1] if len(W.shape) > 1 else 1
-    return max(1, min(BLOCK_ROWS, BLOCK_BYTES // (8 * max(1, width))))
+    return max(1, min(BLOCK_ROWS, block_bytes // (8 * max(1, width))))
 
 
 class StreamedRows:

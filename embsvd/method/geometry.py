@@ -36,7 +36,6 @@ import numpy as np
 
 from embsvd.io.cache import exclusive, intact, written_with_checksum
 from embsvd.io.checkpoint import default_cache_dir
-from embsvd.io.rows import BLOCK_ROWS as MAX_BLOCK_ROWS
 from embsvd.io.rows import NarrowRows, UnitRows, block_rows_for, release_rows, row_blocks
 from embsvd.io.spec import Checkpoint
 from embsvd.method.svd import svd_flip
@@ -142,9 +141,7 @@ class Whitening:
                 f"W: whitening was fitted on d_model={len(self.mean)}, got shape {W.shape}"
             )
         whitened = np.empty(W.shape, dtype=dtype)
-        if block_rows is None:
-            block_rows = max(1, min(MAX_BLOCK_ROWS, APPLY_BLOCK_BYTES // (8 * W.shape[1])))
-        for rows, block in row_blocks(W, block_rows):
+        for rows, block in row_blocks(W, block_rows_for(W, block_rows, APPLY_BLOCK_BYTES)):
             whitened[rows] = (block.astype(np.float64) - self.mean) @ self.transform
         return whitened
 
@@ -622,9 +619,8 @@ class _Centered:
         adding each block's ``d x d`` product to a sum costs as much as the product of a
         few dozen rows (the whitening's moments of 16384 x 4096 rows: 26 s in blocks of
         64, 3.9 s in blocks of 4096)."""
-        n, d = self.shape
-        most = min(PRODUCT_BLOCK_BYTES // (8 * d), -(-n // PRODUCT_BLOCK_SHARE))
-        return max(self.block_rows, most)
+        share = -(-self.shape[0] // PRODUCT_BLOCK_SHARE)
+        return max(self.block_rows, min(block_rows_for(self.W, None, PRODUCT_BLOCK_BYTES), share))
 
     def scatter(self) -> np.ndarray:
         """The scatter ``X^T X``, ``(d_model, d_model)``, in float64."""
