@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +121,64 @@ def test_the_figure_process_writes_the_explorer_writing_in_place_writes(
     table_only = dataclasses.replace(explorer, page=False)
     drawer.submit(table_only, folder(tmp_path / "table")).wait()
     assert set(tree(tmp_path / "table")) == {"explorer/vocabulary_projections.csv"}
+
+
+def test_a_request_larger_than_the_pipe_is_sent_while_the_job_goes_on(explorer, data, tmp_path):
+    """A request that does not fit the pipe's buffer (a large vocabulary's explorer) is
+    written by a thread: ``submit`` returns while the drawer has not read it (here: a
+    drawer held at a gate until the test opens it), and the answers keep their order."""
+    from embsvd.figures import drawer as drawer_module
+
+    long_texts = tuple(f"{text}{'x' * 2000}" for text in explorer.texts)
+    large = dataclasses.replace(explorer, texts=long_texts)
+    assert len(pickle.dumps(large)) > drawer_module.PIPE_BYTES
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    held = [  # opens the gate (blocks until the test opens its other end), then serves
+        sys.executable,
+        "-c",
+        f"open({str(gate)!r}).read(); from embsvd.figures.drawer import _main; _main()",
+    ]
+    drawer = FigureDrawer(command=held)
+    handed: list = []
+    submitted = threading.Event()
+
+    def hand_over() -> None:
+        handed.append(drawer.submit(large, folder(tmp_path / "process")))  # returns unread
+        handed.append(drawer.submit(data, folder(tmp_path / "last")))  # sent after it
+        submitted.set()
+
+    handing = threading.Thread(target=hand_over)
+    gate_open = False
+    try:
+        early = drawer.submit(data, folder(tmp_path / "early"))  # fits: written here
+        handing.start()
+        returned = submitted.wait(timeout=120)  # (a submit that waited for the drawer
+        sending = getattr(drawer, "_sending", None)  # would not return before the gate)
+        sending = sending is not None and sending.is_alive()
+        with open(gate, "w"):
+            gate_open = True  # the drawer reads and draws
+        handing.join()
+        assert returned and sending  # both returned while the drawer had read nothing
+        pending, last = handed
+        paths = pending.wait()
+        assert early._paths is not None and last._paths is None  # answered in order
+        last.wait()
+    finally:
+        if not gate_open:  # never leave the drawer (and close's wait for it) held
+            with open(gate, "w"):
+                pass
+        if handing.is_alive():
+            handing.join()
+        drawer.close()
+    assert drawer._sending is None
+    assert early.drawn_by == pending.drawn_by == last.drawn_by != os.getpid()
+    here = write_run_explorer(large, folder(tmp_path / "here"))
+    assert [p.relative_to(tmp_path / "process") for p in paths] == [
+        p.relative_to(tmp_path / "here") for p in here
+    ]
+    assert tree(tmp_path / "process") == tree(tmp_path / "here")
+    assert files(tmp_path / "early") == files(tmp_path / "last")
 
 
 def test_texts_the_process_computes_give_the_same_explorer(explorer, drawer, tmp_path):

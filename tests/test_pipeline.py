@@ -503,6 +503,38 @@ def test_a_job_collects_earlier_garbage_before_freezing_the_heap():
     assert gc.get_freeze_count() >= frozen
 
 
+def test_the_first_settle_after_a_start_with_the_collector_off_freezes_without_a_pass():
+    """With the collector off since the process's start (``experiments/run.py``), the
+    first ``settle_heap`` freezes what is there, its few MB of garbage too, without the
+    0.2 s pass over every object; from then on the collector is on and each settle
+    collects first."""
+    import gc
+    import weakref
+
+    from embsvd.pipeline.job import settle_heap
+
+    class Node:
+        pass
+
+    gc.disable()
+    try:
+        left = Node()
+        left.self = left
+        kept = weakref.ref(left)
+        del left
+        settle_heap()
+        assert gc.isenabled()
+        assert kept() is not None  # frozen with the start's objects, not collected
+        later = Node()
+        later.self = later
+        dead = weakref.ref(later)
+        del later
+        settle_heap()  # the collector is on: this one collects
+        assert dead() is None
+    finally:
+        gc.enable()
+
+
 def test_a_single_run_starts_with_the_collector_off_until_its_job_settles_the_heap():
     """``experiments/run.py`` turns the cyclic collector off before its imports; the job's
     ``settle_heap`` turns it on (a sweep's open does, see ``test_sweeps``)."""

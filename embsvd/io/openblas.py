@@ -14,11 +14,22 @@ Only the entry points (``experiments/*.py``, the ``embsvd`` command: ``embsvd.__
 call ``prepare``:
 OpenBLAS reads the variable when it loads, and a library imported into someone's
 notebook leaves their environment alone.
+
+``one_thread_each`` is the other way round: for the duration of a pass that runs threads
+of its own (``embsvd.io.rows.parallel_row_blocks``), BLAS runs one thread per call.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import itertools
 import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from threadpoolctl import threadpool_info  # no numpy: imported before numpy loads
 
 THREAD_TIMEOUT_ENV = "OPENBLAS_THREAD_TIMEOUT"
 # log2 of the cycles an idle thread spins before it sleeps: 4, the least OpenBLAS takes
@@ -29,3 +40,53 @@ def prepare() -> None:
     """Let OpenBLAS's idle threads sleep at once, unless the environment says otherwise.
     Call it before anything imports numpy: once OpenBLAS has loaded it changes nothing."""
     os.environ.setdefault(THREAD_TIMEOUT_ENV, THREAD_TIMEOUT)
+
+
+_threads_lock = threading.Lock()
+_single_threaded = 0  # passes now inside ``one_thread_each``
+_saved: list[int] = []  # each OpenBLAS's thread count before the first entered
+
+
+@contextmanager
+def one_thread_each() -> Iterator[None]:
+    """OpenBLAS single-threaded while inside: for a pass that runs its own threads, each
+    making products with a few axes (``embsvd.io.rows.parallel_row_blocks``), so that
+    their products do not each spread over every core. Process-wide, as OpenBLAS's thread
+    count is: passes that overlap share one limit, and the last to leave restores the
+    counts that were set before the first entered, whichever thread each runs in
+    (threadpoolctl's own limits only take effect from the first thread that set one)."""
+    global _single_threaded, _saved
+    with _threads_lock:
+        if _single_threaded == 0:
+            _saved = [get() for get, _ in _openblas()]
+            for _, set_threads in _openblas():
+                set_threads(1)
+        _single_threaded += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _single_threaded -= 1
+            if _single_threaded == 0:
+                for (_, set_threads), count in zip(_openblas(), _saved, strict=True):
+                    set_threads(count)
+
+
+@functools.cache
+def _openblas() -> tuple[tuple[Callable[[], int], Callable[[int], None]], ...]:
+    """``(get, set)`` of the thread count of every OpenBLAS loaded (numpy's), found by
+    threadpoolctl; their symbols carry the prefix and suffix of the build (numpy's
+    wheels: ``scipy_openblas_set_num_threads64_``)."""
+    found = []
+    for info in threadpool_info():
+        if info.get("internal_api") != "openblas":
+            continue
+        library = ctypes.CDLL(info["filepath"])
+        for prefix, suffix in itertools.product(("scipy_", ""), ("64_", "")):
+            get = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_threads = getattr(library, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_threads is not None:
+                set_threads.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
+                found.append((get, set_threads))
+                break
+    return tuple(found)

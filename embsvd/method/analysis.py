@@ -21,7 +21,7 @@ import numpy as np
 
 from embsvd.groups import TokenGroup
 from embsvd.io.memo import MatrixMemo, read_only, value_digest
-from embsvd.io.rows import BLOCK_ROWS, row_blocks
+from embsvd.io.rows import BLOCK_ROWS, parallel_row_blocks
 from embsvd.io.vocabulary import Vocabulary
 from embsvd.method import backend
 from embsvd.method.svd import svd_flip
@@ -246,8 +246,8 @@ def project(W_E: Any, svd: GroupSVD, n_components: int, device: str = "cpu") -> 
     """The whole vocabulary on the first ``n_components`` right singular vectors.
 
     ``(W_E - mean) @ v`` when the SVD was centered, ``W_E @ v`` when raw; float64, in
-    blocks of rows (``row_blocks``: a float64 copy of a large ``W_E`` costs more than the
-    product, and a bfloat16 one is widened a block at a time), or with torch on
+    blocks of rows (``parallel_row_blocks``: a float64 copy of a large ``W_E`` costs more
+    than the product, and a bfloat16 one is widened a block at a time), or with torch on
     ``device``. Returns shape ``(d_vocab, n_components)``.
     """
     axes = svd.Vt[:n_components].T
@@ -255,8 +255,11 @@ def project(W_E: Any, svd: GroupSVD, n_components: int, device: str = "cpu") -> 
         return backend.project_on(W_E, svd.offset, axes, device)
     shift = svd.offset @ axes
     projections = np.empty((W_E.shape[0], axes.shape[1]))
-    for rows, block in row_blocks(W_E, PROJECT_BLOCK_ROWS):
+
+    def read(rows: slice, block: np.ndarray) -> None:
         projections[rows] = np.asarray(block, dtype=np.float64) @ axes - shift
+
+    parallel_row_blocks(W_E, read, PROJECT_BLOCK_ROWS)
     return projections
 
 
@@ -349,10 +352,13 @@ def _span_pass(W_E: Any, basis: np.ndarray) -> VocabularySpan:
     """``W_E``'s rows on ``basis``, with their squared norms: one pass over ``W_E``."""
     coordinates, norms_sq = np.empty((W_E.shape[0], basis.shape[1])), np.empty(W_E.shape[0])
     block_rows = min(BLOCK_ROWS, max(1, SPAN_BLOCK_BYTES // (8 * W_E.shape[1])))
-    for rows, block in row_blocks(W_E, block_rows):
+
+    def read(rows: slice, block: np.ndarray) -> None:
         block = np.asarray(block, dtype=np.float64)
         coordinates[rows] = block @ basis
         norms_sq[rows] = np.einsum("ij,ij->i", block, block)
+
+    parallel_row_blocks(W_E, read, block_rows)
     for array in (coordinates, norms_sq):
         array.flags.writeable = False  # shared by the runs that hit the memo
     return VocabularySpan(basis, coordinates, norms_sq)
