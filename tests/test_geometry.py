@@ -348,6 +348,39 @@ def test_the_block_lanczos_iteration_converges_to_the_top_eigenpairs(values):
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-12)
 
 
+@pytest.mark.parametrize("recent", [0, 8])
+def test_gram_schmidt_repeats_a_pass_only_where_the_first_cancelled_most(recent):
+    """``_without``: rows almost in the basis' span (one pass leaves 1e-8 of them, with
+    rounding errors of 1e-16 of what it took out: far from orthogonal) get a second pass
+    and come out orthogonal to rounding; rows mostly outside it take one pass. With
+    ``recent``, the last rows (where a Lanczos block lies mostly) are taken out first:
+    rows mostly there need one pass over the whole basis."""
+    from embsvd.method.geometry import _without
+
+    rng = np.random.default_rng(11)
+    basis = np.linalg.qr(rng.normal(size=(300, 40)))[0].T  # 40 orthonormal rows
+    span = basis[-recent:] if recent else basis
+    near = rng.normal(size=(4, len(span))) @ span + 1e-8 * rng.normal(size=(4, 300))
+    far = rng.normal(size=(4, 300))
+
+    def orthogonality(Z: np.ndarray) -> float:
+        return float(np.abs(Z @ basis.T).max() / np.linalg.norm(Z, axis=1).min())
+
+    def one_pass(Z: np.ndarray) -> np.ndarray:
+        if recent:
+            Z = Z - (Z @ basis[-recent:].T) @ basis[-recent:]
+        return Z - (Z @ basis.T) @ basis
+
+    once = one_pass(near)
+    if not recent:
+        assert orthogonality(once) > 1e-12  # the premise: one pass is not enough here
+    assert orthogonality(_without(near, basis, recent)) <= 1e-14
+    np.testing.assert_array_equal(_without(far, basis, recent), one_pass(far))  # one pass
+    assert orthogonality(one_pass(far)) <= 1e-14
+    if recent:  # taken out of the recent rows first, one pass was enough
+        np.testing.assert_array_equal(_without(near, basis, recent), once)
+
+
 def test_the_fast_global_svd_on_bfloat16_data_is_the_exact_one():
     X, _ = known_spectrum(100.0 * 0.95 ** np.arange(200), n=2500, seed=3)
     X = ((X.astype(np.float32).view(np.uint32) >> 16) << 16).view(np.float32)

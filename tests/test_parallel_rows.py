@@ -1,6 +1,7 @@
 """A pass over a large matrix's rows from threads (``embsvd.io.rows.parallel_row_blocks``):
 the blocks of the one-thread pass, each once; BLAS one thread per call while it runs and
-its own count after; an error raised where the pass was called."""
+its own count after; an error raised where the pass was called. A block's rows shared
+between threads (``RowShares``): each share's result in the rows' order."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from threadpoolctl import threadpool_info
 from embsvd.io import openblas
 from embsvd.io.rows import (
     PARALLEL_MIN_VALUES,
+    SHARE_MIN_ROWS,
     BFloat16Rows,
+    RowShares,
     matmul_rows,
     parallel_row_blocks,
     row_blocks,
@@ -115,3 +118,40 @@ def test_overlapping_passes_share_one_limit_and_the_last_restores_the_counts():
     thread.join()
     assert seen == [{1}, {1}]
     assert blas_threads() == before
+
+
+def test_row_shares_return_each_share_s_result_in_the_rows_order():
+    with RowShares(workers=2) as shares:
+        found = shares(1000, lambda rows: (rows.start, rows.stop, threading.get_ident()))
+        assert [(a, b) for a, b, _ in found] == [(0, 500), (500, 1000)]
+        assert threading.get_ident() not in {ident for _, _, ident in found}
+        # too few rows to share: one call, here
+        (few,) = shares(2 * SHARE_MIN_ROWS - 1, lambda rows: (rows, threading.get_ident()))
+        assert few == (slice(0, 2 * SHARE_MIN_ROWS - 1), threading.get_ident())
+
+        def fail(rows: slice) -> None:
+            if rows.start:
+                raise ValueError("a bad share")
+
+        with pytest.raises(ValueError, match="a bad share"):
+            shares(1000, fail)
+
+
+def test_the_column_sums_from_shared_blocks_are_the_one_thread_sums(large):
+    """The global components' mean: blocks summed by threads, added in the rows' order,
+    equal to numpy's float64 mean to rounding, and the same on every call."""
+    from embsvd.method.geometry import _Centered
+
+    rows = np.arange(3, len(large))  # consecutive rows, read as slices
+    first = _Centered(large, rows, None).mean
+    again = _Centered(large, rows, None).mean
+    np.testing.assert_array_equal(first, again)
+    exact = large[3:].astype(np.float64).mean(axis=0)
+    np.testing.assert_allclose(first, exact, rtol=1e-12, atol=1e-15)
+    gathered = np.setdiff1d(np.arange(len(large)), [7, 5000, 20000])  # around gaps
+    np.testing.assert_allclose(
+        _Centered(large, gathered, None).mean,
+        large[gathered].astype(np.float64).mean(axis=0),
+        rtol=1e-12,
+        atol=1e-15,
+    )

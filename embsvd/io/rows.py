@@ -29,7 +29,7 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ BLOCK_BYTES = 1 << 21
 # 32768 x 512 and larger; the bundled 30522 x 384 checkpoint's passes take a few ms
 PARALLEL_MIN_VALUES = 1 << 24
 MAX_WORKERS = 8
+SHARE_MIN_ROWS = 256  # a block's rows split between threads (RowShares): at least this many each
 
 
 def block_rows_for(W: Any, block_rows: int | None = None, block_bytes: int = BLOCK_BYTES) -> int:
@@ -327,6 +328,38 @@ def parallel_row_blocks(
                 future.result()
         finally:
             stop.set()
+
+
+class RowShares:
+    """Elementwise work on a block's rows, split between threads (``shares(count, work)``
+    calls ``work(rows)`` for consecutive slices covering ``range(count)``): widening a
+    bfloat16 block and centering it are numpy's single-threaded loops over memory, which
+    release the interpreter's lock. The global components' passes over 128256 x 4096
+    bfloat16 rows widen and center 525M values three times. One thread (no pool) where
+    ``workers`` or the cores this process may use are one. Close it (``with``) to end its
+    threads."""
+
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or min(MAX_WORKERS, _cores())
+        self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+
+    def __call__(self, count: int, work: Callable[[slice], Any]) -> list[Any]:
+        """What ``work`` returned for each share, in the shares' order (so that a sum of
+        them is the same however the threads ran)."""
+        shares = min(self.workers, max(1, count // SHARE_MIN_ROWS))
+        if self._pool is None or shares == 1:
+            return [work(slice(0, count))]
+        bounds = [count * i // shares for i in range(shares + 1)]
+        futures = [self._pool.submit(work, slice(a, b)) for a, b in itertools.pairwise(bounds)]
+        wait(futures)
+        return [future.result() for future in futures]  # the first error, once all stopped
+
+    def __enter__(self) -> RowShares:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 def _cores() -> int:

@@ -36,7 +36,14 @@ import numpy as np
 
 from embsvd.io.cache import exclusive, intact, written_with_checksum
 from embsvd.io.checkpoint import default_cache_dir
-from embsvd.io.rows import NarrowRows, UnitRows, block_rows_for, release_rows, row_blocks
+from embsvd.io.rows import (
+    NarrowRows,
+    RowShares,
+    UnitRows,
+    block_rows_for,
+    release_rows,
+    row_blocks,
+)
 from embsvd.io.spec import Checkpoint
 from embsvd.method.svd import svd_flip
 
@@ -57,6 +64,9 @@ LANCZOS_BLOCK = 16  # columns added to the Krylov space at a time
 # convergence is checked (an eigendecomposition of the space's m x m projection) at sizes
 # growing by this factor, so that the checks cost a small multiple of the last one
 LANCZOS_GROWTH = 1.25
+# a Gram-Schmidt pass is repeated where it left less than this share of a row's length
+# (1 / sqrt(2): Kahan and Parlett's criterion)
+REPASS_SHARE = 2**-0.5
 MEMORY_ENTRIES = 2  # per-checkpoint results kept in memory per kind (a d x d each)
 # float32 rows per product of the fast scatter: 16384 at 4096 (OpenBLAS's syrk over
 # 128256 x 4096: 11.4 s in such blocks, 12.7 s in blocks of 4096 rows)
@@ -420,18 +430,21 @@ def _block_lanczos(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | Non
             residuals = np.linalg.norm(Y.T @ images[:m] - theta[:, None] * vectors, axis=1)
             if residuals.max() <= LANCZOS_TOLERANCE * abs(theta[0]):
                 return theta, vectors.T
-        block = _orthonormal(images[m - width : m], basis[:m], rng)
+        block = _orthonormal(images[m - width : m], basis[:m], rng, recent=2 * width)
     return None
 
 
-def _orthonormal(Z: np.ndarray, basis: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _orthonormal(
+    Z: np.ndarray, basis: np.ndarray, rng: np.random.Generator, recent: int = 0
+) -> np.ndarray:
     """Orthonormal rows spanning the rows of ``Z`` minus their part in ``basis``
     (orthonormal rows); a row that vanishes there (the Krylov space is exhausted) is
-    replaced by a random direction, so that the block keeps its size."""
+    replaced by a random direction, so that the block keeps its size. ``recent``: the
+    last rows of ``basis`` that hold most of ``Z`` (a Lanczos block's image lies mostly
+    in the last two blocks), taken out first (``_without``)."""
     size = np.linalg.norm(Z, axis=1).max(initial=0.0)
     for _ in range(4):
-        for _ in range(2):  # twice is enough (Kahan, Parlett)
-            Z = Z - (Z @ basis.T) @ basis
+        Z = _without(Z, basis, recent)
         Q, R = np.linalg.qr(Z.T)
         lost = np.abs(np.diag(R)) <= 1e-10 * size
         if not lost.any():
@@ -440,6 +453,23 @@ def _orthonormal(Z: np.ndarray, basis: np.ndarray, rng: np.random.Generator) -> 
         Z[lost] = rng.normal(size=(int(lost.sum()), Z.shape[1]))
         size = max(size, np.linalg.norm(Z, axis=1).max())
     raise np.linalg.LinAlgError("the Krylov basis could not be extended")
+
+
+def _without(Z: np.ndarray, basis: np.ndarray, recent: int = 0) -> np.ndarray:
+    """The rows of ``Z`` less their part in ``basis`` (orthonormal rows), by classical
+    Gram-Schmidt, to rounding: a second pass runs where the first took out more than
+    ``1 - REPASS_SHARE`` of a row's length, for then the first pass's rounding errors are
+    large against what is left; twice is then enough (Kahan, Parlett). ``recent`` rows at
+    the end of ``basis`` are taken out first, so that a Lanczos block (mostly in the last
+    two blocks) needs one pass over the whole basis, not two (the reorthogonalization of
+    the 128256 x 4096 global components: half of its 1.0 s)."""
+    if recent:
+        Z = Z - (Z @ basis[-recent:].T) @ basis[-recent:]
+    before = np.linalg.norm(Z, axis=1)
+    Z = Z - (Z @ basis.T) @ basis
+    if np.all(np.linalg.norm(Z, axis=1) >= REPASS_SHARE * before):
+        return Z
+    return Z - (Z @ basis.T) @ basis
 
 
 def cached_global_svd(
@@ -567,10 +597,55 @@ class _Centered:
         self.W, self.index = W, _row_index(W, rows)
         self.block_rows = block_rows_for(W, block_rows)
         self.shape = (len(self.W) if self.index is None else len(self.index), self.W.shape[1])
+        self.mean = self._column_sums() / self.shape[0]
+
+    def _column_sums(self) -> np.ndarray:
+        """The float64 column sums of ``W[rows]``: blocks of ``product_rows``, each summed
+        by threads (``RowShares``), their sums added in the rows' order."""
+        step = self.product_rows()
+        narrow = self._narrow_buffer(step)
         total = np.zeros(self.shape[1])
-        for _, block in self.raw_blocks():
-            total += block.sum(axis=0, dtype=np.float64)
-        self.mean = total / self.shape[0]
+        with RowShares() as shares:
+            for part, ids, read in self._block_ids(step):
+
+                def add(rows: slice, ids: slice | np.ndarray = ids) -> np.ndarray:
+                    return self._read(ids, rows, narrow).sum(axis=0, dtype=np.float64)
+
+                for partial in shares(part.stop - part.start, add):
+                    total += partial
+                release_rows(self.W, read)
+        return total
+
+    def _block_ids(self, step: int) -> Iterator[tuple[slice, slice | np.ndarray, slice]]:
+        """``(positions, the rows of W they are, the span of W they lie in)`` for blocks of
+        ``step`` positions: ``release_rows`` the span once a block is done with."""
+        for start in range(0, self.shape[0], step):
+            part = slice(start, min(start + step, self.shape[0]))
+            if self.index is None:
+                yield part, part, part
+                continue
+            ids = self.index[part]  # the rows' span (the ordinary rows: all but a few)
+            read = slice(int(ids.min()), int(ids.max()) + 1)
+            if read.stop - read.start == len(ids) and np.all(ids[1:] > ids[:-1]):
+                ids = read  # consecutive rows: read as a slice, not gathered
+            yield part, ids, read
+
+    def _narrow_buffer(self, step: int) -> np.ndarray | None:
+        """float32 rows a bfloat16 or float16 block is widened into, for blocks of ``step``."""
+        if not isinstance(self.W, NarrowRows):
+            return None
+        return np.empty((min(step, self.shape[0]), self.shape[1]), dtype=np.float32)
+
+    def _read(self, ids: slice | np.ndarray, rows: slice, into: np.ndarray | None) -> np.ndarray:
+        """Rows ``rows`` of a block (``ids``: the block's rows of W), as read (float32 for
+        bfloat16); a bfloat16 or float16 block widened into ``into[rows]`` where given."""
+        if isinstance(ids, slice):
+            ids = slice(ids.start + rows.start, ids.start + rows.stop)
+        else:
+            ids = ids[rows]
+        if into is not None and isinstance(self.W, NarrowRows):
+            return self._read_into(ids, into[rows])
+        return np.asarray(self.W[ids])
 
     def raw_blocks(
         self, block_rows: int | None = None, into: np.ndarray | None = None
@@ -580,20 +655,8 @@ class _Centered:
         after each block (``embsvd.io.rows.release_rows``). A bfloat16 or float16 block
         is widened into ``into`` (float32, ``block_rows`` rows) where given, not into a
         fresh array."""
-        step = block_rows or self.block_rows
-        for start in range(0, self.shape[0], step):
-            part = slice(start, min(start + step, self.shape[0]))
-            if self.index is None:
-                ids = read = part
-            else:  # the rows' span (the ordinary rows: all but a few)
-                ids = self.index[part]
-                read = slice(int(ids.min()), int(ids.max()) + 1)
-                if read.stop - read.start == len(ids) and np.all(ids[1:] > ids[:-1]):
-                    ids = read  # consecutive rows: read as a slice, not gathered
-            if into is not None and isinstance(self.W, NarrowRows):
-                yield part, self._read_into(ids, into[: part.stop - part.start])
-            else:
-                yield part, np.asarray(self.W[ids])
+        for part, ids, read in self._block_ids(block_rows or self.block_rows):
+            yield part, self._read(ids, slice(0, part.stop - part.start), into)
             release_rows(self.W, read)
 
     def _read_into(self, ids: slice | np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -646,13 +709,21 @@ class _Centered:
         # blocks of SCATTER_BLOCK_BYTES: a product of fewer rows runs below BLAS speed
         step = max(self.block_rows, SCATTER_BLOCK_BYTES // (4 * d))
         centered = np.empty((min(step, n), d), dtype=np.float32)
-        for part, block in self.raw_blocks(step, into=centered):
-            Y = centered[: part.stop - part.start]
-            # in the block's precision (float32, or float64 rounded once into Y); a
-            # bfloat16 or float16 block was widened into Y itself (exact)
-            np.subtract(block, m if block.dtype == np.float32 else m.astype(np.float64), out=Y)
-            np.matmul(Y.T, Y, out=product)  # numpy hands Y^T Y to BLAS syrk: half the work
-            scatter += product
+        with RowShares() as shares:  # widened and centered by threads, multiplied by BLAS
+            for part, ids, read in self._block_ids(step):
+                Y = centered[: part.stop - part.start]
+
+                def center(rows: slice, ids: slice | np.ndarray = ids, Y: np.ndarray = Y) -> None:
+                    # in the block's precision (float32, or float64 rounded once into Y); a
+                    # bfloat16 or float16 block is widened into Y itself (exact)
+                    block = self._read(ids, rows, Y)
+                    shift = m if block.dtype == np.float32 else m.astype(np.float64)
+                    np.subtract(block, shift, out=Y[rows])
+
+                shares(len(Y), center)
+                release_rows(self.W, read)
+                np.matmul(Y.T, Y, out=product)  # numpy hands Y^T Y to BLAS syrk: half the work
+                scatter += product
         scatter -= n * np.outer(e, e)
         return scatter
 
@@ -663,15 +734,22 @@ class _Centered:
         matrix: 8 s in ``blocks``' gathers of 64 rows, 2.9 s in slices of 4096)."""
         n, d = self.shape
         step = self.product_rows()
-        rows = min(step, n)
-        narrow = np.empty((rows, d), dtype=np.float32) if isinstance(self.W, NarrowRows) else None
-        wide = np.empty((rows, d))
+        narrow, wide = self._narrow_buffer(step), np.empty((min(step, n), d))
         G, total = np.zeros((d, V.shape[1])), 0.0
-        for part, block in self.raw_blocks(step, into=narrow):
-            X = wide[: part.stop - part.start]
-            np.subtract(block, self.mean, out=X)  # block.astype(float64) - mean, as blocks'
-            G += ((X @ V).T @ X).T  # OpenBLAS runs X^T P at half this speed
-            total += float(np.vdot(X, X))
+        with RowShares() as shares:  # widened and centered by threads, multiplied by BLAS
+            for part, ids, read in self._block_ids(step):
+                X = wide[: part.stop - part.start]
+
+                def center(rows: slice, ids: slice | np.ndarray = ids, X: np.ndarray = X) -> None:
+                    # block.astype(float64) - mean, as blocks' is: widened, then subtracted
+                    # (numpy's float32 - float64 loop casts in buffers: 1.5x the time)
+                    np.copyto(X[rows], self._read(ids, rows, narrow))
+                    X[rows] -= self.mean
+
+                shares(len(X), center)
+                release_rows(self.W, read)
+                G += ((X @ V).T @ X).T  # OpenBLAS runs X^T P at half this speed
+                total += float(np.vdot(X, X))
         return G, total
 
     def moments(self) -> tuple[np.ndarray, float]:
