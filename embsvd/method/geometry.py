@@ -62,8 +62,12 @@ RESIDUAL_TOLERANCE = 1e-6
 LANCZOS_TOLERANCE = 1e-10  # the iterative eigensolver's own residual, of s_1^2
 LANCZOS_BLOCK = 16  # columns added to the Krylov space at a time
 # convergence is checked (an eigendecomposition of the space's m x m projection) at sizes
-# growing by this factor, so that the checks cost a small multiple of the last one
-LANCZOS_GROWTH = 1.25
+# growing by this factor, so that the checks cost a small multiple of the last one, and
+# the space overshoots the size that converges by at most this factor: a flat
+# 4096-dimensional scatter that converged at 1216 vectors took 2.27-2.34 s at 1.15 and
+# 2.50-2.94 s at 1.25 (2026-11-30; scipy's dsyevr for the top eigenpairs alone, with its
+# own OpenBLAS beside numpy's, made it slower)
+LANCZOS_GROWTH = 1.15
 # a Gram-Schmidt pass is repeated where it left less than this share of a row's length
 # (1 / sqrt(2): Kahan and Parlett's criterion)
 REPASS_SHARE = 2**-0.5
