@@ -182,6 +182,50 @@ def test_the_fast_scatter_of_bf16_rows_is_the_float32_arrays_one(rows, monkeypat
     np.testing.assert_allclose(streamed, X.T @ X, rtol=1e-5, atol=1e-4 * np.abs(X.T @ X).max())
 
 
+class CountedRows(BFloat16Rows):
+    """A bfloat16 matrix that counts the rows read from it."""
+
+    def __init__(self, raw: np.ndarray):
+        super().__init__(raw)
+        self.rows_read = 0
+
+    def read_into(self, key, out) -> None:
+        self.rows_read += len(out)
+        super().read_into(key, out)
+
+    def _rows(self, key):
+        found = super()._rows(key)
+        self.rows_read += len(found) if found.ndim > 1 else 1
+        return found
+
+
+def test_the_fast_global_svd_reads_the_rows_twice_and_finds_the_mean_in_the_scatter_pass(
+    monkeypatch,
+):
+    """The fast path's float32 scatter sums the rows it reads: no pass of the mean's own,
+    so the rows are read twice (the scatter, the Rayleigh-Ritz pass), and the mean is the
+    float64 mean; shifted by the first block's mean, the scatter is the one centered on
+    the mean, and the result the exact path's."""
+    W, widened = bfloat16_pair(3000, 24, seed=6)
+    counted = CountedRows(W.raw)
+    rows = np.arange(2, 3000)
+    monkeypatch.setattr(geometry, "SCATTER_BLOCK_BYTES", 4 * 24 * 700)  # 700 rows a block
+    monkeypatch.setattr(geometry, "FULL_EIGH_MAX_D", 8)  # the Lanczos iteration, as at scale
+    fast = geometry.global_svd(counted, 3, rows=rows, method="fast")
+    assert counted.rows_read == 2 * len(rows)
+    X = widened[rows].astype(np.float64)
+    np.testing.assert_allclose(fast.mean, X.mean(axis=0), rtol=1e-13, atol=1e-15)
+    A = geometry._Centered(W, rows, None)
+    centered = X - X.mean(axis=0)
+    np.testing.assert_allclose(
+        A.scatter_float32(), centered.T @ centered, rtol=1e-5, atol=1e-6 * len(rows)
+    )
+    exact = geometry.global_svd(widened, 3, rows=rows, method="exact")
+    np.testing.assert_allclose(fast.singular_values, exact.singular_values, rtol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(fast.Vt * exact.Vt, axis=1)), 1.0, atol=1e-10)
+    assert fast.total_variance == pytest.approx(exact.total_variance, rel=1e-12)
+
+
 @pytest.mark.parametrize("rows", ["all", "consecutive", "some"])
 def test_the_rayleigh_ritz_pass_is_the_float64_product_over_every_selected_row(rows, monkeypatch):
     """The fast global SVD's check pass, ``X^T (X V)`` and ``sum(X**2)`` in float64,
