@@ -755,7 +755,7 @@ class _Centered:
                 shares(len(Y), center)
                 release_rows(self.W, read)
                 np.matmul(Y.T, Y, out=product)  # numpy hands Y^T Y to BLAS syrk: half the work
-                scatter += product
+                shares(d, lambda rows: np.add(scatter[rows], product[rows], out=scatter[rows]))
         if not known:
             self.mean = sums / n
         e = shift.astype(np.float64) - self.mean
