@@ -24,6 +24,7 @@ the library never calls it (``tests/test_streaming.py`` checks a run's peak memo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import mmap
 import os
@@ -284,11 +285,11 @@ def parallel_row_blocks(
     workers: int | None = None,
 ) -> None:
     """``work(rows, block)`` for every ``(rows, block)`` of ``row_blocks(W, block_rows)``,
-    from ``workers`` threads (default: the cores this process may use, at most
-    ``MAX_WORKERS``; one, in this thread, for a matrix of fewer than
-    ``PARALLEL_MIN_VALUES`` values), each over a consecutive share of the same blocks,
-    with BLAS one thread per call while they run (``embsvd.io.openblas.one_thread_each``).
-    ``work`` must write each block's results where no other block's go.
+    from ``workers`` threads (``RowShares``' default: the cores this process may use; one,
+    in this thread, for a matrix of fewer than ``PARALLEL_MIN_VALUES`` values), each over
+    a consecutive share of the same blocks, with BLAS one thread per call while they run
+    (``embsvd.io.openblas.one_thread_each``). ``work`` must write each block's results
+    where no other block's go.
 
     A pass that widens blocks and multiplies them with a few axes is numpy's
     single-threaded elementwise work and BLAS products far below its speed, and both
@@ -299,17 +300,12 @@ def parallel_row_blocks(
     thread meets is raised here once every thread has stopped (each stops at its next
     block)."""
     step = block_rows_for(W, block_rows)
-    count = workers or min(MAX_WORKERS, _cores())
-    blocks = -(-len(W) // step)
-    count = min(count, blocks) if len(W) * W.shape[1] >= PARALLEL_MIN_VALUES else 1
-    if count <= 1:
-        for rows, block in row_blocks(W, step):
-            work(rows, block)
-        return
+    if len(W) * W.shape[1] < PARALLEL_MIN_VALUES:
+        workers = 1
     stop = threading.Event()
 
-    def share(first: int, last: int) -> None:  # blocks first..last - 1
-        for start in range(first * step, min(last * step, len(W)), step):
+    def share(blocks: slice) -> None:
+        for start in range(blocks.start * step, min(blocks.stop * step, len(W)), step):
             if stop.is_set():
                 return
             rows = slice(start, min(start + step, len(W)))
@@ -320,33 +316,32 @@ def parallel_row_blocks(
                 raise
             release_rows(W, rows)
 
-    bounds = [blocks * i // count for i in range(count + 1)]
-    with openblas.one_thread_each(), ThreadPoolExecutor(count) as pool:
-        futures = [pool.submit(share, a, b) for a, b in itertools.pairwise(bounds)]
-        try:
-            for future in futures:
-                future.result()
-        finally:
-            stop.set()
+    with RowShares(workers) as shares:
+        threads = openblas.one_thread_each() if shares.workers > 1 else contextlib.nullcontext()
+        with threads:
+            shares(-(-len(W) // step), share, minimum=1)
 
 
 class RowShares:
-    """Elementwise work on a block's rows, split between threads (``shares(count, work)``
-    calls ``work(rows)`` for consecutive slices covering ``range(count)``): widening a
-    bfloat16 block and centering it are numpy's single-threaded loops over memory, which
-    release the interpreter's lock. The global components' passes over 128256 x 4096
-    bfloat16 rows widen and center 525M values three times. One thread (no pool) where
-    ``workers`` or the cores this process may use are one. Close it (``with``) to end its
-    threads."""
+    """Work on consecutive shares of ``range(count)`` (a block's rows, or a pass's blocks:
+    ``parallel_row_blocks``), split between threads: ``shares(count, work)`` calls
+    ``work(share)`` for slices covering it. Widening a bfloat16 block and centering it are
+    numpy's single-threaded loops over memory, which release the interpreter's lock: the
+    global components' passes over 128256 x 4096 bfloat16 rows widen and center 525M
+    values twice. One thread (no pool) where ``workers`` or the cores this process may use
+    are one. Close it (``with``) to end its threads."""
 
     def __init__(self, workers: int | None = None):
         self.workers = workers or min(MAX_WORKERS, _cores())
         self._pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
 
-    def __call__(self, count: int, work: Callable[[slice], Any]) -> list[Any]:
-        """What ``work`` returned for each share, in the shares' order (so that a sum of
-        them is the same however the threads ran)."""
-        shares = min(self.workers, max(1, count // SHARE_MIN_ROWS))
+    def __call__(
+        self, count: int, work: Callable[[slice], Any], minimum: int = SHARE_MIN_ROWS
+    ) -> list[Any]:
+        """What ``work`` returned for each share (of at least ``minimum`` of the
+        ``count``), in the shares' order (so that a sum of them is the same however the
+        threads ran)."""
+        shares = min(self.workers, max(1, count // minimum))
         if self._pool is None or shares == 1:
             return [work(slice(0, count))]
         bounds = [count * i // shares for i in range(shares + 1)]

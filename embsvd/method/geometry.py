@@ -657,16 +657,12 @@ class _Centered:
             return self._read_into(ids, into[rows])
         return np.asarray(self.W[ids])
 
-    def raw_blocks(
-        self, block_rows: int | None = None, into: np.ndarray | None = None
-    ) -> Iterator[tuple[slice, np.ndarray]]:
+    def raw_blocks(self, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """``(positions, block of W[rows])``, as read (float32 for bfloat16), in blocks of
         ``block_rows`` (default: this matrix's); a mapped matrix's pages are released
-        after each block (``embsvd.io.rows.release_rows``). A bfloat16 or float16 block
-        is widened into ``into`` (float32, ``block_rows`` rows) where given, not into a
-        fresh array."""
+        after each block (``embsvd.io.rows.release_rows``)."""
         for part, ids, read in self._block_ids(block_rows or self.block_rows):
-            yield part, self._read(ids, slice(0, part.stop - part.start), into)
+            yield part, self._read(ids, slice(0, part.stop - part.start), None)
             release_rows(self.W, read)
 
     def _read_into(self, ids: slice | np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -730,18 +726,19 @@ class _Centered:
 
                 def read_rows(
                     rows: slice, ids: slice | np.ndarray = ids, Y: np.ndarray = Y
-                ) -> tuple[int, np.ndarray, np.ndarray]:
+                ) -> tuple[int, np.ndarray, np.ndarray | None]:
                     # a bfloat16 or float16 block is widened into Y itself (exact)
                     block = self._read(ids, rows, Y)
-                    return rows.start, block, block.sum(axis=0, dtype=np.float64)
+                    return rows.start, block, None if known else block.sum(axis=0, dtype=np.float64)
 
                 found = shares(len(Y), read_rows)
-                block_sums = np.zeros(d)
-                for _, _, partial in found:  # in the rows' order: the same sums every time
-                    block_sums += partial
-                sums += block_sums
-                if shift is None:  # the first block's mean
-                    shift = (block_sums / len(Y)).astype(np.float32)
+                if not known:
+                    block_sums = np.zeros(d)
+                    for _, _, partial in found:  # in the rows' order: the same every time
+                        block_sums += partial
+                    sums += block_sums
+                    if shift is None:  # the first block's mean
+                        shift = (block_sums / len(Y)).astype(np.float32)
                 blocks = {start: block for start, block, _ in found}  # the same shares
 
                 def center(
