@@ -21,7 +21,7 @@ import numpy as np
 
 from embsvd.groups import TokenGroup
 from embsvd.io.memo import MatrixMemo, read_only, value_digest
-from embsvd.io.rows import BLOCK_ROWS, parallel_row_blocks
+from embsvd.io.rows import BLOCK_ROWS, matmul_rows, parallel_row_blocks
 from embsvd.io.vocabulary import Vocabulary
 from embsvd.method import backend
 from embsvd.method.svd import svd_flip
@@ -246,20 +246,15 @@ def project(W_E: Any, svd: GroupSVD, n_components: int, device: str = "cpu") -> 
     """The whole vocabulary on the first ``n_components`` right singular vectors.
 
     ``(W_E - mean) @ v`` when the SVD was centered, ``W_E @ v`` when raw; float64, in
-    blocks of rows (``parallel_row_blocks``: a float64 copy of a large ``W_E`` costs more
-    than the product, and a bfloat16 one is widened a block at a time), or with torch on
+    blocks of rows (``matmul_rows``: a float64 copy of a large ``W_E`` costs more than the
+    product, and a bfloat16 one is widened a block at a time), or with torch on
     ``device``. Returns shape ``(d_vocab, n_components)``.
     """
     axes = svd.Vt[:n_components].T
     if device != "cpu":
         return backend.project_on(W_E, svd.offset, axes, device)
-    shift = svd.offset @ axes
-    projections = np.empty((W_E.shape[0], axes.shape[1]))
-
-    def read(rows: slice, block: np.ndarray) -> None:
-        projections[rows] = np.asarray(block, dtype=np.float64) @ axes - shift
-
-    parallel_row_blocks(W_E, read, PROJECT_BLOCK_ROWS)
+    projections = matmul_rows(W_E, axes, PROJECT_BLOCK_ROWS)
+    projections -= svd.offset @ axes
     return projections
 
 
