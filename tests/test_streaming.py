@@ -11,10 +11,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from embsvd.io.checkpoint import load_checkpoint
 from embsvd.io.rows import (
@@ -183,19 +185,29 @@ def test_the_fast_scatter_of_bf16_rows_is_the_float32_arrays_one(rows, monkeypat
 
 
 class CountedRows(BFloat16Rows):
-    """A bfloat16 matrix that counts the rows read from it."""
+    """A bfloat16 matrix that counts the rows read from it, from any thread, and notes
+    the threads and BLAS thread counts its readers ran with."""
 
     def __init__(self, raw: np.ndarray):
         super().__init__(raw)
-        self.rows_read = 0
+        self.rows_read, self.readers, self.blas = 0, set(), set()
+        self._lock = threading.Lock()
+
+    def _count(self, rows: int) -> None:
+        with self._lock:
+            self.rows_read += rows
+            self.readers.add(threading.get_ident())
+            self.blas.update(
+                info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"
+            )
 
     def read_into(self, key, out) -> None:
-        self.rows_read += len(out)
+        self._count(len(out))
         super().read_into(key, out)
 
     def _rows(self, key):
         found = super()._rows(key)
-        self.rows_read += len(found) if found.ndim > 1 else 1
+        self._count(len(found) if found.ndim > 1 else 1)
         return found
 
 
@@ -238,6 +250,7 @@ def test_the_rayleigh_ritz_pass_is_the_float64_product_over_every_selected_row(r
         "some": np.setdiff1d(np.arange(1000), [0, 3, 500, 998]),
     }[rows]
     monkeypatch.setattr(geometry, "PRODUCT_BLOCK_BYTES", 8 * 16 * 300)  # 300 rows a block
+    monkeypatch.setattr(geometry, "PRODUCT_BLOCK_SHARE", 1)  # however few the rows
     V = np.random.default_rng(0).normal(size=(16, 3))
     streamed = geometry._Centered(W, selected, 7).scatter_times(V)
     array = geometry._Centered(widened, selected, 7).scatter_times(V)
@@ -246,6 +259,48 @@ def test_the_rayleigh_ritz_pass_is_the_float64_product_over_every_selected_row(r
     for G, total in (streamed, array):
         np.testing.assert_allclose(G, X.T @ (X @ V), rtol=1e-12, atol=1e-12 * np.abs(G).max())
         assert total == pytest.approx(np.sum(X**2), rel=1e-12)
+
+
+def test_the_rayleigh_ritz_pass_shares_each_block_between_threads_a_few_rows_at_a_time(
+    monkeypatch,
+):
+    """Blocks of 700 rows, each split between two threads that widen, center and
+    multiply 64 rows at a time with BLAS at one thread (the last chunk of a share and the
+    last block short): the float64 product and sum of squares over every row once; one
+    thread's pass (other chunks) equal to rounding, and each pass the same when rerun
+    (the shares' sums are added in the rows' order, whichever thread ends first)."""
+    W, widened = bfloat16_pair(2000, 16, seed=8)
+    counted = CountedRows(W.raw)
+    selected = np.setdiff1d(np.arange(2000), [0, 1, 900])  # a gathered block among slices
+    monkeypatch.setattr(geometry, "PRODUCT_BLOCK_BYTES", 8 * 16 * 700)
+    monkeypatch.setattr(geometry, "PRODUCT_BLOCK_SHARE", 1)
+    monkeypatch.setattr(geometry, "FUSED_ROWS", 64)
+    V = np.random.default_rng(2).normal(size=(16, 3))
+    blas_before = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    A = geometry._Centered(counted, selected, 50)
+    A.mean  # a pass of its own, before the one counted
+    counted = CountedRows(W.raw)
+    A.W = counted
+    G, total = A.scatter_times(V)
+    assert counted.rows_read == len(selected)
+    assert len(counted.readers) == 2 and threading.get_ident() not in counted.readers
+    assert counted.blas == {1}  # BLAS one thread per call inside the threads
+    blas_after = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    assert blas_after == blas_before
+    X = widened.astype(np.float64)[selected]
+    X -= X.mean(axis=0)
+    np.testing.assert_allclose(G, X.T @ (X @ V), rtol=1e-12, atol=1e-12 * np.abs(G).max())
+    assert total == pytest.approx(np.sum(X**2), rel=1e-12)
+    monkeypatch.setattr("embsvd.io.rows.MAX_WORKERS", 1)
+    one = CountedRows(W.raw)
+    G_one, total_one = geometry._Centered(one, selected, 50).scatter_times(V)
+    assert len(one.readers) == 1
+    np.testing.assert_allclose(G_one, G, rtol=1e-13, atol=1e-13 * np.abs(G).max())
+    assert total_one == pytest.approx(total, rel=1e-14)
+    monkeypatch.setattr("embsvd.io.rows.MAX_WORKERS", 8)
+    again = geometry._Centered(W, selected, 50).scatter_times(V)
+    np.testing.assert_array_equal(again[0], G)
+    assert again[1] == total
 
 
 def test_float16_rows_read_as_float32_and_their_non_finite_rows_are_found():

@@ -19,12 +19,14 @@ disk under their cache file and, within a process, in memory.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
 import os
+import queue
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -35,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from embsvd.io import openblas
 from embsvd.io.cache import exclusive, intact, written_with_checksum
 from embsvd.io.checkpoint import default_cache_dir
 from embsvd.io.rows import (
@@ -60,7 +63,14 @@ FULL_EIGH_MAX_D = 1024
 # the fast path's check: every refined component's residual against the exact float64
 # scatter, ||S v - s^2 v||, at most this fraction of the largest eigenvalue s_1^2
 RESIDUAL_TOLERANCE = 1e-6
-LANCZOS_TOLERANCE = 1e-10  # the iterative eigensolver's own residual, of s_1^2
+# the iterative eigensolver's own residual, of s_1^2, against the float32 scatter it
+# solves: a tenth of the check's, so that the check's residual is the float32 products'
+# (the float32 scatter of 128256 x 4096 bfloat16 rows is 1.3e-6 of s_1^2 from the
+# float64 one; its refined axes' residuals were 9.06e-8 whether the iteration stopped at
+# 1e-6, 1e-7 or 1e-10 of s_1^2, their singular values within 7e-14 of the exact ones,
+# 2026-11-30): iterating past it costs a larger space and its eigendecomposition (2.9 s
+# to 1e-10 against 2.3-2.7 s) and makes nothing more exact
+LANCZOS_TOLERANCE = RESIDUAL_TOLERANCE / 10
 LANCZOS_BLOCK = 16  # columns added to the Krylov space at a time
 # convergence is checked (an eigendecomposition of the space's m x m projection) at sizes
 # growing by this factor, so that the checks cost a small multiple of the last one, and
@@ -81,6 +91,10 @@ SCATTER_BLOCK_BYTES = 1 << 28
 # most a PRODUCT_BLOCK_SHARE-th of the rows, so that no block is a float64 copy of W
 PRODUCT_BLOCK_BYTES = 1 << 27
 PRODUCT_BLOCK_SHARE = 16
+# rows the Rayleigh-Ritz pass widens, centers and multiplies at a time in each thread,
+# while they are in its cache (8 MB of float64 at d_model = 4096): 1.99-2.02 s over
+# 128256 x 4096 bf16 rows at 256, 2.10-2.27 s at 128 and 2.09-2.10 s at 512
+FUSED_ROWS = 256
 # float64 rows per block that whitening multiplies by its d x d transform, which each
 # block reads whole (134 MB at d_model = 4096): 1024 rows there. Whitening 8192 x 4096
 # bf16 rows took 4.15 s in blocks of 64, 2.9 s in blocks of 1024 (BLAS's float64 speed)
@@ -298,7 +312,10 @@ class GlobalSVD:
 GLOBAL_SVD_METHODS = ("auto", "exact", "fast")
 # what the cached global SVD's file name encodes of how it was computed: a change here
 # makes every cache entry of an older method stale
-GLOBAL_SVD_METHOD = "scatter eigendecomposition; float32 products and Rayleigh-Ritz when large"
+GLOBAL_SVD_METHOD = (
+    "scatter eigendecomposition; float32 products, Lanczos to a tenth of the check "
+    "and Rayleigh-Ritz when large"
+)
 
 
 def global_svd(
@@ -592,6 +609,22 @@ def _row_index(W: Any, rows: np.ndarray | None) -> np.ndarray | None:
     return index
 
 
+def _within(ids: slice | np.ndarray, rows: slice) -> slice | np.ndarray:
+    """The rows of W that positions ``rows`` of a block are (``ids``: the block's)."""
+    if isinstance(ids, slice):
+        return slice(ids.start + rows.start, ids.start + rows.stop)
+    return ids[rows]
+
+
+@dataclass(frozen=True)
+class _FusedBuffers:
+    """A thread's rows in the Rayleigh-Ritz pass: float64, and float32 to widen a
+    bfloat16 or float16 block through."""
+
+    wide: np.ndarray
+    narrow: np.ndarray | None
+
+
 class _Centered:
     """``X = W[rows] - mean`` with ``mean`` the column mean of ``W[rows]``, read a block of
     ``block_rows`` rows at a time: ``W`` (an array, a memory-map, a ``BFloat16Rows``) is
@@ -649,13 +682,22 @@ class _Centered:
     def _read(self, ids: slice | np.ndarray, rows: slice, into: np.ndarray | None) -> np.ndarray:
         """Rows ``rows`` of a block (``ids``: the block's rows of W), as read (float32 for
         bfloat16); a bfloat16 or float16 block widened into ``into[rows]`` where given."""
-        if isinstance(ids, slice):
-            ids = slice(ids.start + rows.start, ids.start + rows.stop)
-        else:
-            ids = ids[rows]
+        ids = _within(ids, rows)
         if into is not None and isinstance(self.W, NarrowRows):
             return self._read_into(ids, into[rows])
         return np.asarray(self.W[ids])
+
+    def _read_wide(
+        self, ids: slice | np.ndarray, rows: slice, out: np.ndarray, narrow: np.ndarray | None
+    ) -> None:
+        """Rows ``rows`` of a block (``ids``: the block's rows of W) written into the
+        float64 ``out`` (exact); a bfloat16 or float16 block through ``narrow`` (float32,
+        at least as many rows)."""
+        ids = _within(ids, rows)
+        if narrow is not None and isinstance(self.W, NarrowRows):
+            np.copyto(out, self._read_into(ids, narrow[: len(out)]))
+        else:
+            np.copyto(out, np.asarray(self.W[ids]))
 
     def raw_blocks(self, block_rows: int | None = None) -> Iterator[tuple[slice, np.ndarray]]:
         """``(positions, block of W[rows])``, as read (float32 for bfloat16), in blocks of
@@ -761,28 +803,62 @@ class _Centered:
 
     def scatter_times(self, V: np.ndarray) -> tuple[np.ndarray, float]:
         """``X^T (X V)`` for ``V`` (``d_model x k``) and ``sum(X**2)``, both in float64
-        from the float64 rows of ``X`` (as ``blocks`` gives them), in blocks of
-        ``product_rows`` (this pass over the ordinary rows of a 128256 x 4096 bfloat16
-        matrix: 8 s in ``blocks``' gathers of 64 rows, 2.9 s in slices of 4096)."""
+        from the float64 rows of ``X`` (each row as ``blocks`` gives it: widened, then the
+        mean subtracted), in blocks of ``product_rows`` (this pass over the ordinary rows
+        of a 128256 x 4096 bfloat16 matrix: 8 s in ``blocks``' gathers of 64 rows, 2.9 s
+        in slices of 4096).
+
+        Each block's rows are split between threads (``RowShares``), and each thread
+        works through its share ``FUSED_ROWS`` rows at a time while they are in its cache:
+        widen, center, square, ``P = X V``, ``X^T P`` (BLAS one thread per call,
+        ``embsvd.io.openblas.one_thread_each``), adding to a sum of its own; the shares'
+        sums are added in the rows' order. So the widened rows are never written to memory
+        and read back: the pass over 128256 x 4096 bfloat16 rows took 2.71-2.79 s widening
+        whole blocks to float64 for BLAS's threads, 1.99-2.02 s so (2026-11-30, 2 cores).
+        """
         n, d = self.shape
-        step = self.product_rows()
-        narrow, wide = self._narrow_buffer(step), np.empty((min(step, n), d))
-        G, total = np.zeros((d, V.shape[1])), 0.0
-        with RowShares() as shares:  # widened and centered by threads, multiplied by BLAS
-            for part, ids, read in self._block_ids(step):
-                X = wide[: part.stop - part.start]
+        G, squares = np.zeros((d, V.shape[1])), np.empty(n)
+        chunk = min(FUSED_ROWS, n)
+        with RowShares() as shares:
+            spare: queue.SimpleQueue = queue.SimpleQueue()  # each running share takes one
+            for _ in range(shares.workers):
+                spare.put(_FusedBuffers(np.empty((chunk, d)), self._narrow_buffer(chunk)))
+            threads = openblas.one_thread_each() if shares.workers > 1 else contextlib.nullcontext()
+            with threads:
+                for part, ids, read in self._block_ids(self.product_rows()):
 
-                def center(rows: slice, ids: slice | np.ndarray = ids, X: np.ndarray = X) -> None:
-                    # block.astype(float64) - mean, as blocks' is: widened, then subtracted
-                    # (numpy's float32 - float64 loop casts in buffers: 1.5x the time)
-                    np.copyto(X[rows], self._read(ids, rows, narrow))
-                    X[rows] -= self.mean
+                    def multiply(rows: slice, ids: slice | np.ndarray = ids, at: int = part.start):
+                        buffers = spare.get()
+                        try:
+                            return self._times_share(ids, rows, V, buffers, squares[at:])
+                        finally:
+                            spare.put(buffers)
 
-                shares(len(X), center)
-                release_rows(self.W, read)
-                G += ((X @ V).T @ X).T  # OpenBLAS runs X^T P at half this speed
-                total += float(np.vdot(X, X))
-        return G, total
+                    for sums in shares(part.stop - part.start, multiply):  # in the rows' order
+                        G += sums
+                    release_rows(self.W, read)
+        return G, float(np.sum(squares))
+
+    def _times_share(
+        self,
+        ids: slice | np.ndarray,
+        rows: slice,
+        V: np.ndarray,
+        buffers: _FusedBuffers,
+        squares: np.ndarray,
+    ) -> np.ndarray:
+        """``X^T (X V)`` over rows ``rows`` of a block (``ids``), ``len(buffers.wide)`` rows
+        at a time; each row's ``|x|^2`` written to ``squares`` (at its position in the
+        block)."""
+        sums, chunk = np.zeros((self.shape[1], V.shape[1])), len(buffers.wide)
+        for start in range(rows.start, rows.stop, chunk):
+            span = slice(start, min(start + chunk, rows.stop))
+            X = buffers.wide[: span.stop - span.start]
+            self._read_wide(ids, span, X, buffers.narrow)
+            X -= self.mean
+            np.einsum("ij,ij->i", X, X, out=squares[span])
+            sums += ((X @ V).T @ X).T  # OpenBLAS runs X^T P at 0.9x this speed
+        return sums
 
     def moments(self) -> tuple[np.ndarray, float]:
         """The scatter ``X^T X``, ``(d_model, d_model)``, and ``sum_i |x_i|^4``."""
