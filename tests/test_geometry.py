@@ -348,6 +348,54 @@ def test_the_block_lanczos_iteration_converges_to_the_top_eigenpairs(values):
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-12)
 
 
+def test_the_largest_eigenpairs_alone_are_those_of_a_full_eigendecomposition(monkeypatch):
+    """LAPACK's ``dsyevr`` for the top ``k`` (``embsvd.io.openblas.top_eigenpairs``,
+    through numpy's own OpenBLAS, found wherever numpy was built with it) against numpy's
+    ``eigh``: the same eigenvalues, eigenvectors up to sign, a tie's span; the matrix left
+    as it was; and where no such OpenBLAS is found, numpy's ``eigh`` itself."""
+    from embsvd.io import openblas
+    from embsvd.method.geometry import _largest_eigenpairs
+
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    if blas == "scipy-openblas":  # numpy's wheels: the path the Lanczos checks take
+        assert openblas._dsyevr() is not None
+    rng = np.random.default_rng(4)
+    Q = np.linalg.qr(rng.normal(size=(300, 300)))[0]
+    values = np.concatenate([[9.0, 7.0, 7.0, 5.0], np.linspace(4.0, -3.0, 296)])
+    H = (Q * values) @ Q.T
+    before = H.copy()
+    k = 6
+    theta, Yt = _largest_eigenpairs(H, k)
+    np.testing.assert_array_equal(H, before)
+    np.testing.assert_allclose(theta, values[:k], rtol=1e-12)
+    np.testing.assert_allclose(Yt @ Yt.T, np.eye(k), atol=1e-12)
+    np.testing.assert_allclose(Yt @ H, theta[:, None] * Yt, atol=1e-11)
+    single = [0, 3, 4, 5]  # separated: the same axis up to sign
+    np.testing.assert_allclose(np.abs(np.sum(Yt[single] * Q[:, single].T, axis=1)), 1, atol=1e-12)
+    cosines = np.linalg.svd(Yt[1:3] @ Q[:, 1:3], compute_uv=False)  # the tie: its span
+    np.testing.assert_allclose(cosines, 1, atol=1e-12)
+    assert openblas.top_eigenpairs(H, 0) is None and openblas.top_eigenpairs(H, 301) is None
+
+    monkeypatch.setattr(openblas, "_dsyevr", lambda: None)  # numpy without that OpenBLAS
+    assert openblas.top_eigenpairs(H, k) is None
+    theta_eigh, Yt_eigh = _largest_eigenpairs(H, k)
+    np.testing.assert_allclose(theta_eigh, theta, rtol=1e-12)
+    np.testing.assert_allclose(np.abs(np.sum(Yt_eigh[single] * Yt[single], axis=1)), 1, atol=1e-12)
+
+
+def test_the_lanczos_iteration_is_the_same_with_either_eigendecomposition(monkeypatch):
+    from embsvd.io import openblas
+
+    values = SPECTRA["gaps"] ** 2
+    Q = np.linalg.qr(np.random.default_rng(6).normal(size=(len(values), len(values))))[0]
+    S = (Q * values) @ Q.T
+    theta, vectors = embsvd.method.geometry._block_lanczos(S, 12)
+    monkeypatch.setattr(openblas, "_dsyevr", lambda: None)
+    theta_eigh, vectors_eigh = embsvd.method.geometry._block_lanczos(S, 12)
+    np.testing.assert_allclose(theta_eigh, theta, rtol=1e-13)
+    np.testing.assert_allclose(np.abs(np.sum(vectors * vectors_eigh, axis=0)), 1, atol=1e-10)
+
+
 @pytest.mark.parametrize("recent", [0, 8])
 def test_gram_schmidt_repeats_a_pass_only_where_the_first_cancelled_most(recent):
     """``_without``: rows almost in the basis' span (one pass leaves 1e-8 of them, with

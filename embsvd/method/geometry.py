@@ -449,14 +449,25 @@ def _block_lanczos(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray] | Non
             projected[known:m, :known] = images[known:m] @ basis[:known].T
             known = m
             H = projected[:m, :m]
-            theta, Y = np.linalg.eigh((H + H.T) / 2)
-            theta, Y = theta[::-1][:k], Y[:, ::-1][:, :k]
-            vectors = Y.T @ basis[:m]  # (k, d)
-            residuals = np.linalg.norm(Y.T @ images[:m] - theta[:, None] * vectors, axis=1)
+            theta, Yt = _largest_eigenpairs((H + H.T) / 2, k)
+            vectors = Yt @ basis[:m]  # (k, d)
+            residuals = np.linalg.norm(Yt @ images[:m] - theta[:, None] * vectors, axis=1)
             if residuals.max() <= LANCZOS_TOLERANCE * abs(theta[0]):
                 return theta, vectors.T
         block = _orthonormal(images[m - width : m], basis[:m], rng, recent=2 * width)
     return None
+
+
+def _largest_eigenpairs(H: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest eigenvalues of the symmetric ``H`` (descending) and their
+    eigenvectors as rows: LAPACK's ``dsyevr`` for those alone where numpy's OpenBLAS has
+    it (``embsvd.io.openblas.top_eigenpairs``; the Lanczos checks' eigendecompositions
+    0.82 s -> 0.5 s on a flat 4096-dimensional scatter), else numpy's ``eigh``."""
+    found = openblas.top_eigenpairs(H, k)
+    if found is not None:
+        return found
+    values, vectors = np.linalg.eigh(H)
+    return values[::-1][:k], vectors[:, ::-1][:, :k].T
 
 
 def _orthonormal(
