@@ -348,8 +348,8 @@ def test_the_block_lanczos_iteration_converges_to_the_top_eigenpairs(values):
     np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-12)
 
 
-def test_the_largest_eigenpairs_alone_are_those_of_a_full_eigendecomposition(monkeypatch):
-    """LAPACK's ``dsyevr`` for the top ``k`` (``embsvd.io.openblas.top_eigenpairs``,
+def test_the_largest_eigenpairs_alone_are_those_of_a_full_eigendecomposition(monkeypatch, caplog):
+    """LAPACK's ``dsyevr`` for the top ``k`` (``embsvd.io.openblas.dsyevr``,
     through numpy's own OpenBLAS, found wherever numpy was built with it) against numpy's
     ``eigh``: the same eigenvalues, eigenvectors up to sign, a tie's span; the matrix left
     as it was; and where no such OpenBLAS is found, numpy's ``eigh`` itself."""
@@ -358,7 +358,7 @@ def test_the_largest_eigenpairs_alone_are_those_of_a_full_eigendecomposition(mon
 
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
     if blas == "scipy-openblas":  # numpy's wheels: the path the Lanczos checks take
-        assert openblas._dsyevr() is not None
+        assert openblas.dsyevr() is not None
     rng = np.random.default_rng(4)
     Q = np.linalg.qr(rng.normal(size=(300, 300)))[0]
     values = np.concatenate([[9.0, 7.0, 7.0, 5.0], np.linspace(4.0, -3.0, 296)])
@@ -374,13 +374,18 @@ def test_the_largest_eigenpairs_alone_are_those_of_a_full_eigendecomposition(mon
     np.testing.assert_allclose(np.abs(np.sum(Yt[single] * Q[:, single].T, axis=1)), 1, atol=1e-12)
     cosines = np.linalg.svd(Yt[1:3] @ Q[:, 1:3], compute_uv=False)  # the tie: its span
     np.testing.assert_allclose(cosines, 1, atol=1e-12)
-    assert openblas.top_eigenpairs(H, 0) is None and openblas.top_eigenpairs(H, 301) is None
 
-    monkeypatch.setattr(openblas, "_dsyevr", lambda: None)  # numpy without that OpenBLAS
-    assert openblas.top_eigenpairs(H, k) is None
+    monkeypatch.setattr(openblas, "dsyevr", lambda: None)  # numpy without that OpenBLAS
     theta_eigh, Yt_eigh = _largest_eigenpairs(H, k)
     np.testing.assert_allclose(theta_eigh, theta, rtol=1e-12)
     np.testing.assert_allclose(np.abs(np.sum(Yt_eigh[single] * Yt[single], axis=1)), 1, atol=1e-12)
+    # dsyevr reporting a failure: said, and numpy's eigh instead
+    failing = (lambda *arguments: 3, openblas.ctypes.c_int64)
+    monkeypatch.setattr(openblas, "dsyevr", lambda: failing)
+    with caplog.at_level(logging.WARNING):
+        theta_failed, _ = _largest_eigenpairs(H, k)
+    assert "LAPACK's dsyevr failed (info 3); using numpy's eigh" in caplog.text
+    np.testing.assert_array_equal(theta_failed, theta_eigh)
 
 
 def test_the_lanczos_iteration_is_the_same_with_either_eigendecomposition(monkeypatch):
@@ -390,7 +395,7 @@ def test_the_lanczos_iteration_is_the_same_with_either_eigendecomposition(monkey
     Q = np.linalg.qr(np.random.default_rng(6).normal(size=(len(values), len(values))))[0]
     S = (Q * values) @ Q.T
     theta, vectors = embsvd.method.geometry._block_lanczos(S, 12)
-    monkeypatch.setattr(openblas, "_dsyevr", lambda: None)
+    monkeypatch.setattr(openblas, "dsyevr", lambda: None)
     theta_eigh, vectors_eigh = embsvd.method.geometry._block_lanczos(S, 12)
     np.testing.assert_allclose(theta_eigh, theta, rtol=1e-13)
     np.testing.assert_allclose(np.abs(np.sum(vectors * vectors_eigh, axis=0)), 1, atol=1e-10)

@@ -278,7 +278,7 @@ def test_the_rayleigh_ritz_pass_shares_each_block_between_threads_a_few_rows_at_
     V = np.random.default_rng(2).normal(size=(16, 3))
     blas_before = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
     A = geometry._Centered(counted, selected, 50)
-    A.mean  # a pass of its own, before the one counted
+    _ = A.mean  # a pass of its own, before the one counted
     counted = CountedRows(W.raw)
     A.W = counted
     G, total = A.scatter_times(V)

@@ -18,21 +18,21 @@ notebook leaves their environment alone.
 ``one_thread_each`` is the other way round: for the duration of a pass that runs threads
 of its own (``embsvd.io.rows.parallel_row_blocks``), BLAS runs one thread per call.
 
-``top_eigenpairs`` calls LAPACK's ``dsyevr`` in the OpenBLAS numpy loaded for the largest
-eigenpairs of a symmetric matrix only: numpy's ``eigh`` computes every eigenvector.
+``dsyevr`` finds LAPACK's ``dsyevr`` in the OpenBLAS numpy loaded, for the largest
+eigenpairs of a symmetric matrix alone: numpy's ``eigh`` computes every eigenvector.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import importlib.util
 import itertools
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from threadpoolctl import threadpool_info  # no numpy: imported before numpy loads
 
@@ -97,47 +97,24 @@ def _openblas() -> tuple[tuple[Callable[[], int], Callable[[int], None]], ...]:
     return tuple(found)
 
 
-def top_eigenpairs(A: Any, k: int) -> tuple[Any, Any] | None:
-    """The ``k`` largest eigenvalues of the symmetric float64 matrix ``A`` (descending)
-    and their eigenvectors as rows, ``(k,)`` and ``(k, n)``, from LAPACK's ``dsyevr``
-    (its eigenvalues ``n-k+1 .. n`` only) in the OpenBLAS numpy loaded; ``None`` where
-    numpy has no such OpenBLAS (another BLAS, another build) or ``dsyevr`` failed, for the
-    caller to use ``numpy.linalg.eigh``. Equal to ``eigh``'s to rounding (eigenvectors up
-    to sign); for the top 50 of a 1216 x 1216 matrix 0.13 s against ``eigh``'s 0.21 s
-    (2026-11-30, 2 cores). ``A`` is not changed."""
-    import numpy as np
-
-    dsyevr = _dsyevr()
-    n = len(A)
-    if dsyevr is None or not 1 <= k <= n:
-        return None
-    function, integer = dsyevr
-    work = np.array(A, dtype=np.float64, order="F")  # dsyevr overwrites its input
-    values, vectors = np.empty(n), np.empty((k, n))  # column-major n x k: rows here
-    support, found = np.empty(2 * k, dtype=integer), integer(0)
-    info = function(
-        COLUMN_MAJOR, b"V", b"I", b"L", n, work.ctypes.data, n, 0.0, 0.0, n - k + 1, n,
-        0.0, ctypes.byref(found), values.ctypes.data, vectors.ctypes.data, n,
-        support.ctypes.data,
-    )  # fmt: skip
-    if info != 0 or found.value != k:
-        return None
-    return values[:k][::-1].copy(), vectors[::-1].copy()
-
-
 COLUMN_MAJOR = 102  # LAPACKE's LAPACK_COL_MAJOR
 
 
 @functools.cache
-def _dsyevr() -> tuple[Callable[..., int], Any] | None:
-    """LAPACKE's ``dsyevr`` in numpy's own OpenBLAS (its wheels' ``numpy.libs``, named
-    with their build's prefix and suffix) and the C type of its integers, or ``None``."""
-    import numpy as np
-
-    numpy_dir = Path(np.__file__).resolve().parent
+def dsyevr() -> tuple[Callable[..., int], type] | None:
+    """LAPACKE's ``dsyevr`` in the OpenBLAS numpy loaded (its wheels' ``numpy.libs``,
+    named with their build's prefix and suffix) and the C type of its integers; ``None``
+    where numpy has no such OpenBLAS (another BLAS, another build). ``dsyevr`` finds
+    selected eigenpairs of a symmetric matrix (``embsvd.method.geometry``'s Lanczos
+    checks: the top ``k``), where numpy's ``eigh`` computes every eigenvector. Call it
+    once numpy is imported."""
+    spec = importlib.util.find_spec("numpy")
+    if spec is None or spec.origin is None:
+        return None
+    site = Path(spec.origin).resolve().parent.parent  # numpy's wheel puts its libraries here
     for info in threadpool_info():
         path = Path(info["filepath"]).resolve()
-        if info.get("internal_api") != "openblas" or numpy_dir.parent not in path.parents:
+        if info.get("internal_api") != "openblas" or path.parent.parent != site:
             continue
         if not path.parent.name.startswith("numpy"):
             continue
