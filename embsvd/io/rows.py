@@ -316,10 +316,8 @@ def parallel_row_blocks(
                 raise
             release_rows(W, rows)
 
-    with RowShares(workers) as shares:
-        threads = openblas.one_thread_each() if shares.workers > 1 else contextlib.nullcontext()
-        with threads:
-            shares(-(-len(W) // step), share, minimum=1)
+    with RowShares(workers) as shares, shares.one_blas_thread_each():
+        shares(-(-len(W) // step), share, minimum=1)
 
 
 class RowShares:
@@ -348,6 +346,12 @@ class RowShares:
         futures = [self._pool.submit(work, slice(a, b)) for a, b in itertools.pairwise(bounds)]
         wait(futures)
         return [future.result() for future in futures]  # the first error, once all stopped
+
+    def one_blas_thread_each(self) -> contextlib.AbstractContextManager:
+        """OpenBLAS one thread per call while inside (``openblas.one_thread_each``), where
+        this has threads of its own that make products: theirs would each spread over
+        every core. Nothing where it has one."""
+        return openblas.one_thread_each() if self.workers > 1 else contextlib.nullcontext()
 
     def __enter__(self) -> RowShares:
         return self

@@ -19,7 +19,6 @@ disk under their cache file and, within a process, in memory.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -842,7 +841,7 @@ class _Centered:
         ``embsvd.io.openblas.one_thread_each``), adding to a sum of its own; the shares'
         sums are added in the rows' order. So the widened rows are never written to memory
         and read back: the pass over 128256 x 4096 bfloat16 rows took 2.71-2.79 s widening
-        whole blocks to float64 for BLAS's threads, 1.99-2.02 s so (2026-11-30, 2 cores).
+        whole blocks to float64 for BLAS's threads, 1.76-1.80 s so (2026-11-30, 2 cores).
         """
         n, d = self.shape
         G, squares = np.zeros((d, V.shape[1])), np.empty(n)
@@ -851,8 +850,7 @@ class _Centered:
             spare: queue.SimpleQueue = queue.SimpleQueue()  # each running share takes one
             for _ in range(shares.workers):
                 spare.put(_FusedBuffers(np.empty((chunk, d)), self._narrow_buffer(chunk)))
-            threads = openblas.one_thread_each() if shares.workers > 1 else contextlib.nullcontext()
-            with threads:
+            with shares.one_blas_thread_each():
                 for part, ids, read in self._block_ids(self.product_rows()):
 
                     def multiply(rows: slice, ids: slice | np.ndarray = ids, at: int = part.start):
