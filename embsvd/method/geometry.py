@@ -92,8 +92,9 @@ SCATTER_BLOCK_BYTES = 1 << 28
 PRODUCT_BLOCK_BYTES = 1 << 27
 PRODUCT_BLOCK_SHARE = 16
 # rows the Rayleigh-Ritz pass widens, centers and multiplies at a time in each thread,
-# while they are in its cache (8 MB of float64 at d_model = 4096): 1.99-2.02 s over
-# 128256 x 4096 bf16 rows at 256, 2.10-2.27 s at 128 and 2.09-2.10 s at 512
+# while they are in its cache (8 MB of float64 at d_model = 4096): its first version
+# took 1.99-2.02 s over 128256 x 4096 bf16 rows at 256, 2.10-2.27 s at 128 and
+# 2.09-2.10 s at 512 (2026-11-30)
 FUSED_ROWS = 256
 # float64 rows per block that whitening multiplies by its d x d transform, which each
 # block reads whole (134 MB at d_model = 4096): 1024 rows there. Whitening 8192 x 4096
