@@ -87,14 +87,24 @@ def _openblas() -> tuple[tuple[Callable[[], int], Callable[[int], None]], ...]:
         if info.get("internal_api") != "openblas":
             continue
         library = ctypes.CDLL(info["filepath"])
-        for prefix, suffix in itertools.product(("scipy_", ""), ("64_", "")):
-            get = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)
-            set_threads = getattr(library, f"{prefix}openblas_set_num_threads{suffix}", None)
-            if get is not None and set_threads is not None:
-                set_threads.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
-                found.append((get, set_threads))
-                break
+        get = _symbol(library, "openblas_get_num_threads")
+        set_threads = _symbol(library, "openblas_set_num_threads")
+        if get is not None and set_threads is not None:
+            get, set_threads = get[0], set_threads[0]
+            set_threads.argtypes, get.restype = [ctypes.c_int], ctypes.c_int
+            found.append((get, set_threads))
     return tuple(found)
+
+
+def _symbol(library: ctypes.CDLL, name: str) -> tuple[Callable[..., int], bool] | None:
+    """``name`` in an OpenBLAS ``library``, with its build's prefix and suffix (numpy's
+    wheels: ``scipy_`` and ``64_``), and whether its integers are 64-bit (the ``64_``
+    builds); ``None`` where it has no such symbol."""
+    for prefix, suffix in itertools.product(("scipy_", ""), ("64_", "")):
+        function = getattr(library, f"{prefix}{name}{suffix}", None)
+        if function is not None:
+            return function, suffix == "64_"
+    return None
 
 
 COLUMN_MAJOR = 102  # LAPACKE's LAPACK_COL_MAJOR
@@ -118,21 +128,16 @@ def dsyevr() -> tuple[Callable[..., int], type] | None:
             continue
         if not path.parent.name.startswith("numpy"):
             continue
-        library = ctypes.CDLL(str(path))
-        builds = (
-            ("scipy_", "64_", ctypes.c_int64),
-            ("", "64_", ctypes.c_int64),
-            ("", "", ctypes.c_int),
-        )
-        for prefix, suffix, integer in builds:
-            function = getattr(library, f"{prefix}LAPACKE_dsyevr{suffix}", None)
-            if function is None:
-                continue
-            n, real, pointer, char = integer, ctypes.c_double, ctypes.c_void_p, ctypes.c_char
-            function.restype = n
-            function.argtypes = [
-                ctypes.c_int, char, char, char, n, pointer, n, real, real, n, n, real,
-                ctypes.POINTER(n), pointer, pointer, n, pointer,
-            ]  # fmt: skip
-            return function, integer
+        found = _symbol(ctypes.CDLL(str(path)), "LAPACKE_dsyevr")
+        if found is None:
+            continue
+        function, wide = found
+        n = ctypes.c_int64 if wide else ctypes.c_int
+        real, pointer, char = ctypes.c_double, ctypes.c_void_p, ctypes.c_char
+        function.restype = n
+        function.argtypes = [
+            ctypes.c_int, char, char, char, n, pointer, n, real, real, n, n, real,
+            ctypes.POINTER(n), pointer, pointer, n, pointer,
+        ]  # fmt: skip
+        return function, n
     return None
