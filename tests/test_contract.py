@@ -12,12 +12,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from embsvd.groups import DroppedWord, KeptToken, TokenGroup
 from embsvd.pipeline import run_job
+from embsvd.pipeline.job import run_params
 from embsvd.pipeline.report import mlflow_ui_command
 from embsvd.tracking.artifacts import COLUMNS, TRAJECTORY_TABLES, Table, header
 from embsvd.tracking.contract import (
@@ -439,6 +441,32 @@ def test_real_runs_describe_themselves(logged_runs):
         "**digits · centered · unit rows · whitened · tiny_bert**: 10 words kept, `0 1 2 3"
     )
     assert Tag.NOTE not in failed  # the analysis did not run
+
+
+def test_real_runs_log_as_params_the_config_they_use(logged_runs, tmp_path):
+    """Every key of a run's config.yaml is a param but those of what the run does not use:
+    the concept definitions (no run here analyses a concept), the number settings other
+    than numbers.enabled, and the extra group slot unless it has words."""
+    client, _, runs = logged_runs
+    for run in runs:  # the failed run too: its config is logged when it opens
+        folder = tmp_path / run.info.run_id
+        folder.mkdir()
+        config = yaml.safe_load(
+            Path(client.download_artifacts(run.info.run_id, "config.yaml", str(folder))).read_text(
+                encoding="utf-8"
+            )
+        )
+        assert config["concept"] is None and set(config["concepts"]) >= {"gender", "tense"}
+        params = run.data.params
+        unused = {"concepts.", "numbers.max_value", "numbers.periods", "numbers.n_null"}
+        assert not [key for key in params if key.startswith(tuple(unused))]
+        assert params["numbers.enabled"] == "False"
+        assert set(params) == set(run_params(config))
+        assert params["analysis.n_null"] == str(config["analysis"]["n_null"]) == "20"
+    countries, digits, failed = (run.data.params for run in runs)
+    assert countries["target"] == "extra" and countries["groups.extra.size"] == "5"
+    assert not [key for key in (*digits, *failed) if key.startswith("groups.extra.")]
+    assert digits["groups.digits.words"] == str(list("0123456789"))
 
 
 def test_real_runs_log_their_groups_as_dataset_inputs(logged_runs):

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from embsvd import tracking
 from embsvd.pipeline import SweepTracking, flatten, run_job
+from embsvd.pipeline.job import run_params
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, tiny_embeddings, write_tiny_bert
 from tests.test_tracking import read_artifact
 
@@ -167,6 +168,32 @@ def test_flatten_uses_dotted_keys_and_keeps_lists():
         "a.c.d": [1, 2],
         "e": None,
     }
+
+
+def test_a_runs_params_leave_out_what_it_does_not_use_as_its_config_hash_does():
+    config = {
+        "target": "digits",
+        "concept": None,
+        "groups": {"digits": {"words": ["0", "1"]}, "extra": {"words": [], "size": None}},
+        "concepts": {"gender": {"pairs": [["he", "she"]]}, "plural": {"pairs": []}},
+        "numbers": {"enabled": False, "max_value": 999},
+    }
+    assert run_params(config) == {
+        "target": "digits",
+        "concept": None,
+        "groups.digits.words": ["0", "1"],
+        "numbers.enabled": False,
+    }
+    assert "concepts" in config and "extra" in config["groups"]  # the config is left whole
+    # a concept analysed: every concept definition (the axes' cosines read them all);
+    # numbers on: all their settings; the extra slot with words: a group like another
+    used = {
+        **config,
+        "concept": "gender",
+        "groups": {"extra": {"words": ["a", "b"]}},
+        "numbers": {"enabled": True, "max_value": 999},
+    }
+    assert run_params(used) == flatten(used)
 
 
 def test_summary_table_reads_runs_back(tiny_bert, session_store):

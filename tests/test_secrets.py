@@ -31,6 +31,7 @@ from embsvd.pipeline.report import figures_command, mlflow_ui_command
 from embsvd.pipeline.secrets import (
     REDACTED,
     SecretFilter,
+    _redacted_patterns,
     install_log_redaction,
     is_secret_key,
     redact_config,
@@ -183,6 +184,9 @@ def test_the_default_configs_pass_through_redaction_unchanged():
 )
 def test_redact_text(text, redacted):
     assert redact_text(text) == redacted
+    # a text without ':' and '=' is returned at once: no credential pattern matches it
+    plain = text.replace(":", " ").replace("=", " ")
+    assert redact_text(plain) == _redacted_patterns(plain) == plain
 
 
 @pytest.mark.parametrize(

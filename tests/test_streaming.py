@@ -98,6 +98,20 @@ def test_the_analysis_of_bf16_rows_equals_the_float32_array_path(center):
     assert_close(project_on(B, streamed.svd.offset, axes, "cpu"), array.projections)
 
 
+def test_the_row_mean_is_computed_once_per_matrix_and_rows_and_shared_read_only():
+    B, W = bfloat16_pair(600, 8, seed=2)
+    rows = np.arange(3, 600)
+    first = geometry.row_mean(B, rows)
+    assert geometry.row_mean(B, rows.copy()) is first  # the same rows, by value
+    assert not first.flags.writeable  # shared by the runs that hit it
+    assert geometry.row_mean(B) is not first  # other rows: another mean
+    assert_close(geometry.row_mean(B), W.astype(np.float64).mean(axis=0))
+    changed = W.copy()
+    assert_close(geometry.row_mean(changed, rows), first)
+    changed *= 2  # changed in place since: computed again
+    assert_close(geometry.row_mean(changed, rows), 2 * first)
+
+
 def test_every_geometry_of_bf16_rows_equals_the_float32_array_path():
     B, W = bfloat16_pair(2500, 16, seed=1)
     rows = np.arange(5, 2500)

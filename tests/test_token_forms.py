@@ -137,6 +137,39 @@ def test_both_forms_of_one_word_are_different_rows(bpe):
     assert bpe.convert_ids_to_tokens([initial.token_id, bare.token_id]) == ["ĠFrance", "France"]
 
 
+def test_each_word_is_tokenized_once_per_form_and_found_the_same(bpe):
+    forms = TokenForms(bpe)
+    encoded: list[str] = []
+    encode = bpe.encode
+
+    def counted(text, **kwargs):
+        encoded.append(text)
+        return encode(text, **kwargs)
+
+    forms.tokenizer = _Counting(bpe, counted)
+    first = [forms.find(word, "auto") for word in ("France", "Spain", "7")]
+    assert encoded == [" France", " Spain", "Spain", " 7", "7"]  # both forms where needed
+    again = [forms.find(word, "auto") for word in ("France", "Spain", "7")]
+    bare = forms.find("France", "bare")
+    assert again == first and encoded[5:] == ["France"]  # only the form not yet asked
+    assert bare == TokenForms(bpe).find("France", "bare")
+    spec = GroupSpec(words=["France", "Spain", "7"], form="auto")
+    assert select_single_tokens("g", spec, bpe, "m", forms=forms) == select_single_tokens(
+        "g", spec, bpe, "m"
+    )
+    assert encoded[6:] == []  # the group again: no word tokenized
+
+
+class _Counting:
+    """A tokenizer whose ``encode`` is ``encode``; everything else the tokenizer's."""
+
+    def __init__(self, tokenizer, encode):
+        self._tokenizer, self.encode = tokenizer, encode
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
 def test_unknown_form_is_refused(bpe):
     with pytest.raises(
         ValueError,

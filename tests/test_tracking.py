@@ -26,6 +26,7 @@ from embsvd.method.analysis import analyze
 from embsvd.pipeline import cli
 from embsvd.tracking.contract import Tag
 from embsvd.tracking.recovery import keep, process_running, process_start
+from embsvd.tracking.runs import upload_folder
 from tests.conftest import PROJECT_ROOT, token_group, with_ctrl_c
 from tests.test_checks import checked, world
 
@@ -97,6 +98,36 @@ def test_finished_run_with_batched_metrics(session_store, monkeypatch):
     assert sorted(m.step for m in history) == list(range(2500))
     assert finished.data.params["p149"] == "149"
     assert finished.data.tags["t119"] == "119"
+
+
+def test_a_runs_artifacts_go_to_its_artifact_uri_without_reading_the_run_back(
+    session_store, monkeypatch, tmp_path
+):
+    store = make_store(session_store, "artifacts-direct")
+    reads = []
+    service = store.client._tracking_client  # what MlflowClient.log_artifacts reads the run with
+    real_get_run = service.get_run
+
+    def counting_get_run(run_id):  # counts reads of a whole run, then reads it for real
+        reads.append(run_id)
+        return real_get_run(run_id)
+
+    monkeypatch.setattr(service, "get_run", counting_get_run)
+    with tracking.tracked_run(store, "m/g/centered", {"embsvd.model": "m"}) as run:
+        run.log_text("a", "a.txt")
+        (run.staged_folder("figures") / "b.txt").write_text("b", encoding="utf-8")
+    assert reads == []  # create_run said where its artifacts go
+    assert read_artifact(store.client, run.run_id, "a.txt") == "a"
+    assert read_artifact(store.client, run.run_id, "figures/b.txt") == "b"
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "c.txt").write_text("c", encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"  # the URI given is the one written to
+    upload_folder(store.client, run.run_id, folder, elsewhere.as_uri())
+    assert (elsewhere / "c.txt").read_text(encoding="utf-8") == "c"
+    upload_folder(store.client, run.run_id, folder)  # no URI: MLflow reads the run's
+    assert reads == [run.run_id]
+    assert read_artifact(store.client, run.run_id, "c.txt") == "c"
 
 
 def test_failed_run_keeps_what_was_logged_and_records_the_error(session_store):

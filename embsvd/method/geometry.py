@@ -40,6 +40,7 @@ import numpy as np
 from embsvd.io import openblas
 from embsvd.io.cache import exclusive, intact, written_with_checksum
 from embsvd.io.checkpoint import default_cache_dir
+from embsvd.io.memo import MatrixMemo, read_only, value_digest
 from embsvd.io.rows import (
     NarrowRows,
     RowShares,
@@ -618,8 +619,14 @@ def _stamp(file: Path) -> tuple[int, ...] | None:
 
 
 def row_mean(W: Any, rows: np.ndarray | None = None) -> np.ndarray:
-    """Column mean of ``W[rows]`` (all rows when None), ``(d_model,)``, in float64 blocks."""
-    return _Centered(W, rows, BLOCK_ROWS).mean
+    """Column mean of ``W[rows]`` (all rows when None), ``(d_model,)``, in float64 blocks,
+    read-only: computed once per matrix object and selection of rows (``MatrixMemo``: a
+    sweep's runs on one checkpoint share it; 5 ms a run on 30522 x 384 before)."""
+    key = value_digest(None if rows is None else np.asarray(rows))
+    return _ROW_MEANS.get(W, key, lambda: read_only(_Centered(W, rows, BLOCK_ROWS).mean))
+
+
+_ROW_MEANS = MatrixMemo()
 
 
 def _check_matrix(W: Any) -> None:

@@ -97,6 +97,12 @@ def redact_text(text: str) -> str:
     """``text`` with every credential the rule recognises replaced by ``***``: a URI's
     password, a secret's query parameter, ``key=value`` and ``'key': 'value'`` with a
     secret's key, and an ``Authorization:`` header's credentials."""
+    if ":" not in text and "=" not in text:  # each pattern below needs one of them
+        return text
+    return _redacted_patterns(text)
+
+
+def _redacted_patterns(text: str) -> str:
     text = _URI_PASSWORD.sub(lambda m: f"{m['head']}{REDACTED}@", text)
     text = _QUERY_PARAMETER.sub(
         lambda m: m["head"] + REDACTED if _names_a_secret(m["name"], SECRET_QUERY_NAMES) else m[0],

@@ -524,6 +524,11 @@ def write_csv(file: Path, columns: Sequence[str], rows: list[list[Any]]) -> None
 
 
 def _cell(value: Any) -> Any:
+    kind = type(value)
+    if kind is float or kind is np.float64:  # most cells: float's repr, without the checks
+        return float.__repr__(value)
+    if kind is int or kind is str:
+        return value
     if isinstance(value, bool | np.bool_):
         return str(bool(value)).lower()
     if isinstance(value, float | np.floating):

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 from mlflow.utils.validation import (
     MAX_DATASET_SOURCE_SIZE,
     MAX_PARAM_VAL_LENGTH,
@@ -48,12 +50,18 @@ class RunLogger:
     """
 
     def __init__(
-        self, client: MlflowClient, run_id: str, buffered: bool = False, run_name: str = ""
+        self,
+        client: MlflowClient,
+        run_id: str,
+        buffered: bool = False,
+        run_name: str = "",
+        artifact_uri: str | None = None,
     ):
         self.client = client
         self.run_id = run_id
         self.run_name = run_name
         self.buffered = buffered
+        self.artifact_uri = artifact_uri  # the run's, where known: no lookup to upload
         self._tags: dict[str, RunTag] = {}
         self._metrics: list[Metric] = []
         self._staging: Path | None = None  # artifacts waiting for flush()
@@ -142,7 +150,7 @@ class RunLogger:
         recovery.write_batches(self.client, self.run_id, tags, metrics)
         self._tags, self._metrics = {}, []
         if staging is not None:
-            self.client.log_artifacts(self.run_id, str(staging))
+            upload_folder(self.client, self.run_id, staging, self.artifact_uri)
             self.discard_staging()
 
     def hand_over(self) -> None:
@@ -171,8 +179,8 @@ def start_run(
     the process that writes it (``recovery.process_tags``: what ``embsvd runs
     reconcile`` checks when the run is left RUNNING)."""
     tags = {**recovery.process_tags(), **tags}
-    run_id = create_run(store.client, store.experiment_id, run_name, tags)
-    return RunLogger(store.client, run_id, buffered, run_name)
+    run_id, artifact_uri = create_run(store.client, store.experiment_id, run_name, tags)
+    return RunLogger(store.client, run_id, buffered, run_name, artifact_uri)
 
 
 def create_run(
@@ -181,11 +189,27 @@ def create_run(
     run_name: str,
     tags: Mapping[str, Any],
     start_time: int | None = None,
-) -> str:
-    """A RUNNING run's id (``start_time`` in ms since the epoch; now when ``None``)."""
+) -> tuple[str, str]:
+    """A RUNNING run's id and artifact URI (``start_time`` in ms since the epoch; now when
+    ``None``)."""
     tags = {str(k): str(v) for k, v in tags.items()}
     run = client.create_run(experiment_id, start_time=start_time, tags=tags, run_name=run_name)
-    return run.info.run_id
+    return run.info.run_id, run.info.artifact_uri
+
+
+def upload_folder(
+    client: MlflowClient, run_id: str, folder: Path, artifact_uri: str | None = None
+) -> None:
+    """The files of ``folder`` as the run's artifacts. With the run's ``artifact_uri``
+    (``create_run``'s) they go straight to its artifact repository, as
+    ``client.log_artifacts`` sends them once it has read the run from the store for that
+    URI: that read of a whole run (its params, tags and latest metrics) was 6 of the 8 ms
+    an upload took on a sqlite store (2026-11-30)."""
+    if artifact_uri is None:
+        client.log_artifacts(run_id, str(folder))
+        return
+    uri = add_databricks_profile_info_to_artifact_uri(artifact_uri, client.tracking_uri)
+    get_artifact_repository(uri, tracking_uri=client.tracking_uri).log_artifacts(str(folder))
 
 
 def param_items(params: Mapping[str, Any]) -> list[Param]:

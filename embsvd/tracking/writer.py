@@ -72,6 +72,7 @@ class _Store:
     def __init__(self, uri: str):
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
+        self.artifact_uris: dict[str, str] = {}  # of each run opened here, by its id
 
 
 def payload(store_uri: str, logger: RunLogger, status: str) -> dict[str, Any]:
@@ -96,7 +97,13 @@ def payload(store_uri: str, logger: RunLogger, status: str) -> dict[str, Any]:
 def write_payload(store: _Store, item: dict[str, Any]) -> str | None:
     """``close_run`` of one payload: ``None`` when written, else why not (``close_run``
     printed it and kept the run's results pending)."""
-    logger = RunLogger(store.client, item["run_id"], buffered=True, run_name=item["run_name"])
+    logger = RunLogger(
+        store.client,
+        item["run_id"],
+        buffered=True,
+        run_name=item["run_name"],
+        artifact_uri=store.artifact_uris.pop(item["run_id"], None),
+    )
     logger.take_over(
         [RunTag(k, v) for k, v in item["tags"]],
         [Metric(k, v, ts, step) for k, v, ts, step in item["metrics"]],
@@ -119,13 +126,14 @@ def handle(
         if item["op"] == "open":
             run_id = _opened_run(store, item) if find else None
             if run_id is None:
-                run_id = create_run(
+                run_id, artifact_uri = create_run(
                     store.client,
                     item["experiment_id"],
                     item["run_name"],
                     item["tags"],
                     start_time=item["start_time"],
                 )
+                store.artifact_uris[run_id] = artifact_uri
             opened[item["token"]] = run_id
             return run_id, None
         if item["op"] in ("params", "inputs"):
