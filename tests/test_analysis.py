@@ -12,6 +12,7 @@ from embsvd.method.analysis import (
     decompose,
     extreme_positions,
     extreme_tokens,
+    group_svds,
     pairwise,
     project,
     row_cosine,
@@ -88,6 +89,27 @@ def test_projection_is_the_direct_computation(cloud, center):
     expected = np.stack([(W_E[i] - offset) @ svd.Vt[:2].T for i in range(50)])
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-12)
     assert got.shape == (50, 2)
+
+
+def test_groups_svds_are_computed_once_per_matrix_rows_and_centering(cloud):
+    W = np.vstack([cloud, cloud[::-1] * 2])
+    ids = {"a": [0, 2, 4, 6, 8, 10, 12], "b": [1, 3, 5, 19]}
+    first = group_svds(W, ids, center=True)
+    assert list(first) == ["a", "b"]
+    again = group_svds(W, {"a": tuple(ids["a"]), "b": np.array(ids["b"])}, center=True)
+    assert again == first and again["a"] is first["a"]  # the same rows, by value
+    for name, rows in ids.items():
+        direct = decompose(W[rows], center=True)
+        for field in ("mean", "U", "singular_values", "Vt"):
+            np.testing.assert_array_equal(getattr(first[name], field), getattr(direct, field))
+            assert not getattr(first[name], field).flags.writeable  # shared by later runs
+    raw = group_svds(W, ids, center=False)
+    assert raw["a"] is not first["a"] and not raw["a"].center
+    np.testing.assert_array_equal(raw["b"].Vt, decompose(W[ids["b"]], center=False).Vt)
+    assert group_svds(W, {"a": ids["a"]}, center=True)["a"] is not first["a"]  # other groups
+    W[ids["a"]] *= 3  # changed in place since: decomposed again
+    scaled = group_svds(W, ids, center=True)
+    np.testing.assert_allclose(scaled["a"].singular_values, 3 * first["a"].singular_values)
 
 
 def test_pairwise_statistics_match_numpy():

@@ -333,6 +333,21 @@ def test_a_job_takes_the_settings_the_sweeps_validation_checked(start_app, tmp_p
         "config", taken, [*QUIET, f"hydra.sweep.dir={tmp_path / 'b'}", *SWEEP], False
     )
     assert [job.return_value[0] for job in returns] == [None] * 8  # n_components=${...}
+
+    # a config group's file with an interpolation: every job derived from it holds one
+    extra = tmp_path / "conf" / "experiment"
+    extra.mkdir(parents=True)
+    (extra / "linked.yaml").write_text(
+        "# @package _global_\nanalysis:\n  top_k: ${analysis.precision_k}\n", encoding="utf-8"
+    )
+    app = start_app()
+    linked = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "+experiment=linked", *plain]
+    [returns] = app.multirun(
+        "config", taken, [*QUIET, f"hydra.sweep.dir={tmp_path / 'c'}", *linked], False
+    )
+    assert [job.return_value[0] for job in returns] == [None] * 4
+    assert [job.return_value[2].analysis.top_k for job in returns] == [10] * 4
+    assert app.config_loader.derived == 4  # derived from the composition, not composed
     GlobalHydra.instance().clear()
     assert settings_checked(returns[0].cfg) is None  # no Hydra app
 

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import uuid4
 
 from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -61,12 +61,21 @@ class _Plan:
     overrides: list[Override]  # every override of the job, in its order
 
 
+class _Base(NamedTuple):
+    """A composition of config groups that jobs are derived from: pickled (unpickling
+    copies it 6x faster than ``copy.deepcopy``, metadata and all), and whether it holds an
+    interpolation outside its ``hydra`` node (``_task_interpolates``)."""
+
+    pickled: bytes
+    interpolates: bool
+
+
 # Compositions a worker process (a launcher's) derives its jobs from, for one sweep: the
 # launcher sends each job its own copy of the loader, so those copies share these.
-_WORKER_BASES: dict[str, dict[tuple[Any, ...], bytes | None]] = {}
+_WORKER_BASES: dict[str, dict[tuple[Any, ...], _Base | None]] = {}
 
 
-def _worker_bases(sweep: str) -> dict[tuple[Any, ...], bytes | None]:
+def _worker_bases(sweep: str) -> dict[tuple[Any, ...], _Base | None]:
     if sweep not in _WORKER_BASES:
         _WORKER_BASES.clear()  # a worker serves one sweep at a time
         _WORKER_BASES[sweep] = {}
@@ -113,10 +122,9 @@ class ComposeOnce:
         self.requests_per_job = self.REQUESTS
         # overrides -> (config, how many more requests it serves)
         self._composed: dict[tuple[str, ...], tuple[DictConfig, int]] = {}
-        # (config name, hydra overrides, config-group overrides) -> Hydra's composition,
-        # pickled: unpickling copies it 6x faster than copy.deepcopy, metadata and all;
+        # (config name, hydra overrides, config-group overrides) -> Hydra's composition;
         # None where it failed (its jobs are composed in full, for Hydra's error)
-        self._bases: dict[tuple[Any, ...], bytes | None] = {}
+        self._bases: dict[tuple[Any, ...], _Base | None] = {}
         self._is_group: dict[tuple[Any, ...], bool] = {}
         self._parsed: dict[str, Override] = {}  # a sweep's jobs share most overrides
         self._repos: dict[tuple[Any, ...], Any] = {}
@@ -179,21 +187,30 @@ class ComposeOnce:
             self._composed[tuple(sweep_overrides)] = (config, self.requests_per_job)
 
     def _compose(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        config = self._derived(master_config, sweep_overrides) if self.derive else None
-        if config is None:
+        derived = self._derived(master_config, sweep_overrides) if self.derive else None
+        if derived is None:
             self.compositions += 1
             config = self._loader.load_sweep_config(master_config, list(sweep_overrides))
+            interpolates = _task_interpolates(config)
+        else:
+            config, interpolates = derived
         self.jobs_composed += 1
         if self._check is not None:
             checked = self._check(config)
             held = len(self.checked_settings) < self.MAX_HELD
-            if held and not _task_interpolates(config):
+            if held and not interpolates:
                 self.checked_settings[tuple(sweep_overrides)] = checked
         return config
 
-    def _derived(self, master: DictConfig, sweep_overrides: list[str]) -> DictConfig | None:
-        """The job's config derived from the composition of its config groups, or None
-        where Hydra must compose it (see the class)."""
+    def _derived(
+        self, master: DictConfig, sweep_overrides: list[str]
+    ) -> tuple[DictConfig, bool] | None:
+        """The job's config derived from the composition of its config groups, and
+        whether it holds an interpolation outside its ``hydra`` node (``_task_interpolates``);
+        None where Hydra must compose it (see the class). The values applied replace no
+        interpolation (``_applies_without_resolving``), so the config holds one where the
+        composition does or a value given put one there (``_set_to_interpolation``): the
+        composition is searched once, not each job's config (2.8 ms a job, 2026-11-30)."""
         try:
             plan = self._plan(master, sweep_overrides)
         except Exception:  # an override Hydra will refuse, with its own message
@@ -204,7 +221,7 @@ class ComposeOnce:
         if base is None:
             return None
         try:
-            config = pickle.loads(base)
+            config = pickle.loads(base.pickled)
             for override in plan.values:  # one at a time, each checked before it applies
                 if not _applies_without_resolving(config, override):
                     return None
@@ -226,7 +243,8 @@ class ComposeOnce:
         except Exception:  # Hydra's own composition raises its own error
             return None
         self.derived += 1
-        return config
+        given = any(_set_to_interpolation(config, override) for override in plan.values)
+        return config, base.interpolates or given
 
     def _plan(self, master: DictConfig, sweep_overrides: list[str]) -> _Plan | None:
         """Split the job's overrides as Hydra's defaults list does (``Overrides``: a
@@ -268,12 +286,14 @@ class ComposeOnce:
             self._is_group[(where, key)] = self._repos[where].group_exists(key)
         return self._is_group[(where, key)]
 
-    def _base(self, master: DictConfig, plan: _Plan) -> bytes | None:
+    def _base(self, master: DictConfig, plan: _Plan) -> _Base | None:
         if plan.key not in self._bases:
             self.compositions += 1
             try:
                 base = self._loader.load_sweep_config(master, list(plan.groups))
-                self._bases[plan.key] = pickle.dumps(base, protocol=pickle.HIGHEST_PROTOCOL)
+                self._bases[plan.key] = _Base(
+                    pickle.dumps(base, protocol=pickle.HIGHEST_PROTOCOL), _task_interpolates(base)
+                )
             except Exception:  # each job is composed in full: Hydra's error names it
                 self._bases[plan.key] = None
         return self._bases[plan.key]
@@ -293,6 +313,20 @@ def _applies_without_resolving(config: DictConfig, override: Override) -> bool:
             return False
         node = child
     return not (isinstance(node, Container) and _holds_interpolation(node))
+
+
+def _set_to_interpolation(config: DictConfig, override: Override) -> bool:
+    """Whether the node ``override`` set in ``config`` (after it applied) is an
+    interpolation or holds one; False where it deleted it, True where its key cannot be
+    followed through dicts (the job's config is then searched whole)."""
+    node: Any = config
+    for part in override.key_or_group.split("."):
+        if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
+            return True
+        node = node._get_node(part, validate_access=False, throw_on_missing_key=False)
+        if node is None:
+            return False  # deleted
+    return node._is_interpolation() or (isinstance(node, Container) and _holds_interpolation(node))
 
 
 def _holds_interpolation(node: Container) -> bool:

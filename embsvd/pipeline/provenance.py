@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -36,8 +37,10 @@ def git_state(folder: Path) -> GitState | None:
         return None  # not a git checkout (an installed copy) or git missing
 
 
+@functools.cache
 def package_version() -> str:
-    """embsvd's installed version (``0+unknown`` from a source tree never installed)."""
+    """embsvd's installed version (``0+unknown`` from a source tree never installed), read
+    once per process (its metadata: 0.3 ms a run)."""
     try:
         return version("embsvd")
     except PackageNotFoundError:

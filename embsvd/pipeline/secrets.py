@@ -24,6 +24,7 @@ The rule (``is_secret_key``, ``redact_text``):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -71,10 +72,12 @@ def _names_a_secret(name: str, secret_names: tuple[str, ...]) -> bool:
     return any(last == word or last.endswith("_" + word) for word in secret_names)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """Whether a config key, override key or environment variable names a secret, by its
     last dotted component: ``model.token``, ``hydra.job.env_set.HF_TOKEN`` and
-    ``db_password`` do; ``model.embedding_key``, ``analysis.top_k`` do not."""
+    ``db_password`` do; ``model.embedding_key``, ``analysis.top_k`` do not. Remembered per
+    key: a sweep's jobs ask it of the same few hundred config keys."""
     return _names_a_secret(key, SECRET_NAMES)
 
 
