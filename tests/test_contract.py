@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
@@ -21,7 +22,7 @@ from embsvd.groups import DroppedWord, KeptToken, TokenGroup
 from embsvd.pipeline import run_job
 from embsvd.pipeline.job import run_params
 from embsvd.pipeline.report import mlflow_ui_command
-from embsvd.tracking.artifacts import COLUMNS, TRAJECTORY_TABLES, Table, header
+from embsvd.tracking.artifacts import COLUMNS, TRAJECTORY_TABLES, Table, header, write_csv
 from embsvd.tracking.contract import (
     KEY_METRICS,
     RUN_NAME_FORM,
@@ -278,6 +279,34 @@ def test_every_tag_is_documented_and_every_documented_tag_is_a_tag():
             assert tag in documented, f"{tag} is not in docs/contract.md's tag table"
     for key in documented:
         assert is_contract_tag(PLACEHOLDER.sub("x", key)), f"{key} is not a Tag"
+
+
+def test_a_table_is_what_csv_writer_writes_of_its_cells(tmp_path):
+    rows = [
+        [0, 0.1, np.float64(1e-05), 3],  # numbers alone: joined directly
+        [1, float("nan"), -float("inf"), np.float64(2.5)],
+        [np.int64(2), np.float32(0.25), True, np.bool_(False)],  # numpy scalars, booleans
+        ["a, b", 'say "x"', "line\nbreak", None, ""],  # what csv quotes
+        [],
+        [""],
+    ]
+    write_csv(tmp_path / "t.csv", ["k", "v"], rows)
+    expected = io.StringIO(newline="")
+    writer = csv.writer(expected)
+    writer.writerow(["k", "v"])
+    writer.writerows(
+        [
+            [0, "0.1", "1e-05", 3],
+            [1, "nan", "-inf", "2.5"],
+            [2, "0.25", "true", "false"],
+            ["a, b", 'say "x"', "line\nbreak", None, ""],
+            [],
+            [""],
+        ]
+    )
+    assert (tmp_path / "t.csv").read_bytes() == expected.getvalue().encode("utf-8")
+    with open(tmp_path / "t.csv", newline="", encoding="utf-8") as handle:
+        assert list(csv.reader(handle))[1] == ["0", "0.1", "1e-05", "3"]
 
 
 def test_tables_and_their_columns_are_documented_as_defined():

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from embsvd import tracking
 from embsvd.pipeline import SweepTracking, flatten, run_job
-from embsvd.pipeline.job import run_params
+from embsvd.pipeline.job import config_yaml, run_params
 from tests.conftest import CONFIG_DIR, PROJECT_ROOT, tiny_embeddings, write_tiny_bert
 from tests.test_tracking import read_artifact
 
@@ -194,6 +196,23 @@ def test_a_runs_params_leave_out_what_it_does_not_use_as_its_config_hash_does():
         "numbers": {"enabled": True, "max_value": 999},
     }
     assert run_params(used) == flatten(used)
+
+
+def test_config_yaml_is_omegaconfs_text_whatever_it_remembers(tmp_path):
+    cfg = job_config(tmp_path, "sqlite:///x.db", "e", "groups=[digits,months]", "target=months")
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert config_yaml(container) == OmegaConf.to_yaml(cfg, resolve=True)
+    assert config_yaml(container) == OmegaConf.to_yaml(cfg, resolve=True)  # remembered
+    cfg.groups.months.size = 5  # one section changed: its text is made again
+    assert config_yaml(OmegaConf.to_container(cfg, resolve=True)) == OmegaConf.to_yaml(
+        cfg, resolve=True
+    )
+    # values Python calls equal are written apart, and their texts are not mixed up
+    for value in (1, True, 1.0, "1", None, [1], {"1": 1}):
+        assert config_yaml({"x": {"v": value}}) == yaml.safe_dump(
+            {"x": {"v": value}}, sort_keys=False
+        )
+    assert config_yaml({}) == "{}\n"
 
 
 def test_summary_table_reads_runs_back(tiny_bert, session_store):

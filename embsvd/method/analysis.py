@@ -27,7 +27,27 @@ from embsvd.method import backend
 from embsvd.method.svd import svd_flip
 
 log = logging.getLogger(__name__)
-PROJECT_BLOCK_ROWS = None  # rows of W_E widened to float64 at a time: row_blocks' default
+
+# The projection's pass and the span's widen a block of W_E's rows to float64 at a time:
+# at most NARROW_BLOCK_BYTES of them, so that a narrow matrix's blocks stay in the core's
+# cache while the other core works too (a sweep's writer process), but at least a few
+# rows, as wide rows' products want. Measured on 2026-11-30, 30522 x 384 float32 onto 10
+# axes: 12 ms in 170-row blocks against 16-18 ms in 682-row (2 MiB) ones, and against
+# 33-40 ms with the other core busy; the span pass (11 columns and the norms) 17 ms
+# against 23 ms, and against 47-50 ms with the other core busy.
+NARROW_BLOCK_BYTES = 1 << 19
+# the projection's fewest: 128256 x 4096 bfloat16 onto 3 axes took 0.5 s in 64-row
+# blocks, 1.3 s in 512-row ones (whose products OpenBLAS spreads over threads)
+PROJECT_MIN_ROWS = 64
+# the span pass's fewest: at d_model = 4096 (128256 x 4096 bfloat16, 11 columns and the
+# norms) 0.87 s in 128-row blocks against 1.03-1.2 s in 64-row ones
+SPAN_MIN_ROWS = 128
+
+
+def widened_block_rows(W_E: Any, min_rows: int) -> int:
+    """Rows of ``W_E`` a pass widens to float64 at a time: ``NARROW_BLOCK_BYTES`` of them,
+    at least ``min_rows``, at most ``BLOCK_ROWS``."""
+    return min(BLOCK_ROWS, max(min_rows, NARROW_BLOCK_BYTES // (8 * W_E.shape[1])))
 
 
 @dataclass(frozen=True)
@@ -278,7 +298,7 @@ def project(W_E: Any, svd: GroupSVD, n_components: int, device: str = "cpu") -> 
     axes = svd.Vt[:n_components].T
     if device != "cpu":
         return backend.project_on(W_E, svd.offset, axes, device)
-    projections = matmul_rows(W_E, axes, PROJECT_BLOCK_ROWS)
+    projections = matmul_rows(W_E, axes, widened_block_rows(W_E, PROJECT_MIN_ROWS))
     projections -= svd.offset @ axes
     return projections
 
@@ -292,10 +312,6 @@ SPAN_MAX_COLUMNS = 64
 # part of the span (numpy's matrix_rank rule)
 SPAN_EPSILONS = 1.0
 EPSILON = np.finfo(np.float64).eps
-# float64 bytes of the rows a span's pass widens at a time: 128 rows at d_model = 4096.
-# Measured on 2026-11-30 (128256 x 4096 bfloat16, 11 columns and the norms): 0.87 s
-# against 1.03-1.2 s in row_blocks' 2 MiB blocks; 30522 x 384 float32: 13.5 ms against 14.7
-SPAN_BLOCK_BYTES = 1 << 22
 # vocabulary spans kept per process (``project_with_span``), keyed by the matrix and the
 # basis: a sweep's runs that differ only in ``n_components`` (or in settings the target's
 # SVD does not see) share one pass; 3 MB each at 30522 tokens, 13 MB at 128256
@@ -371,7 +387,7 @@ def project_with_span(
 def _span_pass(W_E: Any, basis: np.ndarray) -> VocabularySpan:
     """``W_E``'s rows on ``basis``, with their squared norms: one pass over ``W_E``."""
     coordinates, norms_sq = np.empty((W_E.shape[0], basis.shape[1])), np.empty(W_E.shape[0])
-    block_rows = min(BLOCK_ROWS, max(1, SPAN_BLOCK_BYTES // (8 * W_E.shape[1])))
+    block_rows = widened_block_rows(W_E, SPAN_MIN_ROWS)
 
     def read(rows: slice, block: np.ndarray) -> None:
         block = np.asarray(block, dtype=np.float64)

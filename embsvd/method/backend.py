@@ -74,7 +74,8 @@ def project_on(W: Any, offset: np.ndarray, axes: np.ndarray, device: str) -> np.
     import torch
 
     target = check_device(device)
-    axes_device = torch.as_tensor(axes, dtype=torch.float64, device=target)
+    # a copy: the axes may be a memoized SVD's read-only array, which torch will not wrap
+    axes_device = torch.tensor(axes, dtype=torch.float64, device=target)
     shift = torch.as_tensor(offset @ axes, dtype=torch.float64, device=target)
     W_device = matrix_on(W, device)
     out = torch.empty((len(W), axes.shape[1]), dtype=torch.float64, device=target)

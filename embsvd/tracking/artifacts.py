@@ -516,11 +516,33 @@ def pair_metrics(tables: dict[str, Sequence[dict[str, str]]]) -> dict[str, float
 
 
 def write_csv(file: Path, columns: Sequence[str], rows: list[list[Any]]) -> None:
-    """A CSV with floats at full precision (``repr``) and booleans as ``true``/``false``."""
+    """A CSV with floats at full precision (``repr``) and booleans as ``true``/``false``,
+    as ``csv.writer`` writes it. A row of plain ints and floats (the axes', the
+    histograms') is joined directly: no cell of it needs quoting, and the writer's pass
+    over each cell was half of such a table's time (2026-11-30)."""
     with open(file, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
-        writer.writerows([[_cell(value) for value in row] for row in rows])
+        for row in rows:
+            line = _numbers_line(row)
+            if line is None:
+                writer.writerow([_cell(value) for value in row])
+            else:
+                handle.write(line)
+
+
+def _numbers_line(row: Sequence[Any]) -> str | None:
+    """The CSV line of a row of ints and floats (``None`` for any other row)."""
+    cells = []
+    for value in row:
+        kind = type(value)
+        if kind is float or kind is np.float64:
+            cells.append(float.__repr__(value))
+        elif kind is int:
+            cells.append(int.__repr__(value))
+        else:
+            return None
+    return ",".join(cells) + "\r\n"  # csv.writer's line terminator
 
 
 def _cell(value: Any) -> Any:
