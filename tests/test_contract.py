@@ -309,6 +309,23 @@ def test_a_table_is_what_csv_writer_writes_of_its_cells(tmp_path):
         assert list(csv.reader(handle))[1] == ["0", "0.1", "1e-05", "3"]
 
 
+def test_a_histograms_lines_are_its_rows_as_a_table_and_remembered_by_value(tmp_path):
+    from embsvd.tracking.artifacts import PROJECTION_BINS, _histogram_lines
+
+    column = np.random.default_rng(3).standard_normal(5000)
+    counts, edges = np.histogram(column, bins=PROJECTION_BINS)
+    rows = [[2, edges[i], edges[i + 1], int(c)] for i, c in enumerate(counts)]
+    write_csv(tmp_path / "rows.csv", ["k"], rows)
+    lines = _histogram_lines(2, column)
+    write_csv(tmp_path / "lines.csv", ["k"], [], [lines])
+    assert (tmp_path / "lines.csv").read_bytes() == (tmp_path / "rows.csv").read_bytes()
+    assert _histogram_lines(2, column.copy()) is lines  # the same values: remembered
+    assert _histogram_lines(3, column) != lines  # another component's rows
+    shifted = column + 1.0  # other values: their own rows
+    left = float(np.histogram(shifted, bins=PROJECTION_BINS)[1][0])
+    assert _histogram_lines(2, shifted).splitlines()[0].split(",")[1] == repr(left)
+
+
 def test_tables_and_their_columns_are_documented_as_defined():
     documented = {}
     for text in sections().values():

@@ -26,7 +26,7 @@ from embsvd.method.analysis import analyze
 from embsvd.pipeline import cli
 from embsvd.tracking.contract import Tag
 from embsvd.tracking.recovery import keep, process_running, process_start
-from embsvd.tracking.runs import upload_folder
+from embsvd.tracking.runs import indented_json, upload_folder
 from tests.conftest import PROJECT_ROOT, token_group, with_ctrl_c
 from tests.test_checks import checked, world
 
@@ -128,6 +128,15 @@ def test_a_runs_artifacts_go_to_its_artifact_uri_without_reading_the_run_back(
     upload_folder(store.client, run.run_id, folder)  # no URI: MLflow reads the run's
     assert reads == [run.run_id]
     assert read_artifact(store.client, run.run_id, "c.txt") == "c"
+
+
+def test_indented_json_is_json_dumps_text_whatever_it_remembers():
+    payload = {"digits": {"kept": [{"word": "0", "token_id": 15}], "closed": True}, "é": None}
+    text = indented_json(payload)
+    assert text == json.dumps(payload, indent=2, ensure_ascii=False)
+    assert indented_json(json.loads(text)) is text  # an equal payload: the text remembered
+    for value in (1, True, 1.0, "1", None, [1]):  # equal in Python, written apart
+        assert indented_json({"v": value}) == json.dumps({"v": value}, indent=2)
 
 
 def test_failed_run_keeps_what_was_logged_and_records_the_error(session_store):

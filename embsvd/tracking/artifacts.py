@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from embsvd.checks.run import ChecksResult
+from embsvd.io.memo import ValueMemo, value_digest
 from embsvd.method.analysis import AnalysisResult, PairwiseStat, mean_corr_key
 from embsvd.tracking.contract import (
     NULL_COMPARISON_FIELDS,
@@ -349,11 +350,8 @@ def write_tables(result: AnalysisResult, checks: ChecksResult, folder: Path) -> 
 def _write_projection_tables(result: AnalysisResult, folder: Path) -> None:
     """The vocabulary's projections as a histogram per component, and the target's own
     projections: enough to redraw the axis figures from the store alone."""
-    rows = []
-    for k in range(result.projections.shape[1]):
-        counts, edges = np.histogram(result.projections[:, k], bins=PROJECTION_BINS)
-        rows += [[k, edges[i], edges[i + 1], int(c)] for i, c in enumerate(counts)]
-    write_csv(folder / Table.PROJECTION_HISTOGRAM, header(Table.PROJECTION_HISTOGRAM), rows)
+    lines = [_histogram_lines(k, result.projections[:, k]) for k in range(result.n_components)]
+    write_csv(folder / Table.PROJECTION_HISTOGRAM, header(Table.PROJECTION_HISTOGRAM), [], lines)
     write_csv(
         folder / Table.GROUP_PROJECTIONS,
         header(Table.GROUP_PROJECTIONS, range(result.projections.shape[1])),
@@ -515,11 +513,14 @@ def pair_metrics(tables: dict[str, Sequence[dict[str, str]]]) -> dict[str, float
     return found
 
 
-def write_csv(file: Path, columns: Sequence[str], rows: list[list[Any]]) -> None:
+def write_csv(
+    file: Path, columns: Sequence[str], rows: list[list[Any]], lines: Sequence[str] = ()
+) -> None:
     """A CSV with floats at full precision (``repr``) and booleans as ``true``/``false``,
-    as ``csv.writer`` writes it. A row of plain ints and floats (the axes', the
-    histograms') is joined directly: no cell of it needs quoting, and the writer's pass
-    over each cell was half of such a table's time (2026-11-30)."""
+    as ``csv.writer`` writes it; then ``lines``, rows already written as CSV. A row of
+    plain ints and floats (the axes', the histograms') is joined directly: no cell of it
+    needs quoting, and the writer's pass over each cell was half of such a table's time
+    (2026-11-30)."""
     with open(file, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
@@ -529,6 +530,27 @@ def write_csv(file: Path, columns: Sequence[str], rows: list[list[Any]]) -> None
                 writer.writerow([_cell(value) for value in row])
             else:
                 handle.write(line)
+        handle.writelines(lines)
+
+
+# histograms' CSV lines remembered per process (``_histogram_lines``), a few KB each
+HISTOGRAMS_KEPT = 64
+_HISTOGRAMS = ValueMemo(HISTOGRAMS_KEPT)
+
+
+def _histogram_lines(k: int, projections: np.ndarray) -> str:
+    """Component ``k``'s rows of ``projection_histogram.csv`` (``PROJECTION_BINS`` bins of
+    the vocabulary's ``projections`` on it), remembered by the values: the runs of a
+    sweep that differ only in ``n_components`` have the same first axes (1.2 ms an axis
+    on 30522 tokens before, 2026-11-30)."""
+
+    def lines() -> str:
+        counts, edges = np.histogram(projections, bins=PROJECTION_BINS)
+        return "".join(
+            _numbers_line([k, edges[i], edges[i + 1], int(c)]) for i, c in enumerate(counts)
+        )
+
+    return _HISTOGRAMS.get((k, value_digest(projections)), lines)
 
 
 def _numbers_line(row: Sequence[Any]) -> str | None:
