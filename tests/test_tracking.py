@@ -24,6 +24,7 @@ from embsvd.checks.run import ChecksResult
 from embsvd.io.vocabulary import Vocabulary
 from embsvd.method.analysis import analyze
 from embsvd.pipeline import cli
+from embsvd.tracking.artifacts import PROJECTION_BINS
 from embsvd.tracking.contract import Tag
 from embsvd.tracking.recovery import keep, process_running, process_start
 from embsvd.tracking.runs import indented_json, upload_folder
@@ -260,6 +261,20 @@ def test_log_result_writes_the_contract(session_store):
     assert projections[0] == result.projections[:, 0][1:].max()
     assert {r["in_group"] for r in top} <= {"true", "false"}
     assert data.tags["embsvd.axis0.top"] == " ".join(r["token"] for r in first)
+
+    axes = list(csv.reader(io.StringIO(read_artifact(client, run.run_id, "axes.csv"))))
+    assert axes[0][:2] == ["component", "dim_0"]
+    assert [row[0] for row in axes[1:]] == [str(k) for k in range(result.n_components)]
+    np.testing.assert_array_equal(  # repr: exact
+        [[float(x) for x in row[1:]] for row in axes[1:]], result.svd.Vt[: result.n_components]
+    )
+    histogram = read_artifact(client, run.run_id, "projection_histogram.csv").splitlines()[1:]
+    for k in range(result.n_components):
+        counts, edges = np.histogram(result.projections[:, k], bins=PROJECTION_BINS)
+        rows = [line.split(",") for line in histogram if line.split(",")[0] == str(k)]
+        assert [int(row[3]) for row in rows] == counts.tolist()
+        assert [float(row[1]) for row in rows] == edges[:-1].tolist()
+        assert [float(row[2]) for row in rows] == edges[1:].tolist()
 
     cosine = list(csv.reader(io.StringIO(read_artifact(client, run.run_id, "row_cosine.csv"))))
     assert cosine[0] == ["word", "b_group1", "b_group2", "b_group3", "b_group4"]
