@@ -150,6 +150,33 @@ def test_extreme_tokens_skip_special_and_unnamed_rows_and_mark_the_group():
     assert not vocab.reportable_ids.flags.writeable  # computed once, shared by every run
 
 
+def test_an_axis_ends_are_remembered_per_vocabulary_by_the_projections_values():
+    rng = np.random.default_rng(4)
+    projections = rng.standard_normal((300, 3))
+    tokens = tuple(f"t{i}" for i in range(300))
+    vocab = Vocabulary(tokens, np.ones(300), special_ids=frozenset([0]))
+    found = extreme_tokens(projections, vocab, group_ids=[5, 6], top_k=4)
+    # the first two axes alone, as a run with fewer components: the same tokens, shared
+    fewer = extreme_tokens(projections[:, :2].copy(), vocab, group_ids=[6, 5], top_k=4)
+    assert fewer == found[: len(fewer)] and fewer[0] is found[0]
+    for t in found:  # each what a sort of that axis gives
+        order = [i for i in np.argsort(-projections[:, t.component], kind="stable") if i != 0]
+        if t.side == "top":
+            assert t.token_id == order[t.rank - 1]
+        assert t.projection == projections[t.token_id, t.component]
+        assert t.in_group == (t.token_id in (5, 6))
+    # another group, other ends' size, another vocabulary, other values: found again
+    top_ids = {t.token_id for t in found if t.side == "top" and t.component == 0}
+    other = extreme_tokens(projections, vocab, group_ids=sorted(top_ids), top_k=4)
+    assert all(t.in_group for t in other if t.side == "top" and t.component == 0)
+    assert len(extreme_tokens(projections, vocab, [5, 6], top_k=2)) == 3 * 2 * 2
+    renamed = Vocabulary(tuple(f"u{i}" for i in range(300)), np.ones(300), frozenset([0]))
+    assert extreme_tokens(projections, renamed, [5, 6], top_k=4)[0].token.startswith("u")
+    moved = projections.copy()
+    moved[:, 0] *= -1
+    assert extreme_tokens(moved, vocab, [5, 6], 4)[0].token_id == found[4].token_id
+
+
 @pytest.mark.parametrize("k", [1, 3, 20])
 def test_the_ends_found_by_partition_are_those_of_a_stable_sort(k):
     """``extreme_positions`` against the whole stable argsort it replaces: values with
