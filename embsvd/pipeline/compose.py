@@ -191,13 +191,15 @@ class ComposeOnce:
         if derived is None:
             self.compositions += 1
             config = self._loader.load_sweep_config(master_config, list(sweep_overrides))
-            interpolates = _task_interpolates(config)
+            interpolates = None  # searched only if needed
         else:
             config, interpolates = derived
         self.jobs_composed += 1
         if self._check is not None:
             checked = self._check(config)
             held = len(self.checked_settings) < self.MAX_HELD
+            if interpolates is None and held:
+                interpolates = _task_interpolates(config)
             if held and not interpolates:
                 self.checked_settings[tuple(sweep_overrides)] = checked
         return config

@@ -764,7 +764,7 @@ def run_params(config: dict) -> dict[str, Any]:
     as ``config_hash`` leaves it out: the concept definitions where no ``concept`` is
     analysed, the number settings but ``numbers.enabled`` where that is off, and the
     ``extra`` group slot while it has no words (``with_group_files`` drops it). The
-    run's ``config.yaml`` keeps every key. The benchmark's sweep logs 166 params a run
+    run's ``config.yaml`` keeps every key. The benchmark's sweep logs 169 params a run
     instead of 217: two of MLflow's batches of 100 instead of three (a batch is about 9
     ms of the writer's time a run, 2026-11-30)."""
     used = dict(config)
