@@ -301,34 +301,43 @@ class ComposeOnce:
         return self._bases[plan.key]
 
 
+def _path(config: DictConfig, key: str) -> tuple[list[Any], str]:
+    """The nodes on ``key``'s dotted path in ``config``, in order, and how the path ended:
+    ``found`` (the last node is the key's), ``absent`` (a part is not there), ``blocked``
+    (a value, a list, ``None`` or ``???`` before its end) or ``interpolation`` (the last
+    node is one: it is not followed, which would resolve it)."""
+    nodes: list[Any] = []
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
+            return nodes, "blocked"
+        node = node._get_node(part, validate_access=False, throw_on_missing_key=False)
+        if node is None:
+            return nodes, "absent"
+        nodes.append(node)
+        if node._is_interpolation():
+            return nodes, "interpolation"
+    return nodes, "found"
+
+
 def _applies_without_resolving(config: DictConfig, override: Override) -> bool:
     """Whether applying ``override`` to ``config`` resolves no interpolation: no node on
-    its key's path is one, nor any node below the key's (merged into, or compared)."""
-    node: Any = config
-    for part in override.key_or_group.split("."):
-        if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
-            return False
-        child = node._get_node(part, validate_access=False, throw_on_missing_key=False)
-        if child is None:
-            return True  # the rest of the key is added: nothing below it yet
-        if child._is_interpolation():
-            return False
-        node = child
-    return not (isinstance(node, Container) and _holds_interpolation(node))
+    its key's path is one, nor any node below the key's (merged into, or compared); a key
+    whose rest is absent is added, with nothing below it yet."""
+    nodes, end = _path(config, override.key_or_group)
+    if end != "found":
+        return end == "absent"
+    return not (isinstance(nodes[-1], Container) and _holds_interpolation(nodes[-1]))
 
 
 def _set_to_interpolation(config: DictConfig, override: Override) -> bool:
     """Whether the node ``override`` set in ``config`` (after it applied) is an
     interpolation or holds one; False where it deleted it, True where its key cannot be
     followed through dicts (the job's config is then searched whole)."""
-    node: Any = config
-    for part in override.key_or_group.split("."):
-        if not isinstance(node, DictConfig) or node._is_none() or node._is_missing():
-            return True
-        node = node._get_node(part, validate_access=False, throw_on_missing_key=False)
-        if node is None:
-            return False  # deleted
-    return node._is_interpolation() or (isinstance(node, Container) and _holds_interpolation(node))
+    nodes, end = _path(config, override.key_or_group)
+    if end != "found":
+        return end != "absent"
+    return isinstance(nodes[-1], Container) and _holds_interpolation(nodes[-1])
 
 
 def _holds_interpolation(node: Container) -> bool:
