@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import enum
@@ -44,6 +43,7 @@ from embsvd.groups import (
 )
 from embsvd.io.augmented import VirtualIds
 from embsvd.io.checkpoint import content_digest, default_cache_dir, load_checkpoint
+from embsvd.io.memo import ValueMemo
 from embsvd.io.spec import Checkpoint, CheckpointSpec
 from embsvd.method import geometry
 from embsvd.method.analysis import AnalysisResult, MeanReference, analyze
@@ -213,20 +213,14 @@ def _dump(tree: Any) -> str:
 
 
 SECTIONS_KEPT = 256  # texts of config sections remembered (``_section_yaml``)
-_SECTIONS: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+_SECTIONS = ValueMemo(SECTIONS_KEPT)
 
 
 def _section_yaml(key: str, value: Any) -> str:
     """``_dump({key: value})``, remembered by ``repr(value)``: plain containers, enums
     and scalars, whose ``repr`` tells ``1``, ``1.0``, ``True`` and ``'1'`` apart, as the
     text does."""
-    slot = (key, repr(value))
-    text = _SECTIONS.get(slot)
-    if text is None:
-        text = _SECTIONS[slot] = _dump({key: value})
-        while len(_SECTIONS) > SECTIONS_KEPT:
-            _SECTIONS.popitem(last=False)
-    return text
+    return _SECTIONS.get((key, repr(value)), lambda: _dump({key: value}))
 
 
 # The run this process's latest job wrote: ``name``, ``run_id``, ``store`` (and

@@ -11,7 +11,6 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -32,6 +31,7 @@ from mlflow.utils.validation import (
 
 from embsvd.checks.run import ChecksResult
 from embsvd.groups import TokenGroup
+from embsvd.io.memo import ValueMemo
 from embsvd.method.analysis import AnalysisResult
 from embsvd.tracking import artifacts, contract, recovery
 from embsvd.tracking.contract import Tag
@@ -473,7 +473,7 @@ def log_groups(run: RunLogger, groups: Mapping[str, TokenGroup], target: str) ->
 
 
 JSON_TEXTS_KEPT = 8  # texts remembered by ``indented_json``
-_JSON_TEXTS: OrderedDict[str, str] = OrderedDict()
+_JSON_TEXTS = ValueMemo(JSON_TEXTS_KEPT)
 
 
 def indented_json(payload: Any) -> str:
@@ -481,13 +481,7 @@ def indented_json(payload: Any) -> str:
     (which tells ``1``, ``1.0`` and ``True`` apart, as the text does): with an indent,
     json encodes in Python, 2.2 ms a run for the ten groups of the benchmark's sweep,
     whose runs all log the same (2026-11-30)."""
-    key = repr(payload)
-    text = _JSON_TEXTS.get(key)
-    if text is None:
-        text = _JSON_TEXTS[key] = json.dumps(payload, indent=2, ensure_ascii=False)
-        while len(_JSON_TEXTS) > JSON_TEXTS_KEPT:
-            _JSON_TEXTS.popitem(last=False)
-    return text
+    return _JSON_TEXTS.get(repr(payload), lambda: json.dumps(payload, indent=2, ensure_ascii=False))
 
 
 TARGET_CONTEXT, GROUP_CONTEXT = "target", "group"  # a group input's mlflow.data.context
