@@ -210,3 +210,20 @@ def smollm2():
         )
     )
     return load_checkpoint(spec)
+
+
+@pytest.fixture
+def start_app():
+    """Starts Hydra as ``experiments/run.py`` does (job name ``run``, the project's
+    ``conf/``), a fresh instance each call; cleared after the test."""
+
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    def start() -> Hydra:
+        GlobalHydra.instance().clear()
+        return Hydra.create_main_hydra2("run", create_config_search_path(f"file://{CONFIG_DIR}"))
+
+    yield start
+    GlobalHydra.instance().clear()

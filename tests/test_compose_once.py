@@ -11,7 +11,6 @@ import shutil
 
 import pytest
 from hydra._internal.hydra import Hydra
-from hydra._internal.utils import create_config_search_path
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import Container, DictConfig, OmegaConf
@@ -24,7 +23,6 @@ from embsvd.pipeline.compose import (
     sweep_jobs,
     validate_sweep,
 )
-from tests.conftest import CONFIG_DIR
 
 GROUPS = "digits,eu_countries,months,weekdays,colors,planets,number_words,capitals,animals"
 GROUPS += ",professions"
@@ -49,19 +47,6 @@ MIXED = [
     "~groups.extra",
     "groups.months.description=months of ${target}",
 ]
-
-
-@pytest.fixture
-def start_app():
-    """Starts Hydra as ``experiments/run.py`` does (job name ``run``, the project's
-    ``conf/``), a fresh instance each call; cleared after the test."""
-
-    def start() -> Hydra:
-        GlobalHydra.instance().clear()
-        return Hydra.create_main_hydra2("run", create_config_search_path(f"file://{CONFIG_DIR}"))
-
-    yield start
-    GlobalHydra.instance().clear()
 
 
 def sweep_config(app: Hydra, *overrides: str) -> DictConfig:

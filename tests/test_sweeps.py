@@ -148,7 +148,7 @@ def test_sweep_jobs_are_children_of_one_parent_run(tiny_bert, tmp_path):
     assert parent.name == f"sweep/multirun/{tmp_path.name} sweep"
     assert parent.tags["embsvd.sweep_dir"] == str(tmp_path / "sweep")
     assert "target=digits,eu_countries" in parent.tags["embsvd.overrides"]
-    assert parent.tags["embsvd.launcher"].endswith("BasicLauncher")
+    assert parent.tags["embsvd.launcher"].endswith("EmbsvdLauncher")  # the default
     assert (tmp_path / "sweep" / PARENT_RUN_FILE).read_text() == parent.run_id
     assert sorted(c.name for c in children) == sorted(
         f"{g} · {c} · tiny_bert" for g in ("digits", "eu_countries") for c in ("centered", "raw")

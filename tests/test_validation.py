@@ -150,7 +150,7 @@ def refusal(*overrides: str) -> str:
         ),
         (
             "tracking.writer_min_jobs=-2",
-            "tracking.writer_min_jobs: must be 0 (every sweep of the basic launcher has a "
+            "tracking.writer_min_jobs: must be 0 (every sweep whose jobs run in its process has a "
             "writer process) or more, got -2",
         ),
         ("analysis.alpha=1.5", "analysis.alpha: a level between 0 and 1, got 1.5"),

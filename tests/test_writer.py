@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from embsvd.tracking.runs import start_run
 from embsvd.tracking.store import TrackingStore
 from embsvd.tracking.writer import RunWriter
+from tests.conftest import CONFIG_DIR
 
 
 def open_run(store: TrackingStore, n: int):
@@ -245,19 +246,30 @@ def test_at_most_max_in_flight_runs_wait_for_the_writer(store):
 
 
 def test_a_sweep_has_a_writer_process_from_its_minimum_of_jobs():
-    """The basic launcher's jobs share this process: their runs go to a writer when
-    ``tracking.background_writes`` is on and the sweep has ``tracking.writer_min_jobs``
-    jobs, or a count not known ahead; another launcher's jobs write their own."""
+    """The jobs of embsvd's launcher (the default) and of Hydra's basic launcher share
+    this process: their runs go to a writer when ``tracking.background_writes`` is on
+    and the sweep has ``tracking.writer_min_jobs`` jobs, or a count not known ahead;
+    another launcher's jobs write their own."""
+    from hydra import compose, initialize_config_dir
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from embsvd.pipeline.job import BASIC_LAUNCHER, jobs_share_this_process, writes_beside
+    from embsvd.pipeline.job import jobs_share_this_process, writes_beside
 
-    basic = OmegaConf.create({"_target_": BASIC_LAUNCHER})
-    joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher"})
+    def launcher(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("config", list(overrides), return_hydra_config=True).hydra.launcher
+
+    embsvd, basic, joblib = (
+        launcher(),
+        launcher("hydra/launcher=basic"),
+        launcher("hydra/launcher=joblib"),
+    )
+    assert embsvd._target_.endswith("EmbsvdLauncher")
+    assert jobs_share_this_process(RunMode.MULTIRUN, embsvd)
     assert jobs_share_this_process(RunMode.MULTIRUN, basic)
     assert not jobs_share_this_process(RunMode.MULTIRUN, joblib)
-    assert not jobs_share_this_process(RunMode.RUN, basic)
+    assert not jobs_share_this_process(RunMode.RUN, embsvd)
     on = OmegaConf.create({"background_writes": True, "writer_min_jobs": 16})
     off = OmegaConf.create({"background_writes": False, "writer_min_jobs": 16})
     assert writes_beside(True, on, 16) and writes_beside(True, on, None)

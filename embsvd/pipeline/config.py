@@ -61,9 +61,10 @@ class AnalysisConfig:
     # the vocabulary explorer, with the per-run figures (none where figures=false): every
     # token's projections (explorer/vocabulary_projections.csv) and explorer.html
     explorer: bool = True
-    # a single run, or a sweep whose jobs run one after another in this process (Hydra's
-    # basic launcher), draws each run's figures in a process of its own, beside the job's
-    # checks, tables and explorer (embsvd.figures.drawer); false: in the job's process
+    # a single run, or a sweep whose jobs run one after another in this process (embsvd's
+    # launcher or Hydra's basic one), draws each run's figures in a process of its own,
+    # beside the job's checks, tables and explorer (embsvd.figures.drawer); false: in the
+    # job's process
     figure_process: bool = True
     # ... and its explorer there too, from this many tokens up: where the checks are long
     # enough to leave that process idle (a smaller vocabulary's is written after them)
@@ -103,7 +104,7 @@ class TrackingConfig:
     # skip a job when a FINISHED run of the experiment has its config hash (resume a sweep)
     skip_existing: bool = False
     # a sweep's runs opened and written by a process of their own while the jobs compute
-    # (Hydra's basic launcher; embsvd/tracking/writer.py), in a sweep of at least
+    # (embsvd's launcher or Hydra's basic one; embsvd/tracking/writer.py), in a sweep of at least
     # writer_min_jobs jobs: a shorter one does not pay back the writer's start
     background_writes: bool = True
     writer_min_jobs: int = 16
@@ -259,7 +260,7 @@ def validate(settings: EmbsvdConfig) -> None:
     check_concepts(settings.concepts, settings.concept)  # concept axes
     if settings.tracking.writer_min_jobs < 0:
         raise ValueError(
-            "tracking.writer_min_jobs: must be 0 (every sweep of the basic launcher has a "
+            "tracking.writer_min_jobs: must be 0 (every sweep whose jobs run in its process has a "
             f"writer process) or more, got {settings.tracking.writer_min_jobs}"
         )
 

@@ -229,6 +229,8 @@ last_run: dict[str, Any] = {}
 
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+# hydra/launcher=embsvd (the default): the basic launcher's jobs (embsvd.pipeline.launch)
+EMBSVD_LAUNCHER = "hydra_plugins.embsvd_launcher.embsvd_launcher.EmbsvdLauncher"
 
 
 def background_writer(settings: EmbsvdConfig) -> tracking.RunWriter | None:
@@ -245,8 +247,9 @@ def background_writer(settings: EmbsvdConfig) -> tracking.RunWriter | None:
 
 def writes_beside(shared: bool, tracking_config: Any, n_jobs: int | None) -> bool:
     """Whether a sweep's runs go to a writer process: its jobs share this process
-    (``shared``: the basic launcher), ``tracking.background_writes`` is on and the sweep
-    has at least ``tracking.writer_min_jobs`` jobs (or a count not known ahead)."""
+    (``shared``: embsvd's launcher or the basic one), ``tracking.background_writes`` is on
+    and the sweep has at least ``tracking.writer_min_jobs`` jobs (or a count not known
+    ahead)."""
     if not shared or not tracking_config.background_writes:
         return False
     return n_jobs is None or n_jobs >= tracking_config.writer_min_jobs
@@ -254,8 +257,9 @@ def writes_beside(shared: bool, tracking_config: Any, n_jobs: int | None) -> boo
 
 def jobs_share_this_process(mode: RunMode | None, launcher: Any) -> bool:
     """Whether a multirun's jobs run one after another in this process (Hydra's basic
-    launcher): then one job's final write can go on beside the next job."""
-    return mode == RunMode.MULTIRUN and launcher.get("_target_") == BASIC_LAUNCHER
+    launcher, or embsvd's): then one job's final write can go on beside the next job."""
+    in_process = (BASIC_LAUNCHER, EMBSVD_LAUNCHER)
+    return mode == RunMode.MULTIRUN and launcher.get("_target_") in in_process
 
 
 def log_to_files(message: str, exc_info: bool = False) -> None:
@@ -487,8 +491,9 @@ def checkpoint_content(settings: EmbsvdConfig) -> str | None:
         return None
 
 
-# The checkpoints this process has read, most recent last: the jobs of a sweep on the
-# basic launcher, and those a joblib worker runs in turn, read a checkpoint once.
+# The checkpoints this process has read, most recent last: the jobs of a sweep in this
+# process (launcher embsvd or basic), and those a joblib worker runs in turn, read a
+# checkpoint once.
 _LOADED: dict[str, tuple[Checkpoint, TokenForms]] = {}
 LOADED_MAX = 2  # checkpoints kept in memory (W is memory-mapped where it can be)
 
