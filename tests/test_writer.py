@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,6 @@ from mlflow.tracking import MlflowClient
 from embsvd.tracking.runs import start_run
 from embsvd.tracking.store import TrackingStore
 from embsvd.tracking.writer import RunWriter
-from tests.conftest import CONFIG_DIR
 
 
 def open_run(store: TrackingStore, n: int):
@@ -255,6 +257,7 @@ def test_a_sweep_has_a_writer_process_from_its_minimum_of_jobs():
     from omegaconf import OmegaConf
 
     from embsvd.pipeline.job import jobs_share_this_process, writes_beside
+    from tests.conftest import CONFIG_DIR  # not at the top: a script imports this module
 
     def launcher(*overrides: str):
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -321,7 +324,8 @@ def test_a_short_sweep_writes_its_own_runs(tmp_path, tiny_bert):
 @pytest.mark.slow
 def test_runs_handed_over_are_written_after_the_job_process_is_killed(tmp_path):
     """SIGKILL of the job's process right after it handed two runs over: the writer
-    reads them from its stdin, writes them and exits."""
+    reads them from its stdin, writes them, folds the store's write-ahead log into its
+    database file and exits."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     script = textwrap.dedent(
         f"""
@@ -330,7 +334,7 @@ def test_runs_handed_over_are_written_after_the_job_process_is_killed(tmp_path):
         from embsvd.tracking.store import TrackingStore
         from embsvd.tracking.writer import RunWriter
         from test_writer import open_run
-        store = TrackingStore({uri!r}, "writer")
+        store = TrackingStore({uri!r}, "writer", journal="wal")
         writer = RunWriter()
         ids = []
         for n in range(2):
@@ -346,13 +350,26 @@ def test_runs_handed_over_are_written_after_the_job_process_is_killed(tmp_path):
     )
     assert job.returncode == -9, job.stderr
     writer_pid, *run_ids = job.stdout.split()
-    store = TrackingStore(uri, "writer")
     deadline = time.monotonic() + 120
     while _alive(int(writer_pid)) and time.monotonic() < deadline:
         time.sleep(0.1)  # the writer ends once it has written what its stdin held
     assert not _alive(int(writer_pid))
+    assert_in_the_database_file(tmp_path / "mlflow.db", tmp_path / "copy")
+    store = TrackingStore(uri, "writer")
     for n, run_id in enumerate(run_ids):
         assert_written(store, run_id, n)
+
+
+def assert_in_the_database_file(database: Path, copy: Path) -> None:
+    """The store is in WAL mode (``tracking.sqlite_journal``'s default) with its log
+    empty: a copy of the database file alone holds what the store holds."""
+    with closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    log = Path(f"{database}-wal")
+    assert not log.exists() or log.stat().st_size == 0
+    copy.mkdir()
+    shutil.copyfile(database, copy / "mlflow.db")
+    assert _contents(f"sqlite:///{copy / 'mlflow.db'}") == _contents(f"sqlite:///{database}")
 
 
 def _alive(pid: int) -> bool:
@@ -379,6 +396,9 @@ def test_a_sweep_writes_the_same_runs_with_and_without_the_writer(tmp_path, tiny
             env={"EMBSVD_CACHE_DIR": str(tmp_path / "cache")},  # converted once for both
         )
         stores[background] = _contents(uri)
+        assert_in_the_database_file(
+            tmp_path / background / "mlflow.db", tmp_path / background / "copy"
+        )
     assert len(stores["true"]) == 2
     for name, run in stores["true"].items():
         other = stores["false"][name]

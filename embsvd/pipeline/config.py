@@ -46,6 +46,7 @@ from embsvd.method.concepts import ConceptSpec, check_concepts
 from embsvd.method.geometry import Geometry
 from embsvd.pipeline.project import project_root
 from embsvd.pipeline.secrets import is_secret_key, redact_config, secret_key_message
+from embsvd.tracking.journal import Journal
 
 
 @dataclass
@@ -108,6 +109,10 @@ class TrackingConfig:
     # writer_min_jobs jobs: a shorter one does not pay back the writer's start
     background_writes: bool = True
     writer_min_jobs: int = 16
+    # a sqlite store's journal (embsvd.tracking.journal): wal (write-ahead, folded back
+    # into mlflow.db when each process ends) or delete (SQLite's rollback journal: for a
+    # store on a filesystem shared by several hosts, or read from read-only media)
+    sqlite_journal: Journal = Journal.wal
 
 
 @dataclass

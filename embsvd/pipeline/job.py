@@ -135,6 +135,7 @@ def _run_job(cfg: DictConfig) -> AnalysisResult | None:
         tracking.resolve_tracking_uri(settings.tracking.uri, project_root),
         settings.tracking.experiment,
         settings.tracking.artifact_root,
+        settings.tracking.sqlite_journal,
     )
     content = checkpoint_content(settings)
     digest = config_hash(settings, content)
@@ -275,9 +276,11 @@ def log_to_files(message: str, exc_info: bool = False) -> None:
 
 
 @functools.cache
-def tracking_store(uri: str, experiment: str, artifact_root: str | None) -> tracking.TrackingStore:
+def tracking_store(
+    uri: str, experiment: str, artifact_root: str | None, journal: str
+) -> tracking.TrackingStore:
     """One store (client and experiment) per process and place, shared by its jobs."""
-    return tracking.TrackingStore(uri, experiment, artifact_root)
+    return tracking.TrackingStore(uri, experiment, artifact_root, journal=journal)
 
 
 @functools.cache
@@ -763,8 +766,8 @@ def run_params(config: dict) -> dict[str, Any]:
     as ``config_hash`` leaves it out: the concept definitions where no ``concept`` is
     analysed, the number settings but ``numbers.enabled`` where that is off, and the
     ``extra`` group slot while it has no words (``with_group_files`` drops it). The
-    run's ``config.yaml`` keeps every key. The benchmark's sweep logs 169 params a run
-    instead of 217: two of MLflow's batches of 100 instead of three (a batch is about 9
+    run's ``config.yaml`` keeps every key. The benchmark's sweep logs 170 params a run
+    instead of 218: two of MLflow's batches of 100 instead of three (a batch is about 9
     ms of the writer's time a run, 2026-11-30)."""
     used = dict(config)
     if used.get("concept") is None:

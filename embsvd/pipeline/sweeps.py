@@ -111,7 +111,10 @@ class SweepTracking(Callback):
         uri = self._uri = tracking.resolve_tracking_uri(config.tracking.uri, lambda: self._project)
         # creating the store here runs its migrations once, before parallel workers start
         self._store = tracking.TrackingStore(
-            uri, config.tracking.experiment, config.tracking.artifact_root
+            uri,
+            config.tracking.experiment,
+            config.tracking.artifact_root,
+            journal=config.tracking.sqlite_journal,
         )
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ reads sweeps back for figures.
   (``Tag``), the run name and its parser, metrics, result tags, CSV tables, and the
   records runs are read back as; docs/contract.md describes it for a reader of runs;
 - ``store``: the tracking store and one experiment in it; runs read back as records;
+- ``journal``: a sqlite store's journal mode (write-ahead by default), folded back into
+  the database when a process that wrote it ends (plain sqlite3, no mlflow);
 - ``runs``: one run, written in batches, closed with the status it earned (signals held
   while it closes);
 - ``recovery``: the process that writes a run (its tags), and final writes the store
@@ -72,6 +74,7 @@ _MODULE_OF = {
     "signals_end_runs": "runs",
     "start_run": "runs",
     "tracked_run": "runs",
+    "Journal": "journal",
     "DEFAULT_EXPERIMENT": "store",
     "EXPERIMENT_KIND": "store",
     "STORE_FOLDER": "store",

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from embsvd.tracking import recovery
 from embsvd.tracking.contract import Tag
+from embsvd.tracking.journal import Journal, checkpoint, set_journal
 
 DEFAULT_EXPERIMENT = "embsvd"
 STORE_FOLDER = "mlruns"  # under the project root: mlflow.db and artifacts/
@@ -53,6 +54,8 @@ class TrackingStore:
             ``default_artifact_root``).
         create: Create the experiment when the store has none of that name.
         report: Receives one line per pending write replayed.
+        journal: A sqlite store's journal mode (``Journal``; ``set_journal``); ``None``:
+            the database's own.
 
     Raises:
         ValueError: ``create`` is false and the store has no such experiment.
@@ -66,6 +69,7 @@ class TrackingStore:
         *,
         create: bool = True,
         report: Callable[[str], None] = recovery.report_to_stderr,
+        journal: Journal | str | None = None,
     ):
         self.uri = uri
         root = Path(artifact_root) if artifact_root else default_artifact_root(uri)
@@ -73,8 +77,11 @@ class TrackingStore:
             # sqlite creates the database file, not its folder
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         with schema_lock(uri):  # MLflow creates a new database's tables on first use
+            self.journal = set_journal(uri, journal)
             self.client = MlflowClient(tracking_uri=uri)
             self.experiment_id = self._experiment_id(experiment, root, create)
+            if self.journal == Journal.wal:  # a new database's schema into the file at once
+                checkpoint(uri.removeprefix("sqlite:///"))
         self.replayed = recovery.replay(self.client, uri, report)
 
     def _experiment_id(self, name: str, artifact_root: Path | None, create: bool) -> str:

@@ -51,6 +51,7 @@ from mlflow.tracking import MlflowClient
 from embsvd.io.processes import exit_status, record_busy_time, replies_channel, start_process
 from embsvd.tracking import recovery
 from embsvd.tracking.contract import Tag
+from embsvd.tracking.journal import checkpoint_all, set_journal
 from embsvd.tracking.runs import (
     FinalWriteError,
     RunLogger,
@@ -71,6 +72,7 @@ class _Store:
 
     def __init__(self, uri: str):
         self.uri = uri
+        set_journal(uri, None)  # a WAL database: folded back when the writer exits
         self.client = MlflowClient(tracking_uri=uri)
         self.artifact_uris: dict[str, str] = {}  # of each run opened here, by its id
 
@@ -420,6 +422,7 @@ def _main() -> None:
     # every request is written and confirmed: skip the interpreter's teardown of MLflow's
     # and SQLAlchemy's modules (0.4 s), which the job's process waits for at its exit
     replies.close()
+    checkpoint_all()  # what it wrote into a WAL database's file: atexit is skipped below
     sys.stderr.flush()
     os._exit(0)
 
