@@ -113,9 +113,10 @@ def launch_job(
         output_dir = os.path.join(output_dir, subdir)
     # Hydra sets it in the config, then sets HydraConfig again from it: a copy of the
     # node that differs from the one above in this value alone
+    absolute = os.path.abspath(output_dir)
     for runtime in (config.hydra.runtime, hydra_config.cfg.hydra.runtime):
         with read_write(runtime), open_dict(runtime):
-            runtime.output_dir = os.path.abspath(output_dir)
+            runtime.output_dir = absolute
 
     _chdir = None
     try:
